@@ -1,0 +1,50 @@
+"""Autograd registration of ``bitlower::binary_attention_fwd``.
+
+Saved for backward: v, the bias, the log-sum-exp, packed sign bits, packed STE clip bits
+and the effective scalars — never the float q and k.
+"""
+from __future__ import annotations
+
+from bitlower.ops import binary_attention_bwd, binary_attention_fwd
+
+# Positions of the differentiable inputs of binary_attention_fwd.
+_Q, _K, _V, _A, _B, _BIAS = range(6)
+_STATIC = slice(6, 13)  # scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, a, b, bias = inputs[:6]
+    out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = output
+    ctx.static = inputs[_STATIC]
+    ctx.head_dim = q.shape[-1]
+    ctx.q_dtype, ctx.k_dtype = q.dtype, k.dtype
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)
+    ctx.a_shape = None if a is None else a.shape
+    ctx.b_shape = None if b is None else b.shape
+    ctx.a_dtype = None if a is None else a.dtype
+    ctx.b_dtype = None if b is None else b.dtype
+
+
+def _backward(ctx, grad_out, *unused_grads):
+    v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = ctx.saved_tensors
+    needs = [bool(x) for x in ctx.needs_input_grad[:6]]
+    needs[_BIAS] = needs[_BIAS] and ctx.has_bias
+    if grad_out is None or not any(needs):
+        return (None,) * 13
+    grads = binary_attention_bwd(
+        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, *ctx.static, ctx.head_dim, needs
+    )
+    dq, dk, dv, da, db, dbias = (g if need and g.numel() else None for g, need in zip(grads, needs))
+    if dq is not None:
+        dq = dq.to(ctx.q_dtype)
+    if dk is not None:
+        dk = dk.to(ctx.k_dtype)
+    if da is not None:
+        da = da.reshape(ctx.a_shape).to(ctx.a_dtype)
+    if db is not None:
+        db = db.reshape(ctx.b_shape).to(ctx.b_dtype)
+    return (dq, dk, dv, da, db, dbias) + (None,) * 7
+
+
+binary_attention_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,80 @@
+"""``binary_attention``: the public entry to the binary-attention operator."""
+from __future__ import annotations
+
+import torch
+
+from bitlower import autograd as _autograd  # noqa: F401  (registers the backward)
+from bitlower import validation
+from bitlower.ops import binary_attention_fwd
+from bitlower.weighting import bilinear_planes
+
+
+def binary_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    bias_kind: str | None = None,
+    grid: tuple[int, int, int] | None = None,
+    scale: float | None = None,
+    weighting: str = "mean_abs",
+    a: torch.Tensor | None = None,
+    b: torch.Tensor | None = None,
+    grad_mode: str = "ste",
+    pv_quant: str = "none",
+    ste_clip: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``softmax(scale * a_i * b_j * <sgn q_i, sgn k_j> + beta) @ v`` (SPEC §3).
+
+    Args:
+        q: ``(B, H, N, D)``, any strides, float16/bfloat16/float32/float64, ``8 <= D <= 256``.
+        k: ``(B, H, M, D)``. v: ``(B, H, M, Dv)``; ``Dv`` is independent of ``D``.
+        bias: additive ``beta``; its form is ``bias_kind``.
+        bias_kind: ``"head"`` (shape ``(H,)``), ``"table"`` (relative-position table
+            ``((2Gh-1)(2Gw-1)+3, H)`` with ``grid``), ``"dense"`` (float, broadcastable to
+            ``(B, H, N, M)``), ``"mask"`` (bool, False -> -inf). Default: ``"mask"`` for a bool
+            ``bias``, ``"dense"`` for a float one, ``"none"`` without one.
+        grid: ``(Gh, Gw, prefix_tokens)`` for a table bias.
+        scale: softmax scale, default ``D ** -0.5``.
+        weighting: ``"mean_abs"``, ``"token"`` (needs ``a`` ``(B, H, N)`` and ``b`` ``(B, H, M)``),
+            ``"bilinear"`` (samples two sign planes of q and k with ``generator``) or ``"none"``.
+        grad_mode: ``"ste"``, ``"stopgrad"`` or ``"hamming"`` (SPEC §4).
+        pv_quant: ``"none"`` or ``"int8"``.
+        ste_clip: STE window ``|x| <= ste_clip``.
+        generator: random source of the bilinear samples.
+
+    Returns:
+        ``(B, H, N, Dv)`` in v's dtype.
+
+    Raises:
+        TypeError: non-tensor or non-floating inputs, mixed dtypes, a non-bool mask.
+        ValueError: mismatched shapes, ``D`` out of range, a bias of the wrong shape, devices
+            that differ, unknown mode names.
+
+    Example:
+        >>> q, k, v = (torch.randn(2, 4, 16, 32) for _ in range(3))
+        >>> binary_attention(q, k, v).shape
+        torch.Size([2, 4, 16, 32])
+    """
+    validation.check_qkv(q, k, v)
+    validation.check_modes(weighting, grad_mode, pv_quant, ste_clip)
+    scale = validation.check_scale(q.shape[-1] ** -0.5 if scale is None else scale)
+    if bias_kind is None:
+        bias_kind = "none" if bias is None else ("mask" if bias.dtype == torch.bool else "dense")
+    validation.check_bias(bias, bias_kind, grid, q, k)
+    if weighting == "bilinear":
+        q, a = bilinear_planes(q, generator)
+        k, b = bilinear_planes(k, generator)
+        q, k = q.detach(), k.detach()
+    elif weighting == "token":
+        validation.check_scalars("a", a, q, q.shape[2], 1)
+        validation.check_scalars("b", b, k, k.shape[2], 1)
+    elif a is not None or b is not None:
+        raise ValueError(f"a and b are only taken with weighting 'token', got weighting {weighting!r}")
+    grid_list = list(grid) if bias_kind == "table" else []
+    out = binary_attention_fwd(
+        q, k, v, a, b, bias, scale, weighting, bias_kind, grid_list, grad_mode, pv_quant, float(ste_clip)
+    )[0]
+    return out

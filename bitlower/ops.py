@@ -1,0 +1,149 @@
+"""The ``bitlower`` operators: binary-attention forward and backward as ``torch.library`` ops.
+
+``bitlower::binary_attention_fwd`` and ``bitlower::binary_attention_bwd`` are
+``triton_op``s: under ``torch.compile`` Inductor traces into their bodies, so the CPU path
+compiles the reference (``bitlower.reference``) and the CUDA path launches the Triton
+kernels of ``bitlower.codegen`` where they support the call, falling back to the reference
+(logged and counted) where they do not. Callers never choose the implementation.
+
+The forward returns, besides the output, what the backward needs: the log-sum-exp, the
+packed sign bits, the packed STE clip bits and the effective weighting scalars. The
+backward recomputes the scores from those bits; it never sees the float q and k.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from bitlower import reference, reference_backward
+from bitlower.counters import counters
+from bitlower.packing import num_words
+from bitlower.spec import CallSpec
+
+log = logging.getLogger(__name__)
+
+FWD_OUTPUTS = ("out", "lse", "qbits", "kbits", "qclip", "kclip", "a", "b")
+
+
+def make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip) -> CallSpec:
+    """CallSpec from the operators' flat arguments."""
+    return CallSpec(
+        scale=scale,
+        weighting=weighting,
+        bias_kind=bias_kind,
+        grid=tuple(grid),
+        grad_mode=grad_mode,
+        pv_quant=pv_quant,
+        ste_clip=ste_clip,
+    )
+
+
+def _kernels_for(tensors, spec: CallSpec):
+    """The codegen module when it supports this CUDA call, else None (fallback counted)."""
+    if not tensors[0].is_cuda:
+        return None
+    from bitlower import codegen
+
+    reason = codegen.unsupported_reason(*tensors, spec)
+    if reason is None:
+        return codegen
+    counters["fallback"][reason] += 1
+    log.info("bitlower: reference path on CUDA: %s", reason)
+    return None
+
+
+@torch.library.triton_op("bitlower::binary_attention_fwd", mutates_args=())
+def binary_attention_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    a: Optional[Tensor],
+    b: Optional[Tensor],
+    bias: Optional[Tensor],
+    scale: float,
+    weighting: str,
+    bias_kind: str,
+    grid: list[int],
+    grad_mode: str,
+    pv_quant: str,
+    ste_clip: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Binary attention forward; see ``bitlower.reference.forward`` for the outputs."""
+    spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
+    kernels = _kernels_for((q, k, v, a, b, bias), spec)
+    if kernels is not None:
+        return kernels.forward(q, k, v, a, b, bias, spec)
+    return reference.forward(q, k, v, a, b, bias, spec)
+
+
+@binary_attention_fwd.register_fake
+def _binary_attention_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip):
+    spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
+    bsz, heads, n, m = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    planes, words = spec.planes, num_words(q.shape[-1])
+    clip_words = words if spec.saves_clip_bits else 0
+    acc = reference.compute_dtype(q.dtype)
+    return (
+        v.new_empty(bsz, heads, n, v.shape[-1]),
+        q.new_empty(bsz, heads, n, dtype=acc),
+        q.new_empty(bsz, heads, n, planes, words, dtype=torch.int32),
+        q.new_empty(bsz, heads, m, planes, words, dtype=torch.int32),
+        q.new_empty(bsz, heads, n, planes, clip_words, dtype=torch.int32),
+        q.new_empty(bsz, heads, m, planes, clip_words, dtype=torch.int32),
+        q.new_empty(bsz, heads, n, planes, dtype=acc),
+        q.new_empty(bsz, heads, m, planes, dtype=acc),
+    )
+
+
+@torch.library.triton_op("bitlower::binary_attention_bwd", mutates_args=())
+def binary_attention_bwd(
+    grad_out: Tensor,
+    v: Tensor,
+    bias: Optional[Tensor],
+    lse: Tensor,
+    qbits: Tensor,
+    kbits: Tensor,
+    qclip: Tensor,
+    kclip: Tensor,
+    a: Tensor,
+    b: Tensor,
+    scale: float,
+    weighting: str,
+    bias_kind: str,
+    grid: list[int],
+    grad_mode: str,
+    pv_quant: str,
+    ste_clip: float,
+    head_dim: int,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty."""
+    spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
+    saved = (lse, qbits, kbits, qclip, kclip, a, b)
+    kernels = _kernels_for((grad_out, v, bias) + saved, spec) if grad_out.is_cuda else None
+    if kernels is not None:
+        grads = kernels.backward(grad_out, v, bias, *saved, spec, head_dim, needs)
+    else:
+        grads = reference_backward.backward(grad_out, v, bias, *saved, spec, head_dim, needs)
+    return tuple(grad_out.new_empty(0) if g is None else g for g in grads)
+
+
+@binary_attention_bwd.register_fake
+def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, scale, weighting,
+                               bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs):
+    bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]
+    acc = a.dtype
+    qk_grad = grad_mode != "stopgrad"
+    shapes = (
+        (bsz, heads, n, head_dim) if needs[0] and qk_grad else (0,),
+        (bsz, heads, m, head_dim) if needs[1] and qk_grad else (0,),
+        tuple(v.shape) if needs[2] else (0,),
+        tuple(a.shape) if needs[3] else (0,),
+        tuple(b.shape) if needs[4] else (0,),
+        tuple(bias.shape) if needs[5] and bias_kind not in ("none", "mask") else (0,),
+    )
+    dtypes = (acc, acc, v.dtype, acc, acc, bias.dtype if bias is not None else acc)
+    return tuple(grad_out.new_empty(s, dtype=d) for s, d in zip(shapes, dtypes))
