@@ -41,13 +41,13 @@ def make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip) 
     )
 
 
-def _kernels_for(tensors, spec: CallSpec):
-    """The codegen module when it supports this CUDA call, else None (fallback counted)."""
+def _kernels_for(check: str, tensors, spec: CallSpec):
+    """The codegen module when its ``check`` accepts this CUDA call, else None (fallback counted)."""
     if not tensors[0].is_cuda:
         return None
     from bitlower import codegen
 
-    reason = codegen.unsupported_reason(*tensors, spec)
+    reason = getattr(codegen, check)(*tensors, spec)
     if reason is None:
         return codegen
     counters["fallback"][reason] += 1
@@ -73,7 +73,7 @@ def binary_attention_fwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Binary attention forward; see ``bitlower.reference.forward`` for the outputs."""
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
-    kernels = _kernels_for((q, k, v, a, b, bias), spec)
+    kernels = _kernels_for("unsupported_reason", (q, k, v, a, b, bias), spec)
     if kernels is not None:
         return kernels.forward(q, k, v, a, b, bias, spec)
     return reference.forward(q, k, v, a, b, bias, spec)
@@ -123,7 +123,7 @@ def binary_attention_bwd(
     """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty."""
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
     saved = (lse, qbits, kbits, qclip, kclip, a, b)
-    kernels = _kernels_for((grad_out, v, bias) + saved, spec) if grad_out.is_cuda else None
+    kernels = _kernels_for("unsupported_backward_reason", (grad_out, v, bias) + saved, spec)
     if kernels is not None:
         grads = kernels.backward(grad_out, v, bias, *saved, spec, head_dim, needs)
     else:
