@@ -1,7 +1,7 @@
 """The embedded default dataset: scikit-learn's bundled 8x8 handwritten digits.
 
 1,797 grey images, pixel values 0..16, 10 classes; shipped with scikit-learn, so no download.
-Split: stratified, ``random_state=0``, 360 test images (20%, 36 per class) and 1,437 train
+Split: stratified, ``random_state=0``, 360 test images (20%, 35 to 37 per class) and 1,437 train
 images. Normalisation uses the train split's pixel mean and std (one value for the single
 channel), computed when loading: 4.886 and 6.018 (scikit-learn 1.9.1).
 """

@@ -84,6 +84,8 @@ def _register_vits() -> None:
         for patch in _VIT_PATCHES:
             register_model(f"vit_{size}_patch{patch}", _with_defaults(plain, patch_size=patch))
             for img in _VIT_IMAGE_SIZES:
+                if img % patch:
+                    continue  # e.g. 384 is not a multiple of patch 14
                 build = _with_defaults(plain, patch_size=patch, img_size=img)
                 register_model(f"vit_{size}_patch{patch}_{img}", build)
         if size == "large":
