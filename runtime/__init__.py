@@ -1,0 +1,31 @@
+"""Training runtime: binarize a full-precision model, train it with QAT and distillation, deploy it.
+
+Example:
+    >>> from bitlower.models import vit_tiny
+    >>> from bitlower.runtime import binarize_, convert_, preset
+    >>> model = vit_tiny(img_size=32, patch_size=8, depth=2, num_classes=10)
+    >>> report = binarize_(model, preset("binary_attention"))
+    >>> teacher = report.teacher
+"""
+from .config import PRESETS, BinarizeConfig, preset
+from .core import BinaryAttentionCore, Geometry
+from .registry import AttentionHandler, find_handler, register_attention, registered_types, unregister_attention
+from .transform import BinarizeReport, attention_cores, binarize_, convert_, make_teacher
+
+__all__ = [
+    "AttentionHandler",
+    "BinarizeConfig",
+    "BinarizeReport",
+    "BinaryAttentionCore",
+    "Geometry",
+    "PRESETS",
+    "attention_cores",
+    "binarize_",
+    "convert_",
+    "find_handler",
+    "make_teacher",
+    "preset",
+    "register_attention",
+    "registered_types",
+    "unregister_attention",
+]
