@@ -1,12 +1,15 @@
-"""Triton kernels for binary attention (CUDA path of the ``bitlower`` operators)."""
+"""Triton kernels of binary attention: the CUDA path of the ``bitlower`` operators.
+
+``bitlower/ops.py`` asks :func:`unsupported_reason` / :func:`unsupported_backward_reason`
+and runs :func:`forward` / :func:`backward` when they return None (the reference otherwise).
+Layers: ``tiles`` (device helpers), ``prologue`` (sign + pack + scalars), ``forward_kernel`` /
+``backward_kernels`` (the ``@triton.jit`` kernels), ``forward`` / ``backward`` (launchers that own
+strides, grid and config choice), ``configs`` (the measured tile table).
+"""
 from __future__ import annotations
 
+from .backward import backward
+from .forward import forward
+from .support import unsupported_backward_reason, unsupported_reason
 
-def unsupported_reason(q, k, v, a, b, bias, spec) -> str | None:
-    """Why the fused forward cannot run this call, or None when it can."""
-    return "fused kernels are not built in this version"
-
-
-def unsupported_backward_reason(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec) -> str | None:
-    """Why the fused backward cannot run this call, or None when it can."""
-    return "fused kernels are not built in this version"
+__all__ = ["backward", "forward", "unsupported_backward_reason", "unsupported_reason"]

@@ -1,0 +1,142 @@
+"""Launcher of the binary-attention backward: which kernels run, strides, grids, gradient assembly."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel
+from .configs import DOT_BF16, DOT_FP32, backward_config, dot_kind, padded_dim
+from .operands import bias_operand, value_scales
+from .prologue import unpack_signs
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Which gradients the kernels form for one call (``needs`` folded with the mode)."""
+
+    dq: bool  # the STE matrix term of dq
+    dk: bool
+    da: bool  # also for the mean_abs chain into dq
+    db: bool
+    dv: bool
+    bias_grad: int  # 0 none, 1 head (per-row sums), 2 table, 3 dense
+
+    @property
+    def key_side(self) -> bool:
+        return self.dv or self.db or self.dk or self.bias_grad >= 2
+
+    @property
+    def query_side(self) -> bool:
+        return self.dq or self.da or self.bias_grad == 1 or self.db or self.dk or self.bias_grad >= 2
+
+
+def _plan(spec, needs) -> _Plan:
+    ste = spec.grad_mode == "ste"
+    chain = spec.weighting == "mean_abs" and spec.grad_mode != "stopgrad"
+    kind = spec.bias_kind
+    bias_grad = {"head": 1, "table": 2, "dense": 3}.get(kind, 0) if needs[5] else 0
+    return _Plan(
+        dq=ste and needs[0],
+        dk=ste and needs[1],
+        da=needs[3] or (chain and needs[0]),
+        db=needs[4] or (chain and needs[1]),
+        dv=needs[2],
+        bias_grad=bias_grad,
+    )
+
+
+def _with_chain(grad, d_own, signs, length: int, dim: int, spec, need: bool):
+    """dq (or dk) plus the mean_abs chain ``sum_i da_i * sgn(q) / (L * D)``; None when not needed."""
+    if not need or spec.grad_mode == "stopgrad":
+        return None
+    if grad is None:
+        grad = torch.zeros(*signs.shape[:3], dim, dtype=torch.float32, device=signs.device)
+    if spec.weighting == "mean_abs":
+        total = d_own.sum(dim=(2, 3), keepdim=True) / (length * dim)  # (B, H, 1, 1)
+        grad = grad + total * signs[..., :dim].to(torch.float32)
+    return grad
+
+
+def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs):
+    """Fused backward with the contract of ``bitlower.reference_backward.backward``.
+
+    Args:
+        grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip,
+            a, b: what the forward saved; spec: the ``CallSpec``; head_dim: ``D``; needs: six bools
+            for ``(q, k, v, a_in, b_in, bias)``.
+
+    Returns:
+        ``(dq, dk, dv, da, db, dbias)``, None where not needed or the mode gives none.
+    """
+    bsz, heads, n = lse.shape
+    m, dim_v = v.shape[2], v.shape[-1]
+    plan = _plan(spec, needs)
+    q_signs = unpack_signs(qbits, head_dim)  # (B, H, N, DP) int8
+    k_signs = unpack_signs(kbits, head_dim)  # (B, H, M, DP) int8
+    dev = v.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    delta = torch.empty(bsz, heads, n, **f32)
+    da = torch.empty(bsz, heads, n, 1, **f32) if plan.da else None
+    db = torch.empty(bsz, heads, m, 1, **f32) if plan.db else None
+    dq = torch.empty(bsz, heads, n, head_dim, **f32) if plan.dq else None
+    dk = torch.empty(bsz, heads, m, head_dim, **f32) if plan.dk else None
+    dv = torch.empty_like(v, memory_format=torch.contiguous_format) if plan.dv else None
+    beta = bias_operand(bias, spec, (bsz, heads, n, m))
+    vscale, vstep = value_scales(v) if spec.pv_quant == "int8" else (delta, delta)
+    dp, dvp = padded_dim(head_dim), padded_dim(dim_v)
+    cfg = backward_config(n, m, dp, dvp)
+    dot = dot_kind(grad_out.dtype)
+    common = dict(
+        D=head_dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BIAS=beta.code,
+        HAS_PREFIX=beta.has_prefix, FROM_BITS=False, PV_INT8=spec.pv_quant == "int8", DOT=dot,
+        DS_DOT=DOT_FP32 if dot == DOT_FP32 else DOT_BF16, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    bias_t = beta.tensor if beta.tensor is not None else delta
+    rows_sum = torch.empty(bsz, heads, n, **f32) if plan.bias_grad == 1 else None
+    sign_strides = (n * dp, dp, m * dp, dp)
+    if plan.query_side:
+        torch.library.wrap_triton(_binary_attn_bwd_q_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
+            q_signs, k_signs, v, grad_out, lse, a, b, bias_t, vscale, vstep, qclip if plan.dq else delta,
+            delta, da if plan.da else delta, dq if plan.dq else delta, rows_sum if rows_sum is not None else delta,
+            *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, qclip.shape[-1],
+            heads, n, m, spec.scale, beta.rows, *beta.grid,
+            NEED_DA=plan.da, NEED_DQ=plan.dq, HEAD_DBIAS=plan.bias_grad == 1, **common,
+        )
+    gbias, gstrides = _bias_grad_buffer(bias, beta, plan, (bsz, heads, n, m))
+    if plan.key_side:
+        torch.library.wrap_triton(_binary_attn_bwd_k_kernel)[(triton.cdiv(m, cfg.block_m), bsz * heads)](
+            q_signs, k_signs, v, grad_out, lse, delta, a, b, bias_t, gbias if gbias is not None else delta,
+            vscale, vstep, kclip if plan.dk else delta, dv if plan.dv else delta, dk if plan.dk else delta,
+            db if plan.db else delta,
+            *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, *gstrides, kclip.shape[-1],
+            heads, n, m, spec.scale, beta.rows, *beta.grid,
+            NEED_DV=plan.dv, NEED_DB=plan.db, NEED_DK=plan.dk, BIAS_GRAD=plan.bias_grad if plan.bias_grad >= 2 else 0,
+            **common,
+        )
+    dq = _with_chain(dq, da, q_signs, n, head_dim, spec, needs[0])
+    dk = _with_chain(dk, db, k_signs, m, head_dim, spec, needs[1])
+    dbias = _finish_bias_grad(bias, plan, gbias, rows_sum)
+    return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, dbias
+
+
+def _bias_grad_buffer(bias, beta, plan: _Plan, shape4):
+    """float32 accumulation buffer of the bias gradient and its ``(B, H, N, M)`` strides."""
+    if plan.bias_grad == 2:
+        return torch.zeros_like(beta.tensor), (0, 0, 0, 0)  # (H, rows), like the kernel's table
+    if plan.bias_grad == 3:
+        buf = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+        return buf, tuple(buf.expand(shape4).stride())
+    return None, (0, 0, 0, 0)
+
+
+def _finish_bias_grad(bias, plan: _Plan, gbias, rows_sum):
+    """The bias gradient in the bias's shape and dtype."""
+    if plan.bias_grad == 1:
+        return rows_sum.sum(dim=(0, 2)).to(bias.dtype)  # (H,)
+    if plan.bias_grad == 2:
+        return gbias.t().to(bias.dtype).contiguous()  # (rows, H)
+    if plan.bias_grad == 3:
+        return gbias.to(bias.dtype)
+    return None

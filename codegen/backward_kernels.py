@@ -1,0 +1,296 @@
+"""Fused binary-attention backward kernels (one source, specialised by constexpr flags).
+
+Notation (SPEC §4, natural units unless named ``*2``): scores are recomputed from the saved
+signs, ``s2_ij = h_ij * a_i * b_j * scale * log2 e + beta2_ij``, ``p_ij = exp2(s2_ij - lse2_i)``,
+
+    dp_ij = dO_i . V_j      delta_i = sum_j p_ij dp_ij      dS_ij = p_ij (dp_ij - delta_i)
+    dV_j  = sum_i p_ij dO_i         da_i = scale sum_j dS_ij h_ij b_j     db_j likewise
+    dq_i  = scale a_i clip_i sum_j dS_ij b_j sgn k_j        (ste; dk_j likewise)
+
+Two kernels, both recomputing ``h`` with the int8 tensor-core dot:
+
+- ``_binary_attn_bwd_q_kernel``: program = (query block, batch*head), walks key tiles. Writes
+  ``delta`` (and ``da``, ``dq``, per-row ``sum_j dS`` for a head bias). Without dq it needs one
+  pass: ``da_i = scale (sum_j p dp h b - delta_i sum_j p h b)``; with dq a first pass finds
+  ``delta`` and a second forms ``dS`` exactly.
+- ``_binary_attn_bwd_k_kernel``: program = (key block, batch*head), walks query tiles (tiles
+  are held transposed, keys x queries). Writes ``dV``, ``db``, ``dk`` and scatters ``dS`` into
+  table or dense bias gradients with atomics. Needs ``delta`` from the first kernel.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .tiles import bias_tile, fdot, int_to_float, load_bits, load_signs, mask_keep, round_half_even, table_index
+
+
+@triton.jit
+def _probs(h, w_rows, w_cols, lse2, bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
+           BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, TRANS: tl.constexpr, MASK_COLS: tl.constexpr):
+    """``(p, hf)`` of a score tile: rows x cols are queries x keys, or keys x queries when TRANS.
+
+    ``w_rows * w_cols`` is ``a * b * scale * log2 e``; ``lse2`` broadcasts against the tile.
+    """
+    hf = int_to_float(h)
+    s = (hf * w_rows[:, None]) * w_cols[None, :]
+    if BIAS == 2:
+        if TRANS:
+            idx = tl.trans(table_index(tl.where(col_mask, cols, 0), tl.where(row_mask, rows, 0),
+                                       grid_h, grid_w, prefix, HAS_PREFIX))
+        else:
+            idx = table_index(tl.where(row_mask, rows, 0), tl.where(col_mask, cols, 0),
+                              grid_h, grid_w, prefix, HAS_PREFIX)
+        s += tl.load(bias_base + idx)
+    if BIAS == 3:
+        s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
+                       BIAS, HAS_PREFIX, True)
+    if BIAS == 4:
+        s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_r, s_c), s, float("-inf"))
+    if MASK_COLS:
+        s = tl.where(col_mask[None, :], s, float("-inf"))
+    return tl.exp2(s - lse2), hf
+
+
+@triton.jit
+def _load_values(v_base, rows, row_mask, s_vm, s_vd, vscale, vstep, DV: tl.constexpr, DVP: tl.constexpr,
+                 PV_INT8: tl.constexpr):
+    """V tile ``(R, DVP)`` float32 (``V^`` when PV_INT8) and the raw tile for the STE window."""
+    dv = tl.arange(0, DVP)
+    v = tl.load(v_base + rows[:, None] * s_vm + dv[None, :] * s_vd,
+                mask=row_mask[:, None] & (dv < DV)[None, :], other=0.0).to(tl.float32)
+    if PV_INT8:
+        return round_half_even(v * vscale[None, :]) * vstep[None, :], v
+    return v, v
+
+
+@triton.jit
+def _q_tiles(
+    acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, lo, hi,
+    ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
+    D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_M: tl.constexpr,
+    BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr,
+    DOT: tl.constexpr, DS_DOT: tl.constexpr, MASK_M: tl.constexpr, PASS: tl.constexpr,
+    NEED_DA: tl.constexpr, HEAD_DBIAS: tl.constexpr,
+):
+    """Key tiles ``[lo, hi)`` of the query kernel. PASS 1: delta (and one-pass da); PASS 2: dS, dq, da."""
+    for start in range(lo, hi, BLOCK_M):
+        cols = start + tl.arange(0, BLOCK_M)
+        col_mask = cols < M
+        ks = load_signs(ks_base, cols, col_mask, s_ks_m, D, DP, FROM_BITS)  # (BLOCK_M, DP)
+        bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
+        p, hf = _probs(tl.dot(qs, tl.trans(ks), out_dtype=tl.int32), c_rows, bj, lse2[:, None], bias_base,
+                       rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
+                       BIAS, HAS_PREFIX, False, MASK_M)
+        v, _ = _load_values(v_base, cols, col_mask, s_vm, s_vd, vscale, vstep, DV, DVP, PV_INT8)
+        dp = fdot(do, tl.trans(v), tl.zeros(p.shape, dtype=tl.float32), DOT)  # (BLOCK_N, BLOCK_M)
+        if PASS == 1:
+            pdp = p * dp
+            delta += tl.sum(pdp, axis=1)
+            if NEED_DA:
+                hb = hf * bj[None, :]
+                x_sum += tl.sum(pdp * hb, axis=1)
+                y_sum += tl.sum(p * hb, axis=1)
+            if HEAD_DBIAS:
+                p_sum += tl.sum(p, axis=1)
+        else:
+            ds = p * (dp - delta[:, None])
+            if NEED_DA:
+                da_acc += tl.sum(ds * hf * bj[None, :], axis=1)
+            if HEAD_DBIAS:
+                ds_sum += tl.sum(ds, axis=1)
+            acc = fdot(ds * bj[None, :], ks, acc, DS_DOT)  # (BLOCK_N, DP)
+    return acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc
+
+
+@triton.jit
+def _binary_attn_bwd_q_kernel(
+    qs_ptr, ks_ptr, v_ptr, do_ptr, lse_ptr, a_ptr, b_ptr, bias_ptr, vscale_ptr, vstep_ptr, qclip_ptr,
+    delta_ptr, da_ptr, dq_ptr, dbias_rows_ptr,
+    s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_dob, s_doh, s_don, s_dod,
+    s_bias_b, s_bias_h, s_bn, s_bm, s_clip_n,
+    H, N, M, scale, table_rows, grid_h, grid_w, prefix,
+    D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+    FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
+    NEED_DA: tl.constexpr, NEED_DQ: tl.constexpr, HEAD_DBIAS: tl.constexpr,
+):
+    """Query side of the backward for one (query block, batch*head); see the module notation."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    bh64 = bh.to(tl.int64)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, D, DP, FROM_BITS)
+    dv = tl.arange(0, DVP)
+    do = tl.load(do_ptr + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh + rows[:, None] * s_don + dv[None, :] * s_dod,
+                 mask=row_mask[:, None] & (dv < DV)[None, :], other=0.0).to(tl.float32)
+    a_rows = tl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0)
+    c_rows = a_rows * (scale * 1.4426950408889634)  # a_i * scale * log2(e)
+    lse2 = tl.load(lse_ptr + bh64 * N + rows, mask=row_mask, other=float("inf")) * 1.4426950408889634
+    ks_base = ks_ptr + bh64 * s_ks_bh
+    v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
+    b_base = b_ptr + bh64 * M
+    bias_base = bias_ptr
+    if BIAS == 1:
+        lse2 = lse2 - tl.load(bias_ptr + h) * 1.4426950408889634  # a head bias only shifts the row
+    if BIAS == 2:
+        bias_base = bias_ptr + h * table_rows
+    if BIAS == 3 or BIAS == 4:
+        bias_base = bias_ptr + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
+    vscale = tl.zeros([DVP], dtype=tl.float32)
+    vstep = vscale
+    if PV_INT8:
+        vscale = tl.load(vscale_ptr + bh64 * DV + dv, mask=dv < DV, other=0.0)
+        vstep = tl.load(vstep_ptr + bh64 * DV + dv, mask=dv < DV, other=0.0)
+    zero = tl.zeros([BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_N, DP], dtype=tl.float32)
+    m_full = (M // BLOCK_M) * BLOCK_M
+    one_pass_da: tl.constexpr = NEED_DA and not NEED_DQ
+    head_pass1: tl.constexpr = HEAD_DBIAS and not NEED_DQ
+    acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
+        acc, zero, zero, zero, zero, zero, zero, qs, do, c_rows, lse2, rows, row_mask, 0, m_full, ks_base, s_ks_m,
+        v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
+        D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, False, 1, one_pass_da, head_pass1)
+    acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
+        acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, m_full, M, ks_base,
+        s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
+        D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, 1, one_pass_da, head_pass1)
+    out_rows = bh64 * N + rows
+    tl.store(delta_ptr + out_rows, delta, mask=row_mask)
+    if NEED_DQ:
+        acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
+            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, 0, M, ks_base,
+            s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
+            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, 2, NEED_DA, HEAD_DBIAS)
+        clip = load_bits(qclip_ptr + bh64 * N * s_clip_n, rows, row_mask, s_clip_n, D, DP)
+        dq = acc * clip * (scale * a_rows)[:, None]
+        d = tl.arange(0, DP)
+        tl.store(dq_ptr + out_rows[:, None] * D + d[None, :], dq, mask=row_mask[:, None] & (d < D)[None, :])
+        if NEED_DA:
+            tl.store(da_ptr + out_rows, scale * da_acc, mask=row_mask)
+        if HEAD_DBIAS:
+            tl.store(dbias_rows_ptr + out_rows, ds_sum, mask=row_mask)
+    else:
+        if NEED_DA:
+            tl.store(da_ptr + out_rows, scale * (x_sum - delta * y_sum), mask=row_mask)
+        if HEAD_DBIAS:
+            tl.store(dbias_rows_ptr + out_rows, delta * (1.0 - p_sum), mask=row_mask)
+
+
+@triton.jit
+def _k_tiles(
+    dv_acc, dk_acc, db_acc, ks, v, bj_w, lo, hi, cols, col_mask, qs_base, s_qs_n, do_base, s_don, s_dod,
+    a_base, lse_base, delta_base, bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale_log2,
+    grid_h, grid_w, prefix,
+    D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_N: tl.constexpr,
+    BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr,
+    DOT: tl.constexpr, DS_DOT: tl.constexpr, NEED_DS: tl.constexpr, NEED_DB: tl.constexpr,
+    NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr, MASK_N: tl.constexpr,
+):
+    """Query tiles ``[lo, hi)`` of the key kernel; tiles are keys x queries (``cols`` = keys here)."""
+    dvr = tl.arange(0, DVP)
+    for start in range(lo, hi, BLOCK_N):
+        rows = start + tl.arange(0, BLOCK_N)  # query indices
+        row_mask = rows < N
+        qs = load_signs(qs_base, rows, row_mask, s_qs_n, D, DP, FROM_BITS)  # (BLOCK_N, DP)
+        a_i = tl.load(a_base + rows, mask=row_mask, other=0.0)
+        lse2 = tl.load(lse_base + rows, mask=row_mask, other=float("inf")) * 1.4426950408889634 - head_shift2
+        pt, hf = _probs(tl.dot(ks, tl.trans(qs), out_dtype=tl.int32), bj_w, a_i * scale_log2, lse2[None, :],
+                        bias_base, cols, rows, col_mask, row_mask, s_bm, s_bn, grid_h, grid_w, prefix,
+                        BIAS, HAS_PREFIX, True, MASK_N)  # (BLOCK_M, BLOCK_N)
+        do = tl.load(do_base + rows[:, None] * s_don + dvr[None, :] * s_dod,
+                     mask=row_mask[:, None] & (dvr < DV)[None, :], other=0.0)
+        if PV_INT8:
+            dv_acc = fdot(round_half_even(pt * 255.0) * (1.0 / 255.0), do, dv_acc, DOT)
+        else:
+            dv_acc = fdot(pt, do, dv_acc, DOT)
+        if NEED_DS:
+            dpt = fdot(v, tl.trans(do.to(tl.float32)), tl.zeros(pt.shape, dtype=tl.float32), DOT)
+            delta = tl.load(delta_base + rows, mask=row_mask, other=0.0)
+            dst = pt * (dpt - delta[None, :])  # (BLOCK_M, BLOCK_N)
+            if NEED_DB:
+                db_acc += tl.sum(dst * hf * a_i[None, :], axis=1)
+            if NEED_DK:
+                dk_acc = fdot(dst * a_i[None, :], qs, dk_acc, DS_DOT)
+            pair_mask = col_mask[:, None] & row_mask[None, :]
+            if BIAS_GRAD == 2:
+                idx = tl.trans(table_index(tl.where(row_mask, rows, 0), tl.where(col_mask, cols, 0),
+                                           grid_h, grid_w, prefix, HAS_PREFIX))
+                tl.atomic_add(gbias_base + idx, dst, mask=pair_mask)
+            if BIAS_GRAD == 3:
+                tl.atomic_add(gbias_base + rows[None, :] * s_gn + cols[:, None] * s_gm, dst, mask=pair_mask)
+    return dv_acc, dk_acc, db_acc
+
+
+@triton.jit
+def _binary_attn_bwd_k_kernel(
+    qs_ptr, ks_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr, vscale_ptr, vstep_ptr,
+    kclip_ptr, dv_ptr, dk_ptr, db_ptr,
+    s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_dob, s_doh, s_don, s_dod,
+    s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, s_clip_m,
+    H, N, M, scale, table_rows, grid_h, grid_w, prefix,
+    D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+    FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
+    NEED_DV: tl.constexpr, NEED_DB: tl.constexpr, NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr,
+):
+    """Key side of the backward for one (key block, batch*head); see the module notation."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    bh64 = bh.to(tl.int64)
+    cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # key indices (the tile rows)
+    col_mask = cols < M
+    ks = load_signs(ks_ptr + bh64 * s_ks_bh, cols, col_mask, s_ks_m, D, DP, FROM_BITS)  # (BLOCK_M, DP)
+    b_j = tl.load(b_ptr + bh64 * M + cols, mask=col_mask, other=0.0)
+    dvr = tl.arange(0, DVP)
+    vscale = tl.zeros([DVP], dtype=tl.float32)
+    vstep = vscale
+    if PV_INT8:
+        vscale = tl.load(vscale_ptr + bh64 * DV + dvr, mask=dvr < DV, other=0.0)
+        vstep = tl.load(vstep_ptr + bh64 * DV + dvr, mask=dvr < DV, other=0.0)
+    v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
+    v, v_raw = _load_values(v_base, cols, col_mask, s_vm, s_vd, vscale, vstep, DV, DVP, PV_INT8)
+    head_shift2 = 0.0
+    bias_base = bias_ptr
+    gbias_base = gbias_ptr
+    if BIAS == 1:
+        head_shift2 = tl.load(bias_ptr + h) * 1.4426950408889634  # log2(e)
+    if BIAS == 2:
+        bias_base = bias_ptr + h * table_rows
+        gbias_base = gbias_ptr + h * table_rows
+    if BIAS == 3 or BIAS == 4:
+        bias_base = bias_ptr + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
+        gbias_base = gbias_ptr + b.to(tl.int64) * s_gb + h.to(tl.int64) * s_gh
+    need_ds: tl.constexpr = NEED_DB or NEED_DK or BIAS_GRAD >= 2
+    dv_acc = tl.zeros([BLOCK_M, DVP], dtype=tl.float32)
+    dk_acc = tl.zeros([BLOCK_M, DP], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    n_full = (N // BLOCK_N) * BLOCK_N
+    do_base = do_ptr + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh
+    for lo_hi in tl.static_range(2):
+        lo = 0 if lo_hi == 0 else n_full
+        hi = n_full if lo_hi == 0 else N
+        dv_acc, dk_acc, db_acc = _k_tiles(
+            dv_acc, dk_acc, db_acc, ks, v, b_j, lo, hi, cols, col_mask, qs_ptr + bh64 * s_qs_bh, s_qs_n,
+            do_base, s_don, s_dod, a_ptr + bh64 * N, lse_ptr + bh64 * N, delta_ptr + bh64 * N, bias_base,
+            gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale * 1.4426950408889634, grid_h, grid_w, prefix,
+            D, DP, DV, DVP, BLOCK_N, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, need_ds, NEED_DB,
+            NEED_DK, BIAS_GRAD, lo_hi == 1)
+    out_rows = bh64 * M + cols
+    if NEED_DV:
+        if PV_INT8:
+            dv_acc = tl.where(tl.abs(v_raw) <= 2.0, dv_acc, 0.0)  # straight-through window |v| <= 2
+        tl.store(dv_ptr + out_rows[:, None] * DV + dvr[None, :], dv_acc.to(dv_ptr.dtype.element_ty),
+                 mask=col_mask[:, None] & (dvr < DV)[None, :])
+    if NEED_DB:
+        tl.store(db_ptr + out_rows, scale * db_acc, mask=col_mask)
+    if NEED_DK:
+        clip = load_bits(kclip_ptr + bh64 * M * s_clip_m, cols, col_mask, s_clip_m, D, DP)
+        dk = dk_acc * clip * (scale * b_j)[:, None]
+        d = tl.arange(0, DP)
+        tl.store(dk_ptr + out_rows[:, None] * D + d[None, :], dk, mask=col_mask[:, None] & (d < D)[None, :])

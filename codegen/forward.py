@@ -1,0 +1,73 @@
+"""Launcher of the binary-attention forward: prologue, strides, grid and config choice."""
+from __future__ import annotations
+
+import torch
+import triton
+
+from .configs import dot_kind, forward_config, padded_dim
+from .forward_kernel import _binary_attn_fwd_kernel
+from .operands import bias_operand, value_scales
+from .prologue import sign_pack
+from .tiles import LOG2E
+
+# Static row maximum guard, in log2 units: the kernel uses the bound when 2 * bound <= LIMIT, so
+# the largest p of a row is >= 2**-LIMIT (times 2**P_OFFSET). float32/bfloat16 P keep full
+# precision down to 2**-126; float16 P is normal down to 2**-14 and holds up to 65504 = 2**16,
+# so it shifts p up by 2**15 and allows a 2**-24 spread (the largest p stays >= 2**-9).
+STATIC_LIMIT = {torch.float16: (24.0, 15.0)}
+DEFAULT_LIMIT = (100.0, 0.0)
+
+
+def k_signs_from_bits(n: int, m: int) -> bool:
+    """Whether the forward unpacks K's signs from the packed bits (else an int8 sign tensor).
+
+    The bits are 1/8 of the int8 tensor's bytes but cost shift/and work per key tile and query
+    block; see benchmarks/kernel_notes.md for the measurement behind the choice.
+    """
+    return False
+
+
+def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, static_max: bool = True):
+    """Fused forward with the contract of ``bitlower.reference.forward``.
+
+    Args:
+        q, k, v: ``(B, H, N, D)``, ``(B, H, M, D)``, ``(B, H, M, Dv)``; any strides; one dtype
+            among float16/bfloat16/float32 (``codegen.unsupported_reason`` checks the call).
+        a, b: ``(B, H, N)`` / ``(B, H, M)`` scalars for ``token`` weighting, else None.
+        bias: the bias of ``spec.bias_kind``.
+        spec: the call's ``CallSpec``.
+        k_from_bits: force the K sign source (tests and benchmarks); None picks per shape.
+        static_max: allow the static row maximum (False forces the online softmax).
+
+    Returns:
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference.
+    """
+    bsz, heads, n, dim = q.shape
+    m, dim_v = k.shape[2], v.shape[-1]
+    if k_from_bits is None:
+        k_from_bits = k_signs_from_bits(n, m)
+    qbits, qclip, _, a_eff, q_sums = sign_pack(q, a, spec, signs=False)
+    kbits, kclip, k_signs, b_eff, k_sums = sign_pack(k, b, spec, signs=not k_from_bits)
+    ks = kbits if k_from_bits else k_signs
+    out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
+    lse = torch.empty(bsz, heads, n, dtype=torch.float32, device=q.device)
+    beta = bias_operand(bias, spec, (bsz, heads, n, m))
+    pv_int8 = spec.pv_quant == "int8"
+    vscale, vstep = value_scales(v) if pv_int8 else (lse, lse)
+    dp, dvp = padded_dim(dim), padded_dim(dim_v)
+    cfg = forward_config(n, m, dp, dvp)
+    limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
+    grid = (triton.cdiv(n, cfg.block_n), bsz * heads)
+    torch.library.wrap_triton(_binary_attn_fwd_kernel)[grid](
+        qbits, ks, v, out, lse, a_eff, b_eff, q_sums, k_sums,
+        beta.tensor if beta.tensor is not None else lse, vscale, vstep,
+        n * qbits.shape[-1], qbits.shape[-1], m * ks.shape[-1], ks.shape[-1],
+        *v.stride(), *beta.strides,
+        heads, n, m, spec.scale * LOG2E, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
+        D=dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
+        MEAN_ABS=spec.weighting == "mean_abs", BIAS=beta.code, HAS_PREFIX=beta.has_prefix,
+        STATIC_MAX=static_max and spec.bias_kind != "dense", LIMIT=limit, P_OFFSET=offset,
+        PV_INT8=pv_int8, Q_FROM_BITS=True, K_FROM_BITS=k_from_bits, DOT=dot_kind(v.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff

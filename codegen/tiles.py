@@ -1,0 +1,149 @@
+"""Triton device helpers shared by the forward and backward kernels.
+
+Notation (SPEC §1-3): a program holds a tile of ``BLOCK_N`` query rows ``i`` and walks
+tiles of ``BLOCK_M`` key columns ``j``. Scores are kept in log2 units,
+``s2_ij = S_ij * log2(e)``, so that ``exp(S - x) = exp2(s2 - x * log2(e))``.
+
+- signs: int8 ``+-1`` tiles ``(rows, DP)``; channels ``>= D`` are 0, so the int8 tensor-core
+  dot of two sign tiles is the exact integer ``h_ij = <sgn q_i, sgn k_j>``.
+- ``DP``: ``D`` padded to a power of two, at least 32 (the int8 dot needs ``K >= 32``).
+- bias kinds (constexpr ``BIAS``): 0 none, 1 per head, 2 relative-position table,
+  3 dense float, 4 boolean mask.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+BIAS_CODES = {"none": 0, "head": 1, "table": 2, "dense": 3, "mask": 4}
+
+# 12582912.0 = 1.5 * 2**23: adding it to a small integer puts the integer in the low mantissa
+# bits, so ``bitcast(h + 0x4B400000) - 12582912.0`` is the exact float32 of ``h`` for |h| < 2**22
+# with two integer/float adds instead of the int->float conversion unit (SPEC §6 lever).
+MAGIC_INT = tl.constexpr(0x4B400000)
+MAGIC_FLOAT = tl.constexpr(12582912.0)
+LOG2E = 1.4426950408889634  # 1 / ln(2)
+LN2 = 0.6931471805599453  # ln(2)
+
+
+@triton.jit
+def int_to_float(h):
+    """Exact float32 of an int32 tile with |h| < 2**22, without I2F."""
+    return (h + MAGIC_INT).to(tl.float32, bitcast=True) - MAGIC_FLOAT
+
+
+@triton.jit
+def round_half_even(x):
+    """``torch.round`` of float32 |x| < 2**22: the magic add rounds to nearest even."""
+    return (x + MAGIC_FLOAT) - MAGIC_FLOAT
+
+
+@triton.jit
+def load_signs(ptr, rows, row_mask, stride_row, D: tl.constexpr, DP: tl.constexpr, FROM_BITS: tl.constexpr):
+    """int8 ``+-1`` signs ``(R, DP)`` of ``rows``, 0 past ``D``.
+
+    ``FROM_BITS``: ``ptr`` holds packed int32 words (word stride 1, bit ``b`` of word ``w`` is
+    channel ``32w + b``), unpacked here; else ``ptr`` holds an int8 sign tensor (channel stride 1).
+    """
+    d = tl.arange(0, DP)
+    if FROM_BITS:
+        words = tl.load(
+            ptr + rows[:, None] * stride_row + (d // 32)[None, :],
+            mask=row_mask[:, None] & (d < D)[None, :],
+            other=0,
+        )  # (R, DP), each word read by its 32 channels
+        bit = (words >> (d % 32)[None, :]) & 1
+        signs = tl.where((d < D)[None, :], bit * 2 - 1, 0).to(tl.int8)
+    else:
+        signs = tl.load(ptr + rows[:, None] * stride_row + d[None, :], mask=row_mask[:, None], other=0)
+    return signs
+
+
+@triton.jit
+def load_bits(ptr, rows, row_mask, stride_row, D: tl.constexpr, DP: tl.constexpr):
+    """float32 0/1 tile ``(R, DP)`` of packed bits (clip masks), 0 past ``D``."""
+    d = tl.arange(0, DP)
+    words = tl.load(
+        ptr + rows[:, None] * stride_row + (d // 32)[None, :],
+        mask=row_mask[:, None] & (d < D)[None, :],
+        other=0,
+    )
+    return ((words >> (d % 32)[None, :]) & 1).to(tl.float32)
+
+
+@triton.jit
+def table_index(rows, cols, grid_h, grid_w, prefix, HAS_PREFIX: tl.constexpr):
+    """Relative-position table row of each pair ``(rows[i], cols[j])`` (see bitlower/relpos.py).
+
+    The patch part is ``r_i - c_j + const`` with one per-row and one per-column term, so a
+    tile costs one integer add per element (plus the prefix selects when there are prefix tokens).
+    """
+    width = 2 * grid_w - 1
+    pr = tl.maximum(rows - prefix, 0)
+    pc = tl.maximum(cols - prefix, 0)
+    r = (pr // grid_w) * width + pr % grid_w  # (R,)
+    c = (pc // grid_w) * width + pc % grid_w  # (C,)
+    idx = r[:, None] - c[None, :] + ((grid_h - 1) * width + grid_w - 1)
+    if HAS_PREFIX:
+        base = (2 * grid_h - 1) * width
+        qp = (rows < prefix)[:, None]
+        kp = (cols < prefix)[None, :]
+        idx = tl.where(qp, tl.where(kp, base + 2, base), tl.where(kp, base + 1, idx))
+    return idx
+
+
+@triton.jit
+def bias_tile(
+    bias_ptr, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
+    BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, LOG2_UNITS: tl.constexpr,
+):
+    """Additive bias tile ``(R, C)`` for BIAS 2 (table) or 3 (dense); 0 otherwise.
+
+    ``bias_ptr`` points at this (batch, head): the table column (contiguous rows) or the dense
+    bias with strides ``s_bn, s_bm`` (0 on broadcast dims). Table values are pre-scaled by
+    log2(e) by the launcher; a dense bias is scaled here when ``LOG2_UNITS``.
+    """
+    if BIAS == 2:
+        r = tl.where(row_mask, rows, 0)
+        c = tl.where(col_mask, cols, 0)
+        idx = table_index(r, c, grid_h, grid_w, prefix, HAS_PREFIX)
+        return tl.load(bias_ptr + idx)
+    elif BIAS == 3:
+        mask = row_mask[:, None] & col_mask[None, :]
+        beta = tl.load(bias_ptr + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=mask, other=0.0)
+        beta = beta.to(tl.float32)
+        if LOG2_UNITS:
+            beta = beta * 1.4426950408889634  # log2(e)
+        return beta
+    else:
+        return 0.0
+
+
+@triton.jit
+def mask_keep(bias_ptr, rows, cols, row_mask, col_mask, s_bn, s_bm):
+    """Boolean-mask tile ``(R, C)``: True where the pair is kept (BIAS 4)."""
+    mask = row_mask[:, None] & col_mask[None, :]
+    keep = tl.load(bias_ptr + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=mask, other=1)
+    return keep != 0
+
+
+@triton.jit
+def abs_max(ptr, length, BLOCK: tl.constexpr):
+    """max |x| over ``length`` contiguous float32 values (NaN-propagating enough for a guard)."""
+    best = tl.zeros([BLOCK], dtype=tl.float32)
+    for start in range(0, length, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        x = tl.load(ptr + offs, mask=offs < length, other=0.0)
+        best = tl.maximum(best, tl.abs(x))
+    return tl.max(best, axis=0)
+
+
+@triton.jit
+def fdot(a, b, acc, DOT: tl.constexpr):
+    """``acc + a @ b`` on floating tensor cores; DOT 0 float32 (IEEE), 1 float16, 2 bfloat16."""
+    if DOT == 0:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    elif DOT == 1:
+        return tl.dot(a.to(tl.float16), b.to(tl.float16), acc)
+    else:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
