@@ -137,13 +137,15 @@ def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kcli
     bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]
     acc = a.dtype
     qk_grad = grad_mode != "stopgrad"
-    shapes = (
-        (bsz, heads, n, head_dim) if needs[0] and qk_grad else (0,),
-        (bsz, heads, m, head_dim) if needs[1] and qk_grad else (0,),
-        tuple(v.shape) if needs[2] else (0,),
-        tuple(a.shape) if needs[3] else (0,),
-        tuple(b.shape) if needs[4] else (0,),
-        tuple(bias.shape) if needs[5] and bias_kind not in ("none", "mask") else (0,),
+    bias_grad = bias is not None and bias_kind not in ("none", "mask")
+    wanted = (
+        ((bsz, heads, n, head_dim), acc, needs[0] and qk_grad),
+        ((bsz, heads, m, head_dim), acc, needs[1] and qk_grad),
+        (tuple(v.shape), v.dtype, needs[2]),
+        (tuple(a.shape), acc, needs[3]),
+        (tuple(b.shape), acc, needs[4]),
+        (tuple(bias.shape) if bias_grad else (0,), bias.dtype if bias_grad else acc, needs[5] and bias_grad),
     )
-    dtypes = (acc, acc, v.dtype, acc, acc, bias.dtype if bias is not None else acc)
+    shapes = [shape if need else (0,) for shape, _, need in wanted]
+    dtypes = [dtype if need else grad_out.dtype for _, dtype, need in wanted]
     return tuple(grad_out.new_empty(s, dtype=d) for s, d in zip(shapes, dtypes))

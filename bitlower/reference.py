@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from bitlower.packing import hamming_dot, num_words, pack_mask, pack_signs, sgn, unpack_bits, unpack_signs
-from bitlower.relpos import gather_table_bias, relative_position_index
+from bitlower.relpos import table_to_dense
 from bitlower.spec import CallSpec
 
 PROB_LEVELS = 255.0  # P^ = round(255 P) / 255
@@ -64,7 +64,7 @@ def dense_bias(bias: torch.Tensor | None, spec: CallSpec, dtype: torch.dtype) ->
     if kind == "head":
         return bias.to(dtype).view(1, -1, 1, 1)  # (1, H, 1, 1)
     if kind == "table":
-        return gather_table_bias(bias.to(dtype), spec.grid)  # (1, H, N, N)
+        return table_to_dense(bias.to(dtype), spec.grid)  # (1, H, N, N)
     if kind == "mask":
         return torch.zeros((), dtype=dtype, device=bias.device).masked_fill(~bias, float("-inf"))
     return bias.to(dtype)

@@ -27,7 +27,7 @@ from bitlower.reference import (
     quantize_values,
     scores,
 )
-from bitlower.relpos import relative_position_index
+from bitlower.relpos import dense_to_table_grad
 from bitlower.spec import CallSpec
 
 
@@ -102,10 +102,5 @@ def _bias_grad(ds, bias, spec: CallSpec):
     if kind == "head":
         return ds.sum(dim=(0, 2, 3)).to(bias.dtype)  # (H,)
     if kind == "table":
-        gh, gw, prefix = spec.grid
-        index = relative_position_index(gh, gw, prefix, device=ds.device)  # (N, N)
-        per_pair = ds.sum(0).permute(1, 2, 0).reshape(-1, ds.shape[1])  # (N*N, H)
-        table = torch.zeros(bias.shape, dtype=ds.dtype, device=ds.device)
-        table.index_add_(0, index.reshape(-1), per_pair)
-        return table.to(bias.dtype)
+        return dense_to_table_grad(ds.sum(0), spec.grid, bias.shape[0]).to(bias.dtype)
     return ds.sum_to_size(bias.shape).to(bias.dtype)

@@ -45,3 +45,41 @@ def gather_table_bias(table: torch.Tensor, grid: tuple[int, int, int]) -> torch.
     gh, gw, p = grid
     index = relative_position_index(gh, gw, p, device=table.device)  # (N, N)
     return table[index].permute(2, 0, 1).unsqueeze(0)  # (1, H, N, N)
+
+
+# The two functions below express the same gather with views (flip + unfold) so that the
+# compiled CPU reference needs no data-dependent indexing: Inductor (torch 2.13, CPU)
+# fails on a gather or index_add whose index is computed in the graph
+# ("vr must not be None for symbol q0").
+
+
+def table_to_dense(table: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """Dense bias ``(1, H, N, N)`` from a ``(rows, H)`` table, equal to :func:`gather_table_bias`."""
+    gh, gw, p = grid
+    heads, patches = table.shape[1], gh * gw
+    base = (2 * gh - 1) * (2 * gw - 1)
+    rel = table[:base].view(2 * gh - 1, 2 * gw - 1, heads).flip(0, 1)  # F[s, t] = T[2gh-2-s, 2gw-2-t]
+    win = rel.unfold(0, gh, 1).unfold(1, gw, 1)  # (gh, gw, H, gh, gw): [s, t, h, yj, xj] = F[s+yj, t+xj]
+    win = win.flip(0, 1)  # [yi, xi, h, yj, xj] = T[yi-yj+gh-1, xi-xj+gw-1]
+    pairs = win.permute(2, 0, 1, 3, 4).reshape(heads, patches, patches)  # (H, P, P)
+    extra = table[base:base + 3].view(3, heads, 1, 1)  # prefix->patch, patch->prefix, prefix->prefix
+    top = torch.cat([extra[2].expand(heads, p, p), extra[0].expand(heads, p, patches)], dim=-1)  # (H, p, N)
+    bottom = torch.cat([extra[1].expand(heads, patches, p), pairs], dim=-1)  # (H, P, N)
+    return torch.cat([top, bottom], dim=1).unsqueeze(0)  # (1, H, N, N)
+
+
+def dense_to_table_grad(grad: torch.Tensor, grid: tuple[int, int, int], rows: int) -> torch.Tensor:
+    """Adjoint of :func:`table_to_dense`: ``(H, N, N)`` gradient -> ``(rows, H)`` table gradient."""
+    gh, gw, p = grid
+    heads, patches = grad.shape[0], gh * gw
+    base = (2 * gh - 1) * (2 * gw - 1)
+    pairs = grad[:, p:, p:].reshape(heads, gh, gw, gh, gw).permute(1, 2, 0, 3, 4).flip(0, 1)  # (gh, gw, H, gh, gw)
+    g1 = torch.ops.aten.unfold_backward(pairs, [gh, 2 * gw - 1, heads, gh], 1, gw, 1)
+    rel = torch.ops.aten.unfold_backward(g1, [2 * gh - 1, 2 * gw - 1, heads], 0, gh, 1).flip(0, 1)
+    extra = torch.stack([
+        grad[:, :p, p:].sum(dim=(1, 2)),  # prefix->patch
+        grad[:, p:, :p].sum(dim=(1, 2)),  # patch->prefix
+        grad[:, :p, :p].sum(dim=(1, 2)),  # prefix->prefix
+    ])  # (3, H)
+    out = torch.cat([rel.reshape(base, heads), extra])
+    return out if rows == base + 3 else torch.nn.functional.pad(out, (0, 0, 0, rows - base - 3))

@@ -1,0 +1,86 @@
+"""``torch.compile(model, backend="bitlower")``: binarize attention, compile the rest with Inductor.
+
+The entry point group ``torch_dynamo_backends`` names ``bitlower_backend`` (pyproject.toml), so
+``backend="bitlower"`` works without importing bitlower. The function stays undecorated:
+registering it with ``register_backend`` as well makes the lookup fail ("duplicate name").
+
+Flow: the Dynamo graph (torch-level IR) -> ``bitlower.passes.rewrite_attention`` ->
+``torch._inductor.compile_fx.compile_fx``, the function ``backend="inductor"`` calls. A graph
+without accepted attention sites reaches ``compile_fx`` unchanged. No pass is handed to
+Inductor: the rewrite is done before ``compile_fx``, so Inductor's caches key the rewritten
+graph itself (the operator call and its static arguments are part of it).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import torch
+from torch._inductor import config as inductor_config
+from torch._inductor import list_mode_options
+from torch._inductor.compile_fx import compile_fx
+
+from bitlower.backend_config import BackendConfig
+from bitlower.passes.rewrite_attention import rewrite_attention
+
+log = logging.getLogger(__name__)
+
+
+def split_options(options: Mapping[str, Any] | None) -> tuple[BackendConfig, dict[str, Any]]:
+    """Split ``torch.compile`` options into a ``BackendConfig`` and Inductor config patches.
+
+    Keys named like ``BackendConfig`` fields configure bitlower; keys of
+    ``torch._inductor.config`` (``"max_autotune"``, ``"triton.cudagraphs"``) go to Inductor.
+
+    Raises:
+        ValueError: a key that is neither, or an invalid bitlower value.
+
+    Example:
+        >>> cfg, patches = split_options({"min_seq_len": 64, "max_autotune": False})
+        >>> cfg.min_seq_len, patches
+        (64, {'max_autotune': False})
+    """
+    options = dict(options or {})
+    ours = {k: v for k, v in options.items() if k in BackendConfig.option_names()}
+    rest = {k: v for k, v in options.items() if k not in ours}
+    known = inductor_config.get_config_copy()
+    unknown = sorted(k for k in rest if k not in known)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} for backend 'bitlower': options are bitlower's "
+            f"{list(BackendConfig.option_names())} or keys of torch._inductor.config")
+    return BackendConfig.from_options(ours), rest
+
+
+def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None,
+                     options: Mapping[str, Any] | None = None):
+    """Dynamo backend: rewrite attention to binary attention, then compile with Inductor.
+
+    Args:
+        gm: the Dynamo graph.
+        example_inputs: its example inputs (forwarded to ``compile_fx``).
+        mode: an Inductor mode (``"default"``, ``"reduce-overhead"``, ``"max-autotune"``,
+            ``"max-autotune-no-cudagraphs"``), mapped through ``torch._inductor.list_mode_options``.
+        options: bitlower options (``BackendConfig`` fields) and Inductor config keys.
+
+    Returns:
+        the compiled callable from ``compile_fx``.
+
+    Raises:
+        ValueError: unknown options or mode, invalid option values.
+
+    Example:
+        >>> import torch
+        >>> f = torch.compile(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+        ...                   backend="bitlower", options={"grad_mode": "ste"})
+        >>> f(*(torch.randn(1, 2, 16, 8) for _ in range(3))).shape
+        torch.Size([1, 2, 16, 8])
+    """
+    config, patches = split_options(options)
+    if mode is not None:
+        modes = torch._inductor.list_mode_options()
+        if mode not in modes:
+            raise ValueError(f"unknown mode {mode!r} for backend 'bitlower'; modes are {sorted(modes)}")
+        patches = {**list_mode_options(mode), **patches}
+    gm = rewrite_attention(gm, config)
+    return compile_fx(gm, example_inputs, config_patches=patches)

@@ -1,0 +1,38 @@
+"""torch.library.opcheck for every variant of the forward and backward operators."""
+import itertools
+
+import pytest
+import torch
+
+from bitlower import autograd  # noqa: F401  (registers the backward)
+from bitlower.spec import BIAS_KINDS, GRAD_MODES, WEIGHTINGS
+
+VARIANTS = (
+    [(w, "none", g, "none") for w, g in itertools.product(WEIGHTINGS, GRAD_MODES)]
+    + [("mean_abs", b, "ste", "none") for b in BIAS_KINDS if b != "none"]
+    + [("token", "table", "hamming", "int8"), ("mean_abs", "dense", "stopgrad", "int8")]
+)
+
+
+def _fwd_args(case, grad_mode, pv_quant):
+    d = case["q"].shape[-1]
+    return (case["q"], case["k"], case["v"], case.get("a"), case.get("b"), case.get("bias"), d ** -0.5,
+            case["weighting"], case["bias_kind"], list(case.get("grid", ())), grad_mode, pv_quant, 1.0)
+
+
+@pytest.mark.parametrize("weighting,bias_kind,grad_mode,pv_quant", VARIANTS)
+def test_opcheck_forward(case_factory, weighting, bias_kind, grad_mode, pv_quant):
+    case = case_factory(weighting, bias_kind, dtype=torch.float32, requires_grad=True, n=7, m=7, d=40, dv=8)
+    torch.library.opcheck(torch.ops.bitlower.binary_attention_fwd.default, _fwd_args(case, grad_mode, pv_quant))
+
+
+@pytest.mark.parametrize("weighting,bias_kind,grad_mode,pv_quant", VARIANTS[::3])
+def test_opcheck_backward(case_factory, weighting, bias_kind, grad_mode, pv_quant):
+    case = case_factory(weighting, bias_kind, dtype=torch.float32, n=7, m=7, d=40, dv=8)
+    args = _fwd_args(case, grad_mode, pv_quant)
+    out, lse, qbits, kbits, qclip, kclip, a, b = torch.ops.bitlower.binary_attention_fwd(*args)
+    needs = [weighting != "bilinear", weighting != "bilinear", True, weighting in ("token", "bilinear"),
+             weighting in ("token", "bilinear"), bias_kind not in ("none", "mask")]
+    bwd_args = (torch.randn_like(out), case["v"], case.get("bias"), lse, qbits, kbits, qclip, kclip, a, b,
+                *args[6:13], case["q"].shape[-1], needs)
+    torch.library.opcheck(torch.ops.bitlower.binary_attention_bwd.default, bwd_args)
