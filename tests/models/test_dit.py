@@ -186,3 +186,32 @@ def test_training_steps_reduce_the_denoising_loss():
     for name, p in model.named_parameters():
         assert (p.grad is not None) == p.requires_grad, name
     assert model.pos_embed.grad is None
+
+
+def test_block_matches_the_adaln_zero_formula():
+    """Chunk order (shift, scale, gate) x (attention, MLP) as the checkpoints were trained."""
+    model = _perturbed(tiny())
+    block = model.blocks[0]
+    x, c = torch.randn(2, 16, 32), torch.randn(2, 32)
+    w = block.adaLN_modulation[1]
+    mods = (torch.nn.functional.silu(c) @ w.weight.T + w.bias).reshape(2, 6, 32)
+    shift1, scale1, gate1, shift2, scale2, gate2 = mods.unbind(1)  # each (B, C)
+
+    def ln(h):
+        return torch.nn.functional.layer_norm(h, (32,), eps=1e-6)
+
+    h = x + gate1[:, None] * block.attn(ln(x) * (1 + scale1[:, None]) + shift1[:, None])
+    fc1, fc2 = block.mlp.fc1, block.mlp.fc2
+    inner = ln(h) * (1 + scale2[:, None]) + shift2[:, None]
+    mlp = fc2(torch.nn.functional.gelu(fc1(inner), approximate="tanh"))
+    torch.testing.assert_close(block(x, c), h + gate2[:, None] * mlp)
+
+
+def test_timestep_embedding_is_cos_then_sin():
+    from bitlower.models.layers import timestep_embedding
+
+    emb = timestep_embedding(torch.tensor([0.0, 3.0]), 8)
+    torch.testing.assert_close(emb[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+    freqs = torch.exp(-np.log(10000.0) * torch.arange(4) / 4)
+    torch.testing.assert_close(emb[1], torch.cat([torch.cos(3 * freqs), torch.sin(3 * freqs)]))
+    assert timestep_embedding(torch.tensor([1.0]), 7).shape == (1, 7)

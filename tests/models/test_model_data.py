@@ -100,7 +100,8 @@ def test_cifar10_reads_every_batch_in_order(tmp_path):
     ds = load_cifar(tmp_path, "train")  # the parent folder works too
     assert len(ds) == 20 and ds.num_classes == 10 and ds.classes[3] == "c3"
     assert ds.images[:, 0, 0, 0].tolist() == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4 + [4] * 4
-    raw = pickle.load(open(folder / "data_batch_2", "rb"), encoding="bytes")
+    with open(folder / "data_batch_2", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
     torch.testing.assert_close(ds.images[4], torch.from_numpy(raw[b"data"][0]).reshape(3, 32, 32))
     assert ds.labels[4].item() == raw[b"labels"][0]
     x, y = ds[4]
@@ -140,6 +141,19 @@ def test_cifar_bad_paths_and_malformed_files(tmp_path):
         load_cifar(folder, "test")
     with pytest.raises(ValueError, match="split"):
         load_cifar(folder, "val")
+
+
+def test_cifar_reads_protocol_2_and_legacy_numpy_module_names(tmp_path):
+    """The official files are protocol-2 pickles naming ``numpy.core.multiarray``."""
+    folder = write_cifar10(tmp_path)
+    data = np.arange(2 * 3072).reshape(2, 3072).astype(np.uint8)
+    raw = pickle.dumps({b"data": data, b"labels": [7, 8]}, protocol=2)
+    legacy = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in legacy
+    (folder / "test_batch").write_bytes(legacy)
+    ds = load_cifar(folder, "test")
+    assert ds.labels.tolist() == [7, 8]
+    assert torch.equal(ds.images.reshape(2, 3072), torch.from_numpy(data))
 
 
 def test_cifar_reader_refuses_code_in_pickles(tmp_path):

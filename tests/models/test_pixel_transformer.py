@@ -75,10 +75,12 @@ def test_registry_name_and_parameter_count():
     assert model.config.in_chans == 3 and model.grid_size == (32, 32)
 
 
-def test_training_on_digits_reduces_the_loss():
+def test_training_on_digits_learns_beyond_the_label_prior():
     torch.manual_seed(0)
     x, y = load_digits_tensors("train")
     x, y = x[:64], y[:64]
+    prior = torch.bincount(y, minlength=10).float() / len(y)
+    prior_loss = -(prior * prior.clamp_min(1e-12).log()).sum().item()  # best label-only loss
     model = tiny().train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
@@ -88,7 +90,7 @@ def test_training_on_digits_reduces_the_loss():
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.85 * losses[0]
+    assert losses[-1] < prior_loss - 0.3
     assert all(p.grad is not None for p in model.parameters())
 
 

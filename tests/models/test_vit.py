@@ -123,6 +123,9 @@ def test_forward_shapes_and_grid_metadata(img, patch, in_chans, grid):
     assert tokens.shape == (3, 1 + grid[0] * grid[1], 32)
     assert model(x).shape == (3, 10)
     assert all(b.attn.grid_size == grid and b.attn.num_prefix_tokens == 1 for b in model.blocks)
+    norms = [model.norm] + [n for b in model.blocks for n in (b.norm1, b.norm2)]
+    assert all(n.eps == 1e-6 for n in norms)  # as the checkpoints were trained
+    assert all(b.mlp.act.approximate == "none" for b in model.blocks)  # exact GELU
 
 
 def test_distilled_heads():
