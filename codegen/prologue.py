@@ -6,6 +6,8 @@ on rows with a NaN channel) and, for ``mean_abs``, the per-(batch, head) sum of 
 """
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 import triton.language as tl
@@ -73,6 +75,16 @@ def _sign_pack_kernel(
         tl.atomic_add(sums_ptr + bh, tl.sum(abs_sum, axis=0))
 
 
+def round_to_dtype(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (nearest even), in plain Python so tracing sees a constant."""
+    if dtype == torch.float16:
+        return struct.unpack("<e", struct.pack("<e", value))[0]
+    bits32 = struct.unpack("<I", struct.pack("<f", value))[0]
+    if dtype == torch.bfloat16:  # keep the top 16 bits of the float32 pattern, ties to even
+        bits32 = ((bits32 + 0x7FFF + ((bits32 >> 16) & 1)) >> 16) << 16
+    return struct.unpack("<f", struct.pack("<I", bits32 & 0xFFFFFFFF))[0]
+
+
 def sign_pack(x: torch.Tensor, given: torch.Tensor | None, spec, signs: bool):
     """Run the prologue on ``x`` ``(B, H, L, D)``.
 
@@ -100,7 +112,7 @@ def sign_pack(x: torch.Tensor, given: torch.Tensor | None, spec, signs: bool):
     sums = torch.zeros(bsz, heads, dtype=torch.float32, device=dev) if mean_abs else eff
     given_t = given.to(torch.float32).contiguous() if given is not None else eff
     # |x| <= clip is compared in x's dtype by the reference: round the threshold the same way.
-    clip_value = float(torch.tensor(spec.ste_clip, dtype=x.dtype).item())
+    clip_value = round_to_dtype(spec.ste_clip, x.dtype)
     grid = (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads)
     torch.library.wrap_triton(_sign_pack_kernel)[grid](
         x, *x.stride(),

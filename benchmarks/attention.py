@@ -1,0 +1,194 @@
+"""Binary attention vs SDPA / FlexAttention / SageAttention, forward and forward+backward (one call).
+
+Question: how fast are bitlower's fused kernels against the fastest torch SDPA backend on the
+shapes of SPEC §6? Every time is the median of CUDA-graph replays (``do_bench_cudagraph``), so
+Python launch overhead is out of all rows alike. TFLOP/s-equivalent counts the flops of ordinary
+attention: forward ``4 B H N M D``, forward+backward ``14 B H N M D`` (QK^T, PV; backward 2.5x).
+
+Usage:
+    python benchmarks/attention.py --out DIR            # run on a GPU: table to stdout, DIR/attention.json/.md
+    python benchmarks/attention.py --plot DIR/attention.json   # PNG beside the json (any machine)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+
+import torch
+
+SHAPES = [(256, 6, 197, 64), (64, 16, 256, 72), (32, 6, 1024, 64), (12, 6, 1680, 64), (8, 8, 4096, 64),
+          (4, 16, 4096, 128), (1, 16, 16384, 64)]
+GRIDS = {197: (14, 14, 1), 256: (16, 16, 0), 1024: (32, 32, 0), 1680: (40, 42, 0), 4096: (64, 64, 0),
+         16384: (128, 128, 0)}  # patch grids (Gh, Gw, prefix) giving each N, for the table bias
+log = logging.getLogger("bench")
+
+
+def _bench(fn) -> float:
+    """Median ms of CUDA-graph replays; plain event timing where capture fails."""
+    import triton.testing as tt
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        return float(tt.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+    except Exception as exc:  # noqa: BLE001 - some backends refuse capture; say so and time them plainly
+        log.warning("graph capture failed (%s); event timing", type(exc).__name__)
+        return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def _sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention
+
+    def run(q, k, v):
+        with sdpa_kernel([backend]):
+            return scaled_dot_product_attention(q, k, v)
+    return run
+
+
+def _flex_binary(table_token: bool):
+    """FlexAttention on bf16 tensor cores computing the same binary scores (signs, scalars, bias)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def run(q, k, v, a=None, b=None, table=None, index=None):
+        qs = torch.where(q >= 0, 1.0, -1.0).to(q.dtype)
+        ks = torch.where(k >= 0, 1.0, -1.0).to(k.dtype)
+        if table_token:
+            def score_mod(score, bi, hi, qi, kj):
+                return score * a[bi, hi, qi] * b[bi, hi, kj] + table[index[qi, kj], hi]
+        else:
+            c = q.float().abs().mean((2, 3)) * k.float().abs().mean((2, 3))  # (B, H)
+
+            def score_mod(score, bi, hi, qi, kj):
+                return score * c[bi, hi]
+        return flex_attention(qs, ks, v, score_mod=score_mod)
+    return torch.compile(run, dynamic=False)
+
+
+def _inputs(shape, grad=False):
+    bsz, heads, n, dim = shape
+    make = lambda: torch.randn(bsz, heads, n, dim, device="cuda", dtype=torch.bfloat16,  # noqa: E731
+                               requires_grad=grad)
+    return make(), make(), make()
+
+
+def _forward_rows(shape) -> dict:
+    import bitlower
+    from bitlower.codegen import forward
+    from bitlower.relpos import relative_position_index, table_rows
+    from bitlower.spec import CallSpec
+    from torch.nn.attention import SDPBackend
+
+    q, k, v = _inputs(shape)
+    bsz, heads, n, dim = shape
+    rows = {name: _bench(lambda f=_sdpa(be): f(q, k, v)) for name, be in
+            (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
+             ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION))}
+    flex = _flex_binary(False)
+    rows["flex_binary"] = _bench(lambda: flex(q, k, v))
+    try:
+        from sageattention import sageattn
+        rows["sage"] = _bench(lambda: sageattn(q, k, v, tensor_layout="HND"))
+    except ImportError:
+        log.info("sageattention not importable: row skipped")
+    rows["bitlower"] = _bench(lambda: bitlower.binary_attention(q, k, v))
+    spec = CallSpec(scale=dim ** -0.5)
+    rows["bitlower_kbits"] = _bench(lambda: forward(q, k, v, None, None, None, spec, k_from_bits=True))
+    rows["bitlower_online"] = _bench(lambda: forward(q, k, v, None, None, None, spec, static_max=False))
+    grid = GRIDS[n]
+    table = 0.02 * torch.randn(table_rows(grid[0], grid[1]), heads, device="cuda", dtype=torch.bfloat16)
+    a = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
+    b = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
+    rows["bitlower_table_token"] = _bench(lambda: bitlower.binary_attention(
+        q, k, v, bias=table, bias_kind="table", grid=grid, weighting="token", a=a, b=b))
+    index = relative_position_index(*grid, device="cuda")
+    flex_tt = _flex_binary(True)
+    rows["flex_table_token"] = _bench(lambda: flex_tt(q, k, v, a, b, table, index))
+    return rows
+
+
+def _fwd_bwd_rows(shape) -> dict:
+    import bitlower
+    from torch.nn.attention import SDPBackend
+
+    q, k, v = _inputs(shape, grad=True)
+    do = torch.randn_like(q)
+
+    def timed(fn):
+        return _bench(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))
+    rows = {"sdpa_cudnn": timed(_sdpa(SDPBackend.CUDNN_ATTENTION)), "sdpa_flash": timed(_sdpa(SDPBackend.FLASH_ATTENTION))}
+    for mode in ("hamming", "ste"):
+        rows[f"bitlower_{mode}"] = timed(lambda q, k, v, m=mode: bitlower.binary_attention(q, k, v, grad_mode=m))
+    return rows
+
+
+def _table(results) -> str:
+    lines = ["| pass | shape (B,H,N,D) | backend | ms | TFLOP/s-eq | speed-up vs fastest SDPA |", "|---|---|---|---|---|---|"]
+    for res in results:
+        bsz, heads, n, dim = res["shape"]
+        for kind, factor in (("fwd", 4), ("fwd+bwd", 14)):
+            rows = res[kind]
+            best = min(t for name, t in rows.items() if name.startswith("sdpa"))
+            for name, ms in rows.items():
+                tflops = factor * bsz * heads * n * n * dim / (ms * 1e-3) / 1e12
+                lines.append(f"| {kind} | {bsz},{heads},{n},{dim} | {name} | {ms:.3f} | {tflops:.0f} | {best / ms:.2f}x |")
+    return "\n".join(lines)
+
+
+def _plot(path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.load(open(path))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    for ax, kind in zip(axes, ("fwd", "fwd+bwd")):
+        labels = [f"N={r['shape'][2]}\nD={r['shape'][3]}" for r in data["results"]]
+        names = [n for n in data["results"][0][kind] if not n.startswith("sdpa_eff")]
+        width = 0.8 / len(names)
+        for i, name in enumerate(names):
+            ratios = [min(t for n2, t in r[kind].items() if n2.startswith("sdpa")) / r[kind][name]
+                      for r in data["results"]]
+            ax.bar([x + i * width for x in range(len(labels))], ratios, width, label=name)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, fontsize=7)
+        ax.set_ylabel("speed-up vs fastest SDPA")
+        ax.set_title(f"{kind}, {data['gpu']}")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.splitext(path)[0] + ".png", dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--plot", default=None, help="make the PNG from a saved json and exit")
+    parser.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.plot:
+        _plot(args.plot)
+        return
+    torch._dynamo.config.cache_size_limit = 64
+    picked = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(",")]
+    results = []
+    for shape in picked:
+        res = {"shape": shape, "fwd": _forward_rows(shape), "fwd+bwd": _fwd_bwd_rows(shape)}
+        results.append(res)
+        log.info("%s %s", shape, json.dumps({k: {n: round(t, 4) for n, t in res[k].items()} for k in ("fwd", "fwd+bwd")}))
+    import triton
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "python": platform.python_version(), "results": results}
+    os.makedirs(args.out, exist_ok=True)
+    json.dump(meta, open(os.path.join(args.out, "attention.json"), "w"), indent=1)
+    table = _table(results)
+    with open(os.path.join(args.out, "attention.md"), "w") as fh:
+        fh.write(f"GPU {meta['gpu']}, torch {meta['torch']}, Triton {meta['triton']}, Python {meta['python']}\n\n{table}\n")
+    print(table)  # the benchmark's product is this table on stdout
+
+
+if __name__ == "__main__":
+    main()
