@@ -7,18 +7,40 @@ Example:
     >>> report = binarize_(model, preset("binary_attention"))
     >>> teacher = report.teacher
 """
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import PRESETS, BinarizeConfig, preset
+from .diffusion import DiffusionConfig, NoiseSchedule, ddim_sample
+from .distill import DistillConfig, classification_loss, diffusion_loss
+from .optim import EMA
+from .tasks import ClassificationTask, DiffusionTask, train_classifier, train_diffusion
+from .trainer import TrainConfig, Trainer
 from .core import BinaryAttentionCore, Geometry
 from .registry import AttentionHandler, find_handler, register_attention, registered_types, unregister_attention
 from .transform import BinarizeReport, attention_cores, binarize_, convert_, make_teacher
 
 __all__ = [
+    "EMA",
     "AttentionHandler",
     "BinarizeConfig",
     "BinarizeReport",
     "BinaryAttentionCore",
+    "CheckpointError",
+    "ClassificationTask",
+    "DiffusionConfig",
+    "DiffusionTask",
+    "DistillConfig",
     "Geometry",
+    "NoiseSchedule",
     "PRESETS",
+    "TrainConfig",
+    "Trainer",
+    "classification_loss",
+    "ddim_sample",
+    "diffusion_loss",
+    "read_checkpoint",
+    "save_checkpoint",
+    "train_classifier",
+    "train_diffusion",
     "attention_cores",
     "binarize_",
     "convert_",

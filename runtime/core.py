@@ -69,6 +69,7 @@ class BinaryAttentionCore(nn.Module):
                 raise ValueError("bias 'relpos' needs the patch grid; pass BinarizeConfig(grid=(Gh, Gw, prefix))")
             gh, gw, _ = geometry.grid
             self.rel_pos_table = nn.Parameter(torch.empty(table_rows(gh, gw), geometry.heads))
+            # Cut at +-2 (absolute), as in DeiT/BinaryAttention: at std 0.02 that is a plain normal.
             nn.init.trunc_normal_(self.rel_pos_table, std=config.bias_init_std)
         elif self.bias_kind == "head":
             self.head_bias = nn.Parameter(torch.zeros(geometry.heads))
