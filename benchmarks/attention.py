@@ -39,6 +39,14 @@ def _bench(fn) -> float:
         return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
+def _guarded(rows: dict, name: str, fn) -> None:
+    """rows[name] = time of fn, or no row (logged) when that backend fails on this shape."""
+    try:
+        rows[name] = _bench(fn)
+    except Exception as exc:  # noqa: BLE001 - a failing comparison backend must not end the run
+        log.warning("%s failed: %s", name, str(exc).splitlines()[0][:200])
+
+
 def _sdpa(backend):
     from torch.nn.attention import sdpa_kernel
     from torch.nn.functional import scaled_dot_product_attention
@@ -53,19 +61,23 @@ def _flex_binary(table_token: bool):
     """FlexAttention on bf16 tensor cores computing the same binary scores (signs, scalars, bias)."""
     from torch.nn.attention.flex_attention import flex_attention
 
-    def run(q, k, v, a=None, b=None, table=None, index=None):
+    def run(q, k, v, a, b, table=None, index=None):
         qs = torch.where(q >= 0, 1.0, -1.0).to(q.dtype)
         ks = torch.where(k >= 0, 1.0, -1.0).to(k.dtype)
         if table_token:
             def score_mod(score, bi, hi, qi, kj):
                 return score * a[bi, hi, qi] * b[bi, hi, kj] + table[index[qi, kj], hi]
         else:
-            c = q.float().abs().mean((2, 3)) * k.float().abs().mean((2, 3))  # (B, H)
-
             def score_mod(score, bi, hi, qi, kj):
-                return score * c[bi, hi]
+                return score * a[bi, hi] * b[bi, hi]
         return flex_attention(qs, ks, v, score_mod=score_mod)
-    return torch.compile(run, dynamic=False)
+    compiled = torch.compile(run, dynamic=False)
+    if table_token:
+        return compiled
+
+    def mean_abs(q, k, v):  # the (B, H) scalars are computed outside: flex wants captured buffers realised
+        return compiled(q, k, v, q.float().abs().mean((2, 3)), k.float().abs().mean((2, 3)))
+    return mean_abs
 
 
 def _inputs(shape, grad=False):
@@ -84,11 +96,12 @@ def _forward_rows(shape) -> dict:
 
     q, k, v = _inputs(shape)
     bsz, heads, n, dim = shape
-    rows = {name: _bench(lambda f=_sdpa(be): f(q, k, v)) for name, be in
-            (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
-             ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION))}
+    rows: dict = {}
+    for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
+                     ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION)):
+        _guarded(rows, name, lambda f=_sdpa(be): f(q, k, v))
     flex = _flex_binary(False)
-    rows["flex_binary"] = _bench(lambda: flex(q, k, v))
+    _guarded(rows, "flex_binary", lambda: flex(q, k, v))
     try:
         from sageattention import sageattn
         rows["sage"] = _bench(lambda: sageattn(q, k, v, tensor_layout="HND"))
@@ -106,7 +119,7 @@ def _forward_rows(shape) -> dict:
         q, k, v, bias=table, bias_kind="table", grid=grid, weighting="token", a=a, b=b))
     index = relative_position_index(*grid, device="cuda")
     flex_tt = _flex_binary(True)
-    rows["flex_table_token"] = _bench(lambda: flex_tt(q, k, v, a, b, table, index))
+    _guarded(rows, "flex_table_token", lambda: flex_tt(q, k, v, a, b, table, index))
     return rows
 
 
@@ -117,11 +130,14 @@ def _fwd_bwd_rows(shape) -> dict:
     q, k, v = _inputs(shape, grad=True)
     do = torch.randn_like(q)
 
-    def timed(fn):
-        return _bench(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))
-    rows = {"sdpa_cudnn": timed(_sdpa(SDPBackend.CUDNN_ATTENTION)), "sdpa_flash": timed(_sdpa(SDPBackend.FLASH_ATTENTION))}
+    rows: dict = {}
+
+    def timed(name, fn):
+        _guarded(rows, name, lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))
+    timed("sdpa_cudnn", _sdpa(SDPBackend.CUDNN_ATTENTION))
+    timed("sdpa_flash", _sdpa(SDPBackend.FLASH_ATTENTION))
     for mode in ("hamming", "ste"):
-        rows[f"bitlower_{mode}"] = timed(lambda q, k, v, m=mode: bitlower.binary_attention(q, k, v, grad_mode=m))
+        timed(f"bitlower_{mode}", lambda q, k, v, m=mode: bitlower.binary_attention(q, k, v, grad_mode=m))
     return rows
 
 

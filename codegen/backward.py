@@ -86,7 +86,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
     vscale, vstep = value_scales(v) if spec.pv_quant == "int8" else (delta, delta)
     dp, dvp = padded_dim(head_dim), padded_dim(dim_v)
-    cfg = backward_config(n, m, dp, dvp)
+    cfg = backward_config(n, m, dp, dvp, grad_out.dtype)
     dot = dot_kind(grad_out.dtype)
     common = dict(
         D=head_dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BIAS=beta.code,

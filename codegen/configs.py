@@ -37,10 +37,15 @@ class TileConfig:
 INTERPRETER_CONFIG = TileConfig(16, 16, 1, 1)
 
 
-def forward_config(n: int, m: int, dim_p: int, dim_vp: int) -> TileConfig:
+FP32_CONFIG = TileConfig(32, 32, 4, 1)  # float32 operands: 2x the shared memory of bf16 tiles
+
+
+def forward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype) -> TileConfig:
     """Forward tiles per shape (H100 table; see benchmarks/kernel_notes.md)."""
     if interpreting():
         return INTERPRETER_CONFIG
+    if dtype == torch.float32:
+        return FP32_CONFIG
     if max(dim_p, dim_vp) >= 256:
         return TileConfig(64, 32, 4, 2)
     if max(dim_p, dim_vp) >= 128:
@@ -48,10 +53,12 @@ def forward_config(n: int, m: int, dim_p: int, dim_vp: int) -> TileConfig:
     return TileConfig(128, 64, 4, 3)
 
 
-def backward_config(n: int, m: int, dim_p: int, dim_vp: int) -> TileConfig:
+def backward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype) -> TileConfig:
     """Backward tiles per shape; ``block_n`` query rows, ``block_m`` key rows per program side."""
     if interpreting():
         return INTERPRETER_CONFIG
+    if dtype == torch.float32:
+        return FP32_CONFIG
     if max(dim_p, dim_vp) >= 256:
         return TileConfig(32, 32, 4, 1)
     if max(dim_p, dim_vp) >= 128:

@@ -55,7 +55,7 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
     pv_int8 = spec.pv_quant == "int8"
     vscale, vstep = value_scales(v) if pv_int8 else (lse, lse)
     dp, dvp = padded_dim(dim), padded_dim(dim_v)
-    cfg = forward_config(n, m, dp, dvp)
+    cfg = forward_config(n, m, dp, dvp, v.dtype)
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     grid = (triton.cdiv(n, cfg.block_n), bsz * heads)
     torch.library.wrap_triton(_binary_attn_fwd_kernel)[grid](
