@@ -1,0 +1,130 @@
+"""Decide, per attention site, whether the rewrite changes nothing but the Q·Kᵀ binarization.
+
+Each check in ``CHECKS`` looks at one fact and returns a skip reason or None; the first
+reason wins. The last check runs the operator's own input validation on meta tensors of
+the shapes the rewrite will pass, so a site is never rewritten into a call the operator
+rejects.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+
+import torch
+
+from bitlower import validation
+from bitlower.backend_config import BackendConfig
+from bitlower.passes.op_table import is_tensor, value_of
+from bitlower.passes.scale_chain import Unsupported, canonicalize
+from bitlower.passes.site import AttentionSite
+
+
+def _int(d) -> int:
+    """A concrete size: the hint of a symbolic one (decisions never add guards)."""
+    return d if isinstance(d, int) else int(d.node.hint)
+
+
+def _shape(x) -> tuple[int, ...]:
+    return tuple(_int(d) for d in value_of(x).shape)
+
+
+def logical_shapes(site: AttentionSite):
+    """``q (.., N, D)``, ``k (.., M, D)``, ``v (.., M, Dv)`` as the operator sees them."""
+    q, k, v = _shape(site.q), _shape(site.k), _shape(site.v)
+    if site.k_cols:
+        k = k[:-2] + (k[-1], k[-2])
+    if site.v_cols:
+        v = v[:-2] + (v[-1], v[-2])
+    return q, k, v
+
+
+def _check_config_skip(site, config):
+    if any(fnmatch.fnmatchcase(site.module_path, p) for p in config.skip):
+        return "skipped_by_config"
+    return None
+
+
+def _check_tensors(site, config):
+    if not all(is_tensor(x) for x in (site.q, site.k, site.v)):
+        return "operands_not_tensors"
+    q, k, v = logical_shapes(site)
+    if not (len(q) == len(k) == len(v)) or len(q) not in (3, 4):
+        return "rank"
+    if q[:-2] != k[:-2] or q[:-2] != v[:-2]:
+        if not (site.gqa and len(q) == 4 and k[:-2] == v[:-2] and q[0] == k[0] and q[1] % k[1] == 0):
+            return "broadcast_batch"
+        if config.gqa == "skip":
+            return "gqa_by_config"
+    if len({value_of(x).dtype for x in (site.q, site.k, site.v)}) != 1:
+        return "mixed_dtypes"
+    if q[-2] < config.min_seq_len:
+        return "short_sequence"
+    return None
+
+
+def _check_scores(site, config):
+    try:
+        site.canonical = canonicalize(site.score_ops)
+    except Unsupported as err:
+        return err.reason
+    canon = site.canonical
+    for node, _ in canon.q_factors:
+        value = value_of(node)
+        if config.weighting != "mean_abs":
+            return "runtime_scale_needs_mean_abs"  # sgn(q * s) drops s; only mean|q * s| keeps it
+        if isinstance(value, torch.Tensor) and value.dim() >= 2 and tuple(value.shape[-2:]) != (1, 1):
+            return "score_factor_shape"  # a per-token factor: not one scalar per (batch, head)
+    if (canon.bias_terms or canon.masks) and config.masks == "skip":
+        return "mask_by_config"
+    if site.causal and config.causal == "skip":
+        return "causal_by_config"
+    return None
+
+
+def bias_shape(site: AttentionSite) -> tuple[int, ...] | None:
+    """Broadcast shape of every bias and mask of the site (scores rank), or None without any."""
+    shapes = [_shape(n) for n, _ in site.canonical.bias_terms] + [_shape(n) for n, _ in site.canonical.masks]
+    if site.causal:
+        q, k, _ = logical_shapes(site)
+        shapes.append((q[-2], k[-2]))
+    return torch.broadcast_shapes(*shapes) if shapes else None
+
+
+def _check_operator(site, config):
+    q, k, v = logical_shapes(site)
+    dtype = value_of(site.q).dtype
+    if len(q) == 3:
+        q, k, v = ((1,) + s for s in (q, k, v))
+    if site.gqa:
+        k = k[:1] + (q[1],) + k[2:]
+        v = v[:1] + (q[1],) + v[2:]
+    meta = [torch.empty(s, dtype=dtype, device="meta") for s in (q, k, v)]
+    try:
+        shape = bias_shape(site)
+        validation.check_qkv(*meta)
+        validation.check_scale(site.canonical.scale)
+        if shape is not None:
+            shape = (1,) + shape if len(shape) == 3 and len(_shape(site.q)) == 3 else shape
+            kind = "dense" if site.canonical.bias_terms else "mask"
+            bias = torch.empty(shape, dtype=dtype if kind == "dense" else torch.bool, device="meta")
+            validation.check_bias(bias, kind, None, *meta[:2])
+    except (ValueError, TypeError, RuntimeError) as err:
+        site.details["operator_error"] = str(err)
+        return "operator_rejects"
+    site.details.update(shape=tuple(meta[0].shape[:3]) + (meta[1].shape[2], q[-1], v[-1]), dtype=str(dtype),
+                        scale=site.canonical.scale)
+    return None
+
+
+CHECKS = (_check_config_skip, _check_tensors, _check_scores, _check_operator)
+
+
+def decide(site: AttentionSite, config: BackendConfig) -> AttentionSite:
+    """Run ``CHECKS`` on ``site`` (unless matching already found a reason); sets ``site.reason``."""
+    for check in CHECKS:
+        if site.reason is not None:
+            break
+        site.skip(check(site, config))
+    if site.reason is None and not math.isfinite(site.canonical.scale):
+        site.skip("scale_not_finite")
+    return site

@@ -1,0 +1,46 @@
+"""Find every attention site in a graph and decide what to do with it (no graph changes)."""
+from __future__ import annotations
+
+from torch.fx import Graph
+
+from bitlower.backend_config import BackendConfig
+from bitlower.passes.decide import decide
+from bitlower.passes.match_sdpa import match_fused_attention
+from bitlower.passes.match_softmax import match_softmax_attention
+from bitlower.passes.site import AttentionSite
+
+# Tried in order on every node; the first that returns a site claims the node.
+MATCHERS = (match_fused_attention, match_softmax_attention)
+
+
+def find_attention(graph: Graph, config: BackendConfig | None = None) -> list[AttentionSite]:
+    """Every attention site of ``graph`` in graph order, each with its decision made.
+
+    Args:
+        graph: a Dynamo-level FX graph (nodes carry ``example_value`` metadata).
+        config: what to rewrite; the default ``BackendConfig()`` when None.
+
+    Returns:
+        the sites; ``site.reason`` is None for the ones the rewrite may replace.
+
+    Example:
+        >>> import torch
+        >>> graphs = []
+        >>> def keep(gm, example_inputs):
+        ...     graphs.append(gm)
+        ...     return gm.forward
+        >>> fn = torch.compile(lambda q, k, v: torch.nn.functional.scaled_dot_product_attention(q, k, v),
+        ...                    backend=keep, fullgraph=True)
+        >>> _ = fn(*(torch.randn(1, 2, 16, 8) for _ in range(3)))
+        >>> [(s.pattern, s.reason) for s in find_attention(graphs[0].graph)]
+        [('sdpa', None)]
+    """
+    config = config or BackendConfig()
+    sites = []
+    for node in graph.nodes:
+        for match in MATCHERS:
+            site = match(node)
+            if site is not None:
+                sites.append(decide(site, config))
+                break
+    return sites

@@ -1,0 +1,179 @@
+"""The rewrite pass: replace every accepted attention site by the binary-attention operator.
+
+For a site ``softmax(scale * F * q kᵀ + bias, masked) @ v`` it inserts
+
+    q' = q * F            (runtime scalars only; numbers go into ``scale``)
+    k' = k (transposed back when it entered the product as (.., D, M))
+    out = bitlower.binary_attention_fwd(q', k', v, None, None, bias', scale, ...)[0]
+
+with ``(BH, N, D)`` layouts viewed as ``(1, BH, N, D)`` and the output cast to the dtype the
+replaced node had. The replaced nodes (now dead) are erased, and so are the producers
+they alone used (``torch.empty`` inputs of ``baddbmm(beta=0)``).
+"""
+from __future__ import annotations
+
+import logging
+import operator
+
+import sympy
+import torch
+from torch.fx import GraphModule, Node
+
+from bitlower import functional as _functional  # noqa: F401  (registers the operator's backward)
+from bitlower.backend_config import BackendConfig
+from bitlower.counters import counters
+from bitlower.passes.emit import Emitter
+from bitlower.passes.find_attention import find_attention
+from bitlower.passes.op_table import role_of, value_of
+from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite
+
+log = logging.getLogger(__name__)
+
+OPERATOR = torch.ops.bitlower.binary_attention_fwd.default
+SITES_META_KEY = "bitlower_sites"
+FACTORIES = (torch.empty, torch.zeros, torch.ones, torch.empty_like, torch.zeros_like)
+
+
+def causal_mask(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """SDPA's ``is_causal`` mask (top-left aligned): ``(N, M)`` bool, True where kept."""
+    n, m = q.shape[-2], k.shape[-2]
+    return torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
+
+
+def _times_powers(emit: Emitter, node: Node, factors: list[tuple[Node, int]]) -> Node:
+    """``node * prod(f ** power)`` over graph-node factors."""
+    for factor, power in factors:
+        if power == 1:
+            node = emit.call(operator.mul, node, factor)
+        elif power == -1:
+            node = emit.call(operator.truediv, node, factor)
+        else:
+            node = emit.call(operator.mul, node, emit.call(operator.pow, factor, power))
+    return node
+
+
+def _scaled(emit: Emitter, node: Node, coef: sympy.Expr, nodes: dict) -> Node:
+    """``node * coef`` with ``coef`` a number times powers of symbols of graph nodes."""
+    number, rest = coef.as_coeff_Mul()
+    powers = {} if rest == 1 else rest.as_powers_dict()
+    node = _times_powers(emit, node, [(nodes[sym], int(power)) for sym, power in powers.items()])
+    if number != 1:
+        node = emit.call(operator.mul, node, float(number))
+    return node
+
+
+def _operands(emit: Emitter, site: AttentionSite):
+    """q', k', v in ``(B, H, L, D)`` and whether the site was ``(BH, L, D)``."""
+    q, k, v = site.q, site.k, site.v
+    q = _times_powers(emit, q, site.canonical.q_factors)
+    if site.k_cols:
+        k = emit.method("transpose", k, -2, -1)
+    if site.v_cols:
+        v = emit.method("transpose", v, -2, -1)
+    flat = value_of(site.q).dim() == 3
+    if flat:
+        q, k, v = (emit.method("unsqueeze", x, 0) for x in (q, k, v))  # (1, BH, L, D)
+    groups = value_of(q).shape[1] // value_of(k).shape[1]
+    if groups > 1:  # grouped-query attention: each key head serves `groups` query heads
+        k, v = (emit.method("repeat_interleave", x, groups, dim=1) for x in (k, v))
+    return q, k, v, flat
+
+
+def _bias(emit: Emitter, site: AttentionSite, q: Node, k: Node, flat: bool):
+    """``(bias, bias_kind)`` for the operator: a dense float bias, a bool mask, or none."""
+    canon = site.canonical
+    dense = None
+    for node, coef in canon.bias_terms:
+        term = _scaled(emit, node, coef, canon.nodes)
+        dense = term if dense is None else emit.call(operator.add, dense, term)
+    keep = None
+    for mask, kept in canon.masks:
+        m = mask if kept else emit.call(torch.logical_not, mask)
+        keep = m if keep is None else emit.call(torch.logical_and, keep, m)
+    if site.causal:
+        m = emit.call(causal_mask, q, k)
+        keep = m if keep is None else emit.call(torch.logical_and, keep, m)
+    if dense is not None and keep is not None:
+        dense = emit.call(torch.where, keep, dense, float("-inf"))
+    bias, kind = (dense, "dense") if dense is not None else (keep, "mask") if keep is not None else (None, "none")
+    if flat and bias is not None and value_of(bias).dim() == 3:
+        bias = emit.method("unsqueeze", bias, 0)  # (1, BH, N, M)
+    return bias, kind
+
+
+def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) -> None:
+    """Replace one accepted site by the operator (see the module docstring)."""
+    emit = Emitter(gm.graph, site.anchor)
+    q, k, v, flat = _operands(emit, site)
+    bias, kind = _bias(emit, site, q, k, flat)
+    call = emit.call(OPERATOR, q, k, v, None, None, bias, site.canonical.scale, config.weighting, kind, [],
+                     config.grad_mode, config.pv_quant, float(config.ste_clip))
+    out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
+    if flat:
+        out = emit.method("squeeze", out, 0)  # (BH, N, Dv)
+    want = value_of(site.anchor).dtype
+    if value_of(out).dtype != want:
+        out = emit.method("to", out, want)
+    site.anchor.replace_all_uses_with(out)
+    site.details["bias_kind"] = kind
+    _erase_dead(gm, site.erase)
+    for node in site.bypass:  # scalar factors now in `scale`: read the unscaled tensor
+        source = next(x for x in (node.args + tuple(node.kwargs.values())) if isinstance(x, Node))
+        node.replace_all_uses_with(source)
+        gm.graph.erase_node(node)
+
+
+def _erase_dead(gm: GraphModule, nodes: list[Node]) -> None:
+    """Erase ``nodes`` (users first), then producers only they used and that have no effects."""
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+    pending, erased = sorted(set(nodes), key=order.__getitem__, reverse=True), set()
+    while pending:
+        node = pending.pop(0)
+        if node.users or node in erased:
+            continue
+        inputs = [x for x in node.all_input_nodes]
+        gm.graph.erase_node(node)
+        erased.add(node)
+        for x in inputs:
+            pure = x.op in ("call_function", "call_method") and (role_of(x) is not None or x.target in FACTORIES)
+            if pure and not x.users:
+                pending.append(x)
+        pending.sort(key=order.__getitem__, reverse=True)
+
+
+def _record(sites: list[AttentionSite]) -> None:
+    for site in sites:
+        counters["sites_found"][site.pattern] += 1
+        if site.status == REWRITTEN:
+            counters["sites_rewritten"][site.pattern] += 1
+            log.info("bitlower: rewrote %s at %r (%s)", site.pattern, site.module_path, site.spelling)
+        else:
+            counters["sites_skipped"][site.reason] += 1
+            log.info("bitlower: skipped %s at %r: %s", site.pattern, site.module_path, site.reason)
+
+
+def rewrite_attention(gm: GraphModule, config: BackendConfig | None = None) -> GraphModule:
+    """Rewrite every accepted attention site of ``gm`` to binary attention, in place.
+
+    Args:
+        gm: a Dynamo-level graph module.
+        config: what to rewrite and how; the default ``BackendConfig()`` when None.
+
+    Returns:
+        ``gm``, recompiled; ``gm.meta["bitlower_sites"]`` lists a ``SiteReport`` per site.
+        Counters: ``sites_found`` / ``sites_rewritten`` by pattern, ``sites_skipped`` by reason.
+    """
+    config = config or BackendConfig()
+    sites = find_attention(gm.graph, config)
+    for site in sites:
+        if site.reason is None:
+            rewrite_site(gm, site, config)
+            site.status = REWRITTEN
+        else:
+            site.status = SKIPPED
+    _record(sites)
+    if any(s.status == REWRITTEN for s in sites):
+        gm.graph.lint()
+        gm.recompile()
+    gm.meta.setdefault(SITES_META_KEY, []).extend(site.report() for site in sites)
+    return gm
