@@ -38,6 +38,13 @@ def logical_shapes(site: AttentionSite):
     return q, k, v
 
 
+def _check_exclusive(site, config):
+    """The scores feed only the softmax: nothing else sees the values the rewrite changes."""
+    if any(len(n.users) != 1 for n in site.scores_chain):
+        return "scores_reused"
+    return None
+
+
 def _check_config_skip(site, config):
     if any(fnmatch.fnmatchcase(site.module_path, p) for p in config.skip):
         return "skipped_by_config"
@@ -116,7 +123,7 @@ def _check_operator(site, config):
     return None
 
 
-CHECKS = (_check_config_skip, _check_tensors, _check_scores, _check_operator)
+CHECKS = (_check_exclusive, _check_config_skip, _check_tensors, _check_scores, _check_operator)
 
 
 def decide(site: AttentionSite, config: BackendConfig) -> AttentionSite:

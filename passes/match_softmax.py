@@ -164,6 +164,27 @@ def _is_dropout_active(role: Role) -> bool:
     return not (is_number(p) and p == 0) and training is not False
 
 
+def _is_pv_product(user: Node, x: Node) -> bool:
+    role = role_of(user)
+    if role is None:
+        return False
+    if role.name == "matmul":
+        return role.args["input"] is x
+    return role.name == "einsum" and len(role.args["operands"]) == 2 and role.args["operands"][0] is x \
+        and einsum_forms.output_form(role.args["equation"]) is not None
+
+
+def feeds_pv(x: Node) -> bool:
+    """Whether ``x`` reaches a P·V product as its P operand through casts and dropout."""
+    for user in x.users:
+        role = role_of(user)
+        if _is_pv_product(user, x):
+            return True
+        if role is not None and role.name in ("cast", "dropout") and role.args["input"] is x and feeds_pv(user):
+            return True
+    return False
+
+
 def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
     """Follow the softmax output to its P·V product; sets ``site.anchor``/``v`` or a reason.
 
@@ -184,11 +205,10 @@ def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
                 site.skip("active_dropout")
         elif name == "cast" and role.args["input"] is x:
             pass
-        elif name == "matmul" and role.args["input"] is x:
+        elif _is_pv_product(user, x) and name == "matmul":
             site.anchor, site.v, site.v_cols = user, role.args["other"], False
             return chain
-        elif name == "einsum" and len(role.args["operands"]) == 2 and role.args["operands"][0] is x \
-                and einsum_forms.output_form(role.args["equation"]) is not None:
+        elif _is_pv_product(user, x):
             site.anchor, site.v = user, role.args["operands"][1]
             site.v_cols = einsum_forms.output_form(role.args["equation"])
             return chain
@@ -213,8 +233,8 @@ def match_softmax_attention(node: Node) -> AttentionSite | None:
         ['matmul>mul>softmax>matmul']
     """
     role = role_of(node)
-    if role is None or role.name != "softmax":
-        return None
+    if role is None or role.name != "softmax" or not feeds_pv(node):
+        return None  # a softmax whose output never multiplies values is not attention
     found = _walk_scores(role.args["input"], [])
     if found is None:
         return None
