@@ -84,3 +84,19 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
         patches = {**list_mode_options(mode), **patches}
     gm = rewrite_attention(gm, config)
     return compile_fx(gm, example_inputs, config_patches=patches)
+
+
+def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None,
+                           options: Mapping[str, Any] | None = None):
+    """The same rewrite, then AOTAutograd without Inductor (``aot_eager``): for debugging and fast tests.
+
+    The operator's forward and registered backward run as traced by AOTAutograd; the rest of
+    the graph runs eagerly. ``mode`` is accepted and ignored (it only concerns Inductor).
+
+    Raises:
+        ValueError: unknown or invalid bitlower options (Inductor keys are accepted and ignored).
+    """
+    from torch._dynamo.backends.debugging import aot_eager
+
+    config, _ = split_options(options)
+    return aot_eager(rewrite_attention(gm, config), example_inputs)
