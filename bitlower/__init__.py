@@ -4,11 +4,42 @@ Public API:
     binary_attention: the operator (exact PyTorch reference on CPU, fused Triton kernels on CUDA).
     AttentionConfig: the validated description of the binary math.
     TokenWeighting, bilinear_planes: learned and sampled weighting scalars.
+    binarize_, convert_, BinarizeConfig, preset, PRESETS, register_attention: the training runtime's
+        transform (see ``bitlower.runtime``).
+    DistillConfig, TrainConfig, train_classifier, train_diffusion: QAT and distillation loops.
 """
 from bitlower.config import AttentionConfig
 from bitlower.counters import counters
 from bitlower.functional import binary_attention
 from bitlower.weighting import TokenWeighting, bilinear_planes
+from bitlower.runtime import (  # noqa: E402  (after the operator: the runtime builds on it)
+    PRESETS,
+    BinarizeConfig,
+    DistillConfig,
+    TrainConfig,
+    binarize_,
+    convert_,
+    preset,
+    register_attention,
+    train_classifier,
+    train_diffusion,
+)
 
-__all__ = ["AttentionConfig", "TokenWeighting", "binary_attention", "bilinear_planes", "counters"]
+__all__ = [
+    "PRESETS",
+    "AttentionConfig",
+    "BinarizeConfig",
+    "DistillConfig",
+    "TokenWeighting",
+    "TrainConfig",
+    "binarize_",
+    "binary_attention",
+    "bilinear_planes",
+    "convert_",
+    "counters",
+    "preset",
+    "register_attention",
+    "train_classifier",
+    "train_diffusion",
+]
 __version__ = "0.1.0"
