@@ -141,6 +141,41 @@ def _fwd_bwd_rows(shape) -> dict:
     return rows
 
 
+FWD_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3),
+             (128, 32, 4, 4), (128, 64, 4, 4)]
+BWD_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 128, 8, 1)]
+
+
+def _sweep(indices) -> None:
+    """Time the forward/backward kernels per TileConfig, and a per-kernel profile (tuning the table)."""
+    from bitlower import reference  # noqa: F401
+    from bitlower.codegen import backward, forward
+    from bitlower.codegen.configs import TileConfig
+    from bitlower.spec import CallSpec
+
+    for i in indices:
+        shape = SHAPES[i]
+        q, k, v = _inputs(shape)
+        spec = CallSpec(scale=shape[3] ** -0.5, grad_mode="hamming")
+        times = {}
+        for cfg in FWD_SWEEP:
+            _guarded(times, str(cfg), lambda c=TileConfig(*cfg): forward(q, k, v, None, None, None, spec, config=c))
+        log.info("sweep fwd %s %s", shape, json.dumps({c: round(t, 4) for c, t in times.items()}))
+        saved = forward(q, k, v, None, None, None, spec)
+        do = torch.randn_like(v)
+        times = {}
+        for cfg in BWD_SWEEP:
+            _guarded(times, str(cfg), lambda c=TileConfig(*cfg): backward(
+                do, v, None, *saved[1:], spec, shape[3], [True, True, True, False, False, False], config=c))
+        log.info("sweep bwd %s %s", shape, json.dumps({c: round(t, 4) for c, t in times.items()}))
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                out = forward(q, k, v, None, None, None, spec)
+                backward(do, v, None, *out[1:], spec, shape[3], [True, True, True, False, False, False])
+            torch.cuda.synchronize()
+        log.info("profile %s\n%s", shape, prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+
+
 def _table(results) -> str:
     lines = ["| pass | shape (B,H,N,D) | backend | ms | TFLOP/s-eq | speed-up vs fastest SDPA |", "|---|---|---|---|---|---|"]
     for res in results:
@@ -183,12 +218,16 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--plot", default=None, help="make the PNG from a saved json and exit")
     parser.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES")
+    parser.add_argument("--sweep", action="store_true", help="tile-config sweep and kernel profile of --shapes")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.plot:
         _plot(args.plot)
         return
     torch._dynamo.config.cache_size_limit = 64
+    if args.sweep:
+        _sweep([int(i) for i in (args.shapes or "0,1,2,4,5").split(",")])
+        return
     picked = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(",")]
     results = []
     for shape in picked:

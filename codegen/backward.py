@@ -59,13 +59,13 @@ def _with_chain(grad, d_own, signs, length: int, dim: int, spec, need: bool):
     return grad
 
 
-def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs):
+def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs, *, config=None):
     """Fused backward with the contract of ``bitlower.reference_backward.backward``.
 
     Args:
         grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip,
             a, b: what the forward saved; spec: the ``CallSpec``; head_dim: ``D``; needs: six bools
-            for ``(q, k, v, a_in, b_in, bias)``.
+            for ``(q, k, v, a_in, b_in, bias)``; config: a ``TileConfig`` overriding the table.
 
     Returns:
         ``(dq, dk, dv, da, db, dbias)``, None where not needed or the mode gives none.
@@ -86,7 +86,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
     vscale, vstep = value_scales(v) if spec.pv_quant == "int8" else (delta, delta)
     dp, dvp = padded_dim(head_dim), padded_dim(dim_v)
-    cfg = backward_config(n, m, dp, dvp, grad_out.dtype)
+    cfg = config or backward_config(n, m, dp, dvp, grad_out.dtype)
     dot = dot_kind(grad_out.dtype)
     common = dict(
         D=head_dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BIAS=beta.code,

@@ -116,6 +116,7 @@ def _binary_attn_bwd_q_kernel(
     NEED_DA: tl.constexpr, NEED_DQ: tl.constexpr, HEAD_DBIAS: tl.constexpr,
 ):
     """Query side of the backward for one (query block, batch*head); see the module notation."""
+    scale = tl.cast(scale, tl.float32)  # float scalars may arrive as float64 under Inductor
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -238,6 +239,7 @@ def _binary_attn_bwd_k_kernel(
     NEED_DV: tl.constexpr, NEED_DB: tl.constexpr, NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr,
 ):
     """Key side of the backward for one (key block, batch*head); see the module notation."""
+    scale = tl.cast(scale, tl.float32)  # float scalars may arrive as float64 under Inductor
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H

@@ -27,7 +27,8 @@ def k_signs_from_bits(n: int, m: int) -> bool:
     return False
 
 
-def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, static_max: bool = True):
+def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, static_max: bool = True,
+            config=None):
     """Fused forward with the contract of ``bitlower.reference.forward``.
 
     Args:
@@ -38,6 +39,7 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
         spec: the call's ``CallSpec``.
         k_from_bits: force the K sign source (tests and benchmarks); None picks per shape.
         static_max: allow the static row maximum (False forces the online softmax).
+        config: a ``TileConfig`` overriding the table (tuning sweeps).
 
     Returns:
         ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference.
@@ -55,7 +57,7 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
     pv_int8 = spec.pv_quant == "int8"
     vscale, vstep = value_scales(v) if pv_int8 else (lse, lse)
     dp, dvp = padded_dim(dim), padded_dim(dim_v)
-    cfg = forward_config(n, m, dp, dvp, v.dtype)
+    cfg = config or forward_config(n, m, dp, dvp, v.dtype)
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     grid = (triton.cdiv(n, cfg.block_n), bsz * heads)
     torch.library.wrap_triton(_binary_attn_fwd_kernel)[grid](

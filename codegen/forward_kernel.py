@@ -127,6 +127,9 @@ def _binary_attn_fwd_kernel(
     PV_INT8: tl.constexpr, Q_FROM_BITS: tl.constexpr, K_FROM_BITS: tl.constexpr, DOT: tl.constexpr,
 ):
     """Binary attention forward for one (query block, batch*head); see the module notation."""
+    scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars may arrive as float64 under Inductor
+    inv_nd = tl.cast(inv_nd, tl.float32)
+    inv_md = tl.cast(inv_md, tl.float32)
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H

@@ -32,6 +32,7 @@ def _sign_pack_kernel(
     signs ``(B, H, L, DP)`` int8; eff ``(B, H, L)`` float32; sums ``(B*H,)`` float32.
     Parallelised over (row block, batch*head); each program walks its rows' ``W`` words.
     """
+    clip = tl.cast(clip, tl.float32)  # float scalars may arrive as float64 under Inductor
     pid_l = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
