@@ -60,7 +60,9 @@ def explain(model: torch.nn.Module, *example_inputs, options: Mapping[str, Any] 
     Runs ``model(*example_inputs, **example_kwargs)`` once under Dynamo with a backend that
     applies the bitlower rewrite and then runs the rewritten graph eagerly (no Inductor),
     so the report matches ``torch.compile(model, backend="bitlower", options=options)``
-    for the same inputs and the same train/eval mode. Runs without gradient recording.
+    for the same inputs, the same train/eval mode and the caller's grad mode (call it under
+    ``torch.no_grad()`` to see the inference graph: some modules, ``nn.TransformerEncoderLayer``
+    among them, take other paths there).
 
     Args:
         model: the module (or any callable Dynamo can trace).
@@ -92,8 +94,7 @@ def explain(model: torch.nn.Module, *example_inputs, options: Mapping[str, Any] 
     breaks_before = len(torch._dynamo.utils.counters["graph_break"])
     reasons_before = dict(torch._dynamo.utils.counters["graph_break"])
     compiled = torch.compile(model, backend=collect)
-    with torch.no_grad():
-        compiled(*example_inputs, **example_kwargs)
+    compiled(*example_inputs, **example_kwargs)
     after = torch._dynamo.utils.counters["graph_break"]
     report.graph_breaks = [r for r, n in after.items() for _ in range(n - reasons_before.get(r, 0))]
     if len(after) < breaks_before:

@@ -74,7 +74,9 @@ OP_TABLE: tuple[OpSpec, ...] = (
            ("input",), variadic="rest"),
     OpSpec("sdpa", (F.scaled_dot_product_attention,), (), _SDPA_PARAMS,
            {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}),
-    OpSpec("mha", (F.multi_head_attention_forward,), (), ("query", "key", "value"), variadic="rest"),
+    # nn.MultiheadAttention and its inference fast paths: opaque calls, reported and skipped
+    OpSpec("mha", (F.multi_head_attention_forward, torch._native_multi_head_attention,
+                   torch._transformer_encoder_layer_fwd), (), (), variadic="rest"),
 )
 
 _BY_FUNCTION = {fn: spec for spec in OP_TABLE for fn in spec.functions}
