@@ -130,4 +130,5 @@ def module_path(node: Node) -> str:
     parts = [p for p in path.split(".") if p]
     if parts and parts[0] in ("L", "G"):  # the local or global that holds the root module
         parts = parts[2:]
-    return ".".join(parts)
+    # "L['self'].__dict__['_modules']['blocks'][0]": the attribute dict spelled out
+    return ".".join(p for p in parts if p not in ("__dict__", "_modules"))
