@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 import torch
 import triton
+import triton.language as tl
 
 from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel
-from .configs import DOT_BF16, DOT_FP32, backward_config, dot_kind, padded_dim
+from .configs import PROLOGUE_ROWS, DOT_BF16, DOT_FP32, backward_config, dot_kind, padded_dim
 from .operands import bias_operand, value_scales
 from .prologue import unpack_signs
 
@@ -47,15 +48,37 @@ def _plan(spec, needs) -> _Plan:
     )
 
 
+@triton.jit
+def _sign_chain_kernel(grad_ptr, signs_ptr, total_ptr, length, inv_count, D: tl.constexpr, DP: tl.constexpr,
+                       BLOCK_L: tl.constexpr, ACCUMULATE: tl.constexpr):
+    """grad (+)= total[bh] * sgn / (L * D) over ``(B*H, L, D)``; program = (row block, batch*head)."""
+    bh = tl.program_id(1).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    d = tl.arange(0, DP)
+    mask = (rows < length)[:, None] & (d < D)[None, :]
+    sgn = tl.load(signs_ptr + (bh * length + rows)[:, None] * DP + d[None, :], mask=mask, other=0).to(tl.float32)
+    term = sgn * (tl.load(total_ptr + bh) * tl.cast(inv_count, tl.float32))
+    offs = (bh * length + rows)[:, None] * D + d[None, :]
+    if ACCUMULATE:
+        term += tl.load(grad_ptr + offs, mask=mask, other=0.0)
+    tl.store(grad_ptr + offs, term, mask=mask)
+
+
 def _with_chain(grad, d_own, signs, length: int, dim: int, spec, need: bool):
     """dq (or dk) plus the mean_abs chain ``sum_i da_i * sgn(q) / (L * D)``; None when not needed."""
     if not need or spec.grad_mode == "stopgrad":
         return None
+    accumulate = grad is not None
     if grad is None:
-        grad = torch.zeros(*signs.shape[:3], dim, dtype=torch.float32, device=signs.device)
-    if spec.weighting == "mean_abs":
-        total = d_own.sum(dim=(2, 3), keepdim=True) / (length * dim)  # (B, H, 1, 1)
-        grad = grad + total * signs[..., :dim].to(torch.float32)
+        grad = torch.empty(*signs.shape[:3], dim, dtype=torch.float32, device=signs.device)
+    if spec.weighting != "mean_abs":
+        return grad if accumulate else grad.zero_()
+    total = d_own.sum(dim=(2, 3))  # (B, H)
+    block = PROLOGUE_ROWS
+    torch.library.wrap_triton(_sign_chain_kernel)[(triton.cdiv(length, block), signs.shape[0] * signs.shape[1])](
+        grad, signs, total, length, 1.0 / (length * dim), D=dim, DP=signs.shape[-1], BLOCK_L=block,
+        ACCUMULATE=accumulate, num_warps=4,
+    )
     return grad
 
 
