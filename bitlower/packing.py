@@ -75,13 +75,20 @@ def unpack_signs(words: torch.Tensor, head_dim: int, dtype: torch.dtype = torch.
 
 
 def popcount32(words: torch.Tensor) -> torch.Tensor:
-    """Number of set bits in each 32-bit word (int32 or int64 input), as int64."""
-    x = words.to(torch.int64) & 0xFFFFFFFF
+    """Number of set bits in each 32-bit word (int32 input), as int32.
+
+    SWAR on the low 31 bits plus the sign bit counted apart: every intermediate stays in
+    ``[0, 2**31)``, so no step relies on signed overflow.
+    """
+    x = words.to(torch.int32)
+    sign_bit = (x < 0).to(torch.int32)
+    x = x & 0x7FFFFFFF
     x = x - (torch.bitwise_right_shift(x, 1) & _M1)
     x = (x & _M2) + (torch.bitwise_right_shift(x, 2) & _M2)
     x = (x + torch.bitwise_right_shift(x, 4)) & _M4
-    x = (x * 0x01010101) & 0xFFFFFFFF
-    return torch.bitwise_right_shift(x, 24)
+    x = x + torch.bitwise_right_shift(x, 8)
+    x = x + torch.bitwise_right_shift(x, 16)
+    return (x & 0x3F) + sign_bit
 
 
 def hamming_dot(
@@ -107,6 +114,6 @@ def hamming_dot(
     for start in range(0, qbits.shape[-2], chunk):
         qb = qbits[..., start:start + chunk, :].unsqueeze(-2)  # (..., n, 1, W)
         diff = torch.bitwise_xor(qb, kbits.unsqueeze(-3))  # (..., n, M, W)
-        ham = popcount32(diff).sum(-1)  # (..., n, M)
+        ham = popcount32(diff).sum(-1, dtype=torch.int32)  # (..., n, M)
         rows.append((head_dim - 2 * ham).to(out_dtype))
     return torch.cat(rows, dim=-2)
