@@ -7,8 +7,11 @@ Public API:
     binarize_, convert_, BinarizeConfig, preset, PRESETS, register_attention: the training runtime's
         transform (see ``bitlower.runtime``).
     DistillConfig, TrainConfig, train_classifier, train_diffusion: QAT and distillation loops.
+    explain, ExplainReport, BackendConfig: what ``torch.compile(backend="bitlower")`` does to a model.
 """
+from bitlower.backend_config import BackendConfig
 from bitlower.config import AttentionConfig
+from bitlower.explain import ExplainReport, explain
 from bitlower.counters import counters
 from bitlower.functional import binary_attention
 from bitlower.weighting import TokenWeighting, bilinear_planes
@@ -28,6 +31,8 @@ from bitlower.runtime import (  # noqa: E402  (after the operator: the runtime b
 __all__ = [
     "PRESETS",
     "AttentionConfig",
+    "BackendConfig",
+    "ExplainReport",
     "BinarizeConfig",
     "DistillConfig",
     "TokenWeighting",
@@ -37,6 +42,7 @@ __all__ = [
     "bilinear_planes",
     "convert_",
     "counters",
+    "explain",
     "preset",
     "register_attention",
     "train_classifier",
