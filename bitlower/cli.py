@@ -72,6 +72,8 @@ def _cmd_demo(args) -> int:
 
     changes = {k: v for k, v in dict(fp_steps=args.fp_steps, qat_steps=args.qat_steps, seed=args.seed,
                                      device=args.device, threads=args.threads).items() if v is not None}
+    if args.threads == 0:
+        changes["threads"] = None  # torch's own setting
     changes["progress"] = not args.no_progress
     config = DemoConfig.quick(**changes) if args.quick else DemoConfig(**changes)
     results = run_demo(config, args.out)
@@ -94,7 +96,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--qat-steps", type=int, default=None, help="QAT steps (default: 400; quick: 4)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="device (default: CUDA when available)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads while the demo runs (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads while the demo runs; 0 keeps torch's setting (default: 1, see DemoConfig)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_demo)
 

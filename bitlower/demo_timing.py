@@ -71,7 +71,8 @@ def describe_measurement(device: torch.device, repeats: int = CPU_REPEATS) -> st
     if device.type == "cuda":
         return ("CUDA, bf16, forward, median of triton.testing.do_bench: bitlower.binary_attention "
                 "(fused Triton kernels where supported) vs F.scaled_dot_product_attention")
-    return (f"CPU, float32, forward, median of {repeats} calls: bitlower.binary_attention compiled "
+    return (f"CPU ({torch.get_num_threads()} threads), float32, forward, median of {repeats} calls: "
+            "bitlower.binary_attention compiled "
             "by torch.compile (exact reference through Inductor; no CPU kernels) vs eager "
             "F.scaled_dot_product_attention. The reference builds the full score matrix, so it is "
             "not expected to beat SDPA on CPU")

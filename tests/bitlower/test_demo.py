@@ -47,8 +47,8 @@ def test_rerun_into_the_same_folder_replaces_the_curves(quick_results):
 def test_curves_follow_the_eval_schedule(quick_results):
     results, _ = quick_results
     phases = results["phases"]
-    assert [s for s, _ in phases["full_precision"]["curves"]["accuracy"]] == [3, 6]
-    assert [s for s, _ in phases["qat_distilled"]["curves"]["accuracy"]] == [3, 4]
+    assert [s for s, _ in phases["full_precision"]["curves"]["accuracy"]] == [0, 3, 6]
+    assert [s for s, _ in phases["qat_distilled"]["curves"]["accuracy"]] == [0, 3, 4]
     assert phases["full_precision"]["accuracy"] == phases["full_precision"]["curves"]["accuracy"][-1][1]
     assert phases["post_training_binary"]["steps"] == 0
     assert phases["qat_distilled"]["learned_parameters_added"] > 0  # the relative-position tables
