@@ -109,8 +109,8 @@ def _forward_rows(shape) -> dict:
         log.info("sageattention not importable: row skipped")
     rows["bitlower"] = _bench(lambda: bitlower.binary_attention(q, k, v))
     spec = CallSpec(scale=dim ** -0.5)
-    rows["bitlower_kbits"] = _bench(lambda: forward(q, k, v, None, None, None, spec, k_from_bits=True))
-    rows["bitlower_online"] = _bench(lambda: forward(q, k, v, None, None, None, spec, static_max=False))
+    _guarded(rows, "bitlower_kbits", lambda: forward(q, k, v, None, None, None, spec, k_from_bits=True))
+    _guarded(rows, "bitlower_online", lambda: forward(q, k, v, None, None, None, spec, static_max=False))
     grid = GRIDS[n]
     table = 0.02 * torch.randn(table_rows(grid[0], grid[1]), heads, device="cuda", dtype=torch.bfloat16)
     a = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
@@ -202,7 +202,7 @@ def _plot(path: str) -> None:
         width = 0.8 / len(names)
         for i, name in enumerate(names):
             ratios = [min(t for n2, t in r[kind].items() if n2.startswith("sdpa")) / r[kind][name]
-                      for r in data["results"]]
+                      if name in r[kind] else 0.0 for r in data["results"]]  # 0: backend failed there
             ax.bar([x + i * width for x in range(len(labels))], ratios, width, label=name)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, fontsize=7)

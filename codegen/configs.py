@@ -40,12 +40,16 @@ INTERPRETER_CONFIG = TileConfig(16, 16, 1, 1)
 FP32_CONFIG = TileConfig(32, 32, 4, 1)  # float32 operands: 2x the shared memory of bf16 tiles
 
 
-def forward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype) -> TileConfig:
+def forward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype, bias_code: int = 0) -> TileConfig:
     """Forward tiles per shape (H100 table; see benchmarks/kernel_notes.md)."""
     if interpreting():
         return INTERPRETER_CONFIG
     if dtype == torch.float32:
         return FP32_CONFIG
+    if bias_code >= 2 and max(dim_p, dim_vp) >= 128:
+        # a gathered/loaded bias tile at D 128 with 128x64, 8 warps, 3 stages asked 296 KB of shared
+        # memory (limit 227 KB, H100): halve the query tile and the pipeline
+        return TileConfig(64, 64, 4, 2)
     if max(dim_p, dim_vp) >= 256:
         return TileConfig(64, 32, 4, 2)
     # H100 sweep (bf16, hamming, ms): N 197/256 best at 128x32, 4 warps, 4 stages (0.151 vs 0.168

@@ -54,10 +54,10 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
     lse = torch.empty(bsz, heads, n, dtype=torch.float32, device=q.device)
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
+    cfg = config or forward_config(n, m, padded_dim(dim), padded_dim(dim_v), v.dtype, beta.code)
     pv_int8 = spec.pv_quant == "int8"
     vscale, vstep = value_scales(v) if pv_int8 else (lse, lse)
     dp, dvp = padded_dim(dim), padded_dim(dim_v)
-    cfg = config or forward_config(n, m, dp, dvp, v.dtype)
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     grid = (triton.cdiv(n, cfg.block_n), bsz * heads)
     torch.library.wrap_triton(_binary_attn_fwd_kernel)[grid](
