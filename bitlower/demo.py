@@ -252,7 +252,7 @@ def _run(config: DemoConfig, out: Path) -> dict:
     _clear_runs(out)
     device = setup(config.device).device
     train, test = digits_splits(config.image_size)
-    model = build_model(config)
+    model = build_model(config).to(device)
     phases = {"full_precision": train_full_precision(model, train, test, config, out)}
     phases["post_training_binary"] = post_training_binary(model, test, config)
     phases["qat_distilled"] = qat_distilled(model, train, test, config, out)
