@@ -100,6 +100,23 @@ def test_train_full_precision_then_qat_from_init(tmp_path, capsys):
     assert "binary_attention" in out and "accuracy" in out
 
 
+def test_train_on_an_image_folder_with_a_val_split(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, color in enumerate(((255, 0, 0), (0, 0, 255))):
+            folder = tmp_path / "data" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(3 if split == "train" else 2):
+                Image.new("RGB", (12, 12), tuple(c // (i + 1) for c in color)).save(folder / f"{i}.png")
+    code = main(["train", *TINY_VIT, "--data", f"imagefolder:{tmp_path / 'data'}", "--steps", "2",
+                 "--batch-size", "4", "--no-progress", "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert code == 0
+    (final,) = [r for r in _records(tmp_path / "run") if r["split"] == "eval"]
+    assert (4 * final["accuracy"]).is_integer(), "evaluated on the 4 images of val/, not the 6 of train/"
+    assert "classification" in capsys.readouterr().out
+
+
 def test_train_diffusion_dit(tmp_path, capsys):
     code = main(["train", "--model", "dit_s_4", "--image-size", "8", "--model-arg", "depth=1",
                  "--model-arg", "hidden_size=32", "--model-arg", "num_heads=2", "--steps", "2",
