@@ -139,6 +139,17 @@ def _add_bench(sub) -> None:
 
 # ---------------------------------------------------------------- explain
 
+def attention_modules_without_sites(model: torch.nn.Module, sites) -> list[tuple[str, str]]:
+    """``(path, type name)`` of attention-like modules (the runtime's heuristic) under which the
+    traced graph had no attention site: attention the backend did not find, so not rewritten."""
+    from bitlower.runtime.transform import looks_like_attention
+
+    paths = [s.module_path for s in sites]
+    return [(name, type(module).__name__) for name, module in model.named_modules()
+            if name and looks_like_attention(module)
+            and not any(p == name or p.startswith(name + ".") for p in paths)]
+
+
 def _cmd_explain(args) -> int:
     from bitlower.backend import split_options
     from bitlower.explain import explain
@@ -154,6 +165,8 @@ def _cmd_explain(args) -> int:
     report = explain(model, *example_inputs(model, args.batch), options=dict(args.option))
     print(f"{args.model}: attention sites under torch.compile(backend='bitlower')")
     print(report)
+    for path, kind in attention_modules_without_sites(model, report.sites):
+        print(f"{path:<32} {kind:<20} {'not found':<10} no attention site in its traced code: not rewritten")
     return 0
 
 

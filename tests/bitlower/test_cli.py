@@ -7,7 +7,9 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from bitlower.cli import build_parser, main
+from bitlower.cli import attention_modules_without_sites, build_parser, main
+from bitlower.cli_train import build_model
+from bitlower.explain import explain
 from bitlower.demo import cpu_threads
 from bitlower.runtime import read_checkpoint
 
@@ -130,11 +132,31 @@ def test_explain_lists_sites_and_reasons(capsys):
     assert main(["explain", *TINY_VIT[:4], "--model-arg", "depth=2"]) == 0
     text = capsys.readouterr().out
     assert "blocks.0.attn" in text and "blocks.1.attn" in text
-    assert "rewritten 2, skipped 0" in text
+    assert "rewritten 2, skipped 0" in text and "not found" not in text
     assert main(["explain", *TINY_VIT[:4], "--model-arg", "depth=2", "--option", "min_seq_len=64"]) == 0
     text = capsys.readouterr().out
     assert "rewritten 0, skipped 2" in text
     assert text.count("short_sequence") == 2
+
+
+def test_attention_modules_the_trace_did_not_find_are_listed():
+    class GatedAttention(torch.nn.Module):  # attention by name, but no softmax(q kᵀ) v inside
+        def forward(self, x):
+            return x * torch.sigmoid(x)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.real = build_model("vit_tiny_patch8", [("img_size", 8), ("depth", 1)])
+            self.gate = GatedAttention()
+
+        def forward(self, x):
+            return self.gate(self.real(x))
+
+    model = Net().eval()
+    report = explain(model, torch.randn(1, 3, 8, 8))
+    assert [s.module_path for s in report.sites] == ["real.blocks.0.attn"]
+    assert attention_modules_without_sites(model, report.sites) == [("gate", "GatedAttention")]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback of bench")
