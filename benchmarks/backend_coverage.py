@@ -115,15 +115,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dit-layers", type=int, default=4)
+    parser.add_argument("--models", nargs="+", default=["timm", "dit"], choices=["timm", "dit"])
     opts = parser.parse_args()
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")
         return 2
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     ok = True
-    for name, build in (("timm vit_small_patch16_224", lambda: timm_vit(opts.batch)),
-                        (f"diffusers DiTTransformer2DModel (DiT-XL/2 width, {opts.dit_layers} layers)",
-                         lambda: diffusers_dit(opts.batch, opts.dit_layers))):
+    builders = {
+        "timm": ("timm vit_small_patch16_224", lambda: timm_vit(opts.batch)),
+        "dit": (f"diffusers DiTTransformer2DModel (DiT-XL/2 width, {opts.dit_layers} layers)",
+                lambda: diffusers_dit(opts.batch, opts.dit_layers)),
+    }
+    for name, build in (builders[key] for key in opts.models):
         try:
             model, args, kwargs = build()
         except ImportError as err:
