@@ -51,8 +51,9 @@ METHODS = {
 
 TASKS = {
     # name -> (model name, model overrides, image size)
-    "pixel64": ("pixel_tiny", dict(embed_dim=64, depth=4, num_heads=4), 8),
-    "pixel1024": ("pixel_tiny", dict(embed_dim=64, depth=4, num_heads=4), 32),
+    # width 128, 2 heads: D = 64, Dv = D / 4 = 16 (the fused kernels take Dv >= 16)
+    "pixel64": ("pixel_tiny", dict(embed_dim=128, depth=4, num_heads=2), 8),
+    "pixel1024": ("pixel_tiny", dict(embed_dim=128, depth=4, num_heads=2), 32),
     "vit": ("vit_tiny_patch4", dict(embed_dim=64, depth=4, num_heads=4, patch_size=4), 32),
 }
 
