@@ -75,6 +75,12 @@ def binary_attention(
         raise ValueError(f"a and b are only taken with weighting 'token', got weighting {weighting!r}")
     grid_list = list(grid) if bias_kind == "table" else []
     out = binary_attention_fwd(
-        q, k, v, a, b, bias, scale, weighting, bias_kind, grid_list, grad_mode, pv_quant, float(ste_clip)
+        q, k, v, a, b, bias, scale, weighting, bias_kind, grid_list, grad_mode, pv_quant, float(ste_clip),
+        needs_backward(q, k, v, a, b, bias),
     )[0]
     return out
+
+
+def needs_backward(*tensors) -> bool:
+    """True when autograd will ask the operator for a backward (grad mode on, an input requires grad)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

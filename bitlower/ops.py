@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 FWD_OUTPUTS = ("out", "lse", "qbits", "kbits", "qclip", "kclip", "a", "b")
 
 
-def make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip) -> CallSpec:
+def make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits=True) -> CallSpec:
     """CallSpec from the operators' flat arguments."""
     return CallSpec(
         scale=scale,
@@ -38,7 +38,17 @@ def make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip) 
         grad_mode=grad_mode,
         pv_quant=pv_quant,
         ste_clip=ste_clip,
+        save_bits=save_bits,
     )
+
+
+def _drop_bits(outputs, spec: CallSpec):
+    """With ``save_bits`` False the four packed outputs have 0 words (fresh tensors, no aliasing)."""
+    if spec.save_bits:
+        return outputs
+    out, lse, qbits, kbits, qclip, kclip, a, b = outputs
+    empty = [x.new_empty(*x.shape[:-1], 0) for x in (qbits, kbits, qclip, kclip)]
+    return (out, lse, *empty, a, b)
 
 
 def _kernels_for(check: str, tensors, spec: CallSpec):
@@ -70,20 +80,22 @@ def binary_attention_fwd(
     grad_mode: str,
     pv_quant: str,
     ste_clip: float,
+    save_bits: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Binary attention forward; see ``bitlower.reference.forward`` for the outputs."""
-    spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
+    spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     kernels = _kernels_for("unsupported_reason", (q, k, v, a, b, bias), spec)
     if kernels is not None:
-        return kernels.forward(q, k, v, a, b, bias, spec)
-    return reference.forward(q, k, v, a, b, bias, spec)
+        return _drop_bits(kernels.forward(q, k, v, a, b, bias, spec), spec)
+    return _drop_bits(reference.forward(q, k, v, a, b, bias, spec), spec)
 
 
 @binary_attention_fwd.register_fake
-def _binary_attention_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip):
-    spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
+def _binary_attention_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip,
+                               save_bits=True):
+    spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     bsz, heads, n, m = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
-    planes, words = spec.planes, num_words(q.shape[-1])
+    planes, words = spec.planes, num_words(q.shape[-1]) if save_bits else 0
     clip_words = words if spec.saves_clip_bits else 0
     acc = reference.compute_dtype(q.dtype)
     return (

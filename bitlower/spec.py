@@ -30,6 +30,7 @@ class CallSpec:
     grad_mode: str = "ste"
     pv_quant: str = "none"
     ste_clip: float = 1.0
+    save_bits: bool = True
 
     @property
     def planes(self) -> int:

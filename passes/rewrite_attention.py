@@ -106,8 +106,9 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     emit = Emitter(gm.graph, site.anchor)
     q, k, v, flat = _operands(emit, site)
     bias, kind = _bias(emit, site, q, k, flat)
+    save_bits = bool(value_of(site.anchor).requires_grad)  # traced under grad mode with grad-requiring inputs
     call = emit.call(OPERATOR, q, k, v, None, None, bias, site.canonical.scale, config.weighting, kind, [],
-                     config.grad_mode, config.pv_quant, float(config.ste_clip))
+                     config.grad_mode, config.pv_quant, float(config.ste_clip), save_bits)
     out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
     if flat:
         out = emit.method("squeeze", out, 0)  # (BH, N, Dv)

@@ -105,3 +105,25 @@ def test_inf_does_not_crash():
     q[0, 0, 0, 0] = float("inf")
     out = bitlower.binary_attention(q, k, v)
     assert out.shape == v.shape
+
+
+def test_save_bits_false_keeps_output_and_drops_bits(case_factory, op_runner):
+    case = case_factory("mean_abs", "table", dtype=torch.float32)
+    d = case["q"].shape[-1]
+    args = (case["q"], case["k"], case["v"], None, None, case["bias"], d ** -0.5, "mean_abs", "table",
+            list(case["grid"]), "ste", "none", 1.0)
+    full = torch.ops.bitlower.binary_attention_fwd(*args, True)
+    lean = torch.ops.bitlower.binary_attention_fwd(*args, False)
+    torch.testing.assert_close(lean[0], full[0], rtol=0, atol=0)
+    assert all(t.shape[-1] == 0 for t in lean[2:6]) and full[2].shape[-1] == 2
+
+
+def test_no_grad_calls_skip_the_saved_bits_and_backward_refuses_them(case_factory):
+    case = case_factory("mean_abs", "none", dtype=torch.float32, requires_grad=True)
+    with torch.no_grad():
+        out = bitlower.binary_attention(case["q"], case["k"], case["v"])
+    assert out.shape[-1] == case["v"].shape[-1]
+    args = (case["q"], case["k"], case["v"], None, None, None, 0.1, "mean_abs", "none", [], "ste", "none", 1.0, False)
+    out = torch.ops.bitlower.binary_attention_fwd(*args)[0]
+    with pytest.raises(RuntimeError, match="save_bits=False"):
+        out.sum().backward()
