@@ -86,6 +86,10 @@ class ImageDataset(Dataset):
         x = self.convert(self.images[index : index + 1])[0]  # (C, H', W')
         return x, self.labels[index]
 
+    def get_batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items ``indices`` in one call: float32 (B, C, H', W') images and int64 (B,) labels."""
+        return self.convert(self.images[indices]), self.labels[indices]
+
     def convert(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise and resize a stored batch (B, C, H, W) → float32 (B, C, H', W')."""
         x = (images.float() - self.mean) / self.std

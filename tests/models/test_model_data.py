@@ -233,3 +233,14 @@ def test_load_dataset_dispatch_and_detection(tmp_path):
         load_dataset(f"cifar10:{tmp_path / 'nope'}")
     with pytest.raises(ValueError, match="split"):
         load_dataset("digits", "val")
+
+
+def test_image_dataset_batch_equals_items():
+    from bitlower.models.image_dataset import ImageDataset
+    from bitlower.runtime.distributed import collate
+
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    ds = ImageDataset(images, torch.tensor([0, 1, 2, 0, 1, 2]), [120.0] * 3, [60.0] * 3, ["a", "b", "c"], image_size=12)
+    idx = torch.tensor([4, 0, 5])
+    x, y = collate(ds, idx)
+    assert torch.equal(x, torch.stack([ds[int(i)][0] for i in idx])) and torch.equal(y, torch.tensor([1, 0, 2]))
