@@ -94,11 +94,20 @@ def accuracy(model, test_set) -> float:
     return ClassificationTask(eval_set=test_set).evaluate(model, DistContext(device=device))["accuracy"]
 
 
-def run_seed(task: str, seed: int, train_set, test_set, args) -> dict[str, float]:
+def record(sink: Path, task: str, seed: int, method: str, accuracy: float, seconds: float) -> None:
+    """One JSON line per finished (task, seed, method): a run cut short keeps what it measured."""
+    log.info("%s seed %d %-26s %.4f (%.0f s)", task, seed, method, accuracy, seconds)
+    with sink.open("a") as f:
+        f.write(json.dumps({"task": task, "seed": seed, "method": method, "accuracy": accuracy}) + "\n")
+
+
+def run_seed(task: str, seed: int, train_set, test_set, args, sink: Path) -> dict[str, float]:
     """Accuracy of every method for one seed."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     fp = build_model(task, train_set, seed).to(device)
+    start = time.perf_counter()
     results = {"full precision": train(fp, train_set, test_set, args.fp_steps, args, seed)["accuracy"]}
+    record(sink, task, seed, "full precision", results["full precision"], time.perf_counter() - start)
     for method, spec in METHODS.items():
         if spec is None:
             continue
@@ -110,7 +119,7 @@ def run_seed(task: str, seed: int, train_set, test_set, args) -> dict[str, float
             train(student, train_set, test_set, args.qat_steps, args, seed,
                   teacher=fp if distill != "none" else None, distill=distill)
         results[method] = accuracy(student, test_set)
-        log.info("%s seed %d %-26s %.4f (%.0f s)", task, seed, method, results[method], time.perf_counter() - start)
+        record(sink, task, seed, method, results[method], time.perf_counter() - start)
     return results
 
 
@@ -153,7 +162,8 @@ def main():
         image_size = TASKS[task][2]
         train_set = load_dataset(args.data, "train", image_size=image_size)
         test_set = load_dataset(args.data, "test", image_size=image_size)
-        per_seed = [run_seed(task, seed, train_set, test_set, args) for seed in args.seeds]
+        sink = out / f"quality_{task}.jsonl"
+        per_seed = [run_seed(task, seed, train_set, test_set, args, sink) for seed in args.seeds]
         table = summarise(task, per_seed, args)
         print(table, flush=True)
         (out / f"quality_{task}.md").write_text(table + "\n")
