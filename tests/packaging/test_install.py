@@ -38,10 +38,11 @@ def test_wheel_contains_bitlower_subpackages_only(tmp_path):
     assert out.stdout.strip().startswith(str(target))
 
 
-def test_readme_test_command_is_what_ci_runs():
+def test_readme_set_up_commands_are_what_ci_runs():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
     commands = re.findall(r"^    (pip install .+)$", readme, flags=re.M)
     assert len(commands) == 2, "the README has exactly two set-up commands"
-    test_command = [c for c in commands if "pytest" in c][0]
-    assert test_command.replace("pip install", "python -m pip install -q") in ci
+    assert any("bitlower demo" in c for c in commands) and any("pytest" in c for c in commands)
+    for command in commands:
+        assert command.replace("pip install", "python -m pip install -q") + "\n" in ci
