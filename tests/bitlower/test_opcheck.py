@@ -55,3 +55,9 @@ def test_opcheck_backward(case_factory, weighting, bias_kind, grad_mode, pv_quan
     bwd_args = (torch.randn_like(out), case["v"], case.get("bias"), lse, qbits, kbits, qclip, kclip, a, b,
                 *args[6:13], case["q"].shape[-1], needs)
     torch.library.opcheck(torch.ops.bitlower.binary_attention_bwd.default, bwd_args)
+
+
+def test_opcheck_forward_without_saved_bits(case_factory):
+    case = case_factory("mean_abs", "mask", dtype=torch.float32, n=7, m=7, d=40, dv=8)
+    torch.library.opcheck(torch.ops.bitlower.binary_attention_fwd.default,
+                          _fwd_args(case, "ste", "none") + (False,), test_utils=CHEAP_UTILS)
