@@ -10,6 +10,26 @@ from dataclasses import dataclass
 
 import torch
 
+# Which forward `codegen.forward` runs: "v1" (prologue + packed Q bits + int8 K signs; measured in
+# benchmarks/results/attention_h100.md) or "v2" (signs from the floating q/k in the main kernel,
+# stats pass or in-kernel head sums; benchmarks/kernel_notes.md "Round 2"). v2 is not yet measured
+# on the H100: the default changes only after `benchmarks/attention.py` shows it faster there.
+FORWARD_VARIANT = "v1"
+FORWARD_VARIANTS = ("v1", "v2")
+# v2 mean_abs inference reduces the head's sum|q|, sum|k| inside every program up to this N (the
+# head, 2 N D bytes x 2, re-read from L2 by each of the N / BLOCK_N query blocks); a stats pass above.
+# Predicted crossover (kernel_notes.md round 2), to be measured.
+FUSED_SUMS_MAX_N = 1024
+# v2 table bias: materialise the dense (H, N, M) bias in the table's dtype when it has at most this
+# many elements (2**24 = 32 MiB of bf16, under the H100's 50 MB L2; ViT-S 0.23 M, N 1024 H 16: 16.8 M),
+# else gather in-kernel. A prediction, to be measured (the benchmark times both forms).
+DENSE_TABLE_MAX_ELEMENTS = 2**24
+# Static row maximum guard, in log2 units: the kernel uses the bound when 2 * bound <= LIMIT, so
+# the largest p of a row is >= 2**-LIMIT (times 2**P_OFFSET). float32/bfloat16 P keep full
+# precision down to 2**-126; float16 P is normal down to 2**-14 and holds up to 65504 = 2**16,
+# so it shifts p up by 2**15 and allows a 2**-24 spread (the largest p stays >= 2**-9).
+STATIC_LIMIT = {torch.float16: (24.0, 15.0)}
+DEFAULT_LIMIT = (100.0, 0.0)
 PROLOGUE_ROWS = 64  # rows per prologue program (memory-bound: 64 x D elements in flight)
 PROLOGUE_WARPS = 4
 
@@ -58,6 +78,24 @@ def forward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype, 
     if n <= 512:
         return TileConfig(128, 32, 4, 4)
     if max(dim_p, dim_vp) >= 128:
+        return TileConfig(128, 64, 8, 3)
+    return TileConfig(128, 64, 4, 3)
+
+
+def forward_v2_config(n: int, dim_p: int, dim_vp: int, dtype: torch.dtype, bias_code: int = 0) -> TileConfig:
+    """Round-2 forward tiles (predictions from the §6 probe's 128x64 / 4 warps / 3 stages; unmeasured).
+
+    The K tile is bf16 here (2x the int8 tile of v1), so D >= 128 takes 8 warps (a 128 x 128 float32
+    accumulator is 128 registers/thread in 4 warps) and a bias tile at D >= 128 halves the query tile.
+    """
+    if interpreting():
+        return INTERPRETER_CONFIG
+    if dtype == torch.float32:
+        return FP32_CONFIG
+    widest = max(dim_p, dim_vp)
+    if widest >= 256 or (bias_code >= 2 and widest >= 128):
+        return TileConfig(64, 64, 4, 2)
+    if widest >= 128:
         return TileConfig(128, 64, 8, 3)
     return TileConfig(128, 64, 4, 3)
 

@@ -4,18 +4,13 @@ from __future__ import annotations
 import torch
 import triton
 
-from .configs import dot_kind, forward_config, padded_dim
+from . import configs
+from .configs import DEFAULT_LIMIT, FORWARD_VARIANTS, STATIC_LIMIT, dot_kind, forward_config, padded_dim
 from .forward_kernel import _binary_attn_fwd_kernel
+from .forward_v2 import forward_v2
 from .operands import bias_operand, value_scales
 from .prologue import sign_pack
 from .tiles import LOG2E
-
-# Static row maximum guard, in log2 units: the kernel uses the bound when 2 * bound <= LIMIT, so
-# the largest p of a row is >= 2**-LIMIT (times 2**P_OFFSET). float32/bfloat16 P keep full
-# precision down to 2**-126; float16 P is normal down to 2**-14 and holds up to 65504 = 2**16,
-# so it shifts p up by 2**15 and allows a 2**-24 spread (the largest p stays >= 2**-9).
-STATIC_LIMIT = {torch.float16: (24.0, 15.0)}
-DEFAULT_LIMIT = (100.0, 0.0)
 
 
 def k_signs_from_bits(n: int, m: int) -> bool:
@@ -28,8 +23,12 @@ def k_signs_from_bits(n: int, m: int) -> bool:
 
 
 def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, static_max: bool = True,
-            config=None):
+            config=None, variant: str | None = None):
     """Fused forward with the contract of ``bitlower.reference.forward``.
+
+    ``variant`` (None: ``configs.FORWARD_VARIANT``) picks "v1" (this module's prologue + kernel) or
+    "v2" (``forward_v2``: signs from the floating q/k in the main kernel, no int8 sign tensor; bits
+    only when ``spec.save_bits``). v2 covers ``pv_quant == "none"``; other calls run v1.
 
     Args:
         q, k, v: ``(B, H, N, D)``, ``(B, H, M, D)``, ``(B, H, M, Dv)``; any strides; one dtype
@@ -40,10 +39,19 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
         k_from_bits: force the K sign source (tests and benchmarks); None picks per shape.
         static_max: allow the static row maximum (False forces the online softmax).
         config: a ``TileConfig`` overriding the table (tuning sweeps).
+        variant: "v1" or "v2"; None for ``configs.FORWARD_VARIANT``.
 
     Returns:
         ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference.
+
+    Raises:
+        ValueError: an unknown ``variant``.
     """
+    variant = configs.FORWARD_VARIANT if variant is None else variant  # read per call: switchable
+    if variant not in FORWARD_VARIANTS:
+        raise ValueError(f"variant must be one of {FORWARD_VARIANTS}, got {variant!r}")
+    if variant == "v2" and spec.pv_quant == "none":
+        return forward_v2(q, k, v, a, b, bias, spec, static_max=static_max, config=config)
     bsz, heads, n, dim = q.shape
     m, dim_v = k.shape[2], v.shape[-1]
     if k_from_bits is None:

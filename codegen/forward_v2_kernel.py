@@ -1,0 +1,196 @@
+"""Round-2 forward kernel: signs taken from the floating q and k in registers (no packed operand).
+
+Notation: program ``(pid_n, bh)`` owns query rows ``i in [pid_n*BLOCK_N, +BLOCK_N)`` of batch*head
+``bh`` and walks key tiles ``j`` of ``BLOCK_M``:
+
+    qs = sgn(q tile) as int8 +-1 (once per program)      ks = sgn(k tile) as int8 +-1 (per tile)
+    h_ij = int8 dot (int32, exact) -> float32 by the magic-number add
+    s2_ij = h_ij * c + beta2_ij     (mean_abs: c = scale * mean|q| * mean|k| * log2 e, one scalar)
+    s2_ij = h_ij * c_i * b_j + beta2_ij                     (token / none)
+    p_ij = exp2(s2_ij - m_i),  l_i += sum_j p_ij,  acc_i += p_ij V_j   (bf16/fp16 P.V)
+
+Row maximum: the static bound ``|c_i| * max|b| * D + max|beta2|`` (maxima passed in, never
+recomputed per program), guarded by the online form when ``2 * bound > LIMIT`` (see
+``forward.STATIC_LIMIT``); the launcher passes ``LIMIT < 0`` where no bound is known (dense bias).
+
+``HEAD_SUMS``: each program reduces ``sum|q|``, ``sum|k|`` of its whole (batch, head) before the
+loop (no stats pass, no atomics; the head is re-read from L2 by each query block) -- the one-launch
+inference form for ``mean_abs``. Otherwise the sums come from the stats pass (``stats.py``).
+Parallelised over (query block, batch*head); no inter-program communication.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .tiles import bias_tile, fdot, int_to_float, mask_keep
+
+NEG_INIT = tl.constexpr(-1.0e30)  # running-max start: finite, so fully masked tiles give no NaN
+
+
+@triton.jit
+def sign_tile(base, rows, row_mask, s_row, s_d, D: tl.constexpr, DP: tl.constexpr):
+    """int8 ``+-1`` signs ``(R, DP)`` of a floating tile (NaN -> -1 like ``packing.sgn``), 0 past ``D``."""
+    d = tl.arange(0, DP)
+    x = tl.load(base + rows[:, None] * s_row + d[None, :] * s_d, mask=row_mask[:, None] & (d < D)[None, :],
+                other=0.0).to(tl.float32)  # compare in float32 (the interpreter keeps bf16 as raw bits)
+    return tl.where((d < D)[None, :], tl.where(x >= 0, 1, -1), 0).to(tl.int8)
+
+
+@triton.jit
+def head_abs_sum(base, length, s_row, s_d, D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr):
+    """float32 sum of ``|x|`` over one (batch, head) ``(length, D)`` of any strides."""
+    d = tl.arange(0, DP)
+    acc = tl.zeros([BLOCK, DP], dtype=tl.float32)
+    for start in range(0, length, BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        x = tl.load(base + rows[:, None] * s_row + d[None, :] * s_d,
+                    mask=(rows < length)[:, None] & (d < D)[None, :], other=0.0)
+        acc += tl.abs(x.to(tl.float32))
+    return tl.sum(tl.sum(acc, axis=1), axis=0)
+
+
+@triton.jit
+def _fill_rows(ptr, value, length, start, step, BLOCK: tl.constexpr):
+    """ptr[r] = value for rows ``start, start+BLOCK, ...`` stepping by ``step`` (mean_abs scalars)."""
+    for r0 in range(start, length, step):
+        r = r0 + tl.arange(0, BLOCK)
+        tl.store(ptr + r, tl.zeros([BLOCK], dtype=tl.float32) + value, mask=r < length)
+
+
+@triton.jit
+def _v2_tiles(
+    acc, l_i, m_i, qs, c, c_rows, rows, row_mask, lo, hi, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+    bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix,
+    D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_M: tl.constexpr,
+    MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, DOT: tl.constexpr,
+    ONLINE: tl.constexpr, MASK_M: tl.constexpr,
+):
+    """Key tiles ``[lo, hi)``: scores, softmax (static or online maximum) and P.V."""
+    dv = tl.arange(0, DVP)
+    for start in range(lo, hi, BLOCK_M):
+        cols = start + tl.arange(0, BLOCK_M)
+        col_mask = cols < M
+        ks = sign_tile(k_base, cols, col_mask, s_km, s_kd, D, DP)  # (BLOCK_M, DP)
+        hf = int_to_float(tl.dot(qs, tl.trans(ks), out_dtype=tl.int32))  # (BLOCK_N, BLOCK_M)
+        if MEAN_ABS:
+            s = hf * c
+        else:
+            bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
+            s = (hf * bj[None, :]) * c_rows[:, None]
+        if BIAS == 2 or BIAS == 3:
+            s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
+                           BIAS, HAS_PREFIX, True)
+        if BIAS == 4:
+            s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm), s, float("-inf"))
+        if MASK_M:
+            s = tl.where(col_mask[None, :], s, float("-inf"))
+        if ONLINE:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha
+            acc = acc * alpha[:, None]
+            m_i = m_new
+        p = tl.exp2(s - m_i[:, None])
+        l_i += tl.sum(p, axis=1)
+        v = tl.load(v_base + cols[:, None] * s_vm + dv[None, :] * s_vd,
+                    mask=col_mask[:, None] & (dv < DV)[None, :], other=0.0)
+        acc = fdot(p, v, acc, DOT)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _v2_rows(
+    m_i, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm,
+    M, grid_h, grid_w, prefix,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+    BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+    DOT: tl.constexpr, ONLINE: tl.constexpr,
+):
+    """All key tiles: the unmasked full tiles, then the ragged last tile."""
+    acc = tl.zeros([BLOCK_N, DVP], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    m_full = (M // BLOCK_M) * BLOCK_M
+    acc, l_i, m_i = _v2_tiles(
+        acc, l_i, m_i, qs, c, c_rows, rows, row_mask, 0, m_full, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+        bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS, HAS_PREFIX,
+        DOT, ONLINE, False)
+    acc, l_i, m_i = _v2_tiles(
+        acc, l_i, m_i, qs, c, c_rows, rows, row_mask, m_full, M, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+        bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS, HAS_PREFIX,
+        DOT, ONLINE, True)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _binary_attn_fwd_v2_kernel(
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr,
+    s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_km, s_kd, s_vb, s_vh, s_vm, s_vd, s_bias_b, s_bias_h, s_bn, s_bm,
+    H, N, M, scale_log2, inv_nd, inv_md, table_rows, grid_h, grid_w, prefix,
+    D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, HEAD_SUMS: tl.constexpr,
+    BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, BETA_MAX: tl.constexpr,
+    LIMIT: tl.constexpr, P_OFFSET: tl.constexpr, DOT: tl.constexpr,
+):
+    """Round-2 binary attention forward for one (query block, batch*head); see the module notation."""
+    scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars may arrive as float64 under Inductor
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b64 = (bh // H).to(tl.int64)
+    h = bh % H
+    h64 = h.to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N
+    q_base = q_ptr + b64 * s_qb + h64 * s_qh
+    k_base = k_ptr + b64 * s_kb + h64 * s_kh
+    v_base = v_ptr + b64 * s_vb + h64 * s_vh
+    qs = sign_tile(q_base, rows, row_mask, s_qn, s_qd, D, DP)  # (BLOCK_N, DP), once per program
+    b_base = b_ptr + bh64 * M
+    c = 0.0
+    if MEAN_ABS:
+        if HEAD_SUMS:
+            sum_q = head_abs_sum(q_base, N, s_qn, s_qd, D, DP, BLOCK_M)
+            sum_k = head_abs_sum(k_base, M, s_km, s_kd, D, DP, BLOCK_M)
+        else:
+            sum_q = tl.load(sums_q_ptr + bh)
+            sum_k = tl.load(sums_k_ptr + bh)
+        a_head = sum_q * tl.cast(inv_nd, tl.float32)
+        b_head = sum_k * tl.cast(inv_md, tl.float32)
+        c = a_head * scale_log2 * b_head
+        c_rows = tl.zeros([BLOCK_N], dtype=tl.float32) + c
+        b_max = 1.0
+        _fill_rows(a_ptr + bh64 * N, a_head, N, pid_n * BLOCK_N, N, BLOCK_N)
+        _fill_rows(b_base, b_head, M, pid_n * BLOCK_N, tl.num_programs(0) * BLOCK_N, BLOCK_N)
+    else:
+        c_rows = tl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0) * scale_log2
+        b_max = tl.load(bmax_ptr + bh)
+    row_shift = 0.0  # a per-head bias shifts every score of the row: folded into the lse only
+    beta_max = 0.0
+    bias_base = bias_ptr
+    if BIAS == 1:
+        row_shift = tl.load(bias_ptr + h) * 1.4426950408889634  # log2(e)
+    if BIAS == 2:
+        bias_base = bias_ptr + h * table_rows
+    if BIAS == 3 or BIAS == 4:
+        bias_base = bias_ptr + b64 * s_bias_b + h64 * s_bias_h
+    if BETA_MAX:
+        beta_max = tl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
+    bound = tl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
+    online_m = tl.zeros([BLOCK_N], dtype=tl.float32) + NEG_INIT
+    if tl.max(bound, axis=0) * 2.0 <= LIMIT:  # LIMIT < 0 (launcher) forces the online form
+        acc, l_i, m_i = _v2_rows(
+            bound - P_OFFSET, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+            bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
+            HAS_PREFIX, DOT, False)
+    else:
+        acc, l_i, m_i = _v2_rows(
+            online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+            bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
+            HAS_PREFIX, DOT, True)
+    dv = tl.arange(0, DVP)
+    out_rows = bh64 * N + rows
+    tl.store(out_ptr + out_rows[:, None] * DV + dv[None, :], (acc / l_i[:, None]).to(out_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (dv < DV)[None, :])
+    lse = (m_i + tl.log2(l_i) + row_shift) * 0.6931471805599453  # ln(2): back to natural log
+    tl.store(lse_ptr + out_rows, lse, mask=row_mask)

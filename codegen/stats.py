@@ -1,0 +1,113 @@
+"""Stats pass of the round-2 forward: one tile-wide read of q (or k) before the main kernel.
+
+Writes only what the call needs: the per-(batch, head) sum of ``|x|`` (``mean_abs``, by atomics),
+the per-token scalars ``eff = given * (1 or NaN)`` and their per-(batch, head) maximum ``|eff|``
+(the static row bound of ``token``/``none`` weighting), and, when a backward will run
+(``spec.save_bits``), the packed sign bits and STE clip bits. Unlike the v1 prologue
+(``prologue.py``), it loads a whole ``(BLOCK_L, DP)`` tile per step (16-byte vectors on
+contiguous rows) and never writes an int8 sign tensor: the round-2 main kernel takes signs from
+the floating q and k in registers.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from bitlower.packing import num_words
+
+from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
+from .prologue import round_to_dtype
+
+
+@triton.jit
+def _pack_words(flags, DP: tl.constexpr, BLOCK_L: tl.constexpr):
+    """int32 words ``(BLOCK_L, DP // 32)`` of a 0/1 int32 tile ``(BLOCK_L, DP)``; bit b of word w = channel 32w+b."""
+    lane = tl.arange(0, DP) % 32
+    shifted = flags << lane[None, :]  # (BLOCK_L, DP), distinct bits per word: sum == or
+    return tl.sum(tl.reshape(shifted, (BLOCK_L, DP // 32, 32)), axis=2)
+
+
+@triton.jit
+def _stats_kernel(
+    x_ptr, s_xb, s_xh, s_xl, s_xd,
+    bits_ptr, clip_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr,
+    H, L, clip,
+    D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
+    WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_EFF: tl.constexpr, GIVEN: tl.constexpr,
+    SUM_ABS: tl.constexpr,
+):
+    """Stats of one operand.
+
+    Notation: x ``(B, H, L, D)`` any strides; bits/clip ``(B, H, L, W)`` int32; eff ``(B, H, L)``
+    float32; sums and max ``(B*H,)`` float32. Parallelised over (row block, batch*head).
+    """
+    clip = tl.cast(clip, tl.float32)  # float scalars may arrive as float64 under Inductor
+    bh = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    row_mask = rows < L
+    d = tl.arange(0, DP)
+    ch_mask = d < D
+    base = x_ptr + (bh // H).to(tl.int64) * s_xb + (bh % H).to(tl.int64) * s_xh
+    x = tl.load(base + rows[:, None] * s_xl + d[None, :] * s_xd, mask=row_mask[:, None] & ch_mask[None, :],
+                other=0.0).to(tl.float32)  # (BLOCK_L, DP)
+    out_row = bh.to(tl.int64) * L + rows  # (BLOCK_L,) row of (B*H*L)
+    w = tl.arange(0, DP // 32)
+    word_mask = row_mask[:, None] & (w < W)[None, :]
+    if WRITE_BITS:
+        words = _pack_words(((x >= 0) & ch_mask[None, :]).to(tl.int32), DP, BLOCK_L)
+        tl.store(bits_ptr + out_row[:, None] * W + w[None, :], words, mask=word_mask)
+    if WRITE_CLIP:
+        words = _pack_words(((tl.abs(x) <= clip) & ch_mask[None, :]).to(tl.int32), DP, BLOCK_L)
+        tl.store(clip_ptr + out_row[:, None] * W + w[None, :], words, mask=word_mask)
+    if SUM_ABS:
+        tl.atomic_add(sums_ptr + bh, tl.sum(tl.sum(tl.abs(x), axis=1), axis=0))
+    if WRITE_EFF:
+        has_nan = tl.max((x != x).to(tl.int32), axis=1)  # (BLOCK_L,)
+        eff = tl.where(has_nan > 0, float("nan"), 1.0)
+        if GIVEN:
+            eff = eff * tl.load(given_ptr + out_row, mask=row_mask, other=1.0)
+        tl.store(eff_ptr + out_row, eff, mask=row_mask)
+        # max |eff| for the static bound; a NaN row makes the whole output NaN anyway
+        tl.atomic_max(max_ptr + bh, tl.max(tl.where(row_mask & (eff == eff), tl.abs(eff), 0.0), axis=0))
+
+
+def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool):
+    """Run the stats pass on ``x`` ``(B, H, L, D)``.
+
+    Args:
+        x: q or k, float16/bfloat16/float32, any strides.
+        given: ``(B, H, L)`` scalars for ``token`` weighting, else None.
+        spec: the call's ``CallSpec``; ``spec.save_bits`` asks for packed bits (and clip bits for ste).
+        eff: write the per-token scalars and their per-(batch, head) max (``token``/``none``).
+
+    Returns:
+        ``(bits, clip, eff_rows, sums, maxes)``: bits/clip ``(B, H, L, 1, W)`` int32 (``W = 0`` when
+        not written); eff_rows ``(B, H, L, 1)`` float32 or None; sums ``(B, H)`` of ``|x|`` or None;
+        maxes ``(B, H)`` max ``|eff|`` or None.
+    """
+    bsz, heads, length, dim = x.shape
+    dev = x.device
+    words = num_words(dim) if spec.save_bits else 0
+    clip_words = words if spec.saves_clip_bits else 0
+    bits = torch.empty(bsz, heads, length, 1, words, dtype=torch.int32, device=dev)
+    clip = torch.empty(bsz, heads, length, 1, clip_words, dtype=torch.int32, device=dev)
+    f32 = dict(dtype=torch.float32, device=dev)
+    eff_rows = torch.empty(bsz, heads, length, 1, **f32) if eff else None
+    sum_abs = spec.weighting == "mean_abs"
+    sums = torch.zeros(bsz, heads, **f32) if sum_abs else None
+    maxes = torch.zeros(bsz, heads, **f32) if eff else None
+    dummy = bits if words else torch.empty(1, dtype=torch.int32, device=dev)
+    fdummy = torch.empty(1, **f32)
+    given_t = given.to(torch.float32).contiguous() if given is not None else fdummy
+    grid = (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads)
+    torch.library.wrap_triton(_stats_kernel)[grid](
+        x, *x.stride(),
+        bits if words else dummy, clip if clip_words else dummy, eff_rows if eff else fdummy, given_t,
+        sums if sum_abs else fdummy, maxes if eff else fdummy,
+        heads, length, round_to_dtype(spec.ste_clip, x.dtype),
+        D=dim, DP=padded_dim(dim), W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
+        WRITE_BITS=words > 0, WRITE_CLIP=clip_words > 0, WRITE_EFF=eff, GIVEN=given is not None,
+        SUM_ABS=sum_abs, num_warps=PROLOGUE_WARPS,
+    )
+    return bits, clip, eff_rows, sums, maxes
