@@ -5,8 +5,13 @@ shapes of SPEC §6? Every time is the median of CUDA-graph replays (``do_bench_c
 Python launch overhead is out of all rows alike. TFLOP/s-equivalent counts the flops of ordinary
 attention: forward ``4 B H N M D``, forward+backward ``14 B H N M D`` (QK^T, PV; backward 2.5x).
 
+Round-2 rows (``bitlower_v2*``) time the forward variants of ``codegen.forward_v2`` beside the
+measured baseline (``bitlower`` = v1), each after a correctness check on fresh random inputs with a
+NaN-poisoned output buffer against a float64 reference (a failing variant gets no time, only FAIL).
+
 Usage:
     python benchmarks/attention.py --out DIR            # run on a GPU: table to stdout, DIR/attention.json/.md
+    python benchmarks/attention.py --out DIR --v2-sweep # plus v2 rows per TileConfig of V2_SWEEP
     python benchmarks/attention.py --plot DIR/attention.json   # PNG beside the json (any machine)
 """
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import time
 
 import torch
 
@@ -45,6 +51,119 @@ def _guarded(rows: dict, name: str, fn) -> None:
         rows[name] = _bench(fn)
     except Exception as exc:  # noqa: BLE001 - a failing comparison backend must not end the run
         log.warning("%s failed: %s", name, str(exc).splitlines()[0][:200])
+
+
+def _poison(nbytes: int) -> None:
+    """Fill freed allocator blocks with NaN, so an unwritten output element shows up as NaN."""
+    junk = torch.empty(max(nbytes, 2**20) // 4 * 2, device="cuda").fill_(float("nan"))
+    del junk
+
+
+def _check(run, shape, spec, table_token: bool) -> float:
+    """Relative error of ``run`` on fresh random inputs vs float64, over the bound of the bf16 reference.
+
+    The bound is 3x the reference's own error at bf16 (as tests/codegen/test_gpu.py): <= 1 passes.
+    """
+    from bitlower import reference
+
+    bsz, heads, n, dim = shape
+    q, k, v = _inputs(shape)
+    a, b, table = _table_token_inputs(shape) if table_token else (None, None, None)
+    _poison(2 * v.numel() * v.element_size())
+    out = run(q, k, v, a, b, table)
+    hs = 1 if n > 4096 else min(heads, 2)  # float64 scores of one or two heads: <= 2.1 GB at N 16384
+    cut = lambda t: None if t is None else (t[:, :hs] if t.dim() == 2 else t[:1, :hs])  # noqa: E731
+    args = [cut(t) for t in (q, k, v, a, b, table)]
+    ref64 = reference.forward(*[None if t is None else t.double() for t in args], spec)[0]
+    ref_lp = reference.forward(*args, spec)[0]
+    err = float((out[:1, :hs].double() - ref64).norm() / ref64.norm())
+    bound = 3 * float((ref_lp.double() - ref64).norm() / ref64.norm()) + 1e-6
+    return err / bound if err == err else float("inf")
+
+
+def _variant(rows: dict, checks: dict, name: str, run, shape, spec, table_token=False, bench_args=None) -> None:
+    """Check ``run`` for correctness, then time it on the shared inputs; FAIL rows get no time."""
+    try:
+        ratio = _check(run, shape, spec, table_token)
+    except Exception as exc:  # noqa: BLE001 - a variant that cannot run is reported, not fatal
+        log.warning("%s check failed to run: %s", name, str(exc).splitlines()[0][:200])
+        checks[name] = "error"
+        return
+    checks[name] = round(ratio, 3)
+    if ratio > 1.0:
+        log.warning("%s FAILS its correctness check (err / bound = %.3g): not timed", name, ratio)
+        return
+    _guarded(rows, name, lambda: run(*bench_args))
+
+
+def _table_token_inputs(shape):
+    from bitlower.relpos import table_rows
+
+    bsz, heads, n, dim = shape
+    grid = GRIDS[n]
+    a, b, table = _table_token_inputs(shape)
+    return a, b, table
+
+
+def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
+    """Round-2 forward variants beside the baseline: inference, training, table+token, tiles."""
+    import bitlower
+    from bitlower.codegen import configs
+    from bitlower.codegen.configs import TileConfig
+    from bitlower.codegen.forward_v2 import forward_v2
+    from bitlower.spec import CallSpec
+
+    bsz, heads, n, dim = shape
+    q, k, v = _inputs(shape)
+    a, b, table = _table_token_inputs(shape)
+    args = (q, k, v, a, b, table)
+    infer = CallSpec(scale=dim ** -0.5, save_bits=False)
+    train = CallSpec(scale=dim ** -0.5, save_bits=True)
+    tt = CallSpec(scale=dim ** -0.5, weighting="token", bias_kind="table", grid=GRIDS[n], save_bits=False)
+
+    def op_v2(q, k, v, a, b, table):  # the operator with the default switched: what a user would get
+        old, configs.FORWARD_VARIANT = configs.FORWARD_VARIANT, "v2"
+        try:
+            return bitlower.binary_attention(q, k, v)
+        finally:
+            configs.FORWARD_VARIANT = old
+
+    def direct(spec, **kw):
+        def run(q, k, v, a, b, table):
+            bias = table if spec.bias_kind == "table" else None
+            return forward_v2(q, k, v, a if spec.weighting == "token" else None,
+                              b if spec.weighting == "token" else None, bias, spec, **kw)[0]
+        return run
+
+    _variant(rows, checks, "bitlower_v2", op_v2, shape, infer, bench_args=args)
+    _variant(rows, checks, "bitlower_v2_headsums", direct(infer, head_sums=True), shape, infer, bench_args=args)
+    _variant(rows, checks, "bitlower_v2_stats", direct(infer, head_sums=False), shape, infer, bench_args=args)
+    _variant(rows, checks, "bitlower_v2_train", direct(train), shape, train, bench_args=args)
+    _variant(rows, checks, "bitlower_v2_table_token", direct(tt), shape, tt, True, args)
+    _variant(rows, checks, "bitlower_v2_table_gather", direct(tt, table_dense=False), shape, tt, True, args)
+    if heads * n * n <= 2**28:  # a dense bf16 bias up to 512 MiB
+        _variant(rows, checks, "bitlower_v2_table_dense", direct(tt, table_dense=True), shape, tt, True, args)
+    for cfg in V2_SWEEP if sweep else ():
+        _variant(rows, checks, "bitlower_v2@{}x{}w{}s{}".format(*cfg), direct(infer, config=TileConfig(*cfg)),
+                 shape, infer, bench_args=args)
+
+
+def _kernel_resources() -> list:
+    """Registers, spills and shared memory of every compiled forward kernel (v1 and v2), for the log."""
+    from bitlower.codegen.forward_kernel import _binary_attn_fwd_kernel
+    from bitlower.codegen.forward_v2_kernel import _binary_attn_fwd_v2_kernel
+
+    found = []
+    for fn in (_binary_attn_fwd_kernel, _binary_attn_fwd_v2_kernel):
+        try:
+            for caches in fn.device_caches.values():
+                for compiled in caches[0].values():
+                    meta = compiled.metadata
+                    found.append({"kernel": fn.__name__, "regs": compiled.n_regs, "spills": compiled.n_spills,
+                                  "shared": meta.shared, "warps": meta.num_warps, "stages": meta.num_stages})
+        except Exception as exc:  # noqa: BLE001 - Triton's cache layout differs across versions
+            log.warning("kernel resources of %s unreadable: %s", fn.__name__, exc)
+    return found
 
 
 def _sdpa(backend):
@@ -87,10 +206,10 @@ def _inputs(shape, grad=False):
     return make(), make(), make()
 
 
-def _forward_rows(shape) -> dict:
+def _forward_rows(shape, flex: bool = True) -> dict:
     import bitlower
     from bitlower.codegen import forward
-    from bitlower.relpos import relative_position_index, table_rows
+    from bitlower.relpos import relative_position_index
     from bitlower.spec import CallSpec
     from torch.nn.attention import SDPBackend
 
@@ -100,8 +219,9 @@ def _forward_rows(shape) -> dict:
     for name, be in (("sdpa_flash", SDPBackend.FLASH_ATTENTION), ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
                      ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION)):
         _guarded(rows, name, lambda f=_sdpa(be): f(q, k, v))
-    flex = _flex_binary(False)
-    _guarded(rows, "flex_binary", lambda: flex(q, k, v))
+    if flex:
+        flex_fn = _flex_binary(False)
+        _guarded(rows, "flex_binary", lambda: flex_fn(q, k, v))
     try:
         from sageattention import sageattn
         rows["sage"] = _bench(lambda: sageattn(q, k, v, tensor_layout="HND"))
@@ -112,14 +232,13 @@ def _forward_rows(shape) -> dict:
     _guarded(rows, "bitlower_kbits", lambda: forward(q, k, v, None, None, None, spec, k_from_bits=True))
     _guarded(rows, "bitlower_online", lambda: forward(q, k, v, None, None, None, spec, static_max=False))
     grid = GRIDS[n]
-    table = 0.02 * torch.randn(table_rows(grid[0], grid[1]), heads, device="cuda", dtype=torch.bfloat16)
-    a = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
-    b = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
+    a, b, table = _table_token_inputs(shape)
     rows["bitlower_table_token"] = _bench(lambda: bitlower.binary_attention(
         q, k, v, bias=table, bias_kind="table", grid=grid, weighting="token", a=a, b=b))
     index = relative_position_index(*grid, device="cuda")
-    flex_tt = _flex_binary(True)
-    _guarded(rows, "flex_table_token", lambda: flex_tt(q, k, v, a, b, table, index))
+    if flex:
+        flex_tt = _flex_binary(True)
+        _guarded(rows, "flex_table_token", lambda: flex_tt(q, k, v, a, b, table, index))
     return rows
 
 
@@ -138,11 +257,23 @@ def _fwd_bwd_rows(shape) -> dict:
     timed("sdpa_flash", _sdpa(SDPBackend.FLASH_ATTENTION))
     for mode in ("hamming", "ste"):
         timed(f"bitlower_{mode}", lambda q, k, v, m=mode: bitlower.binary_attention(q, k, v, grad_mode=m))
+
+    def v2(q, k, v, mode):  # v2 training forward (stats pass writes the bits) + the v1 backward
+        from bitlower.codegen import configs
+
+        old, configs.FORWARD_VARIANT = configs.FORWARD_VARIANT, "v2"
+        try:
+            return bitlower.binary_attention(q, k, v, grad_mode=mode)
+        finally:
+            configs.FORWARD_VARIANT = old
+    for mode in ("hamming", "ste"):
+        timed(f"bitlower_v2_{mode}", lambda q, k, v, m=mode: v2(q, k, v, m))
     return rows
 
 
 FWD_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3),
              (128, 32, 4, 4), (128, 64, 4, 4)]
+V2_SWEEP = [(128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
 BWD_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 128, 8, 1)]
 
 
@@ -186,6 +317,9 @@ def _table(results) -> str:
             for name, ms in rows.items():
                 tflops = factor * bsz * heads * n * n * dim / (ms * 1e-3) / 1e12
                 lines.append(f"| {kind} | {bsz},{heads},{n},{dim} | {name} | {ms:.3f} | {tflops:.0f} | {best / ms:.2f}x |")
+            for name, ratio in res.get("checks", {}).items() if kind == "fwd" else ():
+                if not isinstance(ratio, float) or ratio > 1.0:
+                    lines.append(f"| {kind} | {bsz},{heads},{n},{dim} | {name} | FAIL (err/bound {ratio}) | - | - |")
     return "\n".join(lines)
 
 
@@ -219,6 +353,10 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="make the PNG from a saved json and exit")
     parser.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES")
     parser.add_argument("--sweep", action="store_true", help="tile-config sweep and kernel profile of --shapes")
+    parser.add_argument("--v2-sweep", action="store_true", help="also time v2 per TileConfig of V2_SWEEP")
+    parser.add_argument("--no-v2", action="store_true", help="baseline rows only (the round-1 table)")
+    parser.add_argument("--no-flex", action="store_true", help="skip the FlexAttention rows (compile time)")
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new shape after this")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.plot:
@@ -229,20 +367,36 @@ def main() -> None:
         _sweep([int(i) for i in (args.shapes or "0,1,2,4,5").split(",")])
         return
     picked = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(",")]
-    results = []
+    results, start, table = [], time.monotonic(), ""
     for shape in picked:
-        res = {"shape": shape, "fwd": _forward_rows(shape), "fwd+bwd": _fwd_bwd_rows(shape)}
+        if time.monotonic() - start > args.budget_s:
+            log.warning("time budget spent: shapes from %s on not run", shape)
+            break
+        res = {"shape": shape, "fwd": _forward_rows(shape, not args.no_flex), "fwd+bwd": _fwd_bwd_rows(shape),
+               "checks": {}}
+        if not args.no_v2:
+            _v2_forward_rows(shape, res["fwd"], res["checks"], args.v2_sweep)
         results.append(res)
         log.info("%s %s", shape, json.dumps({k: {n: round(t, 4) for n, t in res[k].items()} for k in ("fwd", "fwd+bwd")}))
+        table = _write(args.out, results)  # after every shape: a killed run keeps what it measured
+    print(table)  # the benchmark's product is this table on stdout, last
+
+
+def _write(out: str, results: list) -> str:
+    """attention.json (with the compiled kernels' resources) and attention.md under ``out``; the table."""
     import triton
+
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-            "python": platform.python_version(), "results": results}
-    os.makedirs(args.out, exist_ok=True)
-    json.dump(meta, open(os.path.join(args.out, "attention.json"), "w"), indent=1)
+            "python": platform.python_version(), "results": results, "kernels": _kernel_resources()}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "attention.json"), "w") as fh:
+        json.dump(meta, fh, indent=1)
     table = _table(results)
-    with open(os.path.join(args.out, "attention.md"), "w") as fh:
-        fh.write(f"GPU {meta['gpu']}, torch {meta['torch']}, Triton {meta['triton']}, Python {meta['python']}\n\n{table}\n")
-    print(table)  # the benchmark's product is this table on stdout
+    with open(os.path.join(out, "attention.md"), "w") as fh:
+        fh.write(f"GPU {meta['gpu']}, torch {meta['torch']}, Triton {meta['triton']}, Python {meta['python']}\n\n")
+        fh.write(table + "\n\nCompiled forward kernels (registers, spills, shared bytes):\n\n")
+        fh.write("\n".join(f"- {json.dumps(k)}" for k in meta["kernels"]) + "\n")
+    return table
 
 
 if __name__ == "__main__":

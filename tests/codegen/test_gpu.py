@@ -60,6 +60,48 @@ def test_forward_against_float64(shape, helpers):
         assert torch.equal(h.long(), reference.integer_scores(ref64[2], ref64[3], dim, torch.int64)[..., 0, 0])
 
 
+@pytest.mark.parametrize("save_bits", [False, True], ids=["infer", "train"])
+@pytest.mark.parametrize("shape", SPEC_SHAPES + AWKWARD, ids=str)
+def test_forward_v2_against_float64(shape, save_bits, helpers):
+    """The round-2 forward (variant v2) under the same bounds as v1: output, lse, and bits when saved."""
+    import dataclasses
+
+    bsz, heads, n, dim = shape
+    q, k, v, a, b, bias, spec = helpers.make_call(bsz, heads, n, n, dim, dim, dtype=torch.bfloat16, device="cuda")
+    spec = dataclasses.replace(spec, save_bits=save_bits)
+    _poison()
+    out, lse, qbits, kbits, *_ = forward(q, k, v, a, b, bias, spec, variant="v2")
+    hs = min(heads, 2)
+    qs, ks, vs = (_slice(x, hs) for x in (q, k, v))
+    ref64 = reference.forward(qs.double(), ks.double(), vs.double(), None, None, None, spec)
+    ref_lp = reference.forward(qs, ks, vs, None, None, None, spec)
+    err = helpers.rel_err(out[:1, :hs], ref64[0])
+    assert err <= 3 * helpers.rel_err(ref_lp[0], ref64[0]) + 1e-6, err
+    assert helpers.rel_err(lse[:1, :hs], ref64[1]) <= 1e-5
+    if save_bits:
+        assert torch.equal(qbits[:1, :hs], ref64[2]) and torch.equal(kbits[:1, :hs], ref64[3])
+    else:
+        assert qbits.shape[-1] == 0 and kbits.shape[-1] == 0
+
+
+@pytest.mark.parametrize("table_dense", [True, False], ids=["dense", "gather"])
+@pytest.mark.parametrize("n_grid", [(197, (14, 14, 1)), (1024, (32, 32, 0))], ids=["197", "1024"])
+def test_forward_v2_table_token_against_float64(n_grid, table_dense, helpers):
+    import dataclasses
+
+    from bitlower.codegen.forward_v2 import forward_v2
+
+    n, grid = n_grid
+    call = helpers.make_call(2, 3, n, n, 64, 64, dtype=torch.bfloat16, device="cuda", weighting="token",
+                             bias_kind="table", grid=grid)
+    spec = dataclasses.replace(call[-1], save_bits=False)
+    _poison()
+    out = forward_v2(*call[:6], spec, table_dense=table_dense)[0]
+    ref64 = reference.forward(*(t.double() for t in call[:6]), spec)[0]
+    ref_lp = reference.forward(*call[:6], spec)[0]
+    assert helpers.rel_err(out, ref64) <= 3 * helpers.rel_err(ref_lp, ref64) + 1e-6
+
+
 MODES = [
     dict(),
     dict(grad_mode="hamming"),
