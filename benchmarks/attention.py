@@ -11,7 +11,7 @@ NaN-poisoned output buffer against a float64 reference (a failing variant gets n
 
 Usage:
     python benchmarks/attention.py --out DIR            # run on a GPU: table to stdout, DIR/attention.json/.md
-    python benchmarks/attention.py --out DIR --v2-sweep # plus v2 rows per TileConfig of V2_SWEEP
+    python benchmarks/attention.py --out DIR --v2-sweep 0,2  # plus v2 rows per V2_SWEEP config at shapes 0, 2
     python benchmarks/attention.py --plot DIR/attention.json   # PNG beside the json (any machine)
 """
 from __future__ import annotations
@@ -353,7 +353,7 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="make the PNG from a saved json and exit")
     parser.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES")
     parser.add_argument("--sweep", action="store_true", help="tile-config sweep and kernel profile of --shapes")
-    parser.add_argument("--v2-sweep", action="store_true", help="also time v2 per TileConfig of V2_SWEEP")
+    parser.add_argument("--v2-sweep", default="", help="SHAPES indices where v2 is also timed per V2_SWEEP config")
     parser.add_argument("--no-v2", action="store_true", help="baseline rows only (the round-1 table)")
     parser.add_argument("--no-flex", action="store_true", help="skip the FlexAttention rows (compile time)")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new shape after this")
@@ -375,7 +375,8 @@ def main() -> None:
         res = {"shape": shape, "fwd": _forward_rows(shape, not args.no_flex), "fwd+bwd": _fwd_bwd_rows(shape),
                "checks": {}}
         if not args.no_v2:
-            _v2_forward_rows(shape, res["fwd"], res["checks"], args.v2_sweep)
+            sweep = str(SHAPES.index(shape)) in args.v2_sweep.split(",")
+            _v2_forward_rows(shape, res["fwd"], res["checks"], sweep)
         results.append(res)
         log.info("%s %s", shape, json.dumps({k: {n: round(t, 4) for n, t in res[k].items()} for k in ("fwd", "fwd+bwd")}))
         table = _write(args.out, results)  # after every shape: a killed run keeps what it measured
