@@ -179,8 +179,8 @@ class VariantAttention(nn.Module):
         var = self.variant
         bsz, heads, n, _ = q.shape
         if var.product == "sdpa":
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.1 if var.dropout and
-                                                  self.training else 0.0, scale=var.scale)
+            dropout_p = self.dropout.p if self.training else 0.0  # the same probability as the unfused forms
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=var.scale)
         if var.scale_at == "q":
             q = self._scale(q, var.scale)
         elif var.scale_at == "q_and_k":

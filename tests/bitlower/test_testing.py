@@ -43,3 +43,11 @@ def test_variant_inputs_are_seeded_and_masks_keep_a_key_per_query():
     a, b = variant.inputs(seed=3), variant.inputs(seed=3)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert a[3].any(-1).all()
+
+
+def test_sdpa_variant_with_dropout_disabled_is_rewritten_in_train_mode():
+    """Found by the property test: the SDPA form ignored a dropout probability set to 0."""
+    module = AttentionVariant(product="sdpa", dropout=True, n=1, m=1, head_dim=8, value_dim=8).module().train()
+    module.dropout.p = 0.0
+    variant = module.variant
+    check_rewrite(module, variant.inputs(seed=7), variant.reference, inductor=False)
