@@ -107,7 +107,7 @@ def example_inputs(model, batch: int) -> tuple:
 
 def _datasets(spec: str, image_size: int | None):
     """``[(train, train_full), (test, test_full)]``: each split as a tensor dataset where it fits
-    in memory (batches then index in one call), and the dataset it came from (its attributes).
+    in memory (normalised and resized once, not every batch), and the dataset it came from (its attributes).
 
     Raises:
         UsageError: the data path does not exist.
@@ -126,7 +126,7 @@ def _datasets(spec: str, image_size: int | None):
         in_memory = callable(getattr(ds, "tensors", None))  # image folders read files per item
         if in_memory and len(ds) * x.numel() * x.element_size() <= TENSOR_DATA_MAX_BYTES:
             splits.append((TensorDataset(*ds.tensors()), ds))
-        else:  # too large to hold as float32: items are converted per batch
+        else:  # too large to hold as float32: converted per batch (ImageDataset.get_batch)
             splits.append((ds, ds))
     return splits
 
