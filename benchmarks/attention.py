@@ -5,12 +5,14 @@ shapes of SPEC §6? Every time is the median of CUDA-graph replays (``do_bench_c
 Python launch overhead is out of all rows alike. TFLOP/s-equivalent counts the flops of ordinary
 attention: forward ``4 B H N M D``, forward+backward ``14 B H N M D`` (QK^T, PV; backward 2.5x).
 
-Round-2 rows (``bitlower_v2*``) time the forward variants of ``codegen.forward_v2`` beside the
-measured baseline (``bitlower`` = v1), each after a correctness check on fresh random inputs with a
+``bitlower`` is the operator as a user calls it (forward variant picked by ``codegen.configs``).
+With ``--diagnostics``, round-2 rows (``bitlower_v2*``) time the forward variants of ``codegen.forward_v2`` beside the
+default choice, each after a correctness check on fresh random inputs with a
 NaN-poisoned output buffer against a float64 reference (a failing variant gets no time, only FAIL).
 
 Usage:
-    python benchmarks/attention.py --out DIR            # run on a GPU: table to stdout, DIR/attention.json/.md
+    python benchmarks/attention.py --out DIR            # run on a GPU: table to stdout, DIR/attention.json/.md/.png
+    python benchmarks/attention.py --out DIR --diagnostics   # plus the attempt rows of kernel_notes.md
     python benchmarks/attention.py --out DIR --v2-sweep 0,2  # plus v2 rows per V2_SWEEP config at shapes 0, 2
     python benchmarks/attention.py --plot DIR/attention.json   # PNG beside the json (any machine)
 """
@@ -101,7 +103,9 @@ def _table_token_inputs(shape):
 
     bsz, heads, n, dim = shape
     grid = GRIDS[n]
-    a, b, table = _table_token_inputs(shape)
+    table = 0.02 * torch.randn(table_rows(grid[0], grid[1]), heads, device="cuda", dtype=torch.bfloat16)
+    a = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
+    b = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
     return a, b, table
 
 
@@ -206,7 +210,7 @@ def _inputs(shape, grad=False):
     return make(), make(), make()
 
 
-def _forward_rows(shape, flex: bool = True) -> dict:
+def _forward_rows(shape, flex: bool = True, diagnostics: bool = False) -> dict:
     import bitlower
     from bitlower.codegen import forward
     from bitlower.relpos import relative_position_index
@@ -224,13 +228,14 @@ def _forward_rows(shape, flex: bool = True) -> dict:
         _guarded(rows, "flex_binary", lambda: flex_fn(q, k, v))
     try:
         from sageattention import sageattn
-        rows["sage"] = _bench(lambda: sageattn(q, k, v, tensor_layout="HND"))
+        _guarded(rows, "sage", lambda: sageattn(q, k, v, tensor_layout="HND"))
     except ImportError:
         log.info("sageattention not importable: row skipped")
     rows["bitlower"] = _bench(lambda: bitlower.binary_attention(q, k, v))
     spec = CallSpec(scale=dim ** -0.5)
-    _guarded(rows, "bitlower_kbits", lambda: forward(q, k, v, None, None, None, spec, k_from_bits=True))
-    _guarded(rows, "bitlower_online", lambda: forward(q, k, v, None, None, None, spec, static_max=False))
+    if diagnostics:
+        _guarded(rows, "bitlower_kbits", lambda: forward(q, k, v, None, None, None, spec, k_from_bits=True))
+        _guarded(rows, "bitlower_online", lambda: forward(q, k, v, None, None, None, spec, static_max=False))
     grid = GRIDS[n]
     a, b, table = _table_token_inputs(shape)
     rows["bitlower_table_token"] = _bench(lambda: bitlower.binary_attention(
@@ -242,7 +247,7 @@ def _forward_rows(shape, flex: bool = True) -> dict:
     return rows
 
 
-def _fwd_bwd_rows(shape) -> dict:
+def _fwd_bwd_rows(shape, diagnostics: bool = False) -> dict:
     import bitlower
     from torch.nn.attention import SDPBackend
 
@@ -266,7 +271,7 @@ def _fwd_bwd_rows(shape) -> dict:
             return bitlower.binary_attention(q, k, v, grad_mode=mode)
         finally:
             configs.FORWARD_VARIANT = old
-    for mode in ("hamming", "ste"):
+    for mode in ("hamming", "ste") if diagnostics else ():
         timed(f"bitlower_v2_{mode}", lambda q, k, v, m=mode: v2(q, k, v, m))
     return rows
 
@@ -354,7 +359,8 @@ def main() -> None:
     parser.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES")
     parser.add_argument("--sweep", action="store_true", help="tile-config sweep and kernel profile of --shapes")
     parser.add_argument("--v2-sweep", default="", help="SHAPES indices where v2 is also timed per V2_SWEEP config")
-    parser.add_argument("--no-v2", action="store_true", help="baseline rows only (the round-1 table)")
+    parser.add_argument("--diagnostics", action="store_true",
+                        help="also the attempt rows: K from bits, online softmax, every v2 form (kernel_notes.md)")
     parser.add_argument("--no-flex", action="store_true", help="skip the FlexAttention rows (compile time)")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new shape after this")
     args = parser.parse_args()
@@ -372,14 +378,18 @@ def main() -> None:
         if time.monotonic() - start > args.budget_s:
             log.warning("time budget spent: shapes from %s on not run", shape)
             break
-        res = {"shape": shape, "fwd": _forward_rows(shape, not args.no_flex), "fwd+bwd": _fwd_bwd_rows(shape),
-               "checks": {}}
-        if not args.no_v2:
-            sweep = str(SHAPES.index(shape)) in args.v2_sweep.split(",")
+        res = {"shape": shape, "fwd": _forward_rows(shape, not args.no_flex, args.diagnostics),
+               "fwd+bwd": _fwd_bwd_rows(shape, args.diagnostics), "checks": {}}
+        sweep = str(SHAPES.index(shape)) in args.v2_sweep.split(",")
+        if args.diagnostics or sweep:
             _v2_forward_rows(shape, res["fwd"], res["checks"], sweep)
         results.append(res)
         log.info("%s %s", shape, json.dumps({k: {n: round(t, 4) for n, t in res[k].items()} for k in ("fwd", "fwd+bwd")}))
         table = _write(args.out, results)  # after every shape: a killed run keeps what it measured
+    try:
+        _plot(os.path.join(args.out, "attention.json"))
+    except ImportError:
+        log.warning("matplotlib not importable: no PNG (make it later with --plot)")
     print(table)  # the benchmark's product is this table on stdout, last
 
 

@@ -10,20 +10,22 @@ from dataclasses import dataclass
 
 import torch
 
-# Which forward `codegen.forward` runs: "v1" (prologue + packed Q bits + int8 K signs; measured in
-# benchmarks/results/attention_h100.md) or "v2" (signs from the floating q/k in the main kernel,
-# stats pass or in-kernel head sums; benchmarks/kernel_notes.md "Round 2"). v2 is not yet measured
-# on the H100: the default changes only after `benchmarks/attention.py` shows it faster there.
-FORWARD_VARIANT = "v1"
-FORWARD_VARIANTS = ("v1", "v2")
-# v2 mean_abs inference reduces the head's sum|q|, sum|k| inside every program up to this N (the
-# head, 2 N D bytes x 2, re-read from L2 by each of the N / BLOCK_N query blocks); a stats pass above.
-# Predicted crossover (kernel_notes.md round 2), to be measured.
-FUSED_SUMS_MAX_N = 1024
+# Which forward `codegen.forward` runs: "v1" (prologue + packed Q bits + int8 K signs), "v2" (signs
+# from the floating q/k in the main kernel after a stats pass), or "auto" (`pick_forward_variant`).
+# H100 round 2 (benchmarks/kernel_notes.md): v1 is faster for mean_abs without a table bias at every
+# shape (ViT-S 0.157 vs 0.157 ms, N 4096 0.684 vs 0.720, DiT 0.275 vs 0.524); v2 with a table bias
+# is 1.2-4.8x faster than v1 (ViT-S table+token 0.338 vs 1.313 ms, N 4096 1.398 vs 6.727).
+FORWARD_VARIANT = "auto"
+FORWARD_VARIANTS = ("auto", "v1", "v2")
+# v2 mean_abs inference can reduce the head's sum|q|, sum|k| inside every program (no stats pass).
+# Measured slower than the stats pass at every shape on the H100 (ViT-S 0.170 vs 0.157 ms, N 1024
+# 0.240 vs 0.182): off (N <= 0 never holds); the path stays selectable through `head_sums=True`.
+FUSED_SUMS_MAX_N = 0
 # v2 table bias: materialise the dense (H, N, M) bias in the table's dtype when it has at most this
-# many elements (2**24 = 32 MiB of bf16, under the H100's 50 MB L2; ViT-S 0.23 M, N 1024 H 16: 16.8 M),
-# else gather in-kernel. A prediction, to be measured (the benchmark times both forms).
-DENSE_TABLE_MAX_ELEMENTS = 2**24
+# many elements, else gather in-kernel. H100: dense beats the gather at every measured size
+# (N 1680 H 6: 0.332 vs 1.472 ms; N 4096 H 16 = 2**28 elements: 2.49 vs 5.70 ms); the cap bounds the
+# transient tensor at 512 MiB of bf16.
+DENSE_TABLE_MAX_ELEMENTS = 2**28
 # Static row maximum guard, in log2 units: the kernel uses the bound when 2 * bound <= LIMIT, so
 # the largest p of a row is >= 2**-LIMIT (times 2**P_OFFSET). float32/bfloat16 P keep full
 # precision down to 2**-126; float16 P is normal down to 2**-14 and holds up to 65504 = 2**16,
@@ -37,6 +39,11 @@ PROLOGUE_WARPS = 4
 def interpreting() -> bool:
     """True when kernels run under the Triton interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def auto_forward_variant(spec) -> str:
+    """The forward variant "auto" runs for a call: v2 for a table bias (measured faster), else v1."""
+    return "v2" if spec.bias_kind == "table" and spec.pv_quant == "none" else "v1"
 
 
 def padded_dim(dim: int) -> int:

@@ -26,7 +26,7 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
             config=None, variant: str | None = None):
     """Fused forward with the contract of ``bitlower.reference.forward``.
 
-    ``variant`` (None: ``configs.FORWARD_VARIANT``) picks "v1" (this module's prologue + kernel) or
+    ``variant`` (None: ``configs.FORWARD_VARIANT``; "auto": ``configs.auto_forward_variant``) picks "v1" (this module's prologue + kernel) or
     "v2" (``forward_v2``: signs from the floating q/k in the main kernel, no int8 sign tensor; bits
     only when ``spec.save_bits``). v2 covers ``pv_quant == "none"``; other calls run v1.
 
@@ -39,7 +39,7 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
         k_from_bits: force the K sign source (tests and benchmarks); None picks per shape.
         static_max: allow the static row maximum (False forces the online softmax).
         config: a ``TileConfig`` overriding the table (tuning sweeps).
-        variant: "v1" or "v2"; None for ``configs.FORWARD_VARIANT``.
+        variant: "auto", "v1" or "v2"; None for ``configs.FORWARD_VARIANT``.
 
     Returns:
         ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference.
@@ -50,6 +50,8 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
     variant = configs.FORWARD_VARIANT if variant is None else variant  # read per call: switchable
     if variant not in FORWARD_VARIANTS:
         raise ValueError(f"variant must be one of {FORWARD_VARIANTS}, got {variant!r}")
+    if variant == "auto":
+        variant = configs.auto_forward_variant(spec)
     if variant == "v2" and spec.pv_quant == "none":
         return forward_v2(q, k, v, a, b, bias, spec, static_max=static_max, config=config)
     bsz, heads, n, dim = q.shape

@@ -134,6 +134,18 @@ def test_fully_masked_row_is_nan_like_the_reference(helpers):
     assert torch.isnan(got[0][:, :, 3]).all() and torch.isneginf(got[1][:, :, 3]).all()
 
 
+def test_auto_variant_takes_v2_for_a_table_bias(helpers):
+    """"auto" runs v2 (0-word bits without save_bits) for a table bias, and v1 for int8 P.V or no table."""
+    q, k, v, a, b, bias, spec = helpers.make_call(bias_kind="table")
+    spec = _with(spec, save_bits=False)
+    assert configs.auto_forward_variant(spec) == "v2"
+    assert forward(q, k, v, a, b, bias, spec, variant="auto")[2].shape[-1] == 0
+    _check(forward(q, k, v, a, b, bias, spec, variant="auto"), reference.forward(q, k, v, a, b, bias, spec),
+           spec, helpers.rel_err)
+    assert configs.auto_forward_variant(_with(spec, pv_quant="int8")) == "v1"
+    assert configs.auto_forward_variant(_with(spec, bias_kind="none")) == "v1"
+
+
 def test_variant_switch_is_read_per_call(helpers, monkeypatch):
     """configs.FORWARD_VARIANT picks the forward at call time; pv_quant int8 stays on v1; bad names raise."""
     q, k, v, a, b, bias, spec = helpers.make_call()
@@ -146,6 +158,8 @@ def test_variant_switch_is_read_per_call(helpers, monkeypatch):
            _with(quant, save_bits=True), helpers.rel_err)
     with pytest.raises(ValueError, match="variant"):
         forward(q, k, v, a, b, bias, spec, variant="v3")
+    monkeypatch.setattr(configs, "FORWARD_VARIANT", "auto")
+    assert forward(q, k, v, a, b, bias, spec)[2].shape[-1] == 2  # auto: no table bias -> v1
     with pytest.raises(ValueError, match="head sums"):
         forward_v2(q, k, v, a, b, bias, _with(spec, save_bits=True), head_sums=True)
 
