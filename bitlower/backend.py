@@ -5,10 +5,16 @@ The entry point group ``torch_dynamo_backends`` names ``bitlower_backend`` (pypr
 registering it with ``register_backend`` as well makes the lookup fail ("duplicate name").
 
 Flow: the Dynamo graph (torch-level IR) -> ``bitlower.passes.rewrite_attention`` ->
+``bitlower.passes.kernel_fallback.count_kernel_fallbacks`` ->
 ``torch._inductor.compile_fx.compile_fx``, the function ``backend="inductor"`` calls. A graph
 without accepted attention sites reaches ``compile_fx`` unchanged. No pass is handed to
 Inductor: the rewrite is done before ``compile_fx``, so Inductor's caches key the rewritten
 graph itself (the operator call and its static arguments are part of it).
+
+Kernel fallbacks (CUDA calls the fused kernels do not cover) are counted here, on every compile,
+because a cache hit in ``compile_fx`` skips the trace of the operator's body where the choice
+is made; ``compile_fx`` runs under ``bitlower.ops.fallbacks_counted_by_backend`` so a cold
+compile does not count them twice (see ``bitlower.ops``).
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ from torch._inductor import list_mode_options
 from torch._inductor.compile_fx import compile_fx
 
 from bitlower.backend_config import BackendConfig
+from bitlower.ops import fallbacks_counted_by_backend
+from bitlower.passes.kernel_fallback import count_kernel_fallbacks
 from bitlower.passes.rewrite_attention import rewrite_attention
 
 log = logging.getLogger(__name__)
@@ -64,7 +72,8 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
         options: bitlower options (``BackendConfig`` fields) and Inductor config keys.
 
     Returns:
-        the compiled callable from ``compile_fx``.
+        the compiled callable from ``compile_fx``. Counters: those of ``rewrite_attention``, and
+        ``fallback`` by reason for each operator call that will run the reference on CUDA.
 
     Raises:
         ValueError: unknown options or mode, invalid option values.
@@ -82,8 +91,9 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
         if mode not in modes:
             raise ValueError(f"unknown mode {mode!r} for backend 'bitlower'; modes are {sorted(modes)}")
         patches = {**list_mode_options(mode), **patches}
-    gm = rewrite_attention(gm, config)
-    return compile_fx(gm, example_inputs, config_patches=patches)
+    gm = count_kernel_fallbacks(rewrite_attention(gm, config))
+    with fallbacks_counted_by_backend():
+        return compile_fx(gm, example_inputs, config_patches=patches)
 
 
 def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None,
@@ -91,7 +101,8 @@ def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: st
     """The same rewrite, then AOTAutograd without Inductor (``aot_eager``): for debugging and fast tests.
 
     The operator's forward and registered backward run as traced by AOTAutograd; the rest of
-    the graph runs eagerly. ``mode`` is accepted and ignored (it only concerns Inductor).
+    the graph runs eagerly. ``mode`` is accepted and ignored (it only concerns Inductor). Kernel
+    fallbacks are counted as in ``bitlower_backend``.
 
     Raises:
         ValueError: unknown or invalid bitlower options (Inductor keys are accepted and ignored).
@@ -99,4 +110,6 @@ def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: st
     from torch._dynamo.backends.debugging import aot_eager
 
     config, _ = split_options(options)
-    return aot_eager(rewrite_attention(gm, config), example_inputs)
+    gm = count_kernel_fallbacks(rewrite_attention(gm, config))
+    with fallbacks_counted_by_backend():
+        return aot_eager(gm, example_inputs)

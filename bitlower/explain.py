@@ -42,10 +42,24 @@ class ExplainReport:
                 out[s.reason] = out.get(s.reason, 0) + 1
         return out
 
+    def fallbacks(self) -> dict[str, int]:
+        """Rewritten sites whose CUDA call the fused kernels do not cover, counted by reason.
+
+        Empty on CPU, where the reference is the path, not a fallback. The reasons are those
+        ``torch.compile(backend="bitlower")`` adds to ``bitlower.counters["fallback"]`` per compile.
+        """
+        out: dict[str, int] = {}
+        for s in self.sites:
+            for reason in s.details.get("kernel_fallback", ()):
+                out[reason] = out.get(reason, 0) + 1
+        return out
+
     def __str__(self) -> str:
         lines = [f"{'module':<32} {'pattern':<20} {'status':<10} reason / shape (B, H, N, M, D, Dv)"]
         for s in self.sites:
             info = s.reason if s.status != REWRITTEN else s.details.get("shape", "")
+            if s.details.get("kernel_fallback"):
+                info = f"{info}; reference on CUDA: " + "; ".join(s.details["kernel_fallback"])
             lines.append(f"{s.module_path or '<root>':<32} {s.pattern:<20} {s.status:<10} {info}")
         c = self.counts
         lines.append(f"found {c['found']}, rewritten {c['rewritten']}, skipped {c['skipped']}; "

@@ -6,17 +6,28 @@ compiles the reference (``bitlower.reference``) and the CUDA path launches the T
 kernels of ``bitlower.codegen`` where they support the call, falling back to the reference
 (logged and counted) where they do not. Callers never choose the implementation.
 
+Fallback counting (``bitlower.counters["fallback"][reason]``, one key for every source):
+- an eager call on CUDA tensors that takes the reference counts once, each call;
+- under ``torch.compile(backend="bitlower")`` the backend counts each operator call site of every
+  graph Dynamo compiles (``bitlower.passes.kernel_fallback``), before Inductor's caches are
+  consulted, so warm and cold compiles count alike; while it compiles
+  (``fallbacks_counted_by_backend``) the bodies AOTAutograd traces on fake tensors do not count;
+- under another backend a traced body still counts, once per trace: a cache hit skips the trace.
+
 The forward returns, besides the output, what the backward needs: the log-sum-exp, the
 packed sign bits, the packed STE clip bits and the effective weighting scalars. The
 backward recomputes the scores from those bits; it never sees the float q and k.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 
 from bitlower import reference, reference_backward
 from bitlower.counters import counters
@@ -51,17 +62,48 @@ def _drop_bits(outputs, spec: CallSpec):
     return (out, lse, *empty, a, b)
 
 
+_COUNTED_BY_BACKEND = contextvars.ContextVar("bitlower_fallbacks_counted_by_backend", default=False)
+
+
+@contextlib.contextmanager
+def fallbacks_counted_by_backend() -> Iterator[None]:
+    """While open, operator bodies traced on fake tensors leave ``counters["fallback"]`` alone.
+
+    The bitlower backend compiles under it: it has already counted every operator call of the
+    graph (``bitlower.passes.kernel_fallback``), whether or not Inductor's caches then trace the
+    bodies. Eager calls (real tensors) count as always.
+    """
+    token = _COUNTED_BY_BACKEND.set(True)
+    try:
+        yield
+    finally:
+        _COUNTED_BY_BACKEND.reset(token)
+
+
+def fallback_reason(check: str, tensors, spec: CallSpec) -> str | None:
+    """Why the kernels will not run this call (codegen's ``check`` on ``tensors``), or None.
+
+    None on CPU too: the reference is the CPU path, not a fallback. ``tensors`` may be fake.
+    """
+    if not tensors[0].is_cuda:
+        return None
+    from bitlower import codegen
+
+    return getattr(codegen, check)(*tensors, spec)
+
+
 def _kernels_for(check: str, tensors, spec: CallSpec):
     """The codegen module when its ``check`` accepts this CUDA call, else None (fallback counted)."""
     if not tensors[0].is_cuda:
         return None
     from bitlower import codegen
 
-    reason = getattr(codegen, check)(*tensors, spec)
+    reason = fallback_reason(check, tensors, spec)
     if reason is None:
         return codegen
-    counters["fallback"][reason] += 1
-    log.info("bitlower: reference path on CUDA: %s", reason)
+    if not (_COUNTED_BY_BACKEND.get() and is_fake(tensors[0])):  # else the backend counted it
+        counters["fallback"][reason] += 1
+        log.info("bitlower: reference path on CUDA: %s", reason)
     return None
 
 

@@ -24,6 +24,7 @@ from bitlower.backend_config import BackendConfig
 from bitlower.counters import counters
 from bitlower.passes.emit import Emitter
 from bitlower.passes.find_attention import find_attention
+from bitlower.passes.kernel_fallback import call_fallback_reasons
 from bitlower.passes.op_table import role_of, value_of
 from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite
 
@@ -117,6 +118,9 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
         out = emit.method("to", out, want)
     site.anchor.replace_all_uses_with(out)
     site.details["bias_kind"] = kind
+    fallbacks = call_fallback_reasons(call)  # counted by the backend (``count_kernel_fallbacks``), not here
+    if fallbacks:
+        site.details["kernel_fallback"] = fallbacks
     _erase_dead(gm, site.erase)
     for node in site.bypass:  # scalar factors now in `scale`: read the unscaled tensor
         source = next(x for x in (node.args + tuple(node.kwargs.values())) if isinstance(x, Node))

@@ -102,7 +102,8 @@ class SiteReport:
         spelling: the roles met along the site.
         status: ``"rewritten"`` or ``"skipped"``.
         reason: why it was skipped, None when rewritten.
-        details: shape ``(B, H, N, M, D, Dv)``, dtype, scale, bias kind where known.
+        details: shape ``(B, H, N, M, D, Dv)``, dtype, scale, bias kind where known;
+            ``kernel_fallback``: why a rewritten CUDA site will run the reference (forward, backward).
     """
 
     module_path: str
