@@ -1,0 +1,48 @@
+"""``benchmarks/diffusion_digits.py`` on CPU: two seeds in parallel workers, a few steps, and the time budget."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "diffusion_digits.py"
+TINY = ["--device", "cpu", "--steps", "4", "--qat-steps", "2", "--samples-per-class", "2", "--classifier-steps", "10"]
+MODELS = ("full_precision", "fp_start", "post_training_binarized", "binary_qat_distilled")
+
+
+def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *TINY, "--out", str(out), *extra], capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_seeds_same_budget_table_and_grids(tmp_path):
+    proc = run(tmp_path, "--seeds", "0", "1", "--jobs", "2")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "diffusion_digits.json").read_text())
+    assert [seed["seed"] for seed in record["seeds"]] == [0, 1] and all(s["complete"] for s in record["seeds"])
+    for seed in record["seeds"]:
+        steps = {name: seed["models"][name]["steps"] for name in MODELS}
+        assert steps == {"full_precision": 4, "fp_start": 2, "post_training_binarized": 2, "binary_qat_distilled": 4}
+    for name in MODELS:
+        for metric in ("denoising_mse", "frechet_distance", "sample_accuracy"):
+            entry = record["summary"][name][metric]
+            assert len(entry["values"]) == 2 and entry["std"] >= 0, (name, metric)
+        for seed in (0, 1):
+            png = (tmp_path / f"samples_{name}_seed{seed}.png").read_bytes()
+            assert png.startswith(b"\x89PNG\r\n\x1a\n") and b"IEND" in png[-12:]
+    seed0 = record["seeds"][0]["models"]
+    assert seed0["binary_qat_distilled"]["denoising_mse"] != seed0["post_training_binarized"]["denoising_mse"]
+    assert seed0["full_precision"]["denoising_mse"] != seed0["fp_start"]["denoising_mse"]  # the run continued
+    assert not list(tmp_path.glob("seed_*/*/checkpoint.pt"))  # intermediates removed
+    table = (tmp_path / "diffusion_digits.md").read_text()
+    assert "2 FP + 2 QAT = 4" in table and " ± " in table
+
+
+def test_budget_stops_workers_and_still_writes_the_table(tmp_path):
+    proc = run(tmp_path, "--seeds", "0", "--budget-s", "0.5")
+    assert proc.returncode == 1
+    record = json.loads((tmp_path / "diffusion_digits.json").read_text())
+    assert "seed 0 stopped at the 0 s budget" in record["status"]
+    assert "| full precision | 4 | — |" in (tmp_path / "diffusion_digits.md").read_text()
