@@ -154,13 +154,18 @@ def train_diffusion(model: nn.Module, train_set, config: TrainConfig, *, diffusi
     """Train a class-conditional diffusion model (DiT interface ``model(x, t, y)``); returns the final metrics.
 
     A DiT's own label dropout (``y_embedder.dropout_prob``) is taken over by the task and set to
-    0 in the model, so the teacher sees the labels the student saw.
+    0 in the model while it trains, so the teacher sees the labels the student saw; the model's
+    value is restored afterwards, so a later call (resume, QAT of a copy) drops labels alike.
     """
     embedder = getattr(model, "y_embedder", None)
     label_dropout = float(getattr(embedder, "dropout_prob", 0.0))
-    if embedder is not None:
-        embedder.dropout_prob = 0.0
     cfg = model.config
     task = DiffusionTask(diffusion, cfg.in_channels, cfg.num_classes, label_dropout, eval_set)
-    trainer = Trainer(model, task, train_set, config, teacher=teacher, extra_config=extra_config)
-    return trainer.run(resume=resume, stop_at=stop_at)
+    if embedder is not None:
+        embedder.dropout_prob = 0.0
+    try:
+        trainer = Trainer(model, task, train_set, config, teacher=teacher, extra_config=extra_config)
+        return trainer.run(resume=resume, stop_at=stop_at)
+    finally:
+        if embedder is not None:
+            embedder.dropout_prob = label_dropout

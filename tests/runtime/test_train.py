@@ -123,6 +123,16 @@ def test_diffusion_resume_is_bitwise_exact(digits, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
 
 
+def test_diffusion_keeps_the_models_label_dropout_for_a_later_call(digits, tmp_path):
+    """The task drops labels while training; the model's own rate is back afterwards (resume in-process)."""
+    model = tiny_dit()
+    config = TrainConfig(steps=4, batch_size=32, out_dir=str(tmp_path), progress=False)
+    train_diffusion(model, digits[0], config, stop_at=2)
+    assert model.y_embedder.dropout_prob == 0.1
+    train_diffusion(model, digits[0], config, resume="auto")  # the checkpoint's task config must match
+    assert model.y_embedder.dropout_prob == 0.1
+
+
 def test_mismatched_checkpoint_refused_untouched(digits, tmp_path):
     classification_run(digits, tmp_path, 4)
     torch.manual_seed(0)
