@@ -276,40 +276,52 @@ def _fwd_bwd_rows(shape, diagnostics: bool = False) -> dict:
     return rows
 
 
-FWD_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 128, 4, 3),
-             (128, 32, 4, 4), (128, 64, 4, 4)]
+FWD_SWEEP = [(128, 32, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 64, 4, 3),
+             (64, 32, 4, 3), (128, 128, 8, 3), (64, 64, 8, 3)]
 V2_SWEEP = [(128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
-BWD_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 2), (128, 128, 8, 1)]
+BWD_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3), (32, 64, 4, 2), (32, 64, 4, 3), (128, 64, 8, 2),
+             (64, 128, 8, 2), (32, 128, 8, 2)]
 
 
-def _sweep(indices) -> None:
-    """Time the forward/backward kernels per TileConfig, and a per-kernel profile (tuning the table)."""
-    from bitlower import reference  # noqa: F401
+def _sweep(indices, out: str) -> None:
+    """Time the forward/backward kernels per TileConfig beside cuDNN (tuning the table); ``out``/sweep.json.
+
+    Forward: the training forward (``save_bits``) and the inference one; backward: hamming and ste.
+    """
     from bitlower.codegen import backward, forward
     from bitlower.codegen.configs import TileConfig
     from bitlower.spec import CallSpec
+    from torch.nn.attention import SDPBackend
 
+    record = []
     for i in indices:
         shape = SHAPES[i]
         q, k, v = _inputs(shape)
-        spec = CallSpec(scale=shape[3] ** -0.5, grad_mode="hamming")
-        times = {}
-        for cfg in FWD_SWEEP:
-            _guarded(times, str(cfg), lambda c=TileConfig(*cfg): forward(q, k, v, None, None, None, spec, config=c))
-        log.info("sweep fwd %s %s", shape, json.dumps({c: round(t, 4) for c, t in times.items()}))
-        saved = forward(q, k, v, None, None, None, spec)
+        entry = {"shape": shape, "cudnn_fwd": _bench(lambda: _sdpa(SDPBackend.CUDNN_ATTENTION)(q, k, v))}
+        qg, kg, vg = _inputs(shape, grad=True)
         do = torch.randn_like(v)
-        times = {}
-        for cfg in BWD_SWEEP:
-            _guarded(times, str(cfg), lambda c=TileConfig(*cfg): backward(
-                do, v, None, *saved[1:], spec, shape[3], [True, True, True, False, False, False], config=c))
-        log.info("sweep bwd %s %s", shape, json.dumps({c: round(t, 4) for c, t in times.items()}))
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-            for _ in range(5):
-                out = forward(q, k, v, None, None, None, spec)
-                backward(do, v, None, *out[1:], spec, shape[3], [True, True, True, False, False, False])
-            torch.cuda.synchronize()
-        log.info("profile %s\n%s", shape, prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
+        cudnn = _sdpa(SDPBackend.CUDNN_ATTENTION)
+        entry["cudnn_fwd_bwd"] = _bench(lambda: torch.autograd.grad(cudnn(qg, kg, vg), (qg, kg, vg), do))
+        for save_bits in (True, False):
+            spec = CallSpec(scale=shape[3] ** -0.5, grad_mode="hamming", save_bits=save_bits)
+            times = {}
+            for cfg in FWD_SWEEP:
+                _guarded(times, str(cfg), lambda c=TileConfig(*cfg): forward(q, k, v, None, None, None, spec,
+                                                                           config=c, variant="v1"))
+            entry["fwd_train" if save_bits else "fwd_infer"] = times
+        for mode in ("hamming", "ste"):
+            spec = CallSpec(scale=shape[3] ** -0.5, grad_mode=mode)
+            saved = forward(q, k, v, None, None, None, spec)
+            times = {}
+            for cfg in BWD_SWEEP:
+                _guarded(times, str(cfg), lambda c=TileConfig(*cfg): backward(
+                    do, v, None, *saved[1:], spec, shape[3], [True, True, True, False, False, False], config=c))
+            entry[f"bwd_{mode}"] = times
+        log.info("sweep %s", json.dumps(entry))
+        record.append(entry)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "sweep.json"), "w") as fh:
+            json.dump({"gpu": torch.cuda.get_device_name(), "sweep": record}, fh, indent=1)
 
 
 def _table(results) -> str:
@@ -357,7 +369,7 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--plot", default=None, help="make the PNG from a saved json and exit")
     parser.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES")
-    parser.add_argument("--sweep", action="store_true", help="tile-config sweep and kernel profile of --shapes")
+    parser.add_argument("--sweep", action="store_true", help="tile-config sweep of --shapes (OUT/sweep.json)")
     parser.add_argument("--v2-sweep", default="", help="SHAPES indices where v2 is also timed per V2_SWEEP config")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also the attempt rows: K from bits, online softmax, every v2 form (kernel_notes.md)")
@@ -370,7 +382,7 @@ def main() -> None:
         return
     torch._dynamo.config.cache_size_limit = 64
     if args.sweep:
-        _sweep([int(i) for i in (args.shapes or "0,1,2,4,5").split(",")])
+        _sweep([int(i) for i in (args.shapes or "0,1,2,4,5").split(",")], args.out)
         return
     picked = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(",")]
     results, start, table = [], time.monotonic(), ""

@@ -2,9 +2,11 @@
 
 ``bitlower/ops.py`` asks :func:`unsupported_reason` / :func:`unsupported_backward_reason`
 and runs :func:`forward` / :func:`backward` when they return None (the reference otherwise).
-Layers: ``tiles`` (device helpers), ``prologue`` (sign + pack + scalars), ``forward_kernel`` /
-``backward_kernels`` (the ``@triton.jit`` kernels), ``forward`` / ``backward`` (launchers that own
-strides, grid and config choice), ``configs`` (the measured tile table).
+Layers: ``tiles`` (device helpers), ``prologue`` / ``stats`` (sign + pack + scalars),
+``forward_tiles`` (the key-tile loop both forward kernels share), ``forward_kernel`` /
+``forward_v2_kernel`` / ``backward_kernels`` (the ``@triton.jit`` kernels), ``forward`` /
+``forward_v2`` / ``backward`` (launchers that own strides, grid and config choice), ``configs``
+(the measured tile table).
 """
 from __future__ import annotations
 

@@ -110,8 +110,6 @@ def forward_v2(q, k, v, a, b, bias, spec, *, head_sums: bool | None = None, tabl
     dp, dvp = padded_dim(dim), padded_dim(dim_v)
     cfg = config or forward_v2_config(n, dp, dvp, v.dtype, beta.code)
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
-    if not static_max or (spec.bias_kind == "dense"):
-        limit = -1.0  # no bound known for a caller's dense bias: online softmax
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     torch.library.wrap_triton(_binary_attn_fwd_v2_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
         q, k, v, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
@@ -120,6 +118,7 @@ def forward_v2(q, k, v, a, b, bias, spec, *, head_sums: bool | None = None, tabl
         heads, n, m, spec.scale * LOG2E, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
         D=dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, MEAN_ABS=mean_abs,
         HEAD_SUMS=head_sums, BIAS=beta.code, HAS_PREFIX=beta.has_prefix, BETA_MAX=beta_max is not None,
+        STATIC_MAX=static_max and spec.bias_kind != "dense",  # no bound known for a caller's dense bias
         LIMIT=limit, P_OFFSET=offset, DOT=dot_kind(v.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff

@@ -1,17 +1,10 @@
 """Round-2 forward kernel: signs taken from the floating q and k in registers (no packed operand).
 
-Notation: program ``(pid_n, bh)`` owns query rows ``i in [pid_n*BLOCK_N, +BLOCK_N)`` of batch*head
-``bh`` and walks key tiles ``j`` of ``BLOCK_M``:
-
-    qs = sgn(q tile) as int8 +-1 (once per program)      ks = sgn(k tile) as int8 +-1 (per tile)
-    h_ij = int8 dot (int32, exact) -> float32 by the magic-number add
-    s2_ij = h_ij * c + beta2_ij     (mean_abs: c = scale * mean|q| * mean|k| * log2 e, one scalar)
-    s2_ij = h_ij * c_i * b_j + beta2_ij                     (token / none)
-    p_ij = exp2(s2_ij - m_i),  l_i += sum_j p_ij,  acc_i += p_ij V_j   (bf16/fp16 P.V)
-
-Row maximum: the static bound ``|c_i| * max|b| * D + max|beta2|`` (maxima passed in, never
-recomputed per program), guarded by the online form when ``2 * bound > LIMIT`` (see
-``forward.STATIC_LIMIT``); the launcher passes ``LIMIT < 0`` where no bound is known (dense bias).
+Program ``(pid_n, bh)`` owns query rows ``i in [pid_n*BLOCK_N, +BLOCK_N)`` of batch*head ``bh``. The
+Q signs are taken once per program from the bf16/fp16/fp32 q tile, the K signs per key tile from k
+(``K_SOURCE`` 2 of the shared loop in ``forward_tiles``, notation there). The scalar maxima for the
+static bound (max|b|, max|beta2| per head) are passed in, never recomputed per program;
+``STATIC_MAX`` False (a caller's dense bias, no bound known) runs the online maximum alone.
 
 ``HEAD_SUMS``: each program reduces ``sum|q|``, ``sum|k|`` of its whole (batch, head) before the
 loop (no stats pass, no atomics; the head is re-read from L2 by each query block) -- the one-launch
@@ -23,18 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import bias_tile, fdot, int_to_float, mask_keep
-
-NEG_INIT = tl.constexpr(-1.0e30)  # running-max start: finite, so fully masked tiles give no NaN
-
-
-@triton.jit
-def sign_tile(base, rows, row_mask, s_row, s_d, D: tl.constexpr, DP: tl.constexpr):
-    """int8 ``+-1`` signs ``(R, DP)`` of a floating tile (NaN -> -1 like ``packing.sgn``), 0 past ``D``."""
-    d = tl.arange(0, DP)
-    x = tl.load(base + rows[:, None] * s_row + d[None, :] * s_d, mask=row_mask[:, None] & (d < D)[None, :],
-                other=0.0).to(tl.float32)  # compare in float32 (the interpreter keeps bf16 as raw bits)
-    return tl.where((d < D)[None, :], tl.where(x >= 0, 1, -1), 0).to(tl.int8)
+from .forward_tiles import attend_rows, sign_tile, store_rows
 
 
 @triton.jit
@@ -59,70 +41,6 @@ def _fill_rows(ptr, value, length, start, step, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _v2_tiles(
-    acc, l_i, m_i, qs, c, c_rows, rows, row_mask, lo, hi, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
-    bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix,
-    D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_M: tl.constexpr,
-    MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, DOT: tl.constexpr,
-    ONLINE: tl.constexpr, MASK_M: tl.constexpr,
-):
-    """Key tiles ``[lo, hi)``: scores, softmax (static or online maximum) and P.V."""
-    dv = tl.arange(0, DVP)
-    for start in range(lo, hi, BLOCK_M):
-        cols = start + tl.arange(0, BLOCK_M)
-        col_mask = cols < M
-        ks = sign_tile(k_base, cols, col_mask, s_km, s_kd, D, DP)  # (BLOCK_M, DP)
-        hf = int_to_float(tl.dot(qs, tl.trans(ks), out_dtype=tl.int32))  # (BLOCK_N, BLOCK_M)
-        if MEAN_ABS:
-            s = hf * c
-        else:
-            bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
-            s = (hf * bj[None, :]) * c_rows[:, None]
-        if BIAS == 2 or BIAS == 3:
-            s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
-                           BIAS, HAS_PREFIX, True)
-        if BIAS == 4:
-            s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm), s, float("-inf"))
-        if MASK_M:
-            s = tl.where(col_mask[None, :], s, float("-inf"))
-        if ONLINE:
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        p = tl.exp2(s - m_i[:, None])
-        l_i += tl.sum(p, axis=1)
-        v = tl.load(v_base + cols[:, None] * s_vm + dv[None, :] * s_vd,
-                    mask=col_mask[:, None] & (dv < DV)[None, :], other=0.0)
-        acc = fdot(p, v, acc, DOT)
-    return acc, l_i, m_i
-
-
-@triton.jit
-def _v2_rows(
-    m_i, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm,
-    M, grid_h, grid_w, prefix,
-    BLOCK_N: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
-    BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
-    DOT: tl.constexpr, ONLINE: tl.constexpr,
-):
-    """All key tiles: the unmasked full tiles, then the ragged last tile."""
-    acc = tl.zeros([BLOCK_N, DVP], dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
-    m_full = (M // BLOCK_M) * BLOCK_M
-    acc, l_i, m_i = _v2_tiles(
-        acc, l_i, m_i, qs, c, c_rows, rows, row_mask, 0, m_full, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
-        bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS, HAS_PREFIX,
-        DOT, ONLINE, False)
-    acc, l_i, m_i = _v2_tiles(
-        acc, l_i, m_i, qs, c, c_rows, rows, row_mask, m_full, M, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
-        bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS, HAS_PREFIX,
-        DOT, ONLINE, True)
-    return acc, l_i, m_i
-
-
-@triton.jit
 def _binary_attn_fwd_v2_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr,
     s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_km, s_kd, s_vb, s_vh, s_vm, s_vd, s_bias_b, s_bias_h, s_bn, s_bm,
@@ -130,7 +48,7 @@ def _binary_attn_fwd_v2_kernel(
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, HEAD_SUMS: tl.constexpr,
     BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, BETA_MAX: tl.constexpr,
-    LIMIT: tl.constexpr, P_OFFSET: tl.constexpr, DOT: tl.constexpr,
+    STATIC_MAX: tl.constexpr, LIMIT: tl.constexpr, P_OFFSET: tl.constexpr, DOT: tl.constexpr,
 ):
     """Round-2 binary attention forward for one (query block, batch*head); see the module notation."""
     scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars may arrive as float64 under Inductor
@@ -177,20 +95,9 @@ def _binary_attn_fwd_v2_kernel(
     if BETA_MAX:
         beta_max = tl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
     bound = tl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
-    online_m = tl.zeros([BLOCK_N], dtype=tl.float32) + NEG_INIT
-    if tl.max(bound, axis=0) * 2.0 <= LIMIT:  # LIMIT < 0 (launcher) forces the online form
-        acc, l_i, m_i = _v2_rows(
-            bound - P_OFFSET, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
-            bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
-            HAS_PREFIX, DOT, False)
-    else:
-        acc, l_i, m_i = _v2_rows(
-            online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
-            bias_base, s_bn, s_bm, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
-            HAS_PREFIX, DOT, True)
-    dv = tl.arange(0, DVP)
-    out_rows = bh64 * N + rows
-    tl.store(out_ptr + out_rows[:, None] * DV + dv[None, :], (acc / l_i[:, None]).to(out_ptr.dtype.element_ty),
-             mask=row_mask[:, None] & (dv < DV)[None, :])
-    lse = (m_i + tl.log2(l_i) + row_shift) * 0.6931471805599453  # ln(2): back to natural log
-    tl.store(lse_ptr + out_rows, lse, mask=row_mask)
+    # K signs from the floating k (K_SOURCE 2); `bound` stands in for the 8-bit P.V scales, unused here
+    acc, l_i, m_i = attend_rows(
+        bound, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base,
+        s_bn, s_bm, bound, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
+        HAS_PREFIX, 2, DOT, STATIC_MAX, LIMIT, P_OFFSET, False)
+    store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, bound, DV, DVP, False)

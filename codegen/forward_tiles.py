@@ -1,0 +1,189 @@
+"""The key-tile loop shared by both forward kernels: scores, softmax, P.V (one source of truth).
+
+Notation (``forward_kernel``): a program holds ``BLOCK_N`` query rows and walks key tiles of
+``BLOCK_M`` columns; scores are in log2 units,
+
+    h_ij  = int8 dot of +-1 signs (int32, exact)           -> float32 by the magic-number add
+    s2_ij = h_ij * c + beta2_ij                              (mean_abs: c one scalar per (b, h))
+    s2_ij = h_ij * c_i * b_j + beta2_ij                      (token / none: c_i = scale a_i log2 e)
+    p_ij  = exp2(s2_ij - m_i),  l_i += sum_j p_ij,  acc_i += p_ij V_j
+
+``K_SOURCE`` (constexpr) says where the key signs come from: 0 an int8 ``+-1`` tensor, 1 packed bits,
+2 the floating k itself (signs taken in registers).
+
+Row maximum ``m_i``: binary scores are bounded, ``|s2_ij| <= |c_i| max|b| D + max|beta2|``, so the
+kernel uses that bound (no running max, no rescaling) where it is tight enough (``2 * bound <=
+LIMIT``; else ``exp2(s2 - m)`` could underflow the P.V operand) and the running maximum otherwise
+(``attend_rows``). A call without any bound (a caller's dense float bias) compiles the online form alone.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .tiles import bias_tile, fdot, int_to_float, load_signs, mask_keep, round_half_even
+
+NEG_INIT = tl.constexpr(-1.0e30)  # running-max start: finite, so fully masked tiles give no NaN
+STAGE_FUSED = tl.constexpr(0)  # softmax + P.V
+STAGE_SUM = tl.constexpr(1)  # (m, l) only: the first pass of the 8-bit P.V
+STAGE_PV_INT8 = tl.constexpr(2)  # quantised P.V with the final 1 / l
+
+
+@triton.jit
+def sign_tile(base, rows, row_mask, s_row, s_d, D: tl.constexpr, DP: tl.constexpr):
+    """int8 ``+-1`` signs ``(R, DP)`` of a floating tile (NaN -> -1 like ``packing.sgn``), 0 past ``D``."""
+    d = tl.arange(0, DP)
+    x = tl.load(base + rows[:, None] * s_row + d[None, :] * s_d, mask=row_mask[:, None] & (d < D)[None, :],
+                other=0.0).to(tl.float32)  # compare in float32 (the interpreter keeps bf16 as raw bits)
+    return tl.where((d < D)[None, :], tl.where(x >= 0, 1, -1), 0).to(tl.int8)
+
+
+@triton.jit
+def key_signs(base, cols, col_mask, s_row, s_d, D: tl.constexpr, DP: tl.constexpr, K_SOURCE: tl.constexpr):
+    """int8 ``+-1`` key signs ``(BLOCK_M, DP)`` from the source ``K_SOURCE`` names."""
+    if K_SOURCE == 2:
+        return sign_tile(base, cols, col_mask, s_row, s_d, D, DP)
+    else:
+        return load_signs(base, cols, col_mask, s_row, D, DP, K_SOURCE == 1)
+
+
+@triton.jit
+def score_tile(
+    qs, ks, c, c_rows, cols, col_mask, rows, row_mask, b_base, bias_base, s_bn, s_bm, grid_h, grid_w, prefix,
+    MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, MASK_M: tl.constexpr,
+):
+    """Scores ``s2`` ``(BLOCK_N, BLOCK_M)`` in log2 units; -inf on masked pairs and past ``M``."""
+    hf = int_to_float(tl.dot(qs, tl.trans(ks), out_dtype=tl.int32))
+    if MEAN_ABS:
+        s = hf * c
+    else:
+        bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
+        s = (hf * bj[None, :]) * c_rows[:, None]
+    if BIAS == 2 or BIAS == 3:
+        s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
+                       BIAS, HAS_PREFIX, True)
+    if BIAS == 4:
+        s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm), s, float("-inf"))
+    if MASK_M:
+        s = tl.where(col_mask[None, :], s, float("-inf"))
+    return s
+
+
+@triton.jit
+def fwd_tiles(
+    acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, lo, hi,
+    k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix,
+    D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_M: tl.constexpr,
+    MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, K_SOURCE: tl.constexpr,
+    DOT: tl.constexpr, ONLINE: tl.constexpr, MASK_M: tl.constexpr, STAGE: tl.constexpr,
+):
+    """Key tiles ``[lo, hi)`` at the stage ``STAGE`` (module constants ``STAGE_*``)."""
+    dv = tl.arange(0, DVP)
+    dv_mask = dv < DV
+    for start in range(lo, hi, BLOCK_M):
+        cols = start + tl.arange(0, BLOCK_M)
+        col_mask = cols < M
+        ks = key_signs(k_base, cols, col_mask, s_km, s_kd, D, DP, K_SOURCE)  # (BLOCK_M, DP)
+        s = score_tile(qs, ks, c, c_rows, cols, col_mask, rows, row_mask, b_base, bias_base, s_bn, s_bm,
+                       grid_h, grid_w, prefix, MEAN_ABS, BIAS, HAS_PREFIX, MASK_M)
+        if ONLINE and STAGE != STAGE_PV_INT8:
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha
+            if STAGE == STAGE_FUSED:
+                acc = acc * alpha[:, None]
+            m_i = m_new
+        p = tl.exp2(s - m_i[:, None])
+        if STAGE != STAGE_PV_INT8:
+            l_i += tl.sum(p, axis=1)
+        if STAGE != STAGE_SUM:
+            v = tl.load(v_base + cols[:, None] * s_vm + dv[None, :] * s_vd,
+                        mask=col_mask[:, None] & dv_mask[None, :], other=0.0)
+            if STAGE == STAGE_PV_INT8:
+                pq = round_half_even(p * inv_l[:, None] * 255.0)  # integer P^ * 255 in [0, 255]
+                vq = round_half_even(v.to(tl.float32) * vscale[None, :])  # integer V^ in [-127, 127]
+                acc = fdot(pq, vq, acc, 0 if DOT == 0 else 1)  # small integers: exact in float16
+            else:
+                acc = fdot(p, v, acc, DOT)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def fwd_rows(
+    m_i, qs, c, c_rows, rows, row_mask,
+    k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+    BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+    K_SOURCE: tl.constexpr, DOT: tl.constexpr, ONLINE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
+):
+    """All key tiles from ``m_i``: the unmasked full tiles, then the ragged last tile.
+
+    Stage ``FIRST`` over every tile; ``LAST == STAGE_PV_INT8`` adds a second walk for the 8-bit P.V,
+    which needs the final ``1 / l``.
+    """
+    acc = tl.zeros([BLOCK_N, DVP], dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_N], dtype=tl.float32)
+    inv_l = l_i
+    m_full = (M // BLOCK_M) * BLOCK_M
+    acc, l_i, m_i = fwd_tiles(
+        acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, 0, m_full, k_base, s_km, s_kd, v_base, s_vm, s_vd,
+        b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
+        MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, ONLINE, False, FIRST)
+    acc, l_i, m_i = fwd_tiles(
+        acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, m_full, M, k_base, s_km, s_kd, v_base, s_vm, s_vd,
+        b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
+        MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, ONLINE, True, FIRST)
+    if LAST == STAGE_PV_INT8:
+        inv_l = 1.0 / l_i
+        acc, l_i, m_i = fwd_tiles(
+            acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, 0, M, k_base, s_km, s_kd, v_base, s_vm, s_vd,
+            b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
+            MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, ONLINE, True, STAGE_PV_INT8)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def attend_rows(
+    bound, qs, c, c_rows, rows, row_mask,
+    k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix,
+    BLOCK_N: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
+    BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
+    K_SOURCE: tl.constexpr, DOT: tl.constexpr, STATIC_MAX: tl.constexpr, LIMIT: tl.constexpr,
+    P_OFFSET: tl.constexpr, PV_INT8: tl.constexpr,
+):
+    """``(acc, l, m)`` of the program's rows: the static maximum where the bound allows, else online."""
+    first: tl.constexpr = STAGE_SUM if PV_INT8 else STAGE_FUSED
+    last: tl.constexpr = STAGE_PV_INT8 if PV_INT8 else STAGE_FUSED
+    online_m = tl.zeros([BLOCK_N], dtype=tl.float32) + NEG_INIT
+    if STATIC_MAX:
+        if tl.max(bound, axis=0) * 2.0 <= LIMIT:
+            acc, l_i, m_i = fwd_rows(
+                bound - P_OFFSET, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+                bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
+                MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, False, first, last)
+        else:
+            acc, l_i, m_i = fwd_rows(
+                online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+                bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
+                MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, True, first, last)
+    else:
+        acc, l_i, m_i = fwd_rows(
+            online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+            bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
+            MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, True, first, last)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, out_rows, row_mask, scale_out,
+               DV: tl.constexpr, DVP: tl.constexpr, PV_INT8: tl.constexpr):
+    """out = acc / l (or acc * step for the 8-bit P.V) and the natural-log lse of the rows."""
+    dv = tl.arange(0, DVP)
+    if PV_INT8:
+        out = acc * scale_out[None, :]
+    else:
+        out = acc / l_i[:, None]
+    tl.store(out_ptr + out_rows[:, None] * DV + dv[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & (dv < DV)[None, :])
+    lse = (m_i + tl.log2(l_i) + row_shift) * 0.6931471805599453  # ln(2): back to natural log
+    tl.store(lse_ptr + out_rows, lse, mask=row_mask)
