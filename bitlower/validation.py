@@ -51,12 +51,18 @@ def check_qkv(q, k, v) -> None:
         raise ValueError(f"head dim D of q and k must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {q.shape[3]}")
 
 
-def check_scale(scale) -> float:
-    """A finite Python float."""
+def check_scale(scale) -> float | torch.SymFloat:
+    """A finite Python float; a ``SymFloat`` stays symbolic (``torch.compile(dynamic=True)``).
+
+    Under dynamic shapes the default ``D ** -0.5`` is a ``SymFloat``: ``float()`` would
+    specialize it and ``math.isfinite`` breaks Dynamo's graph, so the check is a comparison,
+    which Dynamo traces (a guard where it cannot decide it) and which is False for nan and
+    +-inf alike.
+    """
     if isinstance(scale, torch.Tensor):
         raise TypeError("scale must be a Python number; fold tensor scales into q or k")
-    scale = float(scale)
-    if not math.isfinite(scale):
+    scale = torch.sym_float(scale)  # float(scale) for numbers, a SymFloat for SymInt / SymFloat
+    if not abs(scale) < math.inf:
         raise ValueError(f"scale must be finite, got {scale}")
     return scale
 

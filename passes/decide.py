@@ -119,7 +119,7 @@ def _check_operator(site, config):
         site.details["operator_error"] = str(err)
         return "operator_rejects"
     site.details.update(shape=tuple(meta[0].shape[:3]) + (meta[1].shape[2], q[-1], v[-1]), dtype=str(dtype),
-                        scale=site.canonical.scale)
+                        scale=site.canonical.scale_for_report())
     return None
 
 

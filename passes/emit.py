@@ -7,6 +7,7 @@ provenance see the same module paths as before the rewrite.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import torch
@@ -22,11 +23,12 @@ INHERITED_META = ("nn_module_stack", "stack_trace", "source_fn_stack")
 def _example_value(op: str, target: Any, args: tuple, kwargs: dict):
     values_args = map_arg(args, value_of)
     values_kwargs = map_arg(kwargs, value_of)
-    flat = [x for x in torch.utils._pytree.tree_leaves((values_args, values_kwargs)) if isinstance(x, torch.Tensor)]
-    modes = {x.fake_mode for x in flat if isinstance(x, FakeTensor)}
-    if len(modes) != 1:
+    leaves = torch.utils._pytree.tree_leaves((values_args, values_kwargs))
+    modes = {x.fake_mode for x in leaves if isinstance(x, FakeTensor)}
+    symbolic = any(isinstance(x, (torch.SymInt, torch.SymFloat)) for x in leaves)
+    if len(modes) > 1 or not (modes or symbolic):
         return None  # graphs without fake values (symbolic_trace) stay without
-    with modes.pop():
+    with modes.pop() if modes else contextlib.nullcontext():  # SymInt / SymFloat arithmetic needs none
         if op == "call_method":
             return getattr(values_args[0], target)(*values_args[1:], **values_kwargs)
         return target(*values_args, **values_kwargs)

@@ -1,7 +1,8 @@
 """Find fused attention calls: ``F.scaled_dot_product_attention`` and ``F.multi_head_attention_forward``.
 
 SDPA arguments become the same ``ScoreOp`` steps the unfused matcher records: ``scale``
-(default ``D ** -0.5``), a float ``attn_mask`` as an additive bias, a bool one as a mask.
+(default ``D ** -0.5``, a ``SizePower`` when ``D`` is symbolic), a float ``attn_mask`` as an
+additive bias, a bool one as a mask.
 ``is_causal`` and ``enable_gqa`` are recorded; the decision step rewrites or skips them.
 
 ``nn.MultiheadAttention`` (and so ``nn.TransformerEncoderLayer``) reaches the Dynamo graph
@@ -14,7 +15,7 @@ from torch.fx import Node
 
 from bitlower.passes.match_softmax import _is_dropout_active
 from bitlower.passes.op_table import Role, is_number, role_of, value_of
-from bitlower.passes.site import AttentionSite, ScoreOp, module_path
+from bitlower.passes.site import AttentionSite, ScoreOp, SizePower, module_path
 
 
 def _sdpa_site(role: Role) -> AttentionSite:
@@ -23,9 +24,9 @@ def _sdpa_site(role: Role) -> AttentionSite:
     site = AttentionSite("sdpa", "scaled_dot_product_attention", module_path(node), anchor=node, q=q, k=k, v=v)
     site.erase = [node]
     scale = role.args["scale"]
-    if scale is None:
+    if scale is None:  # SDPA's default D ** -0.5; a symbolic D under dynamic shapes
         head_dim = value_of(q).shape[-1]
-        scale = head_dim ** -0.5  # SDPA's default
+        scale = head_dim ** -0.5 if isinstance(head_dim, int) else SizePower(q, -1, -0.5)
     site.score_ops.append(ScoreOp("scale", scale))
     mask = role.args["attn_mask"]
     if mask is not None:

@@ -2,13 +2,18 @@
 
 For a site ``softmax(scale * F * q kᵀ + bias, masked) @ v`` it inserts
 
-    q' = q * F            (runtime scalars only; numbers go into ``scale``)
+    q' = q * F            (runtime tensor scalars only; numbers go into ``scale``)
     k' = k (transposed back when it entered the product as (.., D, M))
-    out = bitlower.binary_attention_fwd(q', k', v, None, None, bias', scale, ...)[0]
+    out = bitlower.binary_attention_fwd(q', k', v, None, None, bias', scale * S, ...)[0]
 
 with ``(BH, N, D)`` layouts viewed as ``(1, BH, N, D)`` and the output cast to the dtype the
 replaced node had. The replaced nodes (now dead) are erased, and so are the producers
 they alone used (``torch.empty`` inputs of ``baddbmm(beta=0)``).
+
+``S`` is the product of the chain's symbolic numbers (under dynamic shapes ``D ** -0.5``
+with a symbolic ``D``), emitted as graph values; without them ``scale * S`` is a number.
+The operator's schema types ``scale`` as ``float``, so its trace specializes a symbolic one
+(a guard on its value: a new ``D`` recompiles, the result stays exact).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from bitlower.passes.emit import Emitter
 from bitlower.passes.find_attention import find_attention
 from bitlower.passes.kernel_fallback import call_fallback_reasons
 from bitlower.passes.op_table import role_of, value_of
-from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite
+from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite, SizePower
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +46,18 @@ def causal_mask(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.ones(n, m, dtype=torch.bool, device=q.device).tril()
 
 
-def _times_powers(emit: Emitter, node: Node, factors: list[tuple[Node, int]]) -> Node:
-    """``node * prod(f ** power)`` over graph-node factors."""
+def _runtime_value(emit: Emitter, factor: Node | SizePower) -> Node:
+    """The graph node holding a runtime factor; a ``SizePower`` is computed by new nodes."""
+    if not isinstance(factor, SizePower):
+        return factor
+    size = emit.method("size", factor.node, factor.dim)  # SymInt
+    return emit.call(operator.pow, size, factor.exponent)  # SymFloat
+
+
+def _times_powers(emit: Emitter, node, factors: list[tuple[Node | SizePower, int]]):
+    """``node * prod(f ** power)`` over runtime factors (``node`` a graph node or a number)."""
     for factor, power in factors:
+        factor = _runtime_value(emit, factor)
         if power == 1:
             node = emit.call(operator.mul, node, factor)
         elif power == -1:
@@ -108,7 +122,8 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     q, k, v, flat = _operands(emit, site)
     bias, kind = _bias(emit, site, q, k, flat)
     save_bits = bool(value_of(site.anchor).requires_grad)  # traced under grad mode with grad-requiring inputs
-    call = emit.call(OPERATOR, q, k, v, None, None, bias, site.canonical.scale, config.weighting, kind, [],
+    scale = _times_powers(emit, site.canonical.scale, site.canonical.scale_factors)  # a float or a SymFloat node
+    call = emit.call(OPERATOR, q, k, v, None, None, bias, scale, config.weighting, kind, [],
                      config.grad_mode, config.pv_quant, float(config.ste_clip), save_bits)
     out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
     if flat:

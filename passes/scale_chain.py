@@ -4,10 +4,12 @@ The steps (``ScoreOp``, in the order applied) are replayed symbolically with sym
 stands for the raw product, each graph value that scales or biases the scores gets a
 symbol, and Python numbers enter as exact rationals. Expanding the result gives
 
-    scores = scale * F * QK + sum_i c_i * bias_i        (masks applied last)
+    scores = scale * S * F * QK + sum_i c_i * bias_i        (masks applied last)
 
-with ``scale`` a number, ``F`` a product of runtime scalars (folded into q by the rewrite)
-and ``c_i`` the coefficient of each bias. The canonical form is checked equal to the
+with ``scale`` a number, ``S`` a product of symbolic numbers (``SymFloat`` / ``SymInt`` graph
+values and ``SizePower``s under dynamic shapes; the rewrite passes ``scale * S`` to the
+operator as a graph value), ``F`` a product of runtime tensor scalars (folded into q by the
+rewrite) and ``c_i`` the coefficient of each bias. The canonical form is checked equal to the
 replayed chain with ``sympy.simplify(chain - canonical) == 0`` before it is used; a chain
 that is not of this form (scores squared, a bias multiplied by another bias, a mask
 followed by a scale that does not keep -inf at -inf) raises ``Unsupported``.
@@ -18,10 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sympy
+import torch
 from torch.fx import Node
 
-from bitlower.passes.op_table import is_number
-from bitlower.passes.site import ScoreOp
+from bitlower.passes.op_table import is_number, value_of
+from bitlower.passes.site import ScoreOp, SizePower
 
 QK = sympy.Symbol("QK")
 
@@ -36,14 +39,16 @@ class Unsupported(Exception):
 
 @dataclass
 class CanonicalScores:
-    """``scores = scale * prod(q_factors) * QK + sum(coef * bias)``, then the masks.
+    """``scores = scale * prod(scale_factors) * prod(q_factors) * QK + sum(coef * bias)``, then the masks.
 
     Attributes:
-        scale: the number multiplying the product (the operator's ``scale``).
-        q_factors: ``(node, power)`` runtime scalars multiplied into q.
+        scale: the number multiplying the product (the operator's ``scale`` with no ``scale_factors``).
+        q_factors: ``(node, power)`` runtime tensor scalars multiplied into q.
+        scale_factors: ``(node or SizePower, power)`` symbolic numbers multiplied into the
+            operator's ``scale``, which then is a graph value.
         bias_terms: ``(node, coef)`` with ``coef`` a sympy product of a number and factor symbols.
         masks: ``(node, keep)``: scores survive where the bool node equals ``keep``.
-        nodes: symbol -> graph node for every symbol in ``bias_terms`` coefficients.
+        nodes: symbol -> graph node (or ``SizePower``) for every symbol in ``bias_terms`` coefficients.
         proof: the identity that was checked, for reports.
     """
 
@@ -51,23 +56,39 @@ class CanonicalScores:
     q_factors: list[tuple[Node, int]] = field(default_factory=list)
     bias_terms: list[tuple[Node, sympy.Expr]] = field(default_factory=list)
     masks: list[tuple[Node, bool]] = field(default_factory=list)
-    nodes: dict[sympy.Symbol, Node] = field(default_factory=dict)
+    nodes: dict[sympy.Symbol, Node | SizePower] = field(default_factory=dict)
     proof: str = ""
+    scale_factors: list[tuple[Node | SizePower, int]] = field(default_factory=list)
+
+    def scale_for_report(self) -> float | str:
+        """The operator's scale: the number, or ``"0.5 * l_q_.size(-1)**-0.5"`` when symbolic."""
+        if not self.scale_factors:
+            return self.scale
+        terms = [f.name if p == 1 else f"({f.name})**{p}" for f, p in self.scale_factors]
+        return " * ".join([f"{self.scale:g}"] + terms)
 
 
 def _number(x) -> sympy.Expr:
     return sympy.Integer(x) if isinstance(x, int) else sympy.Rational(x)  # exact binary value
 
 
+def is_symbolic_number(x: Any) -> bool:
+    """A number known only at run time: a ``SizePower`` or a node holding a ``SymInt`` / ``SymFloat``."""
+    return isinstance(x, SizePower) or (
+        isinstance(x, Node) and isinstance(value_of(x), (torch.SymInt, torch.SymFloat)))
+
+
 class _Symbols:
-    """One sympy symbol per graph node, named after it."""
+    """One sympy symbol per graph node (or ``SizePower``), named after it."""
 
     def __init__(self):
-        self.by_node: dict[Node, sympy.Symbol] = {}
+        self.by_node: dict[Node | SizePower, sympy.Symbol] = {}
 
     def of(self, x: Any) -> sympy.Expr:
         if is_number(x):
             return _number(x)
+        if not isinstance(x, (Node, SizePower)):  # e.g. a SymFloat no graph node holds
+            raise Unsupported("opaque_scale_operand")
         if x not in self.by_node:
             self.by_node[x] = sympy.Symbol(f"n_{x.name}")
         return self.by_node[x]
@@ -114,11 +135,12 @@ def canonicalize(ops: list[ScoreOp]) -> CanonicalScores:
         raise Unsupported("nonlinear_scores")
     number, runtime = qk_coeff.as_coeff_Mul()
     node_of = {sym: node for node, sym in symbols.by_node.items()}
-    q_factors = []
+    q_factors, scale_factors = [], []
     for base, power in ({} if runtime == 1 else runtime.as_powers_dict()).items():
         if base not in node_of or base in biases or not power.is_integer:
             raise Unsupported("score_factor_form")
-        q_factors.append((node_of[base], int(power)))
+        factors = scale_factors if is_symbolic_number(node_of[base]) else q_factors
+        factors.append((node_of[base], int(power)))
     bias_terms = []
     for sym in dict.fromkeys(biases):
         coef = remainder.coeff(sym, 1)
@@ -129,4 +151,5 @@ def canonicalize(ops: list[ScoreOp]) -> CanonicalScores:
                                              ((symbols.of(n), c) for n, c in bias_terms)), sympy.Integer(0))
     if sympy.simplify(expr - canonical) != 0:
         raise Unsupported("scale_chain_not_proven")
-    return CanonicalScores(float(number), q_factors, bias_terms, masks, node_of, f"{expr} == {canonical}")
+    return CanonicalScores(float(number), q_factors, bias_terms, masks, node_of, f"{expr} == {canonical}",
+                           scale_factors)

@@ -20,7 +20,7 @@ class ScoreOp:
         kind: ``"scale"`` (``operand ** power`` multiplies the scores), ``"bias"`` (``coef *
             operand`` is added), ``"mask"`` (a bool ``operand`` keeps scores where it equals
             ``keep`` and sets the rest to -inf) or ``"unsupported"`` (``operand`` is the reason).
-        operand: a Python number, a graph node, or the reason string.
+        operand: a Python number, a graph node, a ``SizePower``, or the reason string.
         power: +1 or -1 for ``"scale"``.
         coef: the number multiplying a ``"bias"`` operand.
         keep: for ``"mask"``, the mask value that keeps a score.
@@ -31,6 +31,29 @@ class ScoreOp:
     power: int = 1
     coef: float = 1.0
     keep: bool = True
+
+
+@dataclass(frozen=True)
+class SizePower:
+    """``node.size(dim) ** exponent``: a scale known only at run time (a symbolic size).
+
+    SDPA's default scale ``D ** -0.5`` under ``torch.compile(dynamic=True)``, where ``D``
+    is a ``SymInt`` that no graph node holds; the rewrite emits the nodes computing it.
+
+    Attributes:
+        node: the tensor node whose size is read.
+        dim: the dimension.
+        exponent: the power the size is raised to.
+    """
+
+    node: Node
+    dim: int
+    exponent: float
+
+    @property
+    def name(self) -> str:
+        """Names the sympy symbol of the scale chain, e.g. ``"l_q_.size(-1)**-0.5"``."""
+        return f"{self.node.name}.size({self.dim})**{self.exponent}"
 
 
 @dataclass

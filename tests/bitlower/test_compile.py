@@ -51,3 +51,20 @@ def test_compiled_module_has_no_graph_break():
 
     explanation = torch._dynamo.explain(Block())(torch.randn(2, 9, 32))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("scale", ["default", "size", "argument"])
+def test_dynamic_shapes_compile_as_one_graph_and_equal_eager(scale):
+    """With ``dynamic=True`` the scale is a ``SymFloat`` (``D ** -0.5``, ``D``, a float input):
+    validating it must not break the graph (it failed at ``math.isfinite``). Dynamo's trace is
+    what is tested, so the backend is ``eager``; gradients under dynamic shapes are checked in
+    ``tests/passes/test_dynamic_shapes.py``."""
+    def fn(q, k, v, s):
+        given = {"default": None, "size": q.shape[-1], "argument": s}[scale]
+        return bitlower.binary_attention(q, k, v, scale=given)
+
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 9, 24, generator=gen) for _ in range(3))
+    comp_out = torch.compile(fn, backend="eager", fullgraph=True, dynamic=True)(q, k, v, 0.3)
+    torch.testing.assert_close(comp_out, fn(q, k, v, 0.3), rtol=1e-5, atol=1e-6)

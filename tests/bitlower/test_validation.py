@@ -66,3 +66,18 @@ def test_fully_masked_row_is_nan_not_crash():
     mask[2] = False
     out = bitlower.binary_attention(q, k, v, bias=mask)
     assert torch.isnan(out[:, :, 2]).all() and not torch.isnan(out[:, :, :2]).any()
+
+
+
+@pytest.mark.parametrize("fullgraph, error", [(False, ValueError), (True, torch._dynamo.exc.Unsupported)])
+@pytest.mark.parametrize("scale", [float("nan"), float("inf")])
+def test_bad_scale_is_rejected_under_a_dynamic_compile(scale, fullgraph, error):
+    """A float input is a ``SymFloat`` under ``dynamic=True``; its check still names it. With
+    ``fullgraph=True`` Dynamo reports the ValueError it met (an "Observed exception")."""
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v, s: bitlower.binary_attention(q, k, v, scale=s), backend="eager",
+                             fullgraph=fullgraph, dynamic=True)
+    q, k, v = qkv()
+    compiled(q, k, v, 0.25)
+    with pytest.raises(error, match="scale must be finite"):
+        compiled(q, k, v, scale)

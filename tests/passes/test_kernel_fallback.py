@@ -118,6 +118,17 @@ def test_unsupported_head_dim_is_counted_when_compiled_forward_and_backward(cuda
     torch.testing.assert_close(out, bitlower.binary_attention(q, k, v), rtol=2e-5, atol=2e-5)
 
 
+def test_dynamic_shapes_count_once_per_compile_at_the_traced_sizes(cuda_view):
+    """``dynamic=True``: sizes are symbolic and the default scale reaches the operator as a
+    ``SymFloat`` node; the reasons are those of the traced sizes, counted once per site."""
+    q, k, v = _qkv(8, requires_grad=True)
+    torch._dynamo.reset()
+    before = dict(counters["fallback"])
+    out = torch.compile(sdpa, backend=bitlower_eager_backend, fullgraph=True, dynamic=True)(q, k, v)
+    assert _fallbacks_since(before) == {HEAD_DIM_8: 1, VALUE_DIM_8: 1}
+    torch.testing.assert_close(out, bitlower.binary_attention(q, k, v), rtol=2e-5, atol=2e-5)
+
+
 def test_supported_sites_and_cpu_sites_count_nothing(cuda_view):
     before = dict(counters["fallback"])
     torch._dynamo.reset()

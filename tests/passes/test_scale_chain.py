@@ -4,9 +4,10 @@ import math
 import pytest
 import sympy
 import torch
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from bitlower.passes.scale_chain import QK, Unsupported, canonicalize
-from bitlower.passes.site import ScoreOp
+from bitlower.passes.site import ScoreOp, SizePower
 
 
 def _graph_nodes(*names):
@@ -64,3 +65,24 @@ def test_chains_outside_the_operator_form_are_refused(ops_fn, reason):
 def test_proof_states_the_checked_identity():
     canon = canonicalize([ScoreOp("scale", 0.5), ScoreOp("scale", 4, power=-1)])
     assert canon.proof == f"{QK / 8} == {QK / 8}"
+
+
+def test_symbolic_size_scale_goes_to_the_operator_scale_not_into_q():
+    q, = _graph_nodes("q")
+    default = SizePower(q, -1, -0.5)  # SDPA's D ** -0.5 with a symbolic D (dynamic=True)
+    canon = canonicalize([ScoreOp("scale", default), ScoreOp("scale", 2.0, power=-1)])
+    assert (canon.scale, canon.scale_factors, canon.q_factors) == (0.5, [(default, 1)], [])
+    assert canon.scale_for_report() == "0.5 * q.size(-1)**-0.5"
+
+
+def test_symfloat_node_factor_goes_to_the_operator_scale():
+    t, = _graph_nodes("t")
+    t.meta["example_value"] = ShapeEnv().create_unbacked_symfloat()  # e.g. q.shape[-1] ** -0.5 traced
+    canon = canonicalize([ScoreOp("scale", t)])
+    assert (canon.scale, canon.scale_factors, canon.q_factors) == (1.0, [(t, 1)], [])
+
+
+def test_a_symbolic_value_no_node_holds_is_refused_not_crashed():
+    with pytest.raises(Unsupported) as err:  # was AttributeError: 'SymFloat' object has no attribute 'name'
+        canonicalize([ScoreOp("scale", ShapeEnv().create_unbacked_symfloat())])
+    assert err.value.reason == "opaque_scale_operand"
