@@ -71,7 +71,17 @@ def dense_bias(bias: torch.Tensor | None, spec: CallSpec, dtype: torch.dtype) ->
 
 
 def integer_scores(qbits, kbits, head_dim: int, dtype: torch.dtype = torch.int64) -> torch.Tensor:
-    """``h`` of shape ``(B, H, N, M, P, P)`` from packed ``(B, H, L, P, W)`` bits, exact in ``dtype``."""
+    """``h`` of shape ``(B, H, N, M, P, P)`` from packed ``(B, H, L, P, W)`` bits, exact in ``dtype``.
+
+    Integer dtypes count bits (popcount of XOR). Floating dtypes multiply the unpacked ``+-1`` signs:
+    every product is exactly ``+-1`` and every partial sum an integer of at most ``D`` in magnitude,
+    so the matrix product is exact (float32 holds integers to 2**24) and runs as one batched matmul,
+    not ``P * P`` popcount passes over a ``(B, H, N, M, W)`` temporary.
+    """
+    if dtype.is_floating_point:
+        qs = unpack_signs(qbits, head_dim, dtype)  # (B, H, N, P, D)
+        ks = unpack_signs(kbits, head_dim, dtype)  # (B, H, M, P, D)
+        return torch.einsum("bhnpd,bhmrd->bhnmpr", qs, ks)
     planes = qbits.shape[3]
     rows = []
     for p in range(planes):

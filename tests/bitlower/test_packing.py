@@ -61,3 +61,18 @@ def test_hamming_chunking_is_invisible():
     q, k = torch.randn(1, 50, 64), torch.randn(1, 30, 64)
     qb, kb = pack_signs(q), pack_signs(k)
     assert torch.equal(hamming_dot(qb, kb, 64, chunk=7), hamming_dot(qb, kb, 64, chunk=1000))
+
+
+@settings(max_examples=20, deadline=None)
+@given(planes=st.sampled_from([1, 2]), d=st.integers(1, 80), seed=st.integers(0, 2**31 - 1))
+def test_integer_scores_float_matmul_equals_popcount(planes, d, seed):
+    """The reference's float path (+-1 matmul) gives the popcount path's integers bit for bit."""
+    from bitlower.reference import integer_scores
+
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, 1, 7, planes, d, generator=gen)
+    k = torch.randn(2, 1, 9, planes, d, generator=gen)
+    qbits, kbits = pack_signs(q), pack_signs(k)
+    exact = integer_scores(qbits, kbits, d, torch.int64)
+    for dtype in (torch.float32, torch.float64):
+        assert torch.equal(integer_scores(qbits, kbits, d, dtype), exact.to(dtype))
