@@ -76,20 +76,39 @@ def specialise(kernel, args, kwargs):
     return signature, constexprs, attrs, options
 
 
-def resources(kernel, args, kwargs) -> str:
-    """One ``cuobjdump --dump-resource-usage`` line (registers, stack = spills, shared) of the launch."""
+def resources(kernel, args, kwargs, dump_to: str | None = None) -> str:
+    """One ``cuobjdump --dump-resource-usage`` line (registers, stack = spills, shared) of the launch.
+
+    ``dump_to``: a folder that receives the launch's TTGIR, PTX and SASS (``<kernel>.<n>.ttgir`` ...).
+    """
     signature, constexprs, attrs, options = specialise(kernel, list(args), dict(kwargs))
     compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=TARGET, options=options)
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "kernel.cubin")
         with open(path, "wb") as handle:
             handle.write(compiled.asm["cubin"])
-        dump = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True)
+        dump = subprocess.run([os.path.join(bin_dir, "cuobjdump"), "--dump-resource-usage", path],
+                              capture_output=True, text=True, check=True)
+        if dump_to:
+            write_listings(compiled, path, bin_dir, dump_to, kernel.__name__)
     usage = next(line.strip() for line in dump.stdout.splitlines() if "REG:" in line)
     fields = dict(item.split(":") for item in usage.split())
     return (f"{kernel.__name__:34s} warps {options.get('num_warps', 4)} stages {options.get('num_stages', 3)}  "
             f"regs {fields['REG']:>3s}  spill-stack {fields['STACK']:>3s} B  shared {compiled.metadata.shared} B")
+
+
+def write_listings(compiled, cubin: str, bin_dir: str, folder: str, name: str) -> None:
+    """TTGIR, PTX and SASS of one compiled launch under ``folder`` (numbered per kernel name)."""
+    os.makedirs(folder, exist_ok=True)
+    index = sum(entry.startswith(name + ".") and entry.endswith(".ptx") for entry in os.listdir(folder))
+    stem = os.path.join(folder, f"{name}.{index}")
+    for key in ("ttgir", "ptx"):
+        with open(f"{stem}.{key}", "w") as handle:
+            handle.write(compiled.asm[key])
+    sass = subprocess.run([os.path.join(bin_dir, "nvdisasm"), "-c", cubin], capture_output=True, text=True)
+    with open(f"{stem}.sass", "w") as handle:
+        handle.write(sass.stdout or sass.stderr)
 
 
 def record_call(shape, mode: str, weighting: str, backward: bool, variant: str | None, config=None,
@@ -126,6 +145,7 @@ def main() -> None:
     parser.add_argument("--config", default=None, metavar="BNxBMxWxS",
                         help="forward tiles: block_n x block_m x warps x stages (default: the table)")
     parser.add_argument("--bwd-config", default=None, metavar="BNxBMxWxS", help="backward tiles, as --config")
+    parser.add_argument("--dump", default=None, metavar="DIR", help="also write TTGIR, PTX and SASS here")
     args = parser.parse_args()
     os.environ.pop("TRITON_INTERPRET", None)  # the H100 tile table, not the interpreter's
     print(f"Triton {triton.__version__}, target sm_90; mode {args.mode}, weighting {args.weighting}")
@@ -136,7 +156,7 @@ def main() -> None:
         for kernel, call_args, call_kwargs in record_call(SHAPES[index], args.mode, args.weighting,
                                                            not args.forward_only, args.variant, config,
                                                            bwd_config):
-            print("  " + resources(kernel, call_args, call_kwargs))
+            print("  " + resources(kernel, call_args, call_kwargs, args.dump))
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
     m, dim_v = k.shape[2], v.shape[-1]
     if k_from_bits is None:
         k_from_bits = k_signs_from_bits(n, m)
-    qbits, qclip, _, a_eff, q_sums = sign_pack(q, a, spec, signs=False)
+    qbits, qclip, q_signs, a_eff, q_sums = sign_pack(q, a, spec, signs=True)
     kbits, kclip, k_signs, b_eff, k_sums = sign_pack(k, b, spec, signs=not k_from_bits)
     ks = kbits if k_from_bits else k_signs
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
@@ -71,15 +71,15 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     grid = (triton.cdiv(n, cfg.block_n), bsz * heads)
     torch.library.wrap_triton(_binary_attn_fwd_kernel)[grid](
-        qbits, ks, v, out, lse, a_eff, b_eff, q_sums, k_sums,
+        q_signs, ks, v, out, lse, a_eff, b_eff, q_sums, k_sums,
         beta.tensor if beta.tensor is not None else lse, vscale, vstep,
-        n * qbits.shape[-1], qbits.shape[-1], m * ks.shape[-1], ks.shape[-1],
+        n * q_signs.shape[-1], q_signs.shape[-1], m * ks.shape[-1], ks.shape[-1],
         *v.stride(), *beta.strides,
         heads, n, m, spec.scale * LOG2E, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
         D=dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
         MEAN_ABS=spec.weighting == "mean_abs", BIAS=beta.code, HAS_PREFIX=beta.has_prefix,
         STATIC_MAX=static_max and spec.bias_kind != "dense", LIMIT=limit, P_OFFSET=offset,
-        PV_INT8=pv_int8, Q_FROM_BITS=True, K_FROM_BITS=k_from_bits, DOT=dot_kind(v.dtype),
+        PV_INT8=pv_int8, K_FROM_BITS=k_from_bits, DOT=dot_kind(v.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff

@@ -1,8 +1,8 @@
-"""The fused binary-attention forward kernel, round 1: packed Q bits and an int8 K sign tensor.
+"""The fused binary-attention forward kernel, round 1: int8 Q and K sign tensors.
 
 Program ``(pid_n, bh)`` owns query rows ``i in [pid_n*BLOCK_N, +BLOCK_N)`` of batch*head ``bh``. The
-prologue (``prologue.py``) has written Q's packed sign bits, K's int8 ``+-1`` signs and, for
-``mean_abs``, the per-(b, h) sums of ``|q|`` and ``|k|``; this kernel finalises the scalars, takes the
+prologue (``prologue.py``) has written the packed sign bits and the int8 ``+-1`` signs of Q and K
+and, for ``mean_abs``, the per-(b, h) sums of ``|q|`` and ``|k|``; this kernel finalises the scalars, takes the
 static row bound and runs the shared key-tile loop of ``forward_tiles`` (notation, and the
 static row maximum, there).
 ``pv_quant == "int8"`` needs the normalised P before rounding it to 1/255 steps: a (m, l) pass then
@@ -35,7 +35,7 @@ def _binary_attn_fwd_kernel(
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr,
     HAS_PREFIX: tl.constexpr, STATIC_MAX: tl.constexpr, LIMIT: tl.constexpr, P_OFFSET: tl.constexpr,
-    PV_INT8: tl.constexpr, Q_FROM_BITS: tl.constexpr, K_FROM_BITS: tl.constexpr, DOT: tl.constexpr,
+    PV_INT8: tl.constexpr, K_FROM_BITS: tl.constexpr, DOT: tl.constexpr,
 ):
     """Binary attention forward for one (query block, batch*head); see the module notation."""
     scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars may arrive as float64 under Inductor
@@ -48,7 +48,9 @@ def _binary_attn_fwd_kernel(
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     bh64 = bh.to(tl.int64)
-    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, D, DP, Q_FROM_BITS)  # (BLOCK_N, DP)
+    # Q signs from the int8 tensor: a loaded operand stays in shared memory for the tensor-core dot;
+    # signs computed in registers are re-read from shared memory byte by byte in every key tile.
+    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, D, DP, False)  # (BLOCK_N, DP)
     ks_base = ks_ptr + bh64 * s_ks_bh
     v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
     b_base = b_ptr + bh64 * M

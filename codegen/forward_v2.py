@@ -98,10 +98,10 @@ def forward_v2(q, k, v, a, b, bias, spec, *, head_sums: bool | None = None, tabl
         no_words = dict(dtype=torch.int32, device=q.device)
         qbits, qclip = (torch.empty(bsz, heads, n, 1, 0, **no_words) for _ in range(2))
         kbits, kclip = (torch.empty(bsz, heads, m, 1, 0, **no_words) for _ in range(2))
-        a_rows = b_rows = q_sums = k_sums = b_max = None
+        a_rows = b_rows = q_sums = k_sums = b_max = q_signs = k_signs = None
     else:
-        qbits, qclip, a_rows, q_sums, _ = head_stats(q, a, spec, eff=not mean_abs)
-        kbits, kclip, b_rows, k_sums, b_max = head_stats(k, b, spec, eff=not mean_abs)
+        qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, eff=not mean_abs, signs=True)
+        kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, eff=not mean_abs, signs=True)
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else b_rows
     beta, beta_max = _bias(bias, spec, (bsz, heads, n, m), table_dense)
@@ -112,7 +112,7 @@ def forward_v2(q, k, v, a, b, bias, spec, *, head_sums: bool | None = None, tabl
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     torch.library.wrap_triton(_binary_attn_fwd_v2_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
-        q, k, v, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
+        q, k, pick(q_signs), pick(k_signs), v, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
         pick(beta.tensor), pick(beta_max),
         *q.stride(), *k.stride(), *v.stride(), *beta.strides,
         heads, n, m, spec.scale * LOG2E, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,

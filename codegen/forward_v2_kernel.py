@@ -1,14 +1,15 @@
-"""Round-2 forward kernel: signs taken from the floating q and k in registers (no packed operand).
+"""Round-2 forward kernel: scalars and bias maxima precomputed, signs from the stats pass.
 
 Program ``(pid_n, bh)`` owns query rows ``i in [pid_n*BLOCK_N, +BLOCK_N)`` of batch*head ``bh``. The
-Q signs are taken once per program from the bf16/fp16/fp32 q tile, the K signs per key tile from k
-(``K_SOURCE`` 2 of the shared loop in ``forward_tiles``, notation there). The scalar maxima for the
-static bound (max|b|, max|beta2| per head) are passed in, never recomputed per program;
-``STATIC_MAX`` False (a caller's dense bias, no bound known) runs the online maximum alone.
+Q and K signs come from the int8 sign tensors the stats pass (``stats.py``) wrote (``K_SOURCE`` 0 of
+the shared loop in ``forward_tiles``, notation there). The scalar maxima for the static bound
+(max|b|, max|beta2| per head) are passed in, never recomputed per program; ``STATIC_MAX`` False (a
+caller's dense bias, no bound known) runs the online maximum alone.
 
-``HEAD_SUMS``: each program reduces ``sum|q|``, ``sum|k|`` of its whole (batch, head) before the
-loop (no stats pass, no atomics; the head is re-read from L2 by each query block) -- the one-launch
-inference form for ``mean_abs``. Otherwise the sums come from the stats pass (``stats.py``).
+``HEAD_SUMS``: the one-launch inference form for ``mean_abs``, without a stats pass. Each program
+reduces ``sum|q|``, ``sum|k|`` of its whole (batch, head) before the loop (no atomics; the head is
+re-read from L2 by each query block) and takes the signs from the floating q and k in registers
+(``K_SOURCE`` 2), the Q signs once per program.
 Parallelised over (query block, batch*head); no inter-program communication.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .forward_tiles import attend_rows, sign_tile, store_rows
+from .tiles import load_signs
 
 
 @triton.jit
@@ -42,7 +44,8 @@ def _fill_rows(ptr, value, length, start, step, BLOCK: tl.constexpr):
 
 @triton.jit
 def _binary_attn_fwd_v2_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr,
+    q_ptr, k_ptr, qs_ptr, ks_ptr, v_ptr, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
+    beta_max_ptr,
     s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_km, s_kd, s_vb, s_vh, s_vm, s_vd, s_bias_b, s_bias_h, s_bn, s_bm,
     H, N, M, scale_log2, inv_nd, inv_md, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
@@ -63,7 +66,12 @@ def _binary_attn_fwd_v2_kernel(
     q_base = q_ptr + b64 * s_qb + h64 * s_qh
     k_base = k_ptr + b64 * s_kb + h64 * s_kh
     v_base = v_ptr + b64 * s_vb + h64 * s_vh
-    qs = sign_tile(q_base, rows, row_mask, s_qn, s_qd, D, DP)  # (BLOCK_N, DP), once per program
+    if HEAD_SUMS:
+        qs = sign_tile(q_base, rows, row_mask, s_qn, s_qd, D, DP)  # (BLOCK_N, DP), once per program
+        k_signs, s_ksm, s_ksd = k_base, s_km, s_kd
+    else:  # int8 tensors (B, H, L, DP): a loaded Q operand stays in shared memory for the dot
+        qs = load_signs(qs_ptr + bh64 * N * DP, rows, row_mask, DP, D, DP, False)
+        k_signs, s_ksm, s_ksd = ks_ptr + bh64 * M * DP, DP, 1
     b_base = b_ptr + bh64 * M
     c = 0.0
     if MEAN_ABS:
@@ -95,9 +103,10 @@ def _binary_attn_fwd_v2_kernel(
     if BETA_MAX:
         beta_max = tl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
     bound = tl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
-    # K signs from the floating k (K_SOURCE 2); `bound` stands in for the 8-bit P.V scales, unused here
+    k_source: tl.constexpr = 2 if HEAD_SUMS else 0
+    # `bound` stands in for the 8-bit P.V scales, unused here
     acc, l_i, m_i = attend_rows(
-        bound, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base,
+        bound, qs, c, c_rows, rows, row_mask, k_signs, s_ksm, s_ksd, v_base, s_vm, s_vd, b_base, bias_base,
         s_bn, s_bm, bound, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
-        HAS_PREFIX, 2, DOT, STATIC_MAX, LIMIT, P_OFFSET, False)
+        HAS_PREFIX, k_source, DOT, STATIC_MAX, LIMIT, P_OFFSET, False)
     store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, bound, DV, DVP, False)

@@ -3,10 +3,10 @@
 Writes only what the call needs: the per-(batch, head) sum of ``|x|`` (``mean_abs``, by atomics),
 the per-token scalars ``eff = given * (1 or NaN)`` and their per-(batch, head) maximum ``|eff|``
 (the static row bound of ``token``/``none`` weighting), and, when a backward will run
-(``spec.save_bits``), the packed sign bits and STE clip bits. Unlike the v1 prologue
+(``spec.save_bits``), the packed sign bits and STE clip bits, and the int8 ``+-1`` sign tensor
+that the main kernel's tensor-core dot reads (``signs=True``). Unlike the v1 prologue
 (``prologue.py``), it loads a whole ``(BLOCK_L, DP)`` tile per step (16-byte vectors on
-contiguous rows) and never writes an int8 sign tensor: the round-2 main kernel takes signs from
-the floating q and k in registers.
+contiguous rows).
 """
 from __future__ import annotations
 
@@ -31,16 +31,17 @@ def _pack_words(flags, DP: tl.constexpr, BLOCK_L: tl.constexpr):
 @triton.jit
 def _stats_kernel(
     x_ptr, s_xb, s_xh, s_xl, s_xd,
-    bits_ptr, clip_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr,
+    bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr,
     H, L, clip,
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
-    WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_EFF: tl.constexpr, GIVEN: tl.constexpr,
-    SUM_ABS: tl.constexpr,
+    WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
+    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr,
 ):
     """Stats of one operand.
 
-    Notation: x ``(B, H, L, D)`` any strides; bits/clip ``(B, H, L, W)`` int32; eff ``(B, H, L)``
-    float32; sums and max ``(B*H,)`` float32. Parallelised over (row block, batch*head).
+    Notation: x ``(B, H, L, D)`` any strides; bits/clip ``(B, H, L, W)`` int32; signs ``(B, H, L, DP)``
+    int8 (0 past ``D``); eff ``(B, H, L)`` float32; sums and max ``(B*H,)`` float32. Parallelised over
+    (row block, batch*head).
     """
     clip = tl.cast(clip, tl.float32)  # float scalars may arrive as float64 under Inductor
     bh = tl.program_id(1)
@@ -60,6 +61,9 @@ def _stats_kernel(
     if WRITE_CLIP:
         words = _pack_words(((tl.abs(x) <= clip) & ch_mask[None, :]).to(tl.int32), DP, BLOCK_L)
         tl.store(clip_ptr + out_row[:, None] * W + w[None, :], words, mask=word_mask)
+    if WRITE_SIGNS:  # NaN -> -1 like packing.sgn
+        signs = tl.where(ch_mask[None, :], tl.where(x >= 0, 1, -1), 0).to(tl.int8)
+        tl.store(signs_ptr + out_row[:, None] * DP + d[None, :], signs, mask=row_mask[:, None])
     if SUM_ABS:
         tl.atomic_add(sums_ptr + bh, tl.sum(tl.sum(tl.abs(x), axis=1), axis=0))
     if WRITE_EFF:
@@ -72,7 +76,7 @@ def _stats_kernel(
         tl.atomic_max(max_ptr + bh, tl.max(tl.where(row_mask & (eff == eff), tl.abs(eff), 0.0), axis=0))
 
 
-def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool):
+def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, signs: bool = False):
     """Run the stats pass on ``x`` ``(B, H, L, D)``.
 
     Args:
@@ -80,11 +84,12 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool):
         given: ``(B, H, L)`` scalars for ``token`` weighting, else None.
         spec: the call's ``CallSpec``; ``spec.save_bits`` asks for packed bits (and clip bits for ste).
         eff: write the per-token scalars and their per-(batch, head) max (``token``/``none``).
+        signs: write the int8 ``+-1`` sign tensor ``(B, H, L, DP)``.
 
     Returns:
-        ``(bits, clip, eff_rows, sums, maxes)``: bits/clip ``(B, H, L, 1, W)`` int32 (``W = 0`` when
-        not written); eff_rows ``(B, H, L, 1)`` float32 or None; sums ``(B, H)`` of ``|x|`` or None;
-        maxes ``(B, H)`` max ``|eff|`` or None.
+        ``(bits, clip, eff_rows, sums, maxes, signs)``: bits/clip ``(B, H, L, 1, W)`` int32 (``W = 0``
+        when not written); eff_rows ``(B, H, L, 1)`` float32 or None; sums ``(B, H)`` of ``|x|`` or None;
+        maxes ``(B, H)`` max ``|eff|`` or None; signs int8 or None.
     """
     bsz, heads, length, dim = x.shape
     dev = x.device
@@ -97,17 +102,18 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool):
     sum_abs = spec.weighting == "mean_abs"
     sums = torch.zeros(bsz, heads, **f32) if sum_abs else None
     maxes = torch.zeros(bsz, heads, **f32) if eff else None
+    sign_t = torch.empty(bsz, heads, length, padded_dim(dim), dtype=torch.int8, device=dev) if signs else None
     dummy = bits if words else torch.empty(1, dtype=torch.int32, device=dev)
     fdummy = torch.empty(1, **f32)
     given_t = given.to(torch.float32).contiguous() if given is not None else fdummy
     grid = (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads)
     torch.library.wrap_triton(_stats_kernel)[grid](
         x, *x.stride(),
-        bits if words else dummy, clip if clip_words else dummy, eff_rows if eff else fdummy, given_t,
+        bits if words else dummy, clip if clip_words else dummy, sign_t if signs else dummy, eff_rows if eff else fdummy, given_t,
         sums if sum_abs else fdummy, maxes if eff else fdummy,
         heads, length, round_to_dtype(spec.ste_clip, x.dtype),
         D=dim, DP=padded_dim(dim), W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
-        WRITE_BITS=words > 0, WRITE_CLIP=clip_words > 0, WRITE_EFF=eff, GIVEN=given is not None,
+        WRITE_BITS=words > 0, WRITE_CLIP=clip_words > 0, WRITE_SIGNS=signs, WRITE_EFF=eff, GIVEN=given is not None,
         SUM_ABS=sum_abs, num_warps=PROLOGUE_WARPS,
     )
-    return bits, clip, eff_rows, sums, maxes
+    return bits, clip, eff_rows, sums, maxes, sign_t

@@ -173,12 +173,15 @@ def test_stats_pass_bits_scalars_and_maxima(dim, dtype, helpers):
     x[1, 2, 4, 1] = 0.3  # exactly on a rounded clip threshold
     given = torch.rand(2, 3, 21) + 0.5
     spec = CallSpec(scale=1.0, weighting="token", ste_clip=0.3)
-    bits, clip, eff, sums, maxes = head_stats(x, given, spec, eff=True)
+    bits, clip, eff, sums, maxes, signs = head_stats(x, given, spec, eff=True, signs=True)
+    expected_signs = torch.where(x.float() >= 0, 1, -1).to(torch.int8)  # NaN -> -1, -0.0 -> +1
+    assert torch.equal(signs[..., :dim], expected_signs) and not signs[..., dim:].any()
     xp = reference.with_planes(x, spec)
     assert torch.equal(bits, reference.pack_signs(xp)) and torch.equal(clip, reference.clip_bits(xp, spec))
     ref_eff = reference.effective_scalars(x, given, spec)
     assert torch.allclose(eff, ref_eff, rtol=0, atol=0, equal_nan=True) and sums is None
     assert torch.equal(maxes, ref_eff.nan_to_num(0.0).abs().amax(dim=(2, 3)))
-    bits, clip, eff, sums, maxes = head_stats(x, None, _with(spec, weighting="mean_abs", save_bits=False), eff=False)
-    assert bits.shape[-1] == 0 and clip.shape[-1] == 0 and eff is None and maxes is None
+    bits, clip, eff, sums, maxes, signs = head_stats(x, None, _with(spec, weighting="mean_abs", save_bits=False),
+                                                     eff=False)
+    assert bits.shape[-1] == 0 and clip.shape[-1] == 0 and eff is None and maxes is None and signs is None
     torch.testing.assert_close(sums, x.float().abs().sum(dim=(2, 3)), rtol=1e-6, atol=0, equal_nan=True)
