@@ -1,7 +1,7 @@
 """Autograd registration of ``bitlower::binary_attention_fwd``.
 
-Saved for backward: v, the bias, the log-sum-exp, packed sign bits, packed STE clip bits
-and the effective scalars — never the float q and k.
+Saved for backward: v, the bias, the output, the log-sum-exp, packed sign bits, packed STE clip
+bits and the effective scalars — never the float q and k.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _setup_context(ctx, inputs, output):
     ctx.head_dim = q.shape[-1]
     ctx.q_dtype, ctx.k_dtype = q.dtype, k.dtype
     ctx.has_bias = bias is not None
-    ctx.save_for_backward(v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)
+    ctx.save_for_backward(v, bias, out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)
     ctx.a_shape = None if a is None else a.shape
     ctx.b_shape = None if b is None else b.shape
     ctx.a_dtype = None if a is None else a.dtype
@@ -29,7 +29,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, *unused_grads):
-    v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = ctx.saved_tensors
+    v, bias, out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = ctx.saved_tensors
     needs = [bool(x) for x in ctx.needs_input_grad[:6]]
     needs[_BIAS] = needs[_BIAS] and ctx.has_bias
     if grad_out is None or not any(needs):
@@ -38,7 +38,7 @@ def _backward(ctx, grad_out, *unused_grads):
         raise RuntimeError("binary_attention_fwd ran with save_bits=False, so it kept nothing for a backward; "
                            "call it with save_bits=True when gradients are needed")
     grads = binary_attention_bwd(
-        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, *ctx.static, ctx.head_dim, needs
+        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, *ctx.static, ctx.head_dim, needs, out
     )
     dq, dk, dv, da, db, dbias = (g if need and g.numel() else None for g, need in zip(grads, needs))
     if dq is not None:

@@ -173,13 +173,17 @@ def binary_attention_bwd(
     ste_clip: float,
     head_dim: int,
     needs: list[bool],
+    out: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty."""
+    """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty.
+
+    ``out``: the forward's output; the kernels then take ``delta_i = dO_i . O_i`` from it.
+    """
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
     saved = (lse, qbits, kbits, qclip, kclip, a, b)
     kernels = _kernels_for("unsupported_backward_reason", (grad_out, v, bias) + saved, spec)
     if kernels is not None:
-        grads = kernels.backward(grad_out, v, bias, *saved, spec, head_dim, needs)
+        grads = kernels.backward(grad_out, v, bias, *saved, spec, head_dim, needs, out=out)
     else:
         grads = reference_backward.backward(grad_out, v, bias, *saved, spec, head_dim, needs)
     return tuple(grad_out.new_empty(0) if g is None else g for g in grads)
@@ -187,7 +191,7 @@ def binary_attention_bwd(
 
 @binary_attention_bwd.register_fake
 def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, scale, weighting,
-                               bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs):
+                               bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs, out=None):
     bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]
     acc = a.dtype
     qk_grad = grad_mode != "stopgrad"

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel
+from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel, _row_dot_kernel
 from .configs import PROLOGUE_ROWS, DOT_BF16, DOT_FP32, backward_config, dot_kind, padded_dim
 from .operands import bias_operand, value_scales
 from .prologue import unpack_signs
@@ -82,13 +82,28 @@ def _with_chain(grad, d_own, signs, length: int, dim: int, spec, need: bool):
     return grad
 
 
-def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs, *, config=None):
+def _row_dots(out, grad_out):
+    """delta ``(B, H, N)`` float32: ``dO_i . O_i`` per query row."""
+    bsz, heads, n, dim_v = out.shape
+    delta = torch.empty(bsz, heads, n, dtype=torch.float32, device=out.device)
+    torch.library.wrap_triton(_row_dot_kernel)[(triton.cdiv(n, PROLOGUE_ROWS), bsz * heads)](
+        out, grad_out, delta, heads, n, *out.stride(), *grad_out.stride(),
+        DV=dim_v, DVP=padded_dim(dim_v), BLOCK_N=PROLOGUE_ROWS, num_warps=4,
+    )
+    return delta
+
+
+def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs, *, config=None,
+             out=None):
     """Fused backward with the contract of ``bitlower.reference_backward.backward``.
 
     Args:
         grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip,
             a, b: what the forward saved; spec: the ``CallSpec``; head_dim: ``D``; needs: six bools
             for ``(q, k, v, a_in, b_in, bias)``; config: a ``TileConfig`` overriding the table.
+        out: the forward's output, or None. Given (and ``pv_quant`` "none"), ``delta_i = dO_i . O_i``
+            replaces the query kernel's pass over the scores, and a ``mean_abs`` call without dq runs
+            no query kernel at all (the chain's ``sum_i da_i`` comes from the key kernel).
 
     Returns:
         ``(dq, dk, dv, da, db, dbias)``, None where not needed or the mode gives none.
@@ -96,12 +111,17 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     bsz, heads, n = lse.shape
     m, dim_v = v.shape[2], v.shape[-1]
     plan = _plan(spec, needs)
+    delta_given = out is not None and spec.pv_quant == "none"  # 8-bit P.V: O is not sum_j p_ij V_j
+    da_by_keys = (delta_given and plan.da and not plan.dq and not needs[3] and spec.weighting == "mean_abs"
+                  and plan.bias_grad != 1)
+    query_side = (plan.dq or (plan.da and not da_by_keys) or plan.bias_grad == 1) if delta_given else plan.query_side
     q_signs = unpack_signs(qbits, head_dim)  # (B, H, N, DP) int8
     k_signs = unpack_signs(kbits, head_dim)  # (B, H, M, DP) int8
     dev = v.device
     f32 = dict(dtype=torch.float32, device=dev)
-    delta = torch.empty(bsz, heads, n, **f32)
-    da = torch.empty(bsz, heads, n, 1, **f32) if plan.da else None
+    delta = _row_dots(out, grad_out) if delta_given else torch.empty(bsz, heads, n, **f32)
+    da = torch.empty(bsz, heads, n, 1, **f32) if plan.da and not da_by_keys else None
+    da_cols = torch.empty(bsz, heads, m, 1, **f32) if da_by_keys else None
     db = torch.empty(bsz, heads, m, 1, **f32) if plan.db else None
     dq = torch.empty(bsz, heads, n, head_dim, **f32) if plan.dq else None
     dk = torch.empty(bsz, heads, m, head_dim, **f32) if plan.dk else None
@@ -119,26 +139,27 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     bias_t = beta.tensor if beta.tensor is not None else delta
     rows_sum = torch.empty(bsz, heads, n, **f32) if plan.bias_grad == 1 else None
     sign_strides = (n * dp, dp, m * dp, dp)
-    if plan.query_side:
+    if query_side:
         torch.library.wrap_triton(_binary_attn_bwd_q_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
             q_signs, k_signs, v, grad_out, lse, a, b, bias_t, vscale, vstep, qclip if plan.dq else delta,
-            delta, da if plan.da else delta, dq if plan.dq else delta, rows_sum if rows_sum is not None else delta,
+            delta, da if da is not None else delta, dq if plan.dq else delta, rows_sum if rows_sum is not None else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, qclip.shape[-1],
             heads, n, m, spec.scale, beta.rows, *beta.grid,
-            NEED_DA=plan.da, NEED_DQ=plan.dq, HEAD_DBIAS=plan.bias_grad == 1, **common,
+            NEED_DA=da is not None, NEED_DQ=plan.dq, HEAD_DBIAS=plan.bias_grad == 1, DELTA_GIVEN=delta_given,
+            **common,
         )
     gbias, gstrides = _bias_grad_buffer(bias, beta, plan, (bsz, heads, n, m))
-    if plan.key_side:
+    if plan.key_side or da_by_keys:
         torch.library.wrap_triton(_binary_attn_bwd_k_kernel)[(triton.cdiv(m, cfg.block_m), bsz * heads)](
             q_signs, k_signs, v, grad_out, lse, delta, a, b, bias_t, gbias if gbias is not None else delta,
             vscale, vstep, kclip if plan.dk else delta, dv if plan.dv else delta, dk if plan.dk else delta,
-            db if plan.db else delta,
+            db if plan.db else delta, da_cols if da_by_keys else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, *gstrides, kclip.shape[-1],
             heads, n, m, spec.scale, beta.rows, *beta.grid,
             NEED_DV=plan.dv, NEED_DB=plan.db, NEED_DK=plan.dk, BIAS_GRAD=plan.bias_grad if plan.bias_grad >= 2 else 0,
-            **common,
+            NEED_DA_COLS=da_by_keys, **common,
         )
-    dq = _with_chain(dq, da, q_signs, n, head_dim, spec, needs[0])
+    dq = _with_chain(dq, da_cols if da_by_keys else da, q_signs, n, head_dim, spec, needs[0])
     dk = _with_chain(dk, db, k_signs, m, head_dim, spec, needs[1])
     dbias = _finish_bias_grad(bias, plan, gbias, rows_sum)
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, dbias

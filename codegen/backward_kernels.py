@@ -10,12 +10,15 @@ signs, ``s2_ij = h_ij * a_i * b_j * scale * log2 e + beta2_ij``, ``p_ij = exp2(s
 Two kernels, both recomputing ``h`` with the int8 tensor-core dot:
 
 - ``_binary_attn_bwd_q_kernel``: program = (query block, batch*head), walks key tiles. Writes
-  ``delta`` (and ``da``, ``dq``, per-row ``sum_j dS`` for a head bias). Without dq it needs one
-  pass: ``da_i = scale (sum_j p dp h b - delta_i sum_j p h b)``; with dq a first pass finds
-  ``delta`` and a second forms ``dS`` exactly.
+  ``da``, ``dq``, per-row ``sum_j dS`` for a head bias, and ``delta`` unless it is given.
+  ``DELTA_GIVEN`` (``delta_i = dO_i . O_i`` from ``_row_dot_kernel``, the same sum since
+  ``O_i = sum_j p_ij V_j``): one pass forms ``dS`` exactly. Otherwise, without dq one pass:
+  ``da_i = scale (sum_j p dp h b - delta_i sum_j p h b)``; with dq a first pass finds ``delta``
+  and a second forms ``dS``.
 - ``_binary_attn_bwd_k_kernel``: program = (key block, batch*head), walks query tiles (tiles
-  are held transposed, keys x queries). Writes ``dV``, ``db``, ``dk`` and scatters ``dS`` into
-  table or dense bias gradients with atomics. Needs ``delta`` from the first kernel.
+  are held transposed, keys x queries). Writes ``dV``, ``db``, ``dk``, the per-key parts of the
+  total ``sum_i da_i`` (``NEED_DA_COLS``: all the ``mean_abs`` chain needs) and scatters ``dS``
+  into table or dense bias gradients with atomics. Needs ``delta``.
 """
 from __future__ import annotations
 
@@ -65,6 +68,22 @@ def _load_values(v_base, rows, row_mask, s_vm, s_vd, vscale, vstep, DV: tl.const
 
 
 @triton.jit
+def _row_dot_kernel(out_ptr, do_ptr, delta_ptr, H, N, s_ob, s_oh, s_on, s_od, s_db, s_dh, s_dn, s_dd,
+                    DV: tl.constexpr, DVP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """delta_i = dO_i . O_i in float32 over ``(B, H, N, DV)`` of any strides; program = (row block, b*h)."""
+    bh = tl.program_id(1)
+    b64 = (bh // H).to(tl.int64)
+    h64 = (bh % H).to(tl.int64)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dv = tl.arange(0, DVP)
+    mask = (rows < N)[:, None] & (dv < DV)[None, :]
+    o = tl.load(out_ptr + b64 * s_ob + h64 * s_oh + rows[:, None] * s_on + dv[None, :] * s_od, mask=mask, other=0.0)
+    do = tl.load(do_ptr + b64 * s_db + h64 * s_dh + rows[:, None] * s_dn + dv[None, :] * s_dd, mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(delta_ptr + bh.to(tl.int64) * N + rows, delta, mask=rows < N)
+
+
+@triton.jit
 def _q_tiles(
     acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, lo, hi,
     ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
@@ -73,7 +92,7 @@ def _q_tiles(
     DOT: tl.constexpr, DS_DOT: tl.constexpr, MASK_M: tl.constexpr, PASS: tl.constexpr,
     NEED_DA: tl.constexpr, HEAD_DBIAS: tl.constexpr,
 ):
-    """Key tiles ``[lo, hi)`` of the query kernel. PASS 1: delta (and one-pass da); PASS 2: dS, dq, da."""
+    """Key tiles ``[lo, hi)`` of the query kernel. PASS 1: delta (and one-pass da); 2: dS, dq, da; 3: dS, da."""
     for start in range(lo, hi, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         col_mask = cols < M
@@ -99,7 +118,8 @@ def _q_tiles(
                 da_acc += tl.sum(ds * hf * bj[None, :], axis=1)
             if HEAD_DBIAS:
                 ds_sum += tl.sum(ds, axis=1)
-            acc = fdot(ds * bj[None, :], ks, acc, DS_DOT)  # (BLOCK_N, DP)
+            if PASS == 2:
+                acc = fdot(ds * bj[None, :], ks, acc, DS_DOT)  # (BLOCK_N, DP)
     return acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc
 
 
@@ -113,7 +133,7 @@ def _binary_attn_bwd_q_kernel(
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
     FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
-    NEED_DA: tl.constexpr, NEED_DQ: tl.constexpr, HEAD_DBIAS: tl.constexpr,
+    NEED_DA: tl.constexpr, NEED_DQ: tl.constexpr, HEAD_DBIAS: tl.constexpr, DELTA_GIVEN: tl.constexpr,
 ):
     """Query side of the backward for one (query block, batch*head); see the module notation."""
     scale = tl.cast(scale, tl.float32)  # float scalars may arrive as float64 under Inductor
@@ -149,47 +169,64 @@ def _binary_attn_bwd_q_kernel(
     zero = tl.zeros([BLOCK_N], dtype=tl.float32)
     acc = tl.zeros([BLOCK_N, DP], dtype=tl.float32)
     m_full = (M // BLOCK_M) * BLOCK_M
-    one_pass_da: tl.constexpr = NEED_DA and not NEED_DQ
-    head_pass1: tl.constexpr = HEAD_DBIAS and not NEED_DQ
-    acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
-        acc, zero, zero, zero, zero, zero, zero, qs, do, c_rows, lse2, rows, row_mask, 0, m_full, ks_base, s_ks_m,
-        v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
-        D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, False, 1, one_pass_da, head_pass1)
-    acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
-        acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, m_full, M, ks_base,
-        s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
-        D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, 1, one_pass_da, head_pass1)
     out_rows = bh64 * N + rows
-    tl.store(delta_ptr + out_rows, delta, mask=row_mask)
-    if NEED_DQ:
+    if DELTA_GIVEN:  # one pass: dS exactly from the given delta
+        pass_ds: tl.constexpr = 2 if NEED_DQ else 3
+        delta = tl.load(delta_ptr + out_rows, mask=row_mask, other=0.0)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
-            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, 0, M, ks_base,
+            acc, delta, zero, zero, zero, zero, zero, qs, do, c_rows, lse2, rows, row_mask, 0, m_full, ks_base,
             s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
-            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, 2, NEED_DA, HEAD_DBIAS)
+            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, False, pass_ds, NEED_DA,
+            HEAD_DBIAS)
+        acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
+            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, m_full, M,
+            ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
+            prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, pass_ds,
+            NEED_DA, HEAD_DBIAS)
+    else:
+        one_pass_da: tl.constexpr = NEED_DA and not NEED_DQ
+        head_pass1: tl.constexpr = HEAD_DBIAS and not NEED_DQ
+        acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
+            acc, zero, zero, zero, zero, zero, zero, qs, do, c_rows, lse2, rows, row_mask, 0, m_full, ks_base,
+            s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
+            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, False, 1, one_pass_da,
+            head_pass1)
+        acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
+            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, m_full, M,
+            ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
+            prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, 1, one_pass_da,
+            head_pass1)
+        tl.store(delta_ptr + out_rows, delta, mask=row_mask)
+        if NEED_DQ:
+            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
+                acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, 0, M,
+                ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h,
+                grid_w, prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, 2,
+                NEED_DA, HEAD_DBIAS)
+        elif NEED_DA:
+            da_acc = x_sum - delta * y_sum
+        elif HEAD_DBIAS:
+            ds_sum = delta * (1.0 - p_sum)
+    if NEED_DQ:
         clip = load_bits(qclip_ptr + bh64 * N * s_clip_n, rows, row_mask, s_clip_n, D, DP)
         dq = acc * clip * (scale * a_rows)[:, None]
         d = tl.arange(0, DP)
         tl.store(dq_ptr + out_rows[:, None] * D + d[None, :], dq, mask=row_mask[:, None] & (d < D)[None, :])
-        if NEED_DA:
-            tl.store(da_ptr + out_rows, scale * da_acc, mask=row_mask)
-        if HEAD_DBIAS:
-            tl.store(dbias_rows_ptr + out_rows, ds_sum, mask=row_mask)
-    else:
-        if NEED_DA:
-            tl.store(da_ptr + out_rows, scale * (x_sum - delta * y_sum), mask=row_mask)
-        if HEAD_DBIAS:
-            tl.store(dbias_rows_ptr + out_rows, delta * (1.0 - p_sum), mask=row_mask)
+    if NEED_DA:
+        tl.store(da_ptr + out_rows, scale * da_acc, mask=row_mask)
+    if HEAD_DBIAS:
+        tl.store(dbias_rows_ptr + out_rows, ds_sum, mask=row_mask)
 
 
 @triton.jit
 def _k_tiles(
-    dv_acc, dk_acc, db_acc, ks, v, bj_w, lo, hi, cols, col_mask, qs_base, s_qs_n, do_base, s_don, s_dod,
+    dv_acc, dk_acc, db_acc, da_acc, ks, v, bj_w, lo, hi, cols, col_mask, qs_base, s_qs_n, do_base, s_don, s_dod,
     a_base, lse_base, delta_base, bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale_log2,
     grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_N: tl.constexpr,
     BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr,
     DOT: tl.constexpr, DS_DOT: tl.constexpr, NEED_DS: tl.constexpr, NEED_DB: tl.constexpr,
-    NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr, MASK_N: tl.constexpr,
+    NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr, NEED_DA_COLS: tl.constexpr, MASK_N: tl.constexpr,
 ):
     """Query tiles ``[lo, hi)`` of the key kernel; tiles are keys x queries (``cols`` = keys here)."""
     dvr = tl.arange(0, DVP)
@@ -214,6 +251,8 @@ def _k_tiles(
             dst = pt * (dpt - delta[None, :])  # (BLOCK_M, BLOCK_N)
             if NEED_DB:
                 db_acc += tl.sum(dst * hf * a_i[None, :], axis=1)
+            if NEED_DA_COLS:
+                da_acc += tl.sum(dst * hf, axis=1)
             if NEED_DK:
                 dk_acc = fdot(dst * a_i[None, :], qs, dk_acc, DS_DOT)
             pair_mask = col_mask[:, None] & row_mask[None, :]
@@ -223,13 +262,13 @@ def _k_tiles(
                 tl.atomic_add(gbias_base + idx, dst, mask=pair_mask)
             if BIAS_GRAD == 3:
                 tl.atomic_add(gbias_base + rows[None, :] * s_gn + cols[:, None] * s_gm, dst, mask=pair_mask)
-    return dv_acc, dk_acc, db_acc
+    return dv_acc, dk_acc, db_acc, da_acc
 
 
 @triton.jit
 def _binary_attn_bwd_k_kernel(
     qs_ptr, ks_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr, vscale_ptr, vstep_ptr,
-    kclip_ptr, dv_ptr, dk_ptr, db_ptr,
+    kclip_ptr, dv_ptr, dk_ptr, db_ptr, da_cols_ptr,
     s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_dob, s_doh, s_don, s_dod,
     s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, s_clip_m,
     H, N, M, scale, table_rows, grid_h, grid_w, prefix,
@@ -237,8 +276,12 @@ def _binary_attn_bwd_k_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
     FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
     NEED_DV: tl.constexpr, NEED_DB: tl.constexpr, NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr,
+    NEED_DA_COLS: tl.constexpr,
 ):
-    """Key side of the backward for one (key block, batch*head); see the module notation."""
+    """Key side of the backward for one (key block, batch*head); see the module notation.
+
+    ``NEED_DA_COLS``: writes ``scale b_j sum_i dS_ij h_ij`` per key, whose sum over keys is ``sum_i da_i``.
+    """
     scale = tl.cast(scale, tl.float32)  # float scalars may arrive as float64 under Inductor
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
@@ -268,21 +311,22 @@ def _binary_attn_bwd_k_kernel(
     if BIAS == 3 or BIAS == 4:
         bias_base = bias_ptr + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
         gbias_base = gbias_ptr + b.to(tl.int64) * s_gb + h.to(tl.int64) * s_gh
-    need_ds: tl.constexpr = NEED_DB or NEED_DK or BIAS_GRAD >= 2
+    need_ds: tl.constexpr = NEED_DB or NEED_DK or BIAS_GRAD >= 2 or NEED_DA_COLS
     dv_acc = tl.zeros([BLOCK_M, DVP], dtype=tl.float32)
     dk_acc = tl.zeros([BLOCK_M, DP], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
+    da_acc = db_acc
     n_full = (N // BLOCK_N) * BLOCK_N
     do_base = do_ptr + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh
     for lo_hi in tl.static_range(2):
         lo = 0 if lo_hi == 0 else n_full
         hi = n_full if lo_hi == 0 else N
-        dv_acc, dk_acc, db_acc = _k_tiles(
-            dv_acc, dk_acc, db_acc, ks, v, b_j, lo, hi, cols, col_mask, qs_ptr + bh64 * s_qs_bh, s_qs_n,
+        dv_acc, dk_acc, db_acc, da_acc = _k_tiles(
+            dv_acc, dk_acc, db_acc, da_acc, ks, v, b_j, lo, hi, cols, col_mask, qs_ptr + bh64 * s_qs_bh, s_qs_n,
             do_base, s_don, s_dod, a_ptr + bh64 * N, lse_ptr + bh64 * N, delta_ptr + bh64 * N, bias_base,
             gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale * 1.4426950408889634, grid_h, grid_w, prefix,
             D, DP, DV, DVP, BLOCK_N, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, need_ds, NEED_DB,
-            NEED_DK, BIAS_GRAD, lo_hi == 1)
+            NEED_DK, BIAS_GRAD, NEED_DA_COLS, lo_hi == 1)
     out_rows = bh64 * M + cols
     if NEED_DV:
         if PV_INT8:
@@ -291,6 +335,8 @@ def _binary_attn_bwd_k_kernel(
                  mask=col_mask[:, None] & (dvr < DV)[None, :])
     if NEED_DB:
         tl.store(db_ptr + out_rows, scale * db_acc, mask=col_mask)
+    if NEED_DA_COLS:
+        tl.store(da_cols_ptr + out_rows, scale * b_j * da_acc, mask=col_mask)
     if NEED_DK:
         clip = load_bits(kclip_ptr + bh64 * M * s_clip_m, cols, col_mask, s_clip_m, D, DP)
         dk = dk_acc * clip * (scale * b_j)[:, None]

@@ -53,7 +53,7 @@ def test_opcheck_backward(case_factory, weighting, bias_kind, grad_mode, pv_quan
     needs = [weighting != "bilinear", weighting != "bilinear", True, weighting in ("token", "bilinear"),
              weighting in ("token", "bilinear"), bias_kind not in ("none", "mask")]
     bwd_args = (torch.randn_like(out), case["v"], case.get("bias"), lse, qbits, kbits, qclip, kclip, a, b,
-                *args[6:13], case["q"].shape[-1], needs)
+                *args[6:13], case["q"].shape[-1], needs, out)  # the output, as autograd passes it
     torch.library.opcheck(torch.ops.bitlower.binary_attention_bwd.default, bwd_args)
 
 
