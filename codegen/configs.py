@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 import torch
 
-# Which forward `codegen.forward` runs: "v1" (prologue + packed Q bits + int8 K signs), "v2" (signs
-# from the floating q/k in the main kernel after a stats pass), or "auto" (`pick_forward_variant`).
-# H100 round 2 (benchmarks/kernel_notes.md): v1 is faster for mean_abs without a table bias at every
-# shape (ViT-S 0.157 vs 0.157 ms, N 4096 0.684 vs 0.720, DiT 0.275 vs 0.524); v2 with a table bias
-# is 1.2-4.8x faster than v1 (ViT-S table+token 0.338 vs 1.313 ms, N 4096 1.398 vs 6.727).
+# Which forward `codegen.forward` runs: "v1" (prologue + int8 Q/K signs, scalars finalised in the
+# kernel), "v2" (stats pass with int8 signs, precomputed maxima, dense table bias), or "auto"
+# (`auto_forward_variant`). Round 4 (benchmarks/kernel_notes.md, both with int8 Q signs): v2 is faster
+# for mean_abs at D 64/128 (ViT-S 0.136 vs 0.144 ms, N 1024 0.150 vs 0.164, N 4096 0.611 vs 0.639,
+# D 128 0.967 vs 0.996) and slower at DiT D 72 (0.226 vs 0.207); v2 with a table bias is 1.2-4.8x
+# faster than v1's in-kernel gather (round 2).
 FORWARD_VARIANT = "auto"
 FORWARD_VARIANTS = ("auto", "v1", "v2")
 # v2 mean_abs inference can reduce the head's sum|q|, sum|k| inside every program (no stats pass).
@@ -41,9 +42,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def auto_forward_variant(spec) -> str:
-    """The forward variant "auto" runs for a call: v2 for a table bias (measured faster), else v1."""
-    return "v2" if spec.bias_kind == "table" and spec.pv_quant == "none" else "v1"
+def auto_forward_variant(spec, dim: int) -> str:
+    """The forward variant "auto" runs for a call of head dim ``dim`` (the faster one as measured).
+
+    v2 for a table bias and for ``mean_abs`` at a power-of-two ``dim`` (no padding); else v1.
+    """
+    if spec.pv_quant != "none":
+        return "v1"
+    if spec.bias_kind == "table":
+        return "v2"
+    return "v2" if spec.weighting == "mean_abs" and padded_dim(dim) == dim else "v1"
 
 
 def padded_dim(dim: int) -> int:

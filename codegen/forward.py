@@ -51,7 +51,7 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
     if variant not in FORWARD_VARIANTS:
         raise ValueError(f"variant must be one of {FORWARD_VARIANTS}, got {variant!r}")
     if variant == "auto":
-        variant = configs.auto_forward_variant(spec)
+        variant = configs.auto_forward_variant(spec, q.shape[-1])
     if variant == "v2" and spec.pv_quant == "none":
         return forward_v2(q, k, v, a, b, bias, spec, static_max=static_max, config=config)
     bsz, heads, n, dim = q.shape

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .forward_tiles import attend_rows, store_rows
+from .forward_tiles import attend_rows, bias_rows, store_rows
 from .tiles import abs_max, load_signs
 
 
@@ -66,16 +66,10 @@ def _binary_attn_fwd_kernel(
         c = 0.0
         c_rows = tl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0) * scale_log2
         b_max = abs_max(b_base, M, BLOCK_M)
-    row_shift = 0.0  # a per-head bias shifts every score of the row: folded into the lse only
+    bias_base, row_shift = bias_rows(bias_ptr, b.to(tl.int64), h.to(tl.int64), table_rows, s_bias_b, s_bias_h, BIAS)
     beta_max = 0.0
-    bias_base = bias_ptr
-    if BIAS == 1:
-        row_shift = tl.load(bias_ptr + h) * 1.4426950408889634  # log2(e)
     if BIAS == 2:
-        bias_base = bias_ptr + h * table_rows
         beta_max = abs_max(bias_base, table_rows, BLOCK_M)
-    if BIAS == 3 or BIAS == 4:
-        bias_base = bias_ptr + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
     bound = tl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
     vscale = tl.zeros([DVP], dtype=tl.float32)
     scale_out = vscale

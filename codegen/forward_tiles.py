@@ -175,6 +175,24 @@ def attend_rows(
 
 
 @triton.jit
+def bias_rows(bias_ptr, b64, h64, table_rows, s_bias_b, s_bias_h, BIAS: tl.constexpr):
+    """``(bias_base, row_shift)``: the bias pointer of head ``h64`` of batch ``b64`` the loop reads.
+
+    ``row_shift``: a per-head bias in log2 units; it shifts every score of the row, so only the lse
+    takes it.
+    """
+    row_shift = 0.0
+    bias_base = bias_ptr
+    if BIAS == 1:
+        row_shift = tl.load(bias_ptr + h64) * 1.4426950408889634  # log2(e)
+    if BIAS == 2:
+        bias_base = bias_ptr + h64 * table_rows
+    if BIAS == 3 or BIAS == 4:
+        bias_base = bias_ptr + b64 * s_bias_b + h64 * s_bias_h
+    return bias_base, row_shift
+
+
+@triton.jit
 def store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, out_rows, row_mask, scale_out,
                DV: tl.constexpr, DVP: tl.constexpr, PV_INT8: tl.constexpr):
     """out = acc / l (or acc * step for the 8-bit P.V) and the natural-log lse of the rows."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .forward_tiles import attend_rows, sign_tile, store_rows
+from .forward_tiles import attend_rows, bias_rows, sign_tile, store_rows
 from .tiles import load_signs
 
 
@@ -91,15 +91,8 @@ def _binary_attn_fwd_v2_kernel(
     else:
         c_rows = tl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0) * scale_log2
         b_max = tl.load(bmax_ptr + bh)
-    row_shift = 0.0  # a per-head bias shifts every score of the row: folded into the lse only
+    bias_base, row_shift = bias_rows(bias_ptr, b64, h64, table_rows, s_bias_b, s_bias_h, BIAS)
     beta_max = 0.0
-    bias_base = bias_ptr
-    if BIAS == 1:
-        row_shift = tl.load(bias_ptr + h) * 1.4426950408889634  # log2(e)
-    if BIAS == 2:
-        bias_base = bias_ptr + h * table_rows
-    if BIAS == 3 or BIAS == 4:
-        bias_base = bias_ptr + b64 * s_bias_b + h64 * s_bias_h
     if BETA_MAX:
         beta_max = tl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
     bound = tl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|

@@ -135,15 +135,20 @@ def test_fully_masked_row_is_nan_like_the_reference(helpers):
 
 
 def test_auto_variant_takes_v2_for_a_table_bias(helpers):
-    """"auto" runs v2 (0-word bits without save_bits) for a table bias, and v1 for int8 P.V or no table."""
+    """"auto" runs v2 (0-word bits without save_bits) for a table bias and mean_abs at power-of-two D."""
     q, k, v, a, b, bias, spec = helpers.make_call(bias_kind="table")
     spec = _with(spec, save_bits=False)
-    assert configs.auto_forward_variant(spec) == "v2"
+    dim = q.shape[-1]
+    assert configs.auto_forward_variant(spec, dim) == "v2"
     assert forward(q, k, v, a, b, bias, spec, variant="auto")[2].shape[-1] == 0
     _check(forward(q, k, v, a, b, bias, spec, variant="auto"), reference.forward(q, k, v, a, b, bias, spec),
            spec, helpers.rel_err)
-    assert configs.auto_forward_variant(_with(spec, pv_quant="int8")) == "v1"
-    assert configs.auto_forward_variant(_with(spec, bias_kind="none")) == "v1"
+    assert configs.auto_forward_variant(_with(spec, pv_quant="int8"), dim) == "v1"
+    plain = _with(spec, bias_kind="none")
+    assert configs.auto_forward_variant(plain, 40) == "v1"  # padded to 64: v1 measured faster (DiT D 72)
+    assert configs.auto_forward_variant(_with(plain, weighting="token"), 64) == "v1"  # not measured on v2
+    assert configs.auto_forward_variant(_with(plain, weighting="mean_abs"), 64) == "v2"
+    assert configs.auto_forward_variant(_with(plain, weighting="mean_abs"), 72) == "v1"
 
 
 def test_variant_switch_is_read_per_call(helpers, monkeypatch):
