@@ -131,7 +131,7 @@ def record_call(shape, mode: str, weighting: str, backward: bool, variant: str |
         if backward:
             needs = (True, True, True, a is not None, b is not None, False)
             run_backward(torch.empty_like(out), v, None, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, spec,
-                         dim, needs, config=bwd_config)
+                         dim, needs, config=bwd_config, out=out)
     return Recorder.launches
 
 
