@@ -15,7 +15,7 @@ from .prologue import unpack_signs
 
 @dataclass(frozen=True)
 class _Plan:
-    """Which gradients the kernels form for one call (``needs`` folded with the mode)."""
+    """Which gradients the kernels form for one call (``needs`` folded with the mode) and where."""
 
     dq: bool  # the STE matrix term of dq
     dk: bool
@@ -23,28 +23,42 @@ class _Plan:
     db: bool
     dv: bool
     bias_grad: int  # 0 none, 1 head (per-row sums), 2 table, 3 dense
+    delta_given: bool  # delta_i = dO_i . O_i from the output, not from the query kernel
+    da_by_keys: bool  # only sum_i da_i is needed (mean_abs chain): the key kernel forms it per key
+
+    @property
+    def da_rows(self) -> bool:
+        return self.da and not self.da_by_keys
 
     @property
     def key_side(self) -> bool:
-        return self.dv or self.db or self.dk or self.bias_grad >= 2
+        return self.dv or self.db or self.dk or self.bias_grad >= 2 or self.da_by_keys
 
     @property
     def query_side(self) -> bool:
+        if self.delta_given:
+            return self.dq or self.da_rows or self.bias_grad == 1
         return self.dq or self.da or self.bias_grad == 1 or self.db or self.dk or self.bias_grad >= 2
 
 
-def _plan(spec, needs) -> _Plan:
+def _plan(spec, needs, has_out: bool) -> _Plan:
     ste = spec.grad_mode == "ste"
     chain = spec.weighting == "mean_abs" and spec.grad_mode != "stopgrad"
     kind = spec.bias_kind
     bias_grad = {"head": 1, "table": 2, "dense": 3}.get(kind, 0) if needs[5] else 0
+    dq = ste and needs[0]
+    da = needs[3] or (chain and needs[0])
+    delta_given = has_out and spec.pv_quant == "none"  # 8-bit P.V: O is not sum_j p_ij V_j
     return _Plan(
-        dq=ste and needs[0],
+        dq=dq,
         dk=ste and needs[1],
-        da=needs[3] or (chain and needs[0]),
+        da=da,
         db=needs[4] or (chain and needs[1]),
         dv=needs[2],
         bias_grad=bias_grad,
+        delta_given=delta_given,
+        da_by_keys=(delta_given and da and not dq and not needs[3] and spec.weighting == "mean_abs"
+                    and bias_grad != 1),  # a head bias runs the query kernel anyway
     )
 
 
@@ -110,18 +124,14 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     """
     bsz, heads, n = lse.shape
     m, dim_v = v.shape[2], v.shape[-1]
-    plan = _plan(spec, needs)
-    delta_given = out is not None and spec.pv_quant == "none"  # 8-bit P.V: O is not sum_j p_ij V_j
-    da_by_keys = (delta_given and plan.da and not plan.dq and not needs[3] and spec.weighting == "mean_abs"
-                  and plan.bias_grad != 1)
-    query_side = (plan.dq or (plan.da and not da_by_keys) or plan.bias_grad == 1) if delta_given else plan.query_side
+    plan = _plan(spec, needs, out is not None)
     q_signs = unpack_signs(qbits, head_dim)  # (B, H, N, DP) int8
     k_signs = unpack_signs(kbits, head_dim)  # (B, H, M, DP) int8
     dev = v.device
     f32 = dict(dtype=torch.float32, device=dev)
-    delta = _row_dots(out, grad_out) if delta_given else torch.empty(bsz, heads, n, **f32)
-    da = torch.empty(bsz, heads, n, 1, **f32) if plan.da and not da_by_keys else None
-    da_cols = torch.empty(bsz, heads, m, 1, **f32) if da_by_keys else None
+    delta = _row_dots(out, grad_out) if plan.delta_given else torch.empty(bsz, heads, n, **f32)
+    da = torch.empty(bsz, heads, n, 1, **f32) if plan.da_rows else None
+    da_cols = torch.empty(bsz, heads, m, 1, **f32) if plan.da_by_keys else None
     db = torch.empty(bsz, heads, m, 1, **f32) if plan.db else None
     dq = torch.empty(bsz, heads, n, head_dim, **f32) if plan.dq else None
     dk = torch.empty(bsz, heads, m, head_dim, **f32) if plan.dk else None
@@ -139,27 +149,28 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     bias_t = beta.tensor if beta.tensor is not None else delta
     rows_sum = torch.empty(bsz, heads, n, **f32) if plan.bias_grad == 1 else None
     sign_strides = (n * dp, dp, m * dp, dp)
-    if query_side:
+    if plan.query_side:
         torch.library.wrap_triton(_binary_attn_bwd_q_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
             q_signs, k_signs, v, grad_out, lse, a, b, bias_t, vscale, vstep, qclip if plan.dq else delta,
-            delta, da if da is not None else delta, dq if plan.dq else delta, rows_sum if rows_sum is not None else delta,
+            delta, da if plan.da_rows else delta, dq if plan.dq else delta,
+            rows_sum if rows_sum is not None else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, qclip.shape[-1],
             heads, n, m, spec.scale, beta.rows, *beta.grid,
-            NEED_DA=da is not None, NEED_DQ=plan.dq, HEAD_DBIAS=plan.bias_grad == 1, DELTA_GIVEN=delta_given,
+            NEED_DA=plan.da_rows, NEED_DQ=plan.dq, HEAD_DBIAS=plan.bias_grad == 1, DELTA_GIVEN=plan.delta_given,
             **common,
         )
     gbias, gstrides = _bias_grad_buffer(bias, beta, plan, (bsz, heads, n, m))
-    if plan.key_side or da_by_keys:
+    if plan.key_side:
         torch.library.wrap_triton(_binary_attn_bwd_k_kernel)[(triton.cdiv(m, cfg.block_m), bsz * heads)](
             q_signs, k_signs, v, grad_out, lse, delta, a, b, bias_t, gbias if gbias is not None else delta,
             vscale, vstep, kclip if plan.dk else delta, dv if plan.dv else delta, dk if plan.dk else delta,
-            db if plan.db else delta, da_cols if da_by_keys else delta,
+            db if plan.db else delta, da_cols if plan.da_by_keys else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, *gstrides, kclip.shape[-1],
             heads, n, m, spec.scale, beta.rows, *beta.grid,
             NEED_DV=plan.dv, NEED_DB=plan.db, NEED_DK=plan.dk, BIAS_GRAD=plan.bias_grad if plan.bias_grad >= 2 else 0,
-            NEED_DA_COLS=da_by_keys, **common,
+            NEED_DA_COLS=plan.da_by_keys, **common,
         )
-    dq = _with_chain(dq, da_cols if da_by_keys else da, q_signs, n, head_dim, spec, needs[0])
+    dq = _with_chain(dq, da_cols if plan.da_by_keys else da, q_signs, n, head_dim, spec, needs[0])
     dk = _with_chain(dk, db, k_signs, m, head_dim, spec, needs[1])
     dbias = _finish_bias_grad(bias, plan, gbias, rows_sum)
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, dbias

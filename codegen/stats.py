@@ -102,14 +102,16 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
     sum_abs = spec.weighting == "mean_abs"
     sums = torch.zeros(bsz, heads, **f32) if sum_abs else None
     maxes = torch.zeros(bsz, heads, **f32) if eff else None
-    sign_t = torch.empty(bsz, heads, length, padded_dim(dim), dtype=torch.int8, device=dev) if signs else None
+    sign_shape = (bsz, heads, length, padded_dim(dim))
+    sign_t = torch.empty(sign_shape, dtype=torch.int8, device=dev) if signs else None
     dummy = bits if words else torch.empty(1, dtype=torch.int32, device=dev)
     fdummy = torch.empty(1, **f32)
     given_t = given.to(torch.float32).contiguous() if given is not None else fdummy
     grid = (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads)
     torch.library.wrap_triton(_stats_kernel)[grid](
         x, *x.stride(),
-        bits if words else dummy, clip if clip_words else dummy, sign_t if signs else dummy, eff_rows if eff else fdummy, given_t,
+        bits if words else dummy, clip if clip_words else dummy, sign_t if signs else dummy,
+        eff_rows if eff else fdummy, given_t,
         sums if sum_abs else fdummy, maxes if eff else fdummy,
         heads, length, round_to_dtype(spec.ste_clip, x.dtype),
         D=dim, DP=padded_dim(dim), W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
