@@ -8,8 +8,9 @@ import triton
 import triton.language as tl
 
 from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel, _row_dot_kernel
-from .configs import PROLOGUE_ROWS, DOT_BF16, DOT_FP32, backward_config, dot_kind, padded_dim
+from .configs import PROLOGUE_ROWS, padded_dim
 from .operands import bias_operand, value_scales
+from .plan import BackwardPlan, CallFacts, DeviceFacts, KernelOptions, plan_backward
 from .prologue import unpack_signs
 
 
@@ -107,14 +108,31 @@ def _row_dots(out, grad_out):
     return delta
 
 
-def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs, *, config=None,
-             out=None):
+def backward_plan(grad_out, v, bias, head_dim: int, m: int, spec, options: KernelOptions) -> BackwardPlan:
+    """The call's ``BackwardPlan``.
+
+    Raises:
+        ValueError: the kernels cannot run the call (the plan's reason; callers ask first).
+    """
+    bsz, heads, n, _ = grad_out.shape
+    call = CallFacts(bsz, heads, n, m, head_dim, v.shape[-1], grad_out.dtype,
+                     max(int(t.numel()) for t in (grad_out, v) + ((bias,) if bias is not None else ())),
+                     any(int(t.numel()) == 0 for t in (grad_out, v)))
+    plan = plan_backward(call, spec, DeviceFacts.of(grad_out.device), options)
+    if isinstance(plan, str):
+        raise ValueError(f"the fused backward cannot run this call: {plan}")
+    return plan
+
+
+def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs,
+             options: KernelOptions | None = None, *, config=None, out=None):
     """Fused backward with the contract of ``bitlower.reference_backward.backward``.
 
     Args:
         grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip,
             a, b: what the forward saved; spec: the ``CallSpec``; head_dim: ``D``; needs: six bools
-            for ``(q, k, v, a_in, b_in, bias)``; config: a ``TileConfig`` overriding the table.
+            for ``(q, k, v, a_in, b_in, bias)``; options: the call's ``KernelOptions``; config: a
+            ``TileConfig`` (shorthand for ``KernelOptions(backward_tiles=config.text)``).
         out: the forward's output, or None. Given (and ``pv_quant`` "none"), ``delta_i = dO_i . O_i``
             replaces the query kernel's pass over the scores, and a ``mean_abs`` call without dq runs
             no query kernel at all (the chain's ``sum_i da_i`` comes from the key kernel).
@@ -139,12 +157,14 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
     vscale, vstep = value_scales(v) if spec.pv_quant == "int8" else (delta, delta)
     dp, dvp = padded_dim(head_dim), padded_dim(dim_v)
-    cfg = config or backward_config(n, m, dp, dvp, grad_out.dtype)
-    dot = dot_kind(grad_out.dtype)
+    if options is None:
+        options = KernelOptions(backward_tiles=config.text if config else "")
+    kplan = backward_plan(grad_out, v, bias, head_dim, m, spec, options)
+    cfg = kplan.tiles
     common = dict(
         D=head_dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BIAS=beta.code,
-        HAS_PREFIX=beta.has_prefix, FROM_BITS=False, PV_INT8=spec.pv_quant == "int8", DOT=dot,
-        DS_DOT=DOT_FP32 if dot == DOT_FP32 else DOT_BF16, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        HAS_PREFIX=beta.has_prefix, FROM_BITS=False, PV_INT8=spec.pv_quant == "int8", DOT=kplan.dot,
+        DS_DOT=kplan.ds_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     bias_t = beta.tensor if beta.tensor is not None else delta
     rows_sum = torch.empty(bsz, heads, n, **f32) if plan.bias_grad == 1 else None

@@ -1,23 +1,14 @@
 """Launch configurations: tile sizes, warps and pipeline depth per shape (a measured table).
 
-Under the Triton interpreter (``TRITON_INTERPRET=1``, CI without a GPU) one small config is used
-and dots run on float32 operands (the interpreter's bf16 dot is not exact).
+``codegen.plan`` is the only caller: it picks the table (or, under the Triton interpreter, one
+small config with float32 dots: the interpreter's bf16 dot is not exact) and applies overrides.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
-# Which forward `codegen.forward` runs: "v1" (prologue + int8 Q/K signs, scalars finalised in the
-# kernel), "v2" (stats pass with int8 signs, precomputed maxima, dense table bias), or "auto"
-# (`auto_forward_variant`). Round 4 (benchmarks/kernel_notes.md, both with int8 Q signs): v2 is faster
-# for mean_abs at D 64/128 (ViT-S 0.136 vs 0.144 ms, N 1024 0.150 vs 0.164, N 4096 0.611 vs 0.639,
-# D 128 0.967 vs 0.996) and slower at DiT D 72 (0.226 vs 0.207); v2 with a table bias is 1.2-4.8x
-# faster than v1's in-kernel gather (round 2).
-FORWARD_VARIANT = "auto"
-FORWARD_VARIANTS = ("auto", "v1", "v2")
 # v2 mean_abs inference can reduce the head's sum|q|, sum|k| inside every program (no stats pass).
 # Measured slower than the stats pass at every shape on the H100 (ViT-S 0.170 vs 0.157 ms, N 1024
 # 0.240 vs 0.182): off (N <= 0 never holds); the path stays selectable through `head_sums=True`.
@@ -37,23 +28,6 @@ PROLOGUE_ROWS = 64  # rows per prologue program (memory-bound: 64 x D elements i
 PROLOGUE_WARPS = 4
 
 
-def interpreting() -> bool:
-    """True when kernels run under the Triton interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def auto_forward_variant(spec, dim: int) -> str:
-    """The forward variant "auto" runs for a call of head dim ``dim`` (the faster one as measured).
-
-    v2 for a table bias and for ``mean_abs`` at a power-of-two ``dim`` (no padding); else v1.
-    """
-    if spec.pv_quant != "none":
-        return "v1"
-    if spec.bias_kind == "table":
-        return "v2"
-    return "v2" if spec.weighting == "mean_abs" and padded_dim(dim) == dim else "v1"
-
-
 def padded_dim(dim: int) -> int:
     """Next power of two >= dim, at least 32 (the int8 tensor-core dot needs K >= 32)."""
     return max(32, 1 << (dim - 1).bit_length())
@@ -68,6 +42,11 @@ class TileConfig:
     num_warps: int
     num_stages: int
 
+    @property
+    def text(self) -> str:
+        """``"BNxBMxWxS"``, the form ``KernelOptions`` carries."""
+        return f"{self.block_n}x{self.block_m}x{self.num_warps}x{self.num_stages}"
+
 
 INTERPRETER_CONFIG = TileConfig(16, 16, 1, 1)
 
@@ -75,13 +54,14 @@ INTERPRETER_CONFIG = TileConfig(16, 16, 1, 1)
 FP32_CONFIG = TileConfig(32, 32, 4, 1)  # float32 operands: 2x the shared memory of bf16 tiles
 
 
-def forward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype, bias_code: int = 0) -> TileConfig:
-    """Forward tiles per shape (H100 table; see benchmarks/kernel_notes.md)."""
-    if interpreting():
-        return INTERPRETER_CONFIG
+def forward_table(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype, loaded_bias: bool) -> TileConfig:
+    """v1 forward tiles per shape (H100 table; see benchmarks/kernel_notes.md).
+
+    ``loaded_bias``: a table, dense or mask bias tile is loaded beside the K tile.
+    """
     if dtype == torch.float32:
         return FP32_CONFIG
-    if bias_code >= 2 and max(dim_p, dim_vp) >= 128:
+    if loaded_bias and max(dim_p, dim_vp) >= 128:
         # a gathered/loaded bias tile at D 128 with 128x64, 8 warps, 3 stages asked 296 KB of shared
         # memory (limit 227 KB, H100): halve the query tile and the pipeline
         return TileConfig(64, 64, 4, 2)
@@ -97,28 +77,24 @@ def forward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype, 
     return TileConfig(128, 64, 4, 3)
 
 
-def forward_v2_config(n: int, dim_p: int, dim_vp: int, dtype: torch.dtype, bias_code: int = 0) -> TileConfig:
-    """Round-2 forward tiles (predictions from the §6 probe's 128x64 / 4 warps / 3 stages; unmeasured).
+def forward_v2_table(n: int, dim_p: int, dim_vp: int, dtype: torch.dtype, loaded_bias: bool) -> TileConfig:
+    """v2 forward tiles: 128x64 / 4 warps / 3 stages (the round-2 sweep: best at N 1024 and 4096).
 
-    The K tile is bf16 here (2x the int8 tile of v1), so D >= 128 takes 8 warps (a 128 x 128 float32
-    accumulator is 128 registers/thread in 4 warps) and a bias tile at D >= 128 halves the query tile.
+    D >= 128 takes 8 warps (a 128 x 128 float32 accumulator is 128 registers/thread in 4 warps) and a
+    loaded bias tile at D >= 128 halves the query tile (shared memory).
     """
-    if interpreting():
-        return INTERPRETER_CONFIG
     if dtype == torch.float32:
         return FP32_CONFIG
     widest = max(dim_p, dim_vp)
-    if widest >= 256 or (bias_code >= 2 and widest >= 128):
+    if widest >= 256 or (loaded_bias and widest >= 128):
         return TileConfig(64, 64, 4, 2)
     if widest >= 128:
         return TileConfig(128, 64, 8, 3)
     return TileConfig(128, 64, 4, 3)
 
 
-def backward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype) -> TileConfig:
+def backward_table(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype) -> TileConfig:
     """Backward tiles per shape; ``block_n`` query rows, ``block_m`` key rows per program side."""
-    if interpreting():
-        return INTERPRETER_CONFIG
     if dtype == torch.float32:
         return FP32_CONFIG
     if max(dim_p, dim_vp) >= 256:
@@ -130,11 +106,4 @@ def backward_config(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype)
     return TileConfig(64, 64, 4, 3)
 
 
-DOT_FP32, DOT_FP16, DOT_BF16 = 0, 1, 2  # constexpr codes of the floating dot operand type
-
-
-def dot_kind(dtype: torch.dtype) -> int:
-    """Operand type code of the floating dots for inputs of ``dtype`` (float32 under the interpreter)."""
-    if interpreting() or dtype == torch.float32:
-        return DOT_FP32
-    return DOT_FP16 if dtype == torch.float16 else DOT_BF16
+DOT_FP32, DOT_FP16, DOT_BF16 = 0, 1, 2  # constexpr codes of the floating dot operand type (tiles.fdot)

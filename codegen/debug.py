@@ -1,12 +1,80 @@
-"""Debug path: the integer scores ``h`` exactly as the attention kernels form them (for tests)."""
+"""Debug paths: the integer scores ``h`` exactly as the attention kernels form them, and a memory
+checker for kernels run under the Triton interpreter (tests)."""
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from .configs import padded_dim
 from .tiles import load_signs
+
+
+class OutOfBounds(RuntimeError):
+    """A kernel under the interpreter touched memory outside every tensor of its launch."""
+
+
+@contextlib.contextmanager
+def checked_memory() -> Iterator[list[str]]:
+    """Check every unmasked lane of every load and store of interpreted kernels against the launch's tensors.
+
+    Under ``TRITON_INTERPRET=1`` a kernel reads raw CPU addresses; an address past its tensor reads
+    whatever lies there (garbage, or a crash on the GPU). Inside this context each launch records the
+    storage ranges of its tensor arguments, and a lane whose mask is on must lie inside one of them, or
+    ``OutOfBounds`` (wrapped in Triton's ``InterpreterError``) names the kernel and the addresses.
+    Yields the names of the kernels launched, in order.
+
+    Raises:
+        RuntimeError: not under the Triton interpreter.
+    """
+    from triton.runtime import interpreter as interp
+
+    if not isinstance(interp.interpreter_builder, interp.InterpreterBuilder):
+        raise RuntimeError("checked_memory needs TRITON_INTERPRET=1")
+    builder, executor = interp.interpreter_builder, interp.GridExecutor
+    ranges: list[tuple[int, int]] = []
+    launched: list[str] = []
+    init, load, store = executor._init_args_hst, builder.create_masked_load, builder.create_masked_store
+
+    def record(self, args_dev, kwargs):
+        args_hst, kwargs_hst = init(self, args_dev, kwargs)
+        ranges.clear()
+        for arg in (*args_hst, *kwargs_hst.values()):
+            if isinstance(arg, torch.Tensor):
+                storage = arg.untyped_storage()
+                ranges.append((storage.data_ptr(), storage.data_ptr() + storage.nbytes()))
+        launched.append(self.fn.__name__)
+        return args_hst, kwargs_hst
+
+    def check(ptrs, mask, what):
+        addr = np.asarray(ptrs.data).astype(np.uint64)
+        live = addr[np.broadcast_to(np.asarray(mask.data), addr.shape)]
+        size = np.dtype(interp._get_np_dtype(ptrs.get_element_ty())).itemsize
+        inside = np.zeros(live.shape, dtype=bool)
+        for lo, hi in ranges:
+            inside |= (live >= lo) & (live + size <= hi)
+        if not inside.all():
+            raise OutOfBounds(f"{what} outside its tensors in {launched[-1]}: {int((~inside).sum())} lanes")
+
+    def checked_load(ptrs, mask, other, *rest):
+        check(ptrs, mask, "load")
+        return load(ptrs, mask, other, *rest)
+
+    def checked_store(ptrs, value, mask, *rest):
+        check(ptrs, mask, "store")
+        return store(ptrs, value, mask, *rest)
+
+    executor._init_args_hst = record
+    builder.create_masked_load, builder.create_masked_store = checked_load, checked_store
+    try:
+        yield launched
+    finally:
+        executor._init_args_hst = init
+        builder.create_masked_load, builder.create_masked_store = load, store
 
 
 @triton.jit

@@ -1,70 +1,69 @@
-"""Launcher of the binary-attention forward: prologue, strides, grid and config choice."""
+"""Launcher of the binary-attention forward: asks the plan, runs the v1 prologue and kernel, or hands on.
+
+``forward`` is the entry of every forward launch: it takes the call's ``ForwardPlan`` (or asks
+``plan.plan_forward`` for one) and runs the kernel family it names: ``"v1"`` here, ``"v2"`` in
+``forward_v2``, ``"hopper"`` in ``codegen/hopper`` (``hopper_forward``).
+"""
 from __future__ import annotations
 
 import torch
 import triton
 
-from . import configs
-from .configs import DEFAULT_LIMIT, FORWARD_VARIANTS, STATIC_LIMIT, dot_kind, forward_config, padded_dim
+from .configs import DEFAULT_LIMIT, STATIC_LIMIT, padded_dim
 from .forward_kernel import _binary_attn_fwd_kernel
 from .forward_v2 import forward_v2
 from .operands import bias_operand, value_scales
+from .plan import ForwardPlan, KernelOptions, forward_plan
 from .prologue import sign_pack
 from .tiles import LOG2E
 
 
-def k_signs_from_bits(n: int, m: int) -> bool:
-    """Whether the forward unpacks K's signs from the packed bits (else an int8 sign tensor).
-
-    The bits are 1/8 of the int8 tensor's bytes but cost shift/and work per key tile and query
-    block; see benchmarks/kernel_notes.md for the measurement behind the choice.
-    """
-    return False
-
-
-def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, static_max: bool = True,
-            config=None, variant: str | None = None):
+def forward(q, k, v, a, b, bias, spec, options: KernelOptions | None = None, *, plan: ForwardPlan | None = None,
+            variant: str | None = None, config=None, static_max: bool = True, k_from_bits: bool = False):
     """Fused forward with the contract of ``bitlower.reference.forward``.
-
-    ``variant`` (None: ``configs.FORWARD_VARIANT``; "auto": ``configs.auto_forward_variant``) picks "v1" (this module's prologue + kernel) or
-    "v2" (``forward_v2``: signs from the floating q/k in the main kernel, no int8 sign tensor; bits
-    only when ``spec.save_bits``). v2 covers ``pv_quant == "none"``; other calls run v1.
 
     Args:
         q, k, v: ``(B, H, N, D)``, ``(B, H, M, D)``, ``(B, H, M, Dv)``; any strides; one dtype
-            among float16/bfloat16/float32 (``codegen.unsupported_reason`` checks the call).
+            among float16/bfloat16/float32 (``plan.plan_forward`` checks the call).
         a, b: ``(B, H, N)`` / ``(B, H, M)`` scalars for ``token`` weighting, else None.
         bias: the bias of ``spec.bias_kind``.
         spec: the call's ``CallSpec``.
-        k_from_bits: force the K sign source (tests and benchmarks); None picks per shape.
-        static_max: allow the static row maximum (False forces the online softmax).
-        config: a ``TileConfig`` overriding the table (tuning sweeps).
-        variant: "auto", "v1" or "v2"; None for ``configs.FORWARD_VARIANT``.
+        options: the call's ``KernelOptions`` (the operator's ``kernel_options``).
+        plan: a ``ForwardPlan`` already made for this call (else made here from ``options``).
+        variant, config, static_max: shorthands for ``KernelOptions(forward=variant,
+            forward_tiles=config.text, static_max=static_max)`` (tests, benchmarks).
+        k_from_bits: v1 reads K's signs from the packed bits instead of the int8 tensor (measured 5-9x
+            slower, benchmarks/kernel_notes.md attempt 1; kept as a test of ``load_signs``).
 
     Returns:
-        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference.
-
-    Raises:
-        ValueError: an unknown ``variant``.
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference (v2: bits with 0 words
+        unless ``spec.save_bits``).
     """
-    variant = configs.FORWARD_VARIANT if variant is None else variant  # read per call: switchable
-    if variant not in FORWARD_VARIANTS:
-        raise ValueError(f"variant must be one of {FORWARD_VARIANTS}, got {variant!r}")
-    if variant == "auto":
-        variant = configs.auto_forward_variant(spec, q.shape[-1])
-    if variant == "v2" and spec.pv_quant == "none":
-        return forward_v2(q, k, v, a, b, bias, spec, static_max=static_max, config=config)
+    if plan is None:
+        if options is None:
+            options = KernelOptions(forward=variant or "auto", forward_tiles=config.text if config else "",
+                                    static_max=static_max)
+        plan = forward_plan(q, k, v, bias, spec, options)
+    if plan.kernel == "v2":
+        return forward_v2(q, k, v, a, b, bias, spec, plan)
+    if plan.kernel == "hopper":
+        from .hopper import hopper_forward
+
+        return hopper_forward(q, k, v, a, b, bias, spec, plan)
+    return _forward_v1(q, k, v, a, b, bias, spec, plan, k_from_bits)
+
+
+def _forward_v1(q, k, v, a, b, bias, spec, plan: ForwardPlan, k_from_bits: bool):
+    """Prologue (signs, bits, sums) of q and k, then the v1 kernel."""
     bsz, heads, n, dim = q.shape
     m, dim_v = k.shape[2], v.shape[-1]
-    if k_from_bits is None:
-        k_from_bits = k_signs_from_bits(n, m)
     qbits, qclip, q_signs, a_eff, q_sums = sign_pack(q, a, spec, signs=True)
     kbits, kclip, k_signs, b_eff, k_sums = sign_pack(k, b, spec, signs=not k_from_bits)
     ks = kbits if k_from_bits else k_signs
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
     lse = torch.empty(bsz, heads, n, dtype=torch.float32, device=q.device)
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
-    cfg = config or forward_config(n, m, padded_dim(dim), padded_dim(dim_v), v.dtype, beta.code)
+    cfg = plan.tiles
     pv_int8 = spec.pv_quant == "int8"
     vscale, vstep = value_scales(v) if pv_int8 else (lse, lse)
     dp, dvp = padded_dim(dim), padded_dim(dim_v)
@@ -78,8 +77,8 @@ def forward(q, k, v, a, b, bias, spec, *, k_from_bits: bool | None = None, stati
         heads, n, m, spec.scale * LOG2E, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
         D=dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
         MEAN_ABS=spec.weighting == "mean_abs", BIAS=beta.code, HAS_PREFIX=beta.has_prefix,
-        STATIC_MAX=static_max and spec.bias_kind != "dense", LIMIT=limit, P_OFFSET=offset,
-        PV_INT8=pv_int8, K_FROM_BITS=k_from_bits, DOT=dot_kind(v.dtype),
+        STATIC_MAX=plan.static_max, LIMIT=limit, P_OFFSET=offset,
+        PV_INT8=pv_int8, K_FROM_BITS=k_from_bits, DOT=plan.dot,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff

@@ -9,10 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import (DEFAULT_LIMIT, DENSE_TABLE_MAX_ELEMENTS, FUSED_SUMS_MAX_N, STATIC_LIMIT, dot_kind,
-                      forward_v2_config, padded_dim)
+from .configs import DEFAULT_LIMIT, DENSE_TABLE_MAX_ELEMENTS, FUSED_SUMS_MAX_N, STATIC_LIMIT, padded_dim
 from .forward_v2_kernel import _binary_attn_fwd_v2_kernel
 from .operands import BiasOperand, bias_operand
+from .plan import KernelOptions, forward_plan
 from .stats import head_stats
 from .tiles import BIAS_CODES, LOG2E, table_index
 
@@ -67,16 +67,16 @@ def _bias(bias, spec, shape4, table_dense: bool | None):
     return BiasOperand(BIAS_CODES["dense"], view, tuple(view.stride()), 0, (0, 0, 0)), beta_max
 
 
-def forward_v2(q, k, v, a, b, bias, spec, *, head_sums: bool | None = None, table_dense: bool | None = None,
-               static_max: bool = True, config=None):
+def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, head_sums: bool | None = None,
+               table_dense: bool | None = None, static_max: bool = True, config=None):
     """Round-2 fused forward (``pv_quant == "none"`` only; ``codegen.forward`` routes the rest to v1).
 
     Args:
         q, k, v, a, b, bias, spec: as ``codegen.forward``.
+        plan: the call's ``ForwardPlan`` (kernel "v2"); None makes one from ``static_max`` and ``config``.
         head_sums: reduce the mean_abs sums inside the main kernel (None: ``uses_head_sums``).
         table_dense: materialise a table bias densely (None: ``uses_dense_table``).
-        static_max: allow the static row maximum (False forces the online softmax).
-        config: a ``TileConfig`` overriding ``forward_v2_config``.
+        static_max, config: without ``plan``, ``KernelOptions(static_max=..., forward_tiles=config.text)``.
 
     Returns:
         ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference (bits with 0 words
@@ -87,6 +87,9 @@ def forward_v2(q, k, v, a, b, bias, spec, *, head_sums: bool | None = None, tabl
     """
     if spec.pv_quant != "none":
         raise ValueError("forward_v2 covers pv_quant 'none' only")
+    if plan is None:
+        options = KernelOptions(forward="v2", forward_tiles=config.text if config else "", static_max=static_max)
+        plan = forward_plan(q, k, v, bias, spec, options)
     bsz, heads, n, dim = q.shape
     m, dim_v = k.shape[2], v.shape[-1]
     mean_abs = spec.weighting == "mean_abs"
@@ -108,7 +111,7 @@ def forward_v2(q, k, v, a, b, bias, spec, *, head_sums: bool | None = None, tabl
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
     lse = torch.empty(bsz, heads, n, **f32)
     dp, dvp = padded_dim(dim), padded_dim(dim_v)
-    cfg = config or forward_v2_config(n, dp, dvp, v.dtype, beta.code)
+    cfg = plan.tiles
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     torch.library.wrap_triton(_binary_attn_fwd_v2_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
@@ -118,7 +121,7 @@ def forward_v2(q, k, v, a, b, bias, spec, *, head_sums: bool | None = None, tabl
         heads, n, m, spec.scale * LOG2E, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
         D=dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, MEAN_ABS=mean_abs,
         HEAD_SUMS=head_sums, BIAS=beta.code, HAS_PREFIX=beta.has_prefix, BETA_MAX=beta_max is not None,
-        STATIC_MAX=static_max and spec.bias_kind != "dense",  # no bound known for a caller's dense bias
-        LIMIT=limit, P_OFFSET=offset, DOT=dot_kind(v.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        STATIC_MAX=plan.static_max, LIMIT=limit, P_OFFSET=offset, DOT=plan.dot,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from bitlower import reference
-from bitlower.codegen import configs, forward
+from bitlower.codegen import forward
+from bitlower.codegen.plan import CallFacts, KernelOptions, auto_forward
 from bitlower.codegen.forward_v2 import dense_table, forward_v2
 from bitlower.codegen.stats import head_stats
 from bitlower.relpos import gather_table_bias
@@ -134,37 +135,38 @@ def test_fully_masked_row_is_nan_like_the_reference(helpers):
     assert torch.isnan(got[0][:, :, 3]).all() and torch.isneginf(got[1][:, :, 3]).all()
 
 
+def _auto(spec, dim):
+    return auto_forward(CallFacts(1, 1, 8, 8, dim, dim, torch.float32, 64, False), spec)
+
+
 def test_auto_variant_takes_v2_for_a_table_bias(helpers):
     """"auto" runs v2 (0-word bits without save_bits) for a table bias and mean_abs at power-of-two D."""
     q, k, v, a, b, bias, spec = helpers.make_call(bias_kind="table")
     spec = _with(spec, save_bits=False)
     dim = q.shape[-1]
-    assert configs.auto_forward_variant(spec, dim) == "v2"
+    assert _auto(spec, dim) == "v2"
     assert forward(q, k, v, a, b, bias, spec, variant="auto")[2].shape[-1] == 0
     _check(forward(q, k, v, a, b, bias, spec, variant="auto"), reference.forward(q, k, v, a, b, bias, spec),
            spec, helpers.rel_err)
-    assert configs.auto_forward_variant(_with(spec, pv_quant="int8"), dim) == "v1"
+    assert _auto(_with(spec, pv_quant="int8"), dim) == "v1"
     plain = _with(spec, bias_kind="none")
-    assert configs.auto_forward_variant(plain, 40) == "v1"  # padded to 64: v1 measured faster (DiT D 72)
-    assert configs.auto_forward_variant(_with(plain, weighting="token"), 64) == "v1"  # not measured on v2
-    assert configs.auto_forward_variant(_with(plain, weighting="mean_abs"), 64) == "v2"
-    assert configs.auto_forward_variant(_with(plain, weighting="mean_abs"), 72) == "v1"
+    assert _auto(plain, 40) == "v1"  # padded to 64: v1 measured faster (DiT D 72)
+    assert _auto(_with(plain, weighting="token"), 64) == "v1"  # not measured on v2
+    assert _auto(_with(plain, weighting="mean_abs"), 64) == "v2"
+    assert _auto(_with(plain, weighting="mean_abs"), 72) == "v1"
 
 
-def test_variant_switch_is_read_per_call(helpers, monkeypatch):
-    """configs.FORWARD_VARIANT picks the forward at call time; pv_quant int8 stays on v1; bad names raise."""
+def test_forward_option_is_an_argument(helpers):
+    """KernelOptions(forward=...) picks the forward per call; pv_quant int8 stays on v1; bad names raise."""
     q, k, v, a, b, bias, spec = helpers.make_call()
     spec = _with(spec, save_bits=False)
-    assert forward(q, k, v, a, b, bias, spec)[2].shape[-1] == 2  # v1 writes bits regardless (D 40: 2 words)
-    monkeypatch.setattr(configs, "FORWARD_VARIANT", "v2")
-    assert forward(q, k, v, a, b, bias, spec)[2].shape[-1] == 0
+    assert forward(q, k, v, a, b, bias, spec)[2].shape[-1] == 2  # auto at D 40 -> v1: bits regardless (2 words)
+    assert forward(q, k, v, a, b, bias, spec, KernelOptions(forward="v2"))[2].shape[-1] == 0
     quant = _with(spec, pv_quant="int8")
-    _check(forward(q, k, v, a, b, bias, quant), reference.forward(q, k, v, a, b, bias, quant),
-           _with(quant, save_bits=True), helpers.rel_err)
-    with pytest.raises(ValueError, match="variant"):
-        forward(q, k, v, a, b, bias, spec, variant="v3")
-    monkeypatch.setattr(configs, "FORWARD_VARIANT", "auto")
-    assert forward(q, k, v, a, b, bias, spec)[2].shape[-1] == 2  # auto: no table bias -> v1
+    _check(forward(q, k, v, a, b, bias, quant, KernelOptions(forward="v2")),
+           reference.forward(q, k, v, a, b, bias, quant), _with(quant, save_bits=True), helpers.rel_err)
+    with pytest.raises(ValueError, match="forward must be one of"):
+        KernelOptions(forward="v3")
     with pytest.raises(ValueError, match="head sums"):
         forward_v2(q, k, v, a, b, bias, _with(spec, save_bits=True), head_sums=True)
 

@@ -1,0 +1,287 @@
+"""The kernel plan: one pure function says which kernels run a call, with which tiles, or why none can.
+
+Inputs are data only: ``CallFacts`` (shapes, dtypes, strides, sizes of the operands, from real or fake
+tensors), the call's ``CallSpec``, ``DeviceFacts`` (where the tensors live, the compute capability) and
+``KernelOptions`` (overrides: a forward kernel, tile configs; they travel as an operator argument, so
+Inductor's caches key them). Nothing here reads a module attribute that callers flip or an environment
+variable. The op body (``bitlower.ops``), the backend's fallback count (``passes.kernel_fallback``),
+``explain``, the benchmarks and the tests all ask :func:`plan_forward` / :func:`plan_backward`.
+
+Forward kernels (``ForwardPlan.kernel``):
+- ``"v1"``: prologue (sign + pack + |x| sums) + ``forward_kernel`` (scalars finalised in the kernel, a
+  table bias gathered per score); the portable tl.dot path at non-power-of-two D and for 8-bit P.V.
+- ``"v2"``: stats pass + ``forward_v2_kernel`` (scalars and bias maxima precomputed, a table bias
+  materialised densely); measured faster for mean_abs at power-of-two D and for every table bias
+  (benchmarks/kernel_notes.md, rounds 2 and 4).
+- ``"hopper"``: the Gluon forward of ``codegen/hopper`` (compute capability 9.x), only when
+  ``KernelOptions(forward="hopper")`` asks for it and ``hopper_forward_unsupported`` accepts the call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .configs import (DOT_BF16, DOT_FP16, DOT_FP32, INTERPRETER_CONFIG, TileConfig, backward_table,
+                      forward_table, forward_v2_table, padded_dim)
+
+MIN_DIM, MAX_DIM = 16, 256  # head dims the tl.dot kernels take (int8 dot K >= 16; registers at 256)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_ELEMENTS = 2**31 - 1  # kernels index with int32 offsets inside one (batch, head)
+MAX_BATCH_HEADS = 65535  # grid axis 1 holds batch * heads
+FORWARD_CHOICES = ("auto", "v1", "v2", "hopper")
+
+
+@dataclass(frozen=True)
+class TileOverride:
+    """A ``TileConfig`` given as an override (hashable, encodable)."""
+
+    block_n: int
+    block_m: int
+    num_warps: int
+    num_stages: int
+
+    def config(self) -> TileConfig:
+        return TileConfig(self.block_n, self.block_m, self.num_warps, self.num_stages)
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Overrides of the plan for one call (benchmarks, sweeps, tests).
+
+    Args:
+        forward: ``"auto"`` (the measured choice), ``"v1"``, ``"v2"`` or ``"hopper"`` (sm_90 Gluon).
+        forward_tiles, backward_tiles: ``"BNxBMxWxS"`` tile configs replacing the table's.
+        static_max: False forces the online softmax in the forward.
+
+    Raises:
+        ValueError: an unknown forward name or a malformed tile string.
+
+    Example:
+        >>> KernelOptions.decode(KernelOptions(forward="v1", forward_tiles="64x32x4x2").encode()).forward
+        'v1'
+    """
+
+    forward: str = "auto"
+    forward_tiles: str = ""
+    backward_tiles: str = ""
+    static_max: bool = True
+
+    def __post_init__(self):
+        if self.forward not in FORWARD_CHOICES:
+            raise ValueError(f"forward must be one of {FORWARD_CHOICES}, got {self.forward!r}")
+        for name in ("forward_tiles", "backward_tiles"):
+            parse_tiles(getattr(self, name))
+
+    def encode(self) -> str:
+        """The operator argument: ``""`` for the defaults, else ``"key=value;..."`` of the changed fields."""
+        default = KernelOptions()
+        return ";".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self)
+                        if getattr(self, f.name) != getattr(default, f.name))
+
+    @classmethod
+    def decode(cls, text: str) -> "KernelOptions":
+        """Inverse of :meth:`encode`."""
+        values = dict(item.split("=", 1) for item in text.split(";") if item)
+        if "static_max" in values:
+            values["static_max"] = values["static_max"] == "True"
+        return cls(**values)
+
+
+def parse_tiles(text: str) -> TileConfig | None:
+    """``"BNxBMxWxS"`` -> ``TileConfig``; ``""`` -> None."""
+    if not text:
+        return None
+    parts = text.split("x")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"tile config must be 'BNxBMxWARPSxSTAGES', got {text!r}")
+    return TileConfig(*(int(p) for p in parts))
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    """Where a call's tensors live. Kernels on CPU tensors run only under the Triton interpreter."""
+
+    cuda: bool
+    capability: tuple[int, int] | None = None
+
+    @property
+    def interpreter(self) -> bool:
+        return not self.cuda
+
+    @classmethod
+    def of(cls, device: torch.device) -> "DeviceFacts":
+        if device.type != "cuda":
+            return cls(cuda=False)
+        cap = torch.cuda.get_device_capability(device) if torch.cuda.is_available() else None
+        return cls(cuda=True, capability=cap)
+
+
+@dataclass(frozen=True)
+class CallFacts:
+    """Shapes and dtypes of one call's operands (real or fake tensors; sizes at their traced values)."""
+
+    batch: int
+    heads: int
+    n: int
+    m: int
+    dim: int
+    dim_v: int
+    dtype: torch.dtype
+    largest: int  # elements of the largest operand
+    empty: bool
+
+    @classmethod
+    def of(cls, q, k, v, bias=None) -> "CallFacts":
+        tensors = [t for t in (q, k, v, bias) if t is not None]
+        return cls(int(q.shape[0]), int(q.shape[1]), int(q.shape[2]), int(k.shape[2]), int(q.shape[-1]),
+                   int(v.shape[-1]), v.dtype, max(int(t.numel()) for t in tensors),
+                   any(int(t.numel()) == 0 for t in tensors))
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """The forward launches of one call: kernel family, tiles, dot operand type, softmax form."""
+
+    kernel: str
+    tiles: TileConfig
+    dot: int
+    static_max: bool
+
+
+@dataclass(frozen=True)
+class BackwardPlan:
+    """The backward launches of one call: tiles and dot operand types (the gradients: ``backward._Plan``)."""
+
+    tiles: TileConfig
+    dot: int
+    ds_dot: int
+
+
+def dot_kind(dtype: torch.dtype, device: DeviceFacts) -> int:
+    """Operand type of the floating dots (float32 under the interpreter: its bf16 dot is not exact)."""
+    if device.interpreter or dtype == torch.float32:
+        return DOT_FP32
+    return DOT_FP16 if dtype == torch.float16 else DOT_BF16
+
+
+def _common_reason(call: CallFacts, spec, dims: dict[str, int]) -> str | None:
+    if call.dtype not in KERNEL_DTYPES:
+        return f"codegen kernels take float16/bfloat16/float32, got {call.dtype}"
+    if spec.weighting == "bilinear":
+        return "codegen kernels do not cover bilinear (two-plane) weighting"
+    for name, value in dims.items():
+        if not MIN_DIM <= value <= MAX_DIM:
+            return f"codegen kernels need {name} in [{MIN_DIM}, {MAX_DIM}], got {value}"
+    if call.batch * call.heads > MAX_BATCH_HEADS:
+        return f"codegen kernels take at most {MAX_BATCH_HEADS} batch*heads"
+    if call.largest > MAX_ELEMENTS:
+        return "codegen kernels index with int32: a tensor has more than 2**31 - 1 elements"
+    if call.empty:
+        return "codegen kernels need non-empty tensors"
+    return None
+
+
+def auto_forward(call: CallFacts, spec) -> str:
+    """The tl.dot forward measured faster for this call (benchmarks/kernel_notes.md, round 4).
+
+    v2 for a table bias (1.2-4.8x over v1's gather) and for ``mean_abs`` at a power-of-two D (ViT-S 0.136
+    vs 0.144 ms, N 4096 0.611 vs 0.639); v1 at padded D (DiT D 72: 0.207 vs 0.226) and for 8-bit P.V.
+    """
+    if spec.pv_quant != "none":
+        return "v1"
+    if spec.bias_kind == "table":
+        return "v2"
+    return "v2" if spec.weighting == "mean_abs" and padded_dim(call.dim) == call.dim else "v1"
+
+
+def _hopper_reason(call: CallFacts, spec, device: DeviceFacts) -> str | None:
+    """Why the Gluon Hopper forward cannot run this call (``codegen.hopper.hopper_forward_unsupported``)."""
+    if device.capability is None or device.capability[0] != 9:
+        return f"the hopper forward needs compute capability 9.x, got {device.capability}"
+    try:
+        from .hopper import hopper_forward_unsupported
+    except ImportError:
+        return "the hopper forward is not built (codegen/hopper)"
+    return hopper_forward_unsupported(call, spec, device)
+
+
+def plan_forward(call: CallFacts, spec, device: DeviceFacts, options: KernelOptions = KernelOptions()):
+    """The ``ForwardPlan`` of a call, or the reason (a str) why the kernels cannot run it."""
+    if not device.cuda and not device.interpreter:
+        return "codegen kernels need a CUDA tensor"
+    reason = _common_reason(call, spec, {"D": call.dim, "Dv": call.dim_v})
+    if reason is None and spec.bias_kind == "table" and call.n != call.m:
+        reason = "codegen table bias needs self-attention (N == M)"
+    if reason is not None:
+        return reason
+    kernel = auto_forward(call, spec) if options.forward == "auto" else options.forward
+    if kernel == "v2" and spec.pv_quant != "none":
+        kernel = "v1"  # v2 has no 8-bit P.V
+    if kernel == "hopper":
+        hopper = _hopper_reason(call, spec, device)
+        if hopper is not None:
+            return hopper
+    dp, dvp = padded_dim(call.dim), padded_dim(call.dim_v)
+    tiles = parse_tiles(options.forward_tiles) or _forward_tiles(kernel, call, spec, device, dp, dvp)
+    static = options.static_max and spec.bias_kind != "dense"  # no bound known for a caller's dense bias
+    return ForwardPlan(kernel, tiles, dot_kind(call.dtype, device), static)
+
+
+def _forward_tiles(kernel: str, call: CallFacts, spec, device: DeviceFacts, dp: int, dvp: int) -> TileConfig:
+    if device.interpreter:
+        return INTERPRETER_CONFIG
+    loaded_bias = spec.bias_kind in ("table", "dense", "mask")  # a bias tile staged with the K tile
+    if kernel == "v2":
+        return forward_v2_table(call.n, dp, dvp, call.dtype, loaded_bias)
+    return forward_table(call.n, call.m, dp, dvp, call.dtype, loaded_bias)
+
+
+def plan_backward(call: CallFacts, spec, device: DeviceFacts, options: KernelOptions = KernelOptions()):
+    """The ``BackwardPlan`` of a call, or the reason (a str) why the kernels cannot run it."""
+    reason = _common_reason(call, spec, {"D": call.dim, "Dv": call.dim_v})
+    if reason is not None:
+        return reason
+    dot = dot_kind(call.dtype, device)
+    dp, dvp = padded_dim(call.dim), padded_dim(call.dim_v)
+    tiles = parse_tiles(options.backward_tiles)
+    if tiles is None:
+        tiles = INTERPRETER_CONFIG if device.interpreter else backward_table(call.n, call.m, dp, dvp, call.dtype)
+    return BackwardPlan(tiles, dot, DOT_FP32 if dot == DOT_FP32 else DOT_BF16)
+
+
+def forward_plan(q, k, v, bias, spec, options: KernelOptions = KernelOptions()) -> ForwardPlan:
+    """The ``ForwardPlan`` of a call on tensors; raises where the plan gives a reason (callers ask first).
+
+    Raises:
+        ValueError: the kernels cannot run the call (the plan's reason).
+    """
+    plan = plan_forward(CallFacts.of(q, k, v, bias), spec, DeviceFacts.of(q.device), options)
+    if isinstance(plan, str):
+        raise ValueError(f"the fused forward cannot run this call: {plan}")
+    return plan
+
+
+def describe_call(tensors: dict, kwargs: dict) -> dict:
+    """``{"forward": kernel or "fallback: reason", "tiles": ...}`` of a ``binary_attention`` call (reports)."""
+    from bitlower.spec import CallSpec
+
+    q, k, v = tensors["q"], tensors["k"], tensors["v"]
+    kind = kwargs.get("bias_kind", "none")
+    spec = CallSpec(scale=1.0, weighting=kwargs.get("weighting", "mean_abs"), bias_kind=kind,
+                    grad_mode=kwargs.get("grad_mode", "ste"), pv_quant=kwargs.get("pv_quant", "none"))
+    call = CallFacts.of(q, k, v, tensors.get("bias"))
+    options = kwargs.get("kernel_options") or KernelOptions()
+    plan = plan_forward(call, spec, DeviceFacts.of(q.device), options)
+    if isinstance(plan, str):
+        return {"forward": f"fallback: {plan}"}
+    return {"forward": plan.kernel, "tiles": "x".join(str(x) for x in plan.tiles.__dict__.values())}
+
+
+def gpu_tiles(q, k, v, bias, spec, kernel: str) -> tuple[TileConfig, TileConfig]:
+    """(forward, backward) tiles the GPU table gives this call with forward ``kernel`` (interpreter tests)."""
+    gpu = DeviceFacts(cuda=True, capability=(9, 0))
+    call = CallFacts.of(q, k, v, bias)
+    fwd = plan_forward(call, spec, gpu, KernelOptions(forward=kernel))
+    bwd = plan_backward(call, spec, gpu)
+    return fwd.tiles, bwd.tiles
