@@ -5,7 +5,7 @@ shapes of SPEC §6? Every time is the median of CUDA-graph replays (``do_bench_c
 Python launch overhead is out of all rows alike. TFLOP/s-equivalent counts the flops of ordinary
 attention: forward ``4 B H N M D``, forward+backward ``14 B H N M D`` (QK^T, PV; backward 2.5x).
 
-``bitlower`` is the operator as a user calls it (forward variant picked by ``codegen.configs``).
+``bitlower`` is the operator as a user calls it (forward kernel picked by ``codegen.plan``).
 With ``--diagnostics``, round-2 rows (``bitlower_v2*``) time the forward variants of ``codegen.forward_v2`` beside the
 default choice, each after a correctness check on fresh random inputs with a
 NaN-poisoned output buffer against a float64 reference (a failing variant gets no time, only FAIL).
@@ -112,7 +112,7 @@ def _table_token_inputs(shape):
 def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
     """Round-2 forward variants beside the baseline: inference, training, table+token, tiles."""
     import bitlower
-    from bitlower.codegen import configs
+    from bitlower.codegen.plan import KernelOptions
     from bitlower.codegen.configs import TileConfig
     from bitlower.codegen.forward_v2 import forward_v2
     from bitlower.spec import CallSpec
@@ -125,12 +125,8 @@ def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
     train = CallSpec(scale=dim ** -0.5, save_bits=True)
     tt = CallSpec(scale=dim ** -0.5, weighting="token", bias_kind="table", grid=GRIDS[n], save_bits=False)
 
-    def op_v2(q, k, v, a, b, table):  # the operator with the default switched: what a user would get
-        old, configs.FORWARD_VARIANT = configs.FORWARD_VARIANT, "v2"
-        try:
-            return bitlower.binary_attention(q, k, v)
-        finally:
-            configs.FORWARD_VARIANT = old
+    def op_v2(q, k, v, a, b, table):  # the operator with the v2 forward asked for: what a user would get
+        return bitlower.binary_attention(q, k, v, kernel_options=KernelOptions(forward="v2"))
 
     def direct(spec, **kw):
         def run(q, k, v, a, b, table):
@@ -263,14 +259,10 @@ def _fwd_bwd_rows(shape, diagnostics: bool = False) -> dict:
     for mode in ("hamming", "ste"):
         timed(f"bitlower_{mode}", lambda q, k, v, m=mode: bitlower.binary_attention(q, k, v, grad_mode=m))
 
-    def v2(q, k, v, mode):  # v2 training forward (stats pass writes the bits) + the v1 backward
-        from bitlower.codegen import configs
+    def v2(q, k, v, mode):  # v2 training forward (stats pass writes the bits) + the backward
+        from bitlower.codegen.plan import KernelOptions
 
-        old, configs.FORWARD_VARIANT = configs.FORWARD_VARIANT, "v2"
-        try:
-            return bitlower.binary_attention(q, k, v, grad_mode=mode)
-        finally:
-            configs.FORWARD_VARIANT = old
+        return bitlower.binary_attention(q, k, v, grad_mode=mode, kernel_options=KernelOptions(forward="v2"))
     for mode in ("hamming", "ste") if diagnostics else ():
         timed(f"bitlower_v2_{mode}", lambda q, k, v, m=mode: v2(q, k, v, m))
     return rows

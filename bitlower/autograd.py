@@ -11,6 +11,7 @@ from bitlower.ops import binary_attention_bwd, binary_attention_fwd
 _Q, _K, _V, _A, _B, _BIAS = range(6)
 _STATIC = slice(6, 13)  # scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip
 _SAVE_BITS = 13
+_KERNEL_OPTIONS = 14
 
 
 def _setup_context(ctx, inputs, output):
@@ -18,6 +19,7 @@ def _setup_context(ctx, inputs, output):
     out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = output
     ctx.static = inputs[_STATIC]
     ctx.saved_bits = len(inputs) <= _SAVE_BITS or bool(inputs[_SAVE_BITS])
+    ctx.kernel_options = inputs[_KERNEL_OPTIONS] if len(inputs) > _KERNEL_OPTIONS else ""
     ctx.head_dim = q.shape[-1]
     ctx.q_dtype, ctx.k_dtype = q.dtype, k.dtype
     ctx.has_bias = bias is not None
@@ -33,12 +35,13 @@ def _backward(ctx, grad_out, *unused_grads):
     needs = [bool(x) for x in ctx.needs_input_grad[:6]]
     needs[_BIAS] = needs[_BIAS] and ctx.has_bias
     if grad_out is None or not any(needs):
-        return (None,) * 14
+        return (None,) * 15
     if not ctx.saved_bits:
         raise RuntimeError("binary_attention_fwd ran with save_bits=False, so it kept nothing for a backward; "
                            "call it with save_bits=True when gradients are needed")
     grads = binary_attention_bwd(
-        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, *ctx.static, ctx.head_dim, needs, out
+        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, *ctx.static, ctx.head_dim, needs, out,
+        ctx.kernel_options,
     )
     dq, dk, dv, da, db, dbias = (g if need and g.numel() else None for g, need in zip(grads, needs))
     if dq is not None:
@@ -49,7 +52,7 @@ def _backward(ctx, grad_out, *unused_grads):
         da = da.reshape(ctx.a_shape).to(ctx.a_dtype)
     if db is not None:
         db = db.reshape(ctx.b_shape).to(ctx.b_dtype)
-    return (dq, dk, dv, da, db, dbias) + (None,) * 8
+    return (dq, dk, dv, da, db, dbias) + (None,) * 9
 
 
 binary_attention_fwd.register_autograd(_backward, setup_context=_setup_context)

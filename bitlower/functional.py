@@ -25,6 +25,7 @@ def binary_attention(
     pv_quant: str = "none",
     ste_clip: float = 1.0,
     generator: torch.Generator | None = None,
+    kernel_options=None,
 ) -> torch.Tensor:
     """``softmax(scale * a_i * b_j * <sgn q_i, sgn k_j> + beta) @ v`` (SPEC §3).
 
@@ -44,6 +45,9 @@ def binary_attention(
         pv_quant: ``"none"`` or ``"int8"``.
         ste_clip: STE window ``|x| <= ste_clip``.
         generator: random source of the bilinear samples.
+        kernel_options: a ``bitlower.codegen.KernelOptions`` overriding the kernel plan (a forward
+            kernel, tile configs); None for the measured defaults. Part of the operator call, so
+            ``torch.compile`` caches key it.
 
     Returns:
         ``(B, H, N, Dv)`` in v's dtype.
@@ -76,7 +80,7 @@ def binary_attention(
     grid_list = list(grid) if bias_kind == "table" else []
     out = binary_attention_fwd(
         q, k, v, a, b, bias, scale, weighting, bias_kind, grid_list, grad_mode, pv_quant, float(ste_clip),
-        needs_backward(q, k, v, a, b, bias),
+        needs_backward(q, k, v, a, b, bias), "" if kernel_options is None else kernel_options.encode(),
     )[0]
     return out
 

@@ -80,25 +80,26 @@ def fallbacks_counted_by_backend() -> Iterator[None]:
         _COUNTED_BY_BACKEND.reset(token)
 
 
-def fallback_reason(check: str, tensors, spec: CallSpec) -> str | None:
-    """Why the kernels will not run this call (codegen's ``check`` on ``tensors``), or None.
+def fallback_reason(check: str, tensors, spec: CallSpec, kernel_options: str = "", **extra) -> str | None:
+    """Why the kernels will not run this call (codegen's ``check``, i.e. ``codegen.plan``), or None.
 
     None on CPU too: the reference is the CPU path, not a fallback. ``tensors`` may be fake.
+    ``kernel_options``: the operator's argument (``codegen.plan.KernelOptions.encode()``).
     """
     if not tensors[0].is_cuda:
         return None
     from bitlower import codegen
 
-    return getattr(codegen, check)(*tensors, spec)
+    return getattr(codegen, check)(*tensors, spec, codegen.KernelOptions.decode(kernel_options), **extra)
 
 
-def _kernels_for(check: str, tensors, spec: CallSpec):
+def _kernels_for(check: str, tensors, spec: CallSpec, kernel_options: str = "", **extra):
     """The codegen module when its ``check`` accepts this CUDA call, else None (fallback counted)."""
     if not tensors[0].is_cuda:
         return None
     from bitlower import codegen
 
-    reason = fallback_reason(check, tensors, spec)
+    reason = fallback_reason(check, tensors, spec, kernel_options, **extra)
     if reason is None:
         return codegen
     if not (_COUNTED_BY_BACKEND.get() and is_fake(tensors[0])):  # else the backend counted it
@@ -123,18 +124,24 @@ def binary_attention_fwd(
     pv_quant: str,
     ste_clip: float,
     save_bits: bool = True,
+    kernel_options: str = "",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Binary attention forward; see ``bitlower.reference.forward`` for the outputs."""
+    """Binary attention forward; see ``bitlower.reference.forward`` for the outputs.
+
+    ``kernel_options``: overrides of the kernel plan (``codegen.plan.KernelOptions.encode()``); an
+    argument, so Inductor's caches key it.
+    """
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
-    kernels = _kernels_for("unsupported_reason", (q, k, v, a, b, bias), spec)
+    kernels = _kernels_for("unsupported_reason", (q, k, v, a, b, bias), spec, kernel_options)
     if kernels is not None:
-        return _drop_bits(kernels.forward(q, k, v, a, b, bias, spec), spec)
+        options = kernels.KernelOptions.decode(kernel_options)
+        return _drop_bits(kernels.forward(q, k, v, a, b, bias, spec, options), spec)
     return _drop_bits(reference.forward(q, k, v, a, b, bias, spec), spec)
 
 
 @binary_attention_fwd.register_fake
 def _binary_attention_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip,
-                               save_bits=True):
+                               save_bits=True, kernel_options=""):
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     bsz, heads, n, m = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     planes, words = spec.planes, num_words(q.shape[-1]) if save_bits else 0
@@ -174,6 +181,7 @@ def binary_attention_bwd(
     head_dim: int,
     needs: list[bool],
     out: Optional[Tensor] = None,
+    kernel_options: str = "",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty.
 
@@ -181,9 +189,11 @@ def binary_attention_bwd(
     """
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
     saved = (lse, qbits, kbits, qclip, kclip, a, b)
-    kernels = _kernels_for("unsupported_backward_reason", (grad_out, v, bias) + saved, spec)
+    kernels = _kernels_for("unsupported_backward_reason", (grad_out, v, bias) + saved, spec, kernel_options,
+                           head_dim=head_dim)
     if kernels is not None:
-        grads = kernels.backward(grad_out, v, bias, *saved, spec, head_dim, needs, out=out)
+        options = kernels.KernelOptions.decode(kernel_options)
+        grads = kernels.backward(grad_out, v, bias, *saved, spec, head_dim, needs, options, out=out)
     else:
         grads = reference_backward.backward(grad_out, v, bias, *saved, spec, head_dim, needs)
     return tuple(grad_out.new_empty(0) if g is None else g for g in grads)
@@ -191,7 +201,8 @@ def binary_attention_bwd(
 
 @binary_attention_bwd.register_fake
 def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, scale, weighting,
-                               bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs, out=None):
+                               bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs, out=None,
+                               kernel_options=""):
     bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]
     acc = a.dtype
     qk_grad = grad_mode != "stopgrad"

@@ -239,7 +239,7 @@ def _forward_tiles(kernel: str, call: CallFacts, spec, device: DeviceFacts, dp: 
 
 def plan_backward(call: CallFacts, spec, device: DeviceFacts, options: KernelOptions = KernelOptions()):
     """The ``BackwardPlan`` of a call, or the reason (a str) why the kernels cannot run it."""
-    reason = _common_reason(call, spec, {"D": call.dim, "Dv": call.dim_v})
+    reason = _common_reason(call, spec, {"Dv": call.dim_v, "D": call.dim})
     if reason is not None:
         return reason
     dot = dot_kind(call.dtype, device)

@@ -56,6 +56,7 @@ def _bound(node: Node) -> dict:
     args = dict(zip(_PARAMS, node.args))
     args.update(node.kwargs)
     args.setdefault("save_bits", True)
+    args.setdefault("kernel_options", "")
     return {name: value_of(x) if isinstance(x, Node) else x for name, x in args.items()}
 
 
@@ -83,11 +84,13 @@ def call_fallback_reasons(node: Node) -> list[str]:
     mode = FakeTensorMode()
     q, k, v, a, b, bias = (_concrete(args[name], mode) for name in ("q", "k", "v", "a", "b", "bias"))
     spec = ops.make_spec(*(args[name] for name in _SPEC_ARGS), save_bits=bool(args["save_bits"]))
-    reasons = [ops.fallback_reason("unsupported_reason", (q, k, v, a, b, bias), spec)]
+    options = args["kernel_options"]
+    reasons = [ops.fallback_reason("unsupported_reason", (q, k, v, a, b, bias), spec, options)]
     if spec.save_bits and outputs is not None:  # differentiated: the backward operator runs too
         out, *saved = (_concrete(x, mode) for x in outputs)  # (out, lse, qbits, kbits, qclip, kclip, a, b)
         grad_out = out  # the gradient of ``out`` has its shape, dtype and device
-        reasons.append(ops.fallback_reason("unsupported_backward_reason", (grad_out, v, bias, *saved), spec))
+        reasons.append(ops.fallback_reason("unsupported_backward_reason", (grad_out, v, bias, *saved), spec, options,
+                                           head_dim=int(q.shape[-1])))
     return [r for r in reasons if r is not None]
 
 

@@ -43,9 +43,9 @@ def traced_bodies(monkeypatch):
     """Each time the operator's body asks for kernels: (check, backend counted it, fake tensors)."""
     seen, original = [], ops._kernels_for
 
-    def spy(check, tensors, spec):
+    def spy(check, tensors, spec, *options, **extra):
         seen.append((check, ops._COUNTED_BY_BACKEND.get(), is_fake(tensors[0])))
-        return original(check, tensors, spec)
+        return original(check, tensors, spec, *options, **extra)
 
     monkeypatch.setattr(ops, "_kernels_for", spy)
     return seen
