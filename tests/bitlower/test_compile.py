@@ -68,3 +68,54 @@ def test_dynamic_shapes_compile_as_one_graph_and_equal_eager(scale):
     q, k, v = (torch.randn(2, 3, 9, 24, generator=gen) for _ in range(3))
     comp_out = torch.compile(fn, backend="eager", fullgraph=True, dynamic=True)(q, k, v, 0.3)
     torch.testing.assert_close(comp_out, fn(q, k, v, 0.3), rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_options_reach_the_plan_per_compile_warm_cache_included():
+    """Two compiles of one function under different ``KernelOptions`` get their own graph and cache entry.
+
+    The options are an operator argument, so the graph the compiler receives (and AOTAutograd keys its
+    cache on) carries them: a compile with other options misses the cache, and a warm compile with the
+    first options replays the first entry, whose operator call asks the plan for that forward. The plan is
+    read with a CUDA device (this machine has none): ``v1`` and ``v2`` at D 64 with mean_abs.
+    """
+    from torch._dynamo.utils import counters as dynamo_counters
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.utils import fresh_cache
+
+    from bitlower.codegen import KernelOptions
+    from bitlower.codegen.plan import CallFacts, DeviceFacts, plan_forward
+    from bitlower.spec import CallSpec
+
+    operator = torch.ops.bitlower.binary_attention_fwd.default
+    seen = []
+
+    def recording(gm, example_inputs):  # the graph Inductor gets, before its caches
+        for node in gm.graph.find_nodes(op="call_function", target=operator):
+            seen.append(KernelOptions.decode(node.args[14]))
+        return compile_fx(gm, example_inputs)
+
+    def compiled(options):
+        def fn(q, k, v):
+            return bitlower.binary_attention(q, k, v, kernel_options=options)
+        return torch.compile(fn, backend=recording, fullgraph=True)
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 64, generator=gen) for _ in range(3))
+    want = bitlower.binary_attention(q, k, v)
+    aot = dynamo_counters["aot_autograd"]
+    hits = lambda: (aot["autograd_cache_hit"], aot["autograd_cache_miss"])  # noqa: E731
+    with fresh_cache():
+        torch._dynamo.reset()
+        start = hits()
+        for options in (KernelOptions(forward="v1"), KernelOptions(forward="v2"), KernelOptions(forward="v1")):
+            torch._dynamo.reset()  # the third compile is warm: Inductor's cache holds the first's graph
+            torch.testing.assert_close(compiled(options)(q, k, v), want, rtol=1e-5, atol=1e-6)
+        hit, miss = (b - a for a, b in zip(start, hits()))
+    assert [o.forward for o in seen] == ["v1", "v2", "v1"]
+    # AOTAutograd's cache (a hit skips the operator body, where a module switch used to be read): v2 did not
+    # replay v1's entry, the warm v1 did. (On CPU both bodies trace to the same reference code, so
+    # Inductor's FX-graph cache below it may share one entry: there is no kernel to tell apart.)
+    assert (hit, miss) == (1, 2)
+    gpu = DeviceFacts(cuda=True, capability=(9, 0))
+    call, spec = CallFacts.of(q, k, v), CallSpec(scale=0.125)
+    assert [plan_forward(call, spec, gpu, o).kernel for o in seen] == ["v1", "v2", "v1"]
