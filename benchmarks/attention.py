@@ -27,6 +27,8 @@ import time
 
 import torch
 
+from bench_common import bar_plot, bench, guarded, poison, write_report
+
 SHAPES = [(256, 6, 197, 64), (64, 16, 256, 72), (32, 6, 1024, 64), (12, 6, 1680, 64), (8, 8, 4096, 64),
           (4, 16, 4096, 128), (1, 16, 16384, 64)]
 GRIDS = {197: (14, 14, 1), 256: (16, 16, 0), 1024: (32, 32, 0), 1680: (40, 42, 0), 4096: (64, 64, 0),
@@ -34,31 +36,7 @@ GRIDS = {197: (14, 14, 1), 256: (16, 16, 0), 1024: (32, 32, 0), 1680: (40, 42, 0
 log = logging.getLogger("bench")
 
 
-def _bench(fn) -> float:
-    """Median ms of CUDA-graph replays; plain event timing where capture fails."""
-    import triton.testing as tt
-
-    fn()
-    torch.cuda.synchronize()
-    try:
-        return float(tt.do_bench_cudagraph(fn, rep=100, return_mode="median"))
-    except Exception as exc:  # noqa: BLE001 - some backends refuse capture; say so and time them plainly
-        log.warning("graph capture failed (%s); event timing", type(exc).__name__)
-        return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
-def _guarded(rows: dict, name: str, fn) -> None:
-    """rows[name] = time of fn, or no row (logged) when that backend fails on this shape."""
-    try:
-        rows[name] = _bench(fn)
-    except Exception as exc:  # noqa: BLE001 - a failing comparison backend must not end the run
-        log.warning("%s failed: %s", name, str(exc).splitlines()[0][:200])
-
-
-def _poison(nbytes: int) -> None:
-    """Fill freed allocator blocks with NaN, so an unwritten output element shows up as NaN."""
-    junk = torch.empty(max(nbytes, 2**20) // 4 * 2, device="cuda").fill_(float("nan"))
-    del junk
+_bench, _guarded, _poison = bench, guarded, poison  # benchmarks/bench_common.py
 
 
 def _check(run, shape, spec, table_token: bool) -> float:
@@ -136,8 +114,7 @@ def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
         return run
 
     _variant(rows, checks, "bitlower_v2", op_v2, shape, infer, bench_args=args)
-    _variant(rows, checks, "bitlower_v2_headsums", direct(infer, head_sums=True), shape, infer, bench_args=args)
-    _variant(rows, checks, "bitlower_v2_stats", direct(infer, head_sums=False), shape, infer, bench_args=args)
+    _variant(rows, checks, "bitlower_v2_stats", direct(infer), shape, infer, bench_args=args)
     _variant(rows, checks, "bitlower_v2_train", direct(train), shape, train, bench_args=args)
     _variant(rows, checks, "bitlower_v2_table_token", direct(tt), shape, tt, True, args)
     _variant(rows, checks, "bitlower_v2_table_gather", direct(tt, table_dense=False), shape, tt, True, args)
@@ -230,7 +207,6 @@ def _forward_rows(shape, flex: bool = True, diagnostics: bool = False) -> dict:
     rows["bitlower"] = _bench(lambda: bitlower.binary_attention(q, k, v))
     spec = CallSpec(scale=dim ** -0.5)
     if diagnostics:
-        _guarded(rows, "bitlower_kbits", lambda: forward(q, k, v, None, None, None, spec, k_from_bits=True))
         _guarded(rows, "bitlower_online", lambda: forward(q, k, v, None, None, None, spec, static_max=False))
     grid = GRIDS[n]
     a, b, table = _table_token_inputs(shape)
@@ -268,54 +244,6 @@ def _fwd_bwd_rows(shape, diagnostics: bool = False) -> dict:
     return rows
 
 
-FWD_SWEEP = [(128, 32, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3), (128, 64, 8, 4), (128, 32, 8, 3), (64, 64, 4, 3),
-             (64, 32, 4, 3), (128, 128, 8, 3), (64, 64, 8, 3)]
-V2_SWEEP = [(128, 64, 4, 3), (128, 32, 4, 4), (64, 64, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (128, 128, 8, 2)]
-BWD_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 3), (32, 64, 4, 2), (32, 64, 4, 3), (128, 64, 8, 2),
-             (64, 128, 8, 2), (32, 128, 8, 2)]
-
-
-def _sweep(indices, out: str) -> None:
-    """Time the forward/backward kernels per TileConfig beside cuDNN (tuning the table); ``out``/sweep.json.
-
-    Forward: the training forward (``save_bits``) and the inference one; backward: hamming and ste.
-    """
-    from bitlower.codegen import backward, forward
-    from bitlower.codegen.configs import TileConfig
-    from bitlower.spec import CallSpec
-    from torch.nn.attention import SDPBackend
-
-    record = []
-    for i in indices:
-        shape = SHAPES[i]
-        q, k, v = _inputs(shape)
-        entry = {"shape": shape, "cudnn_fwd": _bench(lambda: _sdpa(SDPBackend.CUDNN_ATTENTION)(q, k, v))}
-        qg, kg, vg = _inputs(shape, grad=True)
-        do = torch.randn_like(v)
-        cudnn = _sdpa(SDPBackend.CUDNN_ATTENTION)
-        entry["cudnn_fwd_bwd"] = _bench(lambda: torch.autograd.grad(cudnn(qg, kg, vg), (qg, kg, vg), do))
-        for save_bits in (True, False):
-            spec = CallSpec(scale=shape[3] ** -0.5, grad_mode="hamming", save_bits=save_bits)
-            times = {}
-            for cfg in FWD_SWEEP:
-                _guarded(times, str(cfg), lambda c=TileConfig(*cfg): forward(q, k, v, None, None, None, spec,
-                                                                           config=c, variant="v1"))
-            entry["fwd_train" if save_bits else "fwd_infer"] = times
-        for mode in ("hamming", "ste"):
-            spec = CallSpec(scale=shape[3] ** -0.5, grad_mode=mode)
-            saved = forward(q, k, v, None, None, None, spec)
-            times = {}
-            for cfg in BWD_SWEEP:
-                _guarded(times, str(cfg), lambda c=TileConfig(*cfg): backward(
-                    do, v, None, *saved[1:], spec, shape[3], [True, True, True, False, False, False], config=c))
-            entry[f"bwd_{mode}"] = times
-        log.info("sweep %s", json.dumps(entry))
-        record.append(entry)
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "sweep.json"), "w") as fh:
-            json.dump({"gpu": torch.cuda.get_device_name(), "sweep": record}, fh, indent=1)
-
-
 def _table(results) -> str:
     lines = ["| pass | shape (B,H,N,D) | backend | ms | TFLOP/s-eq | speed-up vs fastest SDPA |", "|---|---|---|---|---|---|"]
     for res in results:
@@ -333,27 +261,16 @@ def _table(results) -> str:
 
 
 def _plot(path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """attention.png beside the json: speed-up over the fastest SDPA per shape, fwd and fwd+bwd."""
     data = json.load(open(path))
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    for ax, kind in zip(axes, ("fwd", "fwd+bwd")):
+    panels = []
+    for kind in ("fwd", "fwd+bwd"):
         labels = [f"N={r['shape'][2]}\nD={r['shape'][3]}" for r in data["results"]]
         names = [n for n in data["results"][0][kind] if not n.startswith("sdpa_eff")]
-        width = 0.8 / len(names)
-        for i, name in enumerate(names):
-            ratios = [min(t for n2, t in r[kind].items() if n2.startswith("sdpa")) / r[kind][name]
-                      if name in r[kind] else 0.0 for r in data["results"]]  # 0: backend failed there
-            ax.bar([x + i * width for x in range(len(labels))], ratios, width, label=name)
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, fontsize=7)
-        ax.set_ylabel("speed-up vs fastest SDPA")
-        ax.set_title(f"{kind}, {data['gpu']}")
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(os.path.splitext(path)[0] + ".png", dpi=120)
+        series = {name: [min(t for n2, t in r[kind].items() if n2.startswith("sdpa")) / r[kind][name]
+                         if name in r[kind] else 0.0 for r in data["results"]] for name in names}  # 0: failed
+        panels.append((f"{kind}, {data['gpu']}", labels, series))
+    bar_plot(os.path.splitext(path)[0] + ".png", panels, "speed-up vs fastest SDPA")
 
 
 def main() -> None:
@@ -361,7 +278,6 @@ def main() -> None:
     parser.add_argument("--out", default=".")
     parser.add_argument("--plot", default=None, help="make the PNG from a saved json and exit")
     parser.add_argument("--shapes", default=None, help="comma-separated indices into SHAPES")
-    parser.add_argument("--sweep", action="store_true", help="tile-config sweep of --shapes (OUT/sweep.json)")
     parser.add_argument("--v2-sweep", default="", help="SHAPES indices where v2 is also timed per V2_SWEEP config")
     parser.add_argument("--diagnostics", action="store_true",
                         help="also the attempt rows: K from bits, online softmax, every v2 form (kernel_notes.md)")
@@ -373,9 +289,6 @@ def main() -> None:
         _plot(args.plot)
         return
     torch._dynamo.config.cache_size_limit = 64
-    if args.sweep:
-        _sweep([int(i) for i in (args.shapes or "0,1,2,4,5").split(",")], args.out)
-        return
     picked = SHAPES if args.shapes is None else [SHAPES[int(i)] for i in args.shapes.split(",")]
     results, start, table = [], time.monotonic(), ""
     for shape in picked:
@@ -403,14 +316,10 @@ def _write(out: str, results: list) -> str:
 
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "python": platform.python_version(), "results": results, "kernels": _kernel_resources()}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "attention.json"), "w") as fh:
-        json.dump(meta, fh, indent=1)
     table = _table(results)
-    with open(os.path.join(out, "attention.md"), "w") as fh:
-        fh.write(f"GPU {meta['gpu']}, torch {meta['torch']}, Triton {meta['triton']}, Python {meta['python']}\n\n")
-        fh.write(table + "\n\nCompiled forward kernels (registers, spills, shared bytes):\n\n")
-        fh.write("\n".join(f"- {json.dumps(k)}" for k in meta["kernels"]) + "\n")
+    kernels = "\n".join(f"- {json.dumps(k)}" for k in meta["kernels"])
+    write_report(out, "attention", meta, table, "\nCompiled forward kernels (registers, spills, shared bytes):\n\n"
+                 + kernels + "\n")
     return table
 
 

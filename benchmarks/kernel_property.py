@@ -26,11 +26,12 @@ import argparse
 import collections
 import json
 import random
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from bench_common import run_worker
 
 DIMS = (16, 24, 32, 48, 64, 72, 80, 96, 128, 160, 256)
 LENGTHS = (1, 2, 7, 17, 31, 64, 100, 129, 197, 256, 300)
@@ -179,16 +180,17 @@ def _err(x, ref) -> float:
     return float("inf") if torch.isnan(x).any() != torch.isnan(ref).any() else float((x - ref).nan_to_num().norm())
 
 
-def run_case(case: dict) -> dict:
-    """Errors, bounds, verdict and plan of one case on the GPU."""
+def run_case(case: dict, device: str = "cuda") -> dict:
+    """Errors, bounds, verdict and plan of one case on ``device`` (``cpu``: the script's own smoke test)."""
     from bitlower.counters import counters
     from bitlower.codegen.plan import describe_call
 
-    built = build(case, "cuda")
+    built = build(case, device)
     tensors, kwargs = built["tensors"], built["kwargs"]
     counters.clear()
     out, grads = _call(tensors, kwargs)
-    torch.cuda.synchronize()
+    if device == "cuda":
+        torch.cuda.synchronize()
     fallbacks = dict(counters["fallback"])
     cpu64 = {n: x.detach().cpu().double() if x.is_floating_point() else x.cpu() for n, x in tensors.items()}
     cpu_lp = {n: x.detach().cpu() for n, x in tensors.items()}
@@ -207,14 +209,14 @@ def run_case(case: dict) -> dict:
     return dict(case=case, held=held, fallbacks=fallbacks, checks=checks, plan=describe_call(tensors, kwargs))
 
 
-def worker(cases: list[dict], out_path: Path) -> None:
+def worker(cases: list[dict], out_path: Path, device: str = "cuda") -> None:
     """Run ``cases`` in this process, one jsonl line each (flushed: a crash leaves the lines before it)."""
     with out_path.open("a") as f:
         for case in cases:
             f.write(json.dumps({"started": case["index"]}) + "\n")
             f.flush()
             try:
-                row = run_case(case)
+                row = run_case(case, device)
             except Exception as exc:  # a Python-level failure of one case; a CUDA fault ends the process
                 row = dict(case=case, held=False, error=repr(exc)[:500])
             f.write(json.dumps(row) + "\n")
@@ -240,19 +242,20 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--sanitize", type=int, default=0, help="cases per forward plan under compute-sanitizer")
+    parser.add_argument("--device", default="cuda", help="cpu: a smoke test of the script (reference on both sides)")
     parser.add_argument("--worker", type=str, default=None, help=argparse.SUPPRESS)  # "start:count:path"
     args = parser.parse_args(argv)
     if args.worker:
         start, count, path = args.worker.split(":", 2)
-        worker([make_case(args.seed, i) for i in range(int(start), int(start) + int(count))], Path(path))
+        worker([make_case(args.seed, i) for i in range(int(start), int(start) + int(count))], Path(path), args.device)
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "kernel_property.jsonl"
     rows_path.write_text("")
     for start in range(0, args.cases, args.batch):
         count = min(args.batch, args.cases - start)
-        subprocess.run([sys.executable, __file__, "--seed", str(args.seed), "--worker",
-                        f"{start}:{count}:{rows_path}"], check=False)
+        run_worker(__file__, ["--seed", str(args.seed), "--device", args.device, "--worker",
+                              f"{start}:{count}:{rows_path}"])
     rows, crashed, started = [], [], None
     for line in rows_path.read_text().splitlines():
         rec = json.loads(line)
@@ -281,9 +284,9 @@ def _sanitize(rows: list[dict], args) -> None:
     with log.open("w") as f:
         for plan, indices in sorted(by_plan.items()):
             for i in indices[:args.sanitize]:
-                cmd = ["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "9", sys.executable, __file__,
-                       "--seed", str(args.seed), "--worker", f"{i}:1:{args.out / 'sanitized.jsonl'}"]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
+                sanitizer = ["compute-sanitizer", "--tool", "memcheck", "--error-exitcode", "9"]
+                proc = run_worker(__file__, ["--seed", str(args.seed), "--worker",
+                                             f"{i}:1:{args.out / 'sanitized.jsonl'}"], prefix=sanitizer)
                 f.write(f"## plan {plan} case {i}: exit {proc.returncode}\n{proc.stdout[-4000:]}\n")
 
 

@@ -1,17 +1,20 @@
-"""Autograd registration of ``bitlower::binary_attention_fwd``.
+"""Autograd of ``bitlower::binary_attention_fwd``; ``bitlower.ops`` registers it with the operator.
 
 Saved for backward: v, the bias, the output, the log-sum-exp, packed sign bits, packed STE clip
 bits and the effective scalars — never the float q and k.
 """
 from __future__ import annotations
 
-from bitlower.ops import binary_attention_bwd, binary_attention_fwd
+import torch
 
-# Positions of the differentiable inputs of binary_attention_fwd.
+from bitlower.spec import OP_ARGS
+
+# Positions in binary_attention_fwd's schema: the six tensors, OP_ARGS, save_bits, kernel_options.
 _Q, _K, _V, _A, _B, _BIAS = range(6)
-_STATIC = slice(6, 13)  # scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip
-_SAVE_BITS = 13
-_KERNEL_OPTIONS = 14
+_STATIC = slice(6, 6 + len(OP_ARGS))
+_SAVE_BITS = 6 + len(OP_ARGS)
+_KERNEL_OPTIONS = _SAVE_BITS + 1
+_INPUTS = _KERNEL_OPTIONS + 1
 
 
 def _setup_context(ctx, inputs, output):
@@ -35,11 +38,11 @@ def _backward(ctx, grad_out, *unused_grads):
     needs = [bool(x) for x in ctx.needs_input_grad[:6]]
     needs[_BIAS] = needs[_BIAS] and ctx.has_bias
     if grad_out is None or not any(needs):
-        return (None,) * 15
+        return (None,) * _INPUTS
     if not ctx.saved_bits:
         raise RuntimeError("binary_attention_fwd ran with save_bits=False, so it kept nothing for a backward; "
                            "call it with save_bits=True when gradients are needed")
-    grads = binary_attention_bwd(
+    grads = torch.ops.bitlower.binary_attention_bwd(
         grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, *ctx.static, ctx.head_dim, needs, out,
         ctx.kernel_options,
     )
@@ -52,7 +55,9 @@ def _backward(ctx, grad_out, *unused_grads):
         da = da.reshape(ctx.a_shape).to(ctx.a_dtype)
     if db is not None:
         db = db.reshape(ctx.b_shape).to(ctx.b_dtype)
-    return (dq, dk, dv, da, db, dbias) + (None,) * 9
+    return (dq, dk, dv, da, db, dbias) + (None,) * (_INPUTS - 6)
 
 
-binary_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+def register(forward_op) -> None:
+    """Register the backward of ``forward_op`` (``bitlower.ops.binary_attention_fwd``)."""
+    forward_op.register_autograd(_backward, setup_context=_setup_context)

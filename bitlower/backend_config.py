@@ -5,7 +5,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from bitlower.validation import check_choice, check_modes
+from bitlower.config import AttentionConfig
+from bitlower.validation import check_choice
 
 # Weightings a model nobody prepared can use: the learned ("token") and sampled
 # ("bilinear") kinds need parameters or a random source the graph does not have.
@@ -55,7 +56,7 @@ class BackendConfig:
 
     def __post_init__(self):
         check_choice("weighting", self.weighting, BACKEND_WEIGHTINGS)
-        check_modes(self.weighting, self.grad_mode, self.pv_quant, self.ste_clip)
+        self.attention  # noqa: B018 - the modes are checked in one place: AttentionConfig
         check_choice("masks", self.masks, MASK_HANDLING)
         check_choice("causal", self.causal, CAUSAL_HANDLING)
         check_choice("gqa", self.gqa, GQA_HANDLING)
@@ -65,6 +66,11 @@ class BackendConfig:
         object.__setattr__(self, "skip", skip)
         if isinstance(self.min_seq_len, bool) or not isinstance(self.min_seq_len, int) or self.min_seq_len < 0:
             raise ValueError(f"min_seq_len must be a non-negative int, got {self.min_seq_len!r}")
+
+    @property
+    def attention(self) -> AttentionConfig:
+        """The binary math of every rewritten site (``weighting``, ``grad_mode``, ``pv_quant``, ``ste_clip``)."""
+        return AttentionConfig(self.weighting, self.grad_mode, self.pv_quant, self.ste_clip)
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:

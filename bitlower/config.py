@@ -34,6 +34,13 @@ class AttentionConfig:
     def __post_init__(self):
         check_modes(self.weighting, self.grad_mode, self.pv_quant, self.ste_clip)
 
+    def call_spec(self, scale: float, bias_kind: str = "none", grid=()) -> "CallSpec":
+        """The operator's ``CallSpec`` for one call under this config."""
+        from bitlower.spec import CallSpec
+
+        return CallSpec(scale=scale, weighting=self.weighting, bias_kind=bias_kind, grid=tuple(grid),
+                        grad_mode=self.grad_mode, pv_quant=self.pv_quant, ste_clip=float(self.ste_clip))
+
     def as_kwargs(self) -> dict:
         """Keyword arguments for :func:`bitlower.binary_attention`."""
         return asdict(self)

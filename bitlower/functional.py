@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from bitlower import autograd as _autograd  # noqa: F401  (registers the backward)
 from bitlower import validation
 from bitlower.ops import binary_attention_fwd
 from bitlower.weighting import bilinear_planes

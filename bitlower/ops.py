@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch._subclasses.fake_tensor import is_fake
 
-from bitlower import reference, reference_backward
+from bitlower import autograd, reference, reference_backward
 from bitlower.counters import counters
 from bitlower.packing import num_words
 from bitlower.spec import CallSpec
@@ -39,18 +39,7 @@ log = logging.getLogger(__name__)
 FWD_OUTPUTS = ("out", "lse", "qbits", "kbits", "qclip", "kclip", "a", "b")
 
 
-def make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits=True) -> CallSpec:
-    """CallSpec from the operators' flat arguments."""
-    return CallSpec(
-        scale=scale,
-        weighting=weighting,
-        bias_kind=bias_kind,
-        grid=tuple(grid),
-        grad_mode=grad_mode,
-        pv_quant=pv_quant,
-        ste_clip=ste_clip,
-        save_bits=save_bits,
-    )
+make_spec = CallSpec.from_op_args  # the one conversion from the operators' flat arguments
 
 
 def _drop_bits(outputs, spec: CallSpec):
@@ -205,7 +194,7 @@ def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kcli
                                kernel_options=""):
     bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]
     acc = a.dtype
-    qk_grad = grad_mode != "stopgrad"
+    qk_grad = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip).qk_grad
     bias_grad = bias is not None and bias_kind not in ("none", "mask")
     wanted = (
         ((bsz, heads, n, head_dim), acc, needs[0] and qk_grad),
@@ -218,3 +207,6 @@ def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kcli
     shapes = [shape if need else (0,) for shape, _, need in wanted]
     dtypes = [dtype if need else grad_out.dtype for _, dtype, need in wanted]
     return tuple(grad_out.new_empty(s, dtype=d) for s, d in zip(shapes, dtypes))
+
+
+autograd.register(binary_attention_fwd)  # the backward lives with the operator: no import elsewhere registers it

@@ -7,6 +7,8 @@ WEIGHTINGS = ("none", "mean_abs", "token", "bilinear")
 BIAS_KINDS = ("none", "head", "table", "dense", "mask")
 GRAD_MODES = ("ste", "stopgrad", "hamming")
 PV_QUANTS = ("none", "int8")
+# The static arguments of both operators, in schema order, after the tensors (``CallSpec.op_args``).
+OP_ARGS = ("scale", "weighting", "bias_kind", "grid", "grad_mode", "pv_quant", "ste_clip")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,28 @@ class CallSpec:
     pv_quant: str = "none"
     ste_clip: float = 1.0
     save_bits: bool = True
+
+    @classmethod
+    def from_op_args(cls, scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip,
+                     save_bits=True) -> "CallSpec":
+        """The spec of the operators' positional arguments ``OP_ARGS`` (``bitlower.ops``)."""
+        return cls(scale=scale, weighting=weighting, bias_kind=bias_kind, grid=tuple(grid), grad_mode=grad_mode,
+                   pv_quant=pv_quant, ste_clip=ste_clip, save_bits=save_bits)
+
+    def op_args(self) -> tuple:
+        """The operators' positional arguments ``OP_ARGS`` for this spec (the inverse of ``from_op_args``)."""
+        return (self.scale, self.weighting, self.bias_kind, list(self.grid), self.grad_mode, self.pv_quant,
+                float(self.ste_clip))
+
+    @property
+    def qk_grad(self) -> bool:
+        """q and k get a gradient (every mode but ``stopgrad``)."""
+        return self.grad_mode != "stopgrad"
+
+    @property
+    def mean_abs_chain(self) -> bool:
+        """The ``mean_abs`` scalars' gradient reaches q and k (``sum_i da_i sgn(q) / (N D)``)."""
+        return self.weighting == "mean_abs" and self.qk_grad
 
     @property
     def planes(self) -> int:

@@ -44,7 +44,7 @@ class _Plan:
 
 def _plan(spec, needs, has_out: bool) -> _Plan:
     ste = spec.grad_mode == "ste"
-    chain = spec.weighting == "mean_abs" and spec.grad_mode != "stopgrad"
+    chain = spec.mean_abs_chain
     kind = spec.bias_kind
     bias_grad = {"head": 1, "table": 2, "dense": 3}.get(kind, 0) if needs[5] else 0
     dq = ste and needs[0]
@@ -81,7 +81,7 @@ def _sign_chain_kernel(grad_ptr, signs_ptr, total_ptr, length, inv_count, D: tl.
 
 def _with_chain(grad, d_own, signs, length: int, dim: int, spec, need: bool):
     """dq (or dk) plus the mean_abs chain ``sum_i da_i * sgn(q) / (L * D)``; None when not needed."""
-    if not need or spec.grad_mode == "stopgrad":
+    if not need or not spec.qk_grad:
         return None
     accumulate = grad is not None
     if grad is None:
@@ -125,14 +125,15 @@ def backward_plan(grad_out, v, bias, head_dim: int, m: int, spec, options: Kerne
 
 
 def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs,
-             options: KernelOptions | None = None, *, config=None, out=None):
+             options: KernelOptions | None = None, *, config=None, out=None, kernel_plan: BackwardPlan | None = None):
     """Fused backward with the contract of ``bitlower.reference_backward.backward``.
 
     Args:
         grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip,
             a, b: what the forward saved; spec: the ``CallSpec``; head_dim: ``D``; needs: six bools
             for ``(q, k, v, a_in, b_in, bias)``; options: the call's ``KernelOptions``; config: a
-            ``TileConfig`` (shorthand for ``KernelOptions(backward_tiles=config.text)``).
+            ``TileConfig`` (shorthand for ``KernelOptions(backward_tiles=config.text)``); kernel_plan: a
+            ``BackwardPlan`` already made (else made here from ``options``).
         out: the forward's output, or None. Given (and ``pv_quant`` "none"), ``delta_i = dO_i . O_i``
             replaces the query kernel's pass over the scores, and a ``mean_abs`` call without dq runs
             no query kernel at all (the chain's ``sum_i da_i`` comes from the key kernel).
@@ -159,11 +160,11 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     dp, dvp = padded_dim(head_dim), padded_dim(dim_v)
     if options is None:
         options = KernelOptions(backward_tiles=config.text if config else "")
-    kplan = backward_plan(grad_out, v, bias, head_dim, m, spec, options)
+    kplan = kernel_plan or backward_plan(grad_out, v, bias, head_dim, m, spec, options)
     cfg = kplan.tiles
     common = dict(
         D=head_dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BIAS=beta.code,
-        HAS_PREFIX=beta.has_prefix, FROM_BITS=False, PV_INT8=spec.pv_quant == "int8", DOT=kplan.dot,
+        HAS_PREFIX=beta.has_prefix, PV_INT8=spec.pv_quant == "int8", DOT=kplan.dot,
         DS_DOT=kplan.ds_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     bias_t = beta.tensor if beta.tensor is not None else delta

@@ -25,7 +25,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import bias_tile, fdot, int_to_float, load_bits, load_signs, mask_keep, round_half_even, table_index
+from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, LOG2E, bias_tile, fdot, int_to_float, load_bits,
+                    load_signs, mask_keep, round_half_even, table_index)
 
 
 @triton.jit
@@ -37,7 +38,7 @@ def _probs(h, w_rows, w_cols, lse2, bias_base, rows, cols, row_mask, col_mask, s
     """
     hf = int_to_float(h)
     s = (hf * w_rows[:, None]) * w_cols[None, :]
-    if BIAS == 2:
+    if BIAS == BIAS_TABLE:
         if TRANS:
             idx = tl.trans(table_index(tl.where(col_mask, cols, 0), tl.where(row_mask, rows, 0),
                                        grid_h, grid_w, prefix, HAS_PREFIX))
@@ -45,10 +46,10 @@ def _probs(h, w_rows, w_cols, lse2, bias_base, rows, cols, row_mask, col_mask, s
             idx = table_index(tl.where(row_mask, rows, 0), tl.where(col_mask, cols, 0),
                               grid_h, grid_w, prefix, HAS_PREFIX)
         s += tl.load(bias_base + idx)
-    if BIAS == 3:
+    if BIAS == BIAS_DENSE:
         s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
                        BIAS, HAS_PREFIX, True)
-    if BIAS == 4:
+    if BIAS == BIAS_MASK:
         s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_r, s_c), s, float("-inf"))
     if MASK_COLS:
         s = tl.where(col_mask[None, :], s, float("-inf"))
@@ -88,7 +89,7 @@ def _q_tiles(
     acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, lo, hi,
     ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_M: tl.constexpr,
-    BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr,
+    BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, PV_INT8: tl.constexpr,
     DOT: tl.constexpr, DS_DOT: tl.constexpr, MASK_M: tl.constexpr, PASS: tl.constexpr,
     NEED_DA: tl.constexpr, HEAD_DBIAS: tl.constexpr,
 ):
@@ -96,7 +97,7 @@ def _q_tiles(
     for start in range(lo, hi, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         col_mask = cols < M
-        ks = load_signs(ks_base, cols, col_mask, s_ks_m, D, DP, FROM_BITS)  # (BLOCK_M, DP)
+        ks = load_signs(ks_base, cols, col_mask, s_ks_m, D, DP, False)  # (BLOCK_M, DP)
         bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
         p, hf = _probs(tl.dot(qs, tl.trans(ks), out_dtype=tl.int32), c_rows, bj, lse2[:, None], bias_base,
                        rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
@@ -132,7 +133,7 @@ def _binary_attn_bwd_q_kernel(
     H, N, M, scale, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
-    FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
+    PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
     NEED_DA: tl.constexpr, NEED_DQ: tl.constexpr, HEAD_DBIAS: tl.constexpr, DELTA_GIVEN: tl.constexpr,
 ):
     """Query side of the backward for one (query block, batch*head); see the module notation."""
@@ -144,22 +145,22 @@ def _binary_attn_bwd_q_kernel(
     bh64 = bh.to(tl.int64)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
-    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, D, DP, FROM_BITS)
+    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, D, DP, False)
     dv = tl.arange(0, DVP)
     do = tl.load(do_ptr + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh + rows[:, None] * s_don + dv[None, :] * s_dod,
                  mask=row_mask[:, None] & (dv < DV)[None, :], other=0.0).to(tl.float32)
     a_rows = tl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0)
-    c_rows = a_rows * (scale * 1.4426950408889634)  # a_i * scale * log2(e)
-    lse2 = tl.load(lse_ptr + bh64 * N + rows, mask=row_mask, other=float("inf")) * 1.4426950408889634
+    c_rows = a_rows * (scale * LOG2E)  # a_i * scale * log2(e)
+    lse2 = tl.load(lse_ptr + bh64 * N + rows, mask=row_mask, other=float("inf")) * LOG2E
     ks_base = ks_ptr + bh64 * s_ks_bh
     v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
     b_base = b_ptr + bh64 * M
     bias_base = bias_ptr
-    if BIAS == 1:
-        lse2 = lse2 - tl.load(bias_ptr + h) * 1.4426950408889634  # a head bias only shifts the row
-    if BIAS == 2:
+    if BIAS == BIAS_HEAD:
+        lse2 = lse2 - tl.load(bias_ptr + h) * LOG2E  # a head bias only shifts the row
+    if BIAS == BIAS_TABLE:
         bias_base = bias_ptr + h * table_rows
-    if BIAS == 3 or BIAS == 4:
+    if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
         bias_base = bias_ptr + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
     vscale = tl.zeros([DVP], dtype=tl.float32)
     vstep = vscale
@@ -176,12 +177,12 @@ def _binary_attn_bwd_q_kernel(
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
             acc, delta, zero, zero, zero, zero, zero, qs, do, c_rows, lse2, rows, row_mask, 0, m_full, ks_base,
             s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
-            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, False, pass_ds, NEED_DA,
+            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, False, pass_ds, NEED_DA,
             HEAD_DBIAS)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
             acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, m_full, M,
             ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
-            prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, pass_ds,
+            prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, pass_ds,
             NEED_DA, HEAD_DBIAS)
     else:
         one_pass_da: tl.constexpr = NEED_DA and not NEED_DQ
@@ -189,19 +190,19 @@ def _binary_attn_bwd_q_kernel(
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
             acc, zero, zero, zero, zero, zero, zero, qs, do, c_rows, lse2, rows, row_mask, 0, m_full, ks_base,
             s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
-            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, False, 1, one_pass_da,
+            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, False, 1, one_pass_da,
             head_pass1)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
             acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, m_full, M,
             ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
-            prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, 1, one_pass_da,
+            prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, 1, one_pass_da,
             head_pass1)
         tl.store(delta_ptr + out_rows, delta, mask=row_mask)
         if NEED_DQ:
             acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
                 acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, 0, M,
                 ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h,
-                grid_w, prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, True, 2,
+                grid_w, prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, 2,
                 NEED_DA, HEAD_DBIAS)
         elif NEED_DA:
             da_acc = x_sum - delta * y_sum
@@ -224,7 +225,7 @@ def _k_tiles(
     a_base, lse_base, delta_base, bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale_log2,
     grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_N: tl.constexpr,
-    BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr,
+    BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, PV_INT8: tl.constexpr,
     DOT: tl.constexpr, DS_DOT: tl.constexpr, NEED_DS: tl.constexpr, NEED_DB: tl.constexpr,
     NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr, NEED_DA_COLS: tl.constexpr, MASK_N: tl.constexpr,
 ):
@@ -233,9 +234,9 @@ def _k_tiles(
     for start in range(lo, hi, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)  # query indices
         row_mask = rows < N
-        qs = load_signs(qs_base, rows, row_mask, s_qs_n, D, DP, FROM_BITS)  # (BLOCK_N, DP)
+        qs = load_signs(qs_base, rows, row_mask, s_qs_n, D, DP, False)  # (BLOCK_N, DP)
         a_i = tl.load(a_base + rows, mask=row_mask, other=0.0)
-        lse2 = tl.load(lse_base + rows, mask=row_mask, other=float("inf")) * 1.4426950408889634 - head_shift2
+        lse2 = tl.load(lse_base + rows, mask=row_mask, other=float("inf")) * LOG2E - head_shift2
         pt, hf = _probs(tl.dot(ks, tl.trans(qs), out_dtype=tl.int32), bj_w, a_i * scale_log2, lse2[None, :],
                         bias_base, cols, rows, col_mask, row_mask, s_bm, s_bn, grid_h, grid_w, prefix,
                         BIAS, HAS_PREFIX, True, MASK_N)  # (BLOCK_M, BLOCK_N)
@@ -256,11 +257,11 @@ def _k_tiles(
             if NEED_DK:
                 dk_acc = fdot(dst * a_i[None, :], qs, dk_acc, DS_DOT)
             pair_mask = col_mask[:, None] & row_mask[None, :]
-            if BIAS_GRAD == 2:
+            if BIAS_GRAD == BIAS_TABLE:
                 idx = tl.trans(table_index(tl.where(row_mask, rows, 0), tl.where(col_mask, cols, 0),
                                            grid_h, grid_w, prefix, HAS_PREFIX))
                 tl.atomic_add(gbias_base + idx, dst, mask=pair_mask)
-            if BIAS_GRAD == 3:
+            if BIAS_GRAD == BIAS_DENSE:
                 tl.atomic_add(gbias_base + rows[None, :] * s_gn + cols[:, None] * s_gm, dst, mask=pair_mask)
     return dv_acc, dk_acc, db_acc, da_acc
 
@@ -274,7 +275,7 @@ def _binary_attn_bwd_k_kernel(
     H, N, M, scale, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
-    FROM_BITS: tl.constexpr, PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
+    PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
     NEED_DV: tl.constexpr, NEED_DB: tl.constexpr, NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr,
     NEED_DA_COLS: tl.constexpr,
 ):
@@ -290,7 +291,7 @@ def _binary_attn_bwd_k_kernel(
     bh64 = bh.to(tl.int64)
     cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # key indices (the tile rows)
     col_mask = cols < M
-    ks = load_signs(ks_ptr + bh64 * s_ks_bh, cols, col_mask, s_ks_m, D, DP, FROM_BITS)  # (BLOCK_M, DP)
+    ks = load_signs(ks_ptr + bh64 * s_ks_bh, cols, col_mask, s_ks_m, D, DP, False)  # (BLOCK_M, DP)
     b_j = tl.load(b_ptr + bh64 * M + cols, mask=col_mask, other=0.0)
     dvr = tl.arange(0, DVP)
     vscale = tl.zeros([DVP], dtype=tl.float32)
@@ -303,12 +304,12 @@ def _binary_attn_bwd_k_kernel(
     head_shift2 = 0.0
     bias_base = bias_ptr
     gbias_base = gbias_ptr
-    if BIAS == 1:
-        head_shift2 = tl.load(bias_ptr + h) * 1.4426950408889634  # log2(e)
-    if BIAS == 2:
+    if BIAS == BIAS_HEAD:
+        head_shift2 = tl.load(bias_ptr + h) * LOG2E
+    if BIAS == BIAS_TABLE:
         bias_base = bias_ptr + h * table_rows
         gbias_base = gbias_ptr + h * table_rows
-    if BIAS == 3 or BIAS == 4:
+    if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
         bias_base = bias_ptr + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
         gbias_base = gbias_ptr + b.to(tl.int64) * s_gb + h.to(tl.int64) * s_gh
     need_ds: tl.constexpr = NEED_DB or NEED_DK or BIAS_GRAD >= 2 or NEED_DA_COLS
@@ -324,8 +325,8 @@ def _binary_attn_bwd_k_kernel(
         dv_acc, dk_acc, db_acc, da_acc = _k_tiles(
             dv_acc, dk_acc, db_acc, da_acc, ks, v, b_j, lo, hi, cols, col_mask, qs_ptr + bh64 * s_qs_bh, s_qs_n,
             do_base, s_don, s_dod, a_ptr + bh64 * N, lse_ptr + bh64 * N, delta_ptr + bh64 * N, bias_base,
-            gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale * 1.4426950408889634, grid_h, grid_w, prefix,
-            D, DP, DV, DVP, BLOCK_N, BIAS, HAS_PREFIX, FROM_BITS, PV_INT8, DOT, DS_DOT, need_ds, NEED_DB,
+            gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale * LOG2E, grid_h, grid_w, prefix,
+            D, DP, DV, DVP, BLOCK_N, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, need_ds, NEED_DB,
             NEED_DK, BIAS_GRAD, NEED_DA_COLS, lo_hi == 1)
     out_rows = bh64 * M + cols
     if NEED_DV:

@@ -9,10 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-# v2 mean_abs inference can reduce the head's sum|q|, sum|k| inside every program (no stats pass).
-# Measured slower than the stats pass at every shape on the H100 (ViT-S 0.170 vs 0.157 ms, N 1024
-# 0.240 vs 0.182): off (N <= 0 never holds); the path stays selectable through `head_sums=True`.
-FUSED_SUMS_MAX_N = 0
 # v2 table bias: materialise the dense (H, N, M) bias in the table's dtype when it has at most this
 # many elements, else gather in-kernel. H100: dense beats the gather at every measured size
 # (N 1680 H 6: 0.332 vs 1.472 ms; N 4096 H 16 = 2**28 elements: 2.49 vs 5.70 ms); the cap bounds the

@@ -19,7 +19,7 @@ from .tiles import LOG2E
 
 
 def forward(q, k, v, a, b, bias, spec, options: KernelOptions | None = None, *, plan: ForwardPlan | None = None,
-            variant: str | None = None, config=None, static_max: bool = True, k_from_bits: bool = False):
+            variant: str | None = None, config=None, static_max: bool = True):
     """Fused forward with the contract of ``bitlower.reference.forward``.
 
     Args:
@@ -32,8 +32,6 @@ def forward(q, k, v, a, b, bias, spec, options: KernelOptions | None = None, *, 
         plan: a ``ForwardPlan`` already made for this call (else made here from ``options``).
         variant, config, static_max: shorthands for ``KernelOptions(forward=variant,
             forward_tiles=config.text, static_max=static_max)`` (tests, benchmarks).
-        k_from_bits: v1 reads K's signs from the packed bits instead of the int8 tensor (measured 5-9x
-            slower, benchmarks/kernel_notes.md attempt 1; kept as a test of ``load_signs``).
 
     Returns:
         ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference (v2: bits with 0 words
@@ -50,16 +48,15 @@ def forward(q, k, v, a, b, bias, spec, options: KernelOptions | None = None, *, 
         from .hopper import hopper_forward
 
         return hopper_forward(q, k, v, a, b, bias, spec, plan)
-    return _forward_v1(q, k, v, a, b, bias, spec, plan, k_from_bits)
+    return _forward_v1(q, k, v, a, b, bias, spec, plan)
 
 
-def _forward_v1(q, k, v, a, b, bias, spec, plan: ForwardPlan, k_from_bits: bool):
+def _forward_v1(q, k, v, a, b, bias, spec, plan: ForwardPlan):
     """Prologue (signs, bits, sums) of q and k, then the v1 kernel."""
     bsz, heads, n, dim = q.shape
     m, dim_v = k.shape[2], v.shape[-1]
     qbits, qclip, q_signs, a_eff, q_sums = sign_pack(q, a, spec, signs=True)
-    kbits, kclip, k_signs, b_eff, k_sums = sign_pack(k, b, spec, signs=not k_from_bits)
-    ks = kbits if k_from_bits else k_signs
+    kbits, kclip, ks, b_eff, k_sums = sign_pack(k, b, spec, signs=True)
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
     lse = torch.empty(bsz, heads, n, dtype=torch.float32, device=q.device)
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
@@ -74,11 +71,11 @@ def _forward_v1(q, k, v, a, b, bias, spec, plan: ForwardPlan, k_from_bits: bool)
         beta.tensor if beta.tensor is not None else lse, vscale, vstep,
         n * q_signs.shape[-1], q_signs.shape[-1], m * ks.shape[-1], ks.shape[-1],
         *v.stride(), *beta.strides,
-        heads, n, m, spec.scale * LOG2E, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
+        heads, n, m, spec.scale * LOG2E.value, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
         D=dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
         MEAN_ABS=spec.weighting == "mean_abs", BIAS=beta.code, HAS_PREFIX=beta.has_prefix,
         STATIC_MAX=plan.static_max, LIMIT=limit, P_OFFSET=offset,
-        PV_INT8=pv_int8, K_FROM_BITS=k_from_bits, DOT=plan.dot,
+        PV_INT8=pv_int8, DOT=plan.dot,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .forward_tiles import attend_rows, bias_rows, store_rows
-from .tiles import abs_max, load_signs
+from .tiles import BIAS_TABLE, abs_max, load_signs
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def _binary_attn_fwd_kernel(
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr,
     HAS_PREFIX: tl.constexpr, STATIC_MAX: tl.constexpr, LIMIT: tl.constexpr, P_OFFSET: tl.constexpr,
-    PV_INT8: tl.constexpr, K_FROM_BITS: tl.constexpr, DOT: tl.constexpr,
+    PV_INT8: tl.constexpr, DOT: tl.constexpr,
 ):
     """Binary attention forward for one (query block, batch*head); see the module notation."""
     scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars may arrive as float64 under Inductor
@@ -68,7 +68,7 @@ def _binary_attn_fwd_kernel(
         b_max = abs_max(b_base, M, BLOCK_M)
     bias_base, row_shift = bias_rows(bias_ptr, b.to(tl.int64), h.to(tl.int64), table_rows, s_bias_b, s_bias_h, BIAS)
     beta_max = 0.0
-    if BIAS == 2:
+    if BIAS == BIAS_TABLE:
         beta_max = abs_max(bias_base, table_rows, BLOCK_M)
     bound = tl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
     vscale = tl.zeros([DVP], dtype=tl.float32)
@@ -77,10 +77,9 @@ def _binary_attn_fwd_kernel(
         dv = tl.arange(0, DVP)
         vscale = tl.load(vscale_ptr + bh64 * DV + dv, mask=dv < DV, other=0.0)
         scale_out = tl.load(vstep_ptr + bh64 * DV + dv, mask=dv < DV, other=0.0) / 255.0
-    k_source: tl.constexpr = 1 if K_FROM_BITS else 0
     acc, l_i, m_i = attend_rows(
         bound, qs, c, c_rows, rows, row_mask, ks_base, s_ks_m, 1, v_base, s_vm, s_vd, b_base, bias_base,
         s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
-        HAS_PREFIX, k_source, DOT, STATIC_MAX, LIMIT, P_OFFSET, PV_INT8)
+        HAS_PREFIX, DOT, STATIC_MAX, LIMIT, P_OFFSET, PV_INT8)
     store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, scale_out, DV, DVP,
                PV_INT8)

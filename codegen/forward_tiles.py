@@ -8,8 +8,9 @@ Notation (``forward_kernel``): a program holds ``BLOCK_N`` query rows and walks 
     s2_ij = h_ij * c_i * b_j + beta2_ij                      (token / none: c_i = scale a_i log2 e)
     p_ij  = exp2(s2_ij - m_i),  l_i += sum_j p_ij,  acc_i += p_ij V_j
 
-``K_SOURCE`` (constexpr) says where the key signs come from: 0 an int8 ``+-1`` tensor, 1 packed bits,
-2 the floating k itself (signs taken in registers).
+Q and K signs are int8 ``+-1`` tensors written by the prologue (v1) or the stats pass (v2): a loaded
+operand stays in shared memory for the tensor-core dot (K from packed bits per tile: 5-9x slower,
+benchmarks/kernel_notes.md attempt 1).
 
 Row maximum ``m_i``: binary scores are bounded, ``|s2_ij| <= |c_i| max|b| D + max|beta2|``, so the
 kernel uses that bound (no running max, no rescaling) where it is tight enough (``2 * bound <=
@@ -21,30 +22,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import bias_tile, fdot, int_to_float, load_signs, mask_keep, round_half_even
+from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, LN2, LOG2E, bias_tile, fdot, int_to_float,
+                    load_signs, mask_keep, round_half_even)
 
 NEG_INIT = tl.constexpr(-1.0e30)  # running-max start: finite, so fully masked tiles give no NaN
 STAGE_FUSED = tl.constexpr(0)  # softmax + P.V
 STAGE_SUM = tl.constexpr(1)  # (m, l) only: the first pass of the 8-bit P.V
 STAGE_PV_INT8 = tl.constexpr(2)  # quantised P.V with the final 1 / l
-
-
-@triton.jit
-def sign_tile(base, rows, row_mask, s_row, s_d, D: tl.constexpr, DP: tl.constexpr):
-    """int8 ``+-1`` signs ``(R, DP)`` of a floating tile (NaN -> -1 like ``packing.sgn``), 0 past ``D``."""
-    d = tl.arange(0, DP)
-    x = tl.load(base + rows[:, None] * s_row + d[None, :] * s_d, mask=row_mask[:, None] & (d < D)[None, :],
-                other=0.0).to(tl.float32)  # compare in float32 (the interpreter keeps bf16 as raw bits)
-    return tl.where((d < D)[None, :], tl.where(x >= 0, 1, -1), 0).to(tl.int8)
-
-
-@triton.jit
-def key_signs(base, cols, col_mask, s_row, s_d, D: tl.constexpr, DP: tl.constexpr, K_SOURCE: tl.constexpr):
-    """int8 ``+-1`` key signs ``(BLOCK_M, DP)`` from the source ``K_SOURCE`` names."""
-    if K_SOURCE == 2:
-        return sign_tile(base, cols, col_mask, s_row, s_d, D, DP)
-    else:
-        return load_signs(base, cols, col_mask, s_row, D, DP, K_SOURCE == 1)
 
 
 @triton.jit
@@ -59,10 +43,10 @@ def score_tile(
     else:
         bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
         s = (hf * bj[None, :]) * c_rows[:, None]
-    if BIAS == 2 or BIAS == 3:
+    if BIAS == BIAS_TABLE or BIAS == BIAS_DENSE:
         s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
                        BIAS, HAS_PREFIX, True)
-    if BIAS == 4:
+    if BIAS == BIAS_MASK:
         s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm), s, float("-inf"))
     if MASK_M:
         s = tl.where(col_mask[None, :], s, float("-inf"))
@@ -74,7 +58,7 @@ def fwd_tiles(
     acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, lo, hi,
     k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_M: tl.constexpr,
-    MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, K_SOURCE: tl.constexpr,
+    MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
     DOT: tl.constexpr, ONLINE: tl.constexpr, MASK_M: tl.constexpr, STAGE: tl.constexpr,
 ):
     """Key tiles ``[lo, hi)`` at the stage ``STAGE`` (module constants ``STAGE_*``)."""
@@ -83,7 +67,7 @@ def fwd_tiles(
     for start in range(lo, hi, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         col_mask = cols < M
-        ks = key_signs(k_base, cols, col_mask, s_km, s_kd, D, DP, K_SOURCE)  # (BLOCK_M, DP)
+        ks = load_signs(k_base, cols, col_mask, s_km, D, DP, False)  # (BLOCK_M, DP) int8
         s = score_tile(qs, ks, c, c_rows, cols, col_mask, rows, row_mask, b_base, bias_base, s_bn, s_bm,
                        grid_h, grid_w, prefix, MEAN_ABS, BIAS, HAS_PREFIX, MASK_M)
         if ONLINE and STAGE != STAGE_PV_INT8:
@@ -114,7 +98,7 @@ def fwd_rows(
     k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix,
     BLOCK_N: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
-    K_SOURCE: tl.constexpr, DOT: tl.constexpr, ONLINE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
+    DOT: tl.constexpr, ONLINE: tl.constexpr, FIRST: tl.constexpr, LAST: tl.constexpr,
 ):
     """All key tiles from ``m_i``: the unmasked full tiles, then the ragged last tile.
 
@@ -128,17 +112,17 @@ def fwd_rows(
     acc, l_i, m_i = fwd_tiles(
         acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, 0, m_full, k_base, s_km, s_kd, v_base, s_vm, s_vd,
         b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
-        MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, ONLINE, False, FIRST)
+        MEAN_ABS, BIAS, HAS_PREFIX, DOT, ONLINE, False, FIRST)
     acc, l_i, m_i = fwd_tiles(
         acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, m_full, M, k_base, s_km, s_kd, v_base, s_vm, s_vd,
         b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
-        MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, ONLINE, True, FIRST)
+        MEAN_ABS, BIAS, HAS_PREFIX, DOT, ONLINE, True, FIRST)
     if LAST == STAGE_PV_INT8:
         inv_l = 1.0 / l_i
         acc, l_i, m_i = fwd_tiles(
             acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, 0, M, k_base, s_km, s_kd, v_base, s_vm, s_vd,
             b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
-            MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, ONLINE, True, STAGE_PV_INT8)
+            MEAN_ABS, BIAS, HAS_PREFIX, DOT, ONLINE, True, STAGE_PV_INT8)
     return acc, l_i, m_i
 
 
@@ -148,7 +132,7 @@ def attend_rows(
     k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix,
     BLOCK_N: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
-    K_SOURCE: tl.constexpr, DOT: tl.constexpr, STATIC_MAX: tl.constexpr, LIMIT: tl.constexpr,
+    DOT: tl.constexpr, STATIC_MAX: tl.constexpr, LIMIT: tl.constexpr,
     P_OFFSET: tl.constexpr, PV_INT8: tl.constexpr,
 ):
     """``(acc, l, m)`` of the program's rows: the static maximum where the bound allows, else online."""
@@ -160,17 +144,17 @@ def attend_rows(
             acc, l_i, m_i = fwd_rows(
                 bound - P_OFFSET, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
                 bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
-                MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, False, first, last)
+                MEAN_ABS, BIAS, HAS_PREFIX, DOT, False, first, last)
         else:
             acc, l_i, m_i = fwd_rows(
                 online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
                 bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
-                MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, True, first, last)
+                MEAN_ABS, BIAS, HAS_PREFIX, DOT, True, first, last)
     else:
         acc, l_i, m_i = fwd_rows(
             online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
             bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
-            MEAN_ABS, BIAS, HAS_PREFIX, K_SOURCE, DOT, True, first, last)
+            MEAN_ABS, BIAS, HAS_PREFIX, DOT, True, first, last)
     return acc, l_i, m_i
 
 
@@ -183,11 +167,11 @@ def bias_rows(bias_ptr, b64, h64, table_rows, s_bias_b, s_bias_h, BIAS: tl.const
     """
     row_shift = 0.0
     bias_base = bias_ptr
-    if BIAS == 1:
-        row_shift = tl.load(bias_ptr + h64) * 1.4426950408889634  # log2(e)
-    if BIAS == 2:
+    if BIAS == BIAS_HEAD:
+        row_shift = tl.load(bias_ptr + h64) * LOG2E
+    if BIAS == BIAS_TABLE:
         bias_base = bias_ptr + h64 * table_rows
-    if BIAS == 3 or BIAS == 4:
+    if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
         bias_base = bias_ptr + b64 * s_bias_b + h64 * s_bias_h
     return bias_base, row_shift
 
@@ -203,5 +187,5 @@ def store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, out_rows, row_mask, s
         out = acc / l_i[:, None]
     tl.store(out_ptr + out_rows[:, None] * DV + dv[None, :], out.to(out_ptr.dtype.element_ty),
              mask=row_mask[:, None] & (dv < DV)[None, :])
-    lse = (m_i + tl.log2(l_i) + row_shift) * 0.6931471805599453  # ln(2): back to natural log
+    lse = (m_i + tl.log2(l_i) + row_shift) * LN2  # back to natural log
     tl.store(lse_ptr + out_rows, lse, mask=row_mask)

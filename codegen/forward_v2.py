@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import DEFAULT_LIMIT, DENSE_TABLE_MAX_ELEMENTS, FUSED_SUMS_MAX_N, STATIC_LIMIT, padded_dim
+from .configs import DEFAULT_LIMIT, DENSE_TABLE_MAX_ELEMENTS, STATIC_LIMIT, padded_dim
 from .forward_v2_kernel import _binary_attn_fwd_v2_kernel
 from .operands import BiasOperand, bias_operand
 from .plan import KernelOptions, forward_plan
@@ -17,11 +17,6 @@ from .stats import head_stats
 from .tiles import BIAS_CODES, LOG2E, table_index
 
 DENSE_BLOCK = 64  # (64, 64) tiles of the materialised table bias: a pure copy, memory-bound
-
-
-def uses_head_sums(n: int, spec) -> bool:
-    """Whether v2 reduces the mean_abs sums inside the main kernel (one launch, inference only)."""
-    return spec.weighting == "mean_abs" and not spec.save_bits and n <= FUSED_SUMS_MAX_N
 
 
 def uses_dense_table(heads: int, n: int, m: int) -> bool:
@@ -57,7 +52,7 @@ def _bias(bias, spec, shape4, table_dense: bool | None):
     """``(BiasOperand, beta_max or None)``: beta_max ``(H,)`` float32 max |beta| in log2 units."""
     if spec.bias_kind != "table":
         return bias_operand(bias, spec, shape4), None
-    beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E).contiguous()  # (H,)
+    beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E.value).contiguous()  # (H,)
     bsz, heads, n, m = shape4
     if table_dense is None:
         table_dense = uses_dense_table(heads, n, m)
@@ -67,14 +62,13 @@ def _bias(bias, spec, shape4, table_dense: bool | None):
     return BiasOperand(BIAS_CODES["dense"], view, tuple(view.stride()), 0, (0, 0, 0)), beta_max
 
 
-def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, head_sums: bool | None = None,
-               table_dense: bool | None = None, static_max: bool = True, config=None):
+def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, table_dense: bool | None = None, static_max: bool = True,
+               config=None):
     """Round-2 fused forward (``pv_quant == "none"`` only; ``codegen.forward`` routes the rest to v1).
 
     Args:
         q, k, v, a, b, bias, spec: as ``codegen.forward``.
         plan: the call's ``ForwardPlan`` (kernel "v2"); None makes one from ``static_max`` and ``config``.
-        head_sums: reduce the mean_abs sums inside the main kernel (None: ``uses_head_sums``).
         table_dense: materialise a table bias densely (None: ``uses_dense_table``).
         static_max, config: without ``plan``, ``KernelOptions(static_max=..., forward_tiles=config.text)``.
 
@@ -83,7 +77,7 @@ def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, head_sums: bool | None =
         unless ``spec.save_bits``).
 
     Raises:
-        ValueError: ``pv_quant`` is not "none", or ``head_sums`` is asked where it cannot apply.
+        ValueError: ``pv_quant`` is not "none".
     """
     if spec.pv_quant != "none":
         raise ValueError("forward_v2 covers pv_quant 'none' only")
@@ -93,18 +87,9 @@ def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, head_sums: bool | None =
     bsz, heads, n, dim = q.shape
     m, dim_v = k.shape[2], v.shape[-1]
     mean_abs = spec.weighting == "mean_abs"
-    head_sums = uses_head_sums(n, spec) if head_sums is None else head_sums
-    if head_sums and (not mean_abs or spec.save_bits):
-        raise ValueError("in-kernel head sums need mean_abs weighting and save_bits False")
     f32 = dict(dtype=torch.float32, device=q.device)
-    if head_sums:
-        no_words = dict(dtype=torch.int32, device=q.device)
-        qbits, qclip = (torch.empty(bsz, heads, n, 1, 0, **no_words) for _ in range(2))
-        kbits, kclip = (torch.empty(bsz, heads, m, 1, 0, **no_words) for _ in range(2))
-        a_rows = b_rows = q_sums = k_sums = b_max = q_signs = k_signs = None
-    else:
-        qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, eff=not mean_abs, signs=True)
-        kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, eff=not mean_abs, signs=True)
+    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, eff=not mean_abs, signs=True)
+    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, eff=not mean_abs, signs=True)
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else b_rows
     beta, beta_max = _bias(bias, spec, (bsz, heads, n, m), table_dense)
@@ -115,12 +100,12 @@ def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, head_sums: bool | None =
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     torch.library.wrap_triton(_binary_attn_fwd_v2_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
-        q, k, pick(q_signs), pick(k_signs), v, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
+        q_signs, k_signs, v, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
         pick(beta.tensor), pick(beta_max),
-        *q.stride(), *k.stride(), *v.stride(), *beta.strides,
-        heads, n, m, spec.scale * LOG2E, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
+        *v.stride(), *beta.strides,
+        heads, n, m, spec.scale * LOG2E.value, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
         D=dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, MEAN_ABS=mean_abs,
-        HEAD_SUMS=head_sums, BIAS=beta.code, HAS_PREFIX=beta.has_prefix, BETA_MAX=beta_max is not None,
+        BIAS=beta.code, HAS_PREFIX=beta.has_prefix, BETA_MAX=beta_max is not None,
         STATIC_MAX=plan.static_max, LIMIT=limit, P_OFFSET=offset, DOT=plan.dot,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -1,15 +1,14 @@
 """Round-2 forward kernel: scalars and bias maxima precomputed, signs from the stats pass.
 
 Program ``(pid_n, bh)`` owns query rows ``i in [pid_n*BLOCK_N, +BLOCK_N)`` of batch*head ``bh``. The
-Q and K signs come from the int8 sign tensors the stats pass (``stats.py``) wrote (``K_SOURCE`` 0 of
-the shared loop in ``forward_tiles``, notation there). The scalar maxima for the static bound
+Q and K signs come from the int8 sign tensors the stats pass (``stats.py``) wrote (the shared loop in
+``forward_tiles``, notation there). The scalar maxima for the static bound
 (max|b|, max|beta2| per head) are passed in, never recomputed per program; ``STATIC_MAX`` False (a
 caller's dense bias, no bound known) runs the online maximum alone.
 
-``HEAD_SUMS``: the one-launch inference form for ``mean_abs``, without a stats pass. Each program
-reduces ``sum|q|``, ``sum|k|`` of its whole (batch, head) before the loop (no atomics; the head is
-re-read from L2 by each query block) and takes the signs from the floating q and k in registers
-(``K_SOURCE`` 2), the Q signs once per program.
+The one-launch inference form (each program reducing its head's sums and signing the floating q/k
+in registers, ``HEAD_SUMS``) measured slower than the stats pass everywhere and was removed (round 2,
+benchmarks/kernel_notes.md).
 Parallelised over (query block, batch*head); no inter-program communication.
 """
 from __future__ import annotations
@@ -17,21 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .forward_tiles import attend_rows, bias_rows, sign_tile, store_rows
+from .forward_tiles import attend_rows, bias_rows, store_rows
 from .tiles import load_signs
-
-
-@triton.jit
-def head_abs_sum(base, length, s_row, s_d, D: tl.constexpr, DP: tl.constexpr, BLOCK: tl.constexpr):
-    """float32 sum of ``|x|`` over one (batch, head) ``(length, D)`` of any strides."""
-    d = tl.arange(0, DP)
-    acc = tl.zeros([BLOCK, DP], dtype=tl.float32)
-    for start in range(0, length, BLOCK):
-        rows = start + tl.arange(0, BLOCK)
-        x = tl.load(base + rows[:, None] * s_row + d[None, :] * s_d,
-                    mask=(rows < length)[:, None] & (d < D)[None, :], other=0.0)
-        acc += tl.abs(x.to(tl.float32))
-    return tl.sum(tl.sum(acc, axis=1), axis=0)
 
 
 @triton.jit
@@ -44,12 +30,12 @@ def _fill_rows(ptr, value, length, start, step, BLOCK: tl.constexpr):
 
 @triton.jit
 def _binary_attn_fwd_v2_kernel(
-    q_ptr, k_ptr, qs_ptr, ks_ptr, v_ptr, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
+    qs_ptr, ks_ptr, v_ptr, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
     beta_max_ptr,
-    s_qb, s_qh, s_qn, s_qd, s_kb, s_kh, s_km, s_kd, s_vb, s_vh, s_vm, s_vd, s_bias_b, s_bias_h, s_bn, s_bm,
+    s_vb, s_vh, s_vm, s_vd, s_bias_b, s_bias_h, s_bn, s_bm,
     H, N, M, scale_log2, inv_nd, inv_md, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, HEAD_SUMS: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr,
     BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, BETA_MAX: tl.constexpr,
     STATIC_MAX: tl.constexpr, LIMIT: tl.constexpr, P_OFFSET: tl.constexpr, DOT: tl.constexpr,
 ):
@@ -63,24 +49,15 @@ def _binary_attn_fwd_v2_kernel(
     bh64 = bh.to(tl.int64)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
-    q_base = q_ptr + b64 * s_qb + h64 * s_qh
-    k_base = k_ptr + b64 * s_kb + h64 * s_kh
     v_base = v_ptr + b64 * s_vb + h64 * s_vh
-    if HEAD_SUMS:
-        qs = sign_tile(q_base, rows, row_mask, s_qn, s_qd, D, DP)  # (BLOCK_N, DP), once per program
-        k_signs, s_ksm, s_ksd = k_base, s_km, s_kd
-    else:  # int8 tensors (B, H, L, DP): a loaded Q operand stays in shared memory for the dot
-        qs = load_signs(qs_ptr + bh64 * N * DP, rows, row_mask, DP, D, DP, False)
-        k_signs, s_ksm, s_ksd = ks_ptr + bh64 * M * DP, DP, 1
+    # int8 tensors (B, H, L, DP): a loaded Q operand stays in shared memory for the dot
+    qs = load_signs(qs_ptr + bh64 * N * DP, rows, row_mask, DP, D, DP, False)
+    k_signs, s_ksm, s_ksd = ks_ptr + bh64 * M * DP, DP, 1
     b_base = b_ptr + bh64 * M
     c = 0.0
     if MEAN_ABS:
-        if HEAD_SUMS:
-            sum_q = head_abs_sum(q_base, N, s_qn, s_qd, D, DP, BLOCK_M)
-            sum_k = head_abs_sum(k_base, M, s_km, s_kd, D, DP, BLOCK_M)
-        else:
-            sum_q = tl.load(sums_q_ptr + bh)
-            sum_k = tl.load(sums_k_ptr + bh)
+        sum_q = tl.load(sums_q_ptr + bh)
+        sum_k = tl.load(sums_k_ptr + bh)
         a_head = sum_q * tl.cast(inv_nd, tl.float32)
         b_head = sum_k * tl.cast(inv_md, tl.float32)
         c = a_head * scale_log2 * b_head
@@ -96,10 +73,9 @@ def _binary_attn_fwd_v2_kernel(
     if BETA_MAX:
         beta_max = tl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
     bound = tl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
-    k_source: tl.constexpr = 2 if HEAD_SUMS else 0
     # `bound` stands in for the 8-bit P.V scales, unused here
     acc, l_i, m_i = attend_rows(
         bound, qs, c, c_rows, rows, row_mask, k_signs, s_ksm, s_ksd, v_base, s_vm, s_vd, b_base, bias_base,
         s_bn, s_bm, bound, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
-        HAS_PREFIX, k_source, DOT, STATIC_MAX, LIMIT, P_OFFSET, False)
+        HAS_PREFIX, DOT, STATIC_MAX, LIMIT, P_OFFSET, False)
     store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, bound, DV, DVP, False)

@@ -45,7 +45,7 @@ def bias_operand(bias: torch.Tensor | None, spec, shape4: tuple[int, int, int, i
         return BiasOperand(code, bias.to(torch.float32).contiguous(), zeros, 0, (0, 0, 0))
     if kind == "table":
         gh, gw, prefix = spec.grid
-        table = (bias.to(torch.float32) * LOG2E).t().contiguous()  # (H, rows), log2 units
+        table = (bias.to(torch.float32) * LOG2E.value).t().contiguous()  # (H, rows), log2 units
         return BiasOperand(code, table, zeros, table_rows(gh, gw), (gh, gw, prefix))
     view = bias.expand(shape4)  # (B, H, N, M) view, stride 0 on broadcast dims
     return BiasOperand(code, view, tuple(view.stride()), 0, (0, 0, 0))

@@ -270,6 +270,8 @@ def describe_call(tensors: dict, kwargs: dict) -> dict:
     kind = kwargs.get("bias_kind", "none")
     spec = CallSpec(scale=1.0, weighting=kwargs.get("weighting", "mean_abs"), bias_kind=kind,
                     grad_mode=kwargs.get("grad_mode", "ste"), pv_quant=kwargs.get("pv_quant", "none"))
+    if not q.is_cuda:
+        return {"forward": "reference (CPU)"}
     call = CallFacts.of(q, k, v, tensors.get("bias"))
     options = kwargs.get("kernel_options") or KernelOptions()
     plan = plan_forward(call, spec, DeviceFacts.of(q.device), options)

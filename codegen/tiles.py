@@ -7,23 +7,25 @@ tiles of ``BLOCK_M`` key columns ``j``. Scores are kept in log2 units,
 - signs: int8 ``+-1`` tiles ``(rows, DP)``; channels ``>= D`` are 0, so the int8 tensor-core
   dot of two sign tiles is the exact integer ``h_ij = <sgn q_i, sgn k_j>``.
 - ``DP``: ``D`` padded to a power of two, at least 32 (the int8 dot needs ``K >= 32``).
-- bias kinds (constexpr ``BIAS``): 0 none, 1 per head, 2 relative-position table,
-  3 dense float, 4 boolean mask.
+- bias kinds (constexpr ``BIAS``): ``BIAS_NONE``, ``BIAS_HEAD`` (per head), ``BIAS_TABLE``
+  (relative-position table), ``BIAS_DENSE`` (dense float), ``BIAS_MASK`` (boolean mask).
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-BIAS_CODES = {"none": 0, "head": 1, "table": 2, "dense": 3, "mask": 4}
+BIAS_NONE, BIAS_HEAD, BIAS_TABLE, BIAS_DENSE, BIAS_MASK = (tl.constexpr(code) for code in range(5))
+BIAS_CODES = {"none": BIAS_NONE.value, "head": BIAS_HEAD.value, "table": BIAS_TABLE.value,
+              "dense": BIAS_DENSE.value, "mask": BIAS_MASK.value}  # spec.bias_kind -> constexpr BIAS
 
 # 12582912.0 = 1.5 * 2**23: adding it to a small integer puts the integer in the low mantissa
 # bits, so ``bitcast(h + 0x4B400000) - 12582912.0`` is the exact float32 of ``h`` for |h| < 2**22
 # with two integer/float adds instead of the int->float conversion unit (SPEC §6 lever).
 MAGIC_INT = tl.constexpr(0x4B400000)
 MAGIC_FLOAT = tl.constexpr(12582912.0)
-LOG2E = 1.4426950408889634  # 1 / ln(2)
-LN2 = 0.6931471805599453  # ln(2)
+LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln(2); host code reads LOG2E.value
+LN2 = tl.constexpr(0.6931471805599453)  # ln(2)
 
 
 @triton.jit
@@ -97,23 +99,23 @@ def bias_tile(
     bias_ptr, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
     BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, LOG2_UNITS: tl.constexpr,
 ):
-    """Additive bias tile ``(R, C)`` for BIAS 2 (table) or 3 (dense); 0 otherwise.
+    """Additive bias tile ``(R, C)`` for ``BIAS_TABLE`` or ``BIAS_DENSE``; 0 otherwise.
 
     ``bias_ptr`` points at this (batch, head): the table column (contiguous rows) or the dense
     bias with strides ``s_bn, s_bm`` (0 on broadcast dims). Table values are pre-scaled by
     log2(e) by the launcher; a dense bias is scaled here when ``LOG2_UNITS``.
     """
-    if BIAS == 2:
+    if BIAS == BIAS_TABLE:
         r = tl.where(row_mask, rows, 0)
         c = tl.where(col_mask, cols, 0)
         idx = table_index(r, c, grid_h, grid_w, prefix, HAS_PREFIX)
         return tl.load(bias_ptr + idx)
-    elif BIAS == 3:
+    elif BIAS == BIAS_DENSE:
         mask = row_mask[:, None] & col_mask[None, :]
         beta = tl.load(bias_ptr + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=mask, other=0.0)
         beta = beta.to(tl.float32)
         if LOG2_UNITS:
-            beta = beta * 1.4426950408889634  # log2(e)
+            beta = beta * LOG2E
         return beta
     else:
         return 0.0
@@ -121,7 +123,7 @@ def bias_tile(
 
 @triton.jit
 def mask_keep(bias_ptr, rows, cols, row_mask, col_mask, s_bn, s_bm):
-    """Boolean-mask tile ``(R, C)``: True where the pair is kept (BIAS 4)."""
+    """Boolean-mask tile ``(R, C)``: True where the pair is kept (``BIAS_MASK``)."""
     mask = row_mask[:, None] & col_mask[None, :]
     keep = tl.load(bias_ptr + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=mask, other=1)
     return keep != 0

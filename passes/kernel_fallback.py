@@ -29,12 +29,12 @@ from bitlower import ops
 from bitlower.counters import counters
 from bitlower.passes.op_table import value_of
 from bitlower.passes.site import module_path
+from bitlower.spec import OP_ARGS
 
 log = logging.getLogger(__name__)
 
 OPERATOR = torch.ops.bitlower.binary_attention_fwd.default
 _PARAMS = tuple(a.name for a in OPERATOR._schema.arguments)  # q, k, v, a, b, bias, scale, ..., save_bits
-_SPEC_ARGS = ("scale", "weighting", "bias_kind", "grid", "grad_mode", "pv_quant", "ste_clip")
 
 
 def _hint(d) -> int:
@@ -83,7 +83,7 @@ def call_fallback_reasons(node: Node) -> list[str]:
         return []
     mode = FakeTensorMode()
     q, k, v, a, b, bias = (_concrete(args[name], mode) for name in ("q", "k", "v", "a", "b", "bias"))
-    spec = ops.make_spec(*(args[name] for name in _SPEC_ARGS), save_bits=bool(args["save_bits"]))
+    spec = ops.make_spec(*(args[name] for name in OP_ARGS), save_bits=bool(args["save_bits"]))
     options = args["kernel_options"]
     reasons = [ops.fallback_reason("unsupported_reason", (q, k, v, a, b, bias), spec, options)]
     if spec.save_bits and outputs is not None:  # differentiated: the backward operator runs too

@@ -24,7 +24,7 @@ import sympy
 import torch
 from torch.fx import GraphModule, Node
 
-from bitlower import functional as _functional  # noqa: F401  (registers the operator's backward)
+from bitlower import ops as _ops  # noqa: F401  (defines the operator and its autograd)
 from bitlower.backend_config import BackendConfig
 from bitlower.counters import counters
 from bitlower.passes.emit import Emitter
@@ -123,8 +123,8 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     bias, kind = _bias(emit, site, q, k, flat)
     save_bits = bool(value_of(site.anchor).requires_grad)  # traced under grad mode with grad-requiring inputs
     scale = _times_powers(emit, site.canonical.scale, site.canonical.scale_factors)  # a float or a SymFloat node
-    call = emit.call(OPERATOR, q, k, v, None, None, bias, scale, config.weighting, kind, [],
-                     config.grad_mode, config.pv_quant, float(config.ste_clip), save_bits)
+    spec = config.attention.call_spec(1.0, bias_kind=kind)  # scale: a graph value, set below
+    call = emit.call(OPERATOR, q, k, v, None, None, bias, scale, *spec.op_args()[1:], save_bits)
     out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
     if flat:
         out = emit.method("squeeze", out, 0)  # (BH, N, Dv)

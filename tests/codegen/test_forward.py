@@ -42,10 +42,9 @@ def _check(got, ref, rel_err):
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()) or "default")
-@pytest.mark.parametrize("k_from_bits", [False, True])
-def test_forward_matches_reference(case, k_from_bits, helpers):
+def test_forward_matches_reference(case, helpers):
     q, k, v, a, b, bias, spec = helpers.make_call(**case)
-    got = forward(q, k, v, a, b, bias, spec, k_from_bits=k_from_bits)
+    got = forward(q, k, v, a, b, bias, spec)
     _check(got, reference.forward(q, k, v, a, b, bias, spec), helpers.rel_err)
 
 

@@ -1,0 +1,82 @@
+"""Shared pieces of the benchmark scripts: GPU timing, crash-isolated worker processes, report files.
+
+Each script in ``benchmarks/`` answers one question and imports these (run as ``python benchmarks/X.py``,
+so this folder is on ``sys.path``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import torch
+
+log = logging.getLogger("bench")
+
+
+def bench(fn) -> float:
+    """Median ms of CUDA-graph replays of ``fn``; plain event timing where capture fails."""
+    import triton.testing as tt
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        return float(tt.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+    except Exception as exc:  # noqa: BLE001 - some backends refuse capture; say so and time them plainly
+        log.warning("graph capture failed (%s); event timing", type(exc).__name__)
+        return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def guarded(rows: dict, name: str, fn) -> None:
+    """``rows[name]`` = time of ``fn``, or no row (logged) when that backend fails on this shape."""
+    try:
+        rows[name] = bench(fn)
+    except Exception as exc:  # noqa: BLE001 - a failing comparison backend must not end the run
+        log.warning("%s failed: %s", name, str(exc).splitlines()[0][:200])
+
+
+def poison(nbytes: int) -> None:
+    """Fill freed allocator blocks with NaN, so an unwritten output element shows up as NaN."""
+    junk = torch.empty(max(nbytes, 2**20) // 4 * 2, device="cuda").fill_(float("nan"))
+    del junk
+
+
+def run_worker(script: str, argv: list[str], prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    """``python script *argv`` in a fresh process (optionally under ``prefix``, e.g. compute-sanitizer).
+
+    A CUDA fault (an illegal memory access loses the context) ends that process only.
+    """
+    return subprocess.run([*(prefix or []), sys.executable, script, *argv], capture_output=True, text=True,
+                          check=False)
+
+
+def write_report(out: str, stem: str, meta: dict, table: str, extra_md: str = "") -> None:
+    """``out/stem.json`` (``meta``) and ``out/stem.md`` (a header line from ``meta``, ``table``, ``extra_md``)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{stem}.json"), "w") as fh:
+        json.dump(meta, fh, indent=1)
+    header = ", ".join(f"{k} {meta[k]}" for k in ("gpu", "torch", "triton", "python") if k in meta)
+    with open(os.path.join(out, f"{stem}.md"), "w") as fh:
+        fh.write((header + "\n\n" if header else "") + table + "\n" + extra_md)
+
+
+def bar_plot(path: str, panels: list[tuple[str, list[str], dict[str, list[float]]]], ylabel: str) -> None:
+    """One PNG of grouped bars: each panel is ``(title, group labels, {series: values per group})``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (title, labels, series) in zip(axes[0], panels):
+        width = 0.8 / max(len(series), 1)
+        for i, (name, values) in enumerate(series.items()):
+            ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, fontsize=7)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
