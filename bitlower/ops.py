@@ -82,15 +82,23 @@ def fallback_reason(check: str, tensors, spec: CallSpec, kernel_options: str = "
     return getattr(codegen, check)(*tensors, spec, codegen.KernelOptions.decode(kernel_options), **extra)
 
 
+_PLANS = {"unsupported_reason": "forward_plan_for", "unsupported_backward_reason": "backward_plan_for"}
+
+
 def _kernels_for(check: str, tensors, spec: CallSpec, kernel_options: str = "", **extra):
-    """The codegen module when its ``check`` accepts this CUDA call, else None (fallback counted)."""
+    """The kernel plan (``codegen.plan``) when the kernels cover this CUDA call, else None (fallback counted).
+
+    ``check`` names the question (``"unsupported_reason"``: forward, ``"unsupported_backward_reason"``).
+    """
     if not tensors[0].is_cuda:
         return None
     from bitlower import codegen
 
-    reason = fallback_reason(check, tensors, spec, kernel_options, **extra)
-    if reason is None:
-        return codegen
+    options = codegen.KernelOptions.decode(kernel_options)
+    plan = getattr(codegen.support, _PLANS[check])(*tensors, spec, options, **extra)
+    if not isinstance(plan, str):
+        return plan
+    reason = plan
     if not (_COUNTED_BY_BACKEND.get() and is_fake(tensors[0])):  # else the backend counted it
         counters["fallback"][reason] += 1
         log.info("bitlower: reference path on CUDA: %s", reason)
@@ -121,10 +129,11 @@ def binary_attention_fwd(
     argument, so Inductor's caches key it.
     """
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
-    kernels = _kernels_for("unsupported_reason", (q, k, v, a, b, bias), spec, kernel_options)
-    if kernels is not None:
-        options = kernels.KernelOptions.decode(kernel_options)
-        return _drop_bits(kernels.forward(q, k, v, a, b, bias, spec, options), spec)
+    plan = _kernels_for("unsupported_reason", (q, k, v, a, b, bias), spec, kernel_options)
+    if plan is not None:
+        from bitlower import codegen
+
+        return _drop_bits(codegen.forward(q, k, v, a, b, bias, spec, plan=plan), spec)
     return _drop_bits(reference.forward(q, k, v, a, b, bias, spec), spec)
 
 
@@ -178,11 +187,12 @@ def binary_attention_bwd(
     """
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
     saved = (lse, qbits, kbits, qclip, kclip, a, b)
-    kernels = _kernels_for("unsupported_backward_reason", (grad_out, v, bias) + saved, spec, kernel_options,
-                           head_dim=head_dim)
-    if kernels is not None:
-        options = kernels.KernelOptions.decode(kernel_options)
-        grads = kernels.backward(grad_out, v, bias, *saved, spec, head_dim, needs, options, out=out)
+    plan = _kernels_for("unsupported_backward_reason", (grad_out, v, bias) + saved, spec, kernel_options,
+                        head_dim=head_dim)
+    if plan is not None:
+        from bitlower import codegen
+
+        grads = codegen.backward(grad_out, v, bias, *saved, spec, head_dim, needs, out=out, kernel_plan=plan)
     else:
         grads = reference_backward.backward(grad_out, v, bias, *saved, spec, head_dim, needs)
     return tuple(grad_out.new_empty(0) if g is None else g for g in grads)

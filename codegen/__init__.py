@@ -14,6 +14,7 @@ from __future__ import annotations
 from .backward import backward
 from .forward import forward
 from .plan import KernelOptions, plan_backward, plan_forward
+from . import support
 from .support import unsupported_backward_reason, unsupported_reason
 
 __all__ = ["KernelOptions", "backward", "forward", "plan_backward", "plan_forward", "unsupported_backward_reason",
