@@ -325,3 +325,23 @@ def check_rewrite(
             if w is not None:
                 assert_close(f"grad of input {i}", g, w, tol)
     return got
+
+
+def capture_graph(fn: Callable, *inputs) -> torch.fx.GraphModule:
+    """The single Dynamo graph of ``fn(*inputs)`` (``fullgraph=True``), captured without compiling it."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compile(fn, backend=keep, fullgraph=True)(*inputs)
+    assert len(graphs) == 1, f"expected one graph, Dynamo captured {len(graphs)}"
+    return graphs[0]
+
+
+def run_graph(gm: torch.fx.GraphModule, **named) -> torch.Tensor:
+    """Call a captured graph with arguments by name (its placeholders ``L_q_`` follow first use)."""
+    args = [named[n.target[2:-1]] for n in gm.graph.nodes if n.op == "placeholder"]  # "L_q_" -> "q"
+    return gm(*args)[0]

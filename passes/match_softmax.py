@@ -17,7 +17,7 @@ import torch
 from torch.fx import Node
 
 from bitlower.passes import einsum_forms
-from bitlower.passes.op_table import Role, is_number, is_tensor, role_of, swaps_last_two, value_of
+from bitlower.passes.op_table import Role, is_number, is_tensor, normalize_dim, role_of, tensor_rank
 from bitlower.passes.site import AttentionSite, ScoreOp, module_path
 
 # float16's most negative finite value: a fill at or below it makes exp() underflow to
@@ -218,6 +218,24 @@ def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
         x = user
 
 
+def softmax_axis_reason(role: Role) -> str | None:
+    """None when the softmax runs over the scores' last dim (the keys), else a skip reason.
+
+    ``dim=-1`` and ``dim=rank-1`` are the key axis in every spelling (method, ``torch.softmax``,
+    ``F.softmax``, ``torch.special.softmax``, ``nn.Softmax(dim)``); a softmax without ``dim``
+    uses an implicit axis (dim 1 for 4-D input, 0 for 3-D), never the keys'.
+    """
+    dim = role.args.get("dim")
+    if dim is None:
+        return "softmax_dim_implicit"
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        return "softmax_dim_not_constant"
+    rank = tensor_rank(role.args["input"])
+    if normalize_dim(dim, rank) != rank - 1:
+        return "softmax_not_over_keys"
+    return None
+
+
 def match_softmax_attention(node: Node) -> AttentionSite | None:
     """The attention site whose softmax is ``node``, or None if ``node`` is not one.
 
@@ -243,6 +261,7 @@ def match_softmax_attention(node: Node) -> AttentionSite | None:
     q_ops, q_bypass = scales_to_bypass(q)
     k_ops, k_bypass = scales_to_bypass(k)
     site = AttentionSite("softmax_attention", "", "", anchor=node, q=q, k=k, k_cols=k_cols)
+    site.skip(softmax_axis_reason(role))
     site.score_ops = q_ops + k_ops + product_ops + ops
     site.bypass = q_bypass + k_bypass
     site.scores_chain = list(reversed(chain))  # product first

@@ -161,6 +161,23 @@ def _erase_dead(gm: GraphModule, nodes: list[Node]) -> None:
         pending.sort(key=order.__getitem__, reverse=True)
 
 
+def _rewrite_or_skip(gm: GraphModule, site: AttentionSite, config: BackendConfig) -> None:
+    """``rewrite_site``; if it raises before the operator's output is wired in, its new nodes are
+    erased and the site is skipped (``rewrite_error``) instead of failing the compile."""
+    before = set(gm.graph.nodes)
+    try:
+        rewrite_site(gm, site, config)
+    except Exception as err:  # noqa: BLE001
+        new = [n for n in gm.graph.nodes if n not in before]
+        if any(user in before for n in new for user in n.users):
+            raise  # the graph already reads the new nodes: no way back
+        for node in reversed(new):
+            gm.graph.erase_node(node)
+        log.warning("bitlower: rewrite failed at %r, site left as it is: %s", site.module_path, err)
+        site.reason = "rewrite_error"
+        site.details["error"] = f"{type(err).__name__}: {err}"
+
+
 def _record(sites: list[AttentionSite]) -> None:
     for site in sites:
         counters["sites_found"][site.pattern] += 1
@@ -187,10 +204,8 @@ def rewrite_attention(gm: GraphModule, config: BackendConfig | None = None) -> G
     sites = find_attention(gm.graph, config)
     for site in sites:
         if site.reason is None:
-            rewrite_site(gm, site, config)
-            site.status = REWRITTEN
-        else:
-            site.status = SKIPPED
+            _rewrite_or_skip(gm, site, config)
+        site.status = REWRITTEN if site.reason is None else SKIPPED
     _record(sites)
     if any(s.status == REWRITTEN for s in sites):
         gm.graph.lint()
