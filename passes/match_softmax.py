@@ -22,7 +22,9 @@ from bitlower.passes.site import AttentionSite, ScoreOp, module_path
 
 # float16's most negative finite value: a fill at or below it makes exp() underflow to
 # exactly 0 in every dtype the operator takes (exp(-65504 + |S|max) with |S|max far below
-# 65000), so it masks like -inf except on fully masked rows (-inf gives NaN there).
+# 65000), so it masks like -inf except on fully masked rows, where eager's softmax of equal
+# finite values is uniform (-inf gives NaN there): the rewrite restores those rows
+# (``ScoreOp.fill`` carries the value; ``rewrite_attention`` emits the uniform average).
 MASK_FILL_LIMIT = -65504.0
 
 Step = tuple[Node, list[ScoreOp]]
@@ -54,7 +56,7 @@ def _add_steps(role: Role) -> Iterator[Step]:
 
 def _masked_fill_steps(role: Role) -> Iterator[Step]:
     fill = role.args["value"]
-    op = ScoreOp("mask", role.args["mask"], keep=False) if _fill_is_mask(fill) else \
+    op = ScoreOp("mask", role.args["mask"], keep=False, fill=float(fill)) if _fill_is_mask(fill) else \
         ScoreOp("unsupported", "masked_fill_value")
     yield role.args["input"], [op]
 
@@ -62,9 +64,9 @@ def _masked_fill_steps(role: Role) -> Iterator[Step]:
 def _where_steps(role: Role) -> Iterator[Step]:
     cond, a, b = role.args["condition"], role.args["input"], role.args["other"]
     if is_tensor(a) and _fill_is_mask(b):
-        yield a, [ScoreOp("mask", cond, keep=True)]
+        yield a, [ScoreOp("mask", cond, keep=True, fill=float(b))]
     if is_tensor(b) and _fill_is_mask(a):
-        yield b, [ScoreOp("mask", cond, keep=False)]
+        yield b, [ScoreOp("mask", cond, keep=False, fill=float(a))]
 
 
 def _cast_steps(role: Role) -> Iterator[Step]:

@@ -116,6 +116,31 @@ def _bias(emit: Emitter, site: AttentionSite, q: Node, k: Node, flat: bool):
     return bias, kind
 
 
+def _rows_without_keys(emit: Emitter, site: AttentionSite, v: Node, bias, kind: str, flat: bool, out: Node) -> Node:
+    """The operator's output with rows that keep no key set to what the replaced code gives there.
+
+    The operator gives such rows NaN (a softmax over -inf only) and no gradient. Eager differs in two
+    cases: SDPA returns 0 (torch's ``_safe_softmax``: bool rows all False, float rows all -inf), and a
+    finite fill (``masked_fill(m, finfo.min)``) makes every score of the row equal, so softmax is
+    uniform and the row is the mean of v over the keys.
+    """
+    fill = site.canonical.finite_fill
+    if fill is not None:
+        mask, keep, _ = fill
+        kept = mask if keep else emit.call(torch.logical_not, mask)
+        dead = emit.call(torch.logical_not, emit.method("any", kept, -1, keepdim=True))  # (.., N, 1)
+        if flat and value_of(dead).dim() == 3:
+            dead = emit.method("unsqueeze", dead, 0)  # (1, BH, N, 1)
+        return emit.call(torch.where, dead, emit.method("mean", v, -2, keepdim=True), out)  # v: (B, H, M, Dv)
+    if site.pattern != "sdpa" or bias is None:
+        return out
+    if kind == "mask":
+        dead = emit.call(torch.logical_not, emit.method("any", bias, -1, keepdim=True))  # (.., N, 1)
+    else:
+        dead = emit.method("all", emit.call(torch.isneginf, bias), -1, keepdim=True)
+    return emit.call(torch.where, dead, 0.0, out)
+
+
 def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) -> None:
     """Replace one accepted site by the operator (see the module docstring)."""
     emit = Emitter(gm.graph, site.anchor)
@@ -126,6 +151,7 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     call = emit.call(OPERATOR, q, k, v, None, None, bias, scale, config.weighting, kind, [],
                      config.grad_mode, config.pv_quant, float(config.ste_clip), save_bits)
     out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
+    out = _rows_without_keys(emit, site, v, bias, kind, flat, out)
     if flat:
         out = emit.method("squeeze", out, 0)  # (BH, N, Dv)
     want = value_of(site.anchor).dtype

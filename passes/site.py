@@ -1,6 +1,7 @@
 """What the matchers report: one ``AttentionSite`` per attention found in a graph."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +20,13 @@ class ScoreOp:
     Attributes:
         kind: ``"scale"`` (``operand ** power`` multiplies the scores), ``"bias"`` (``coef *
             operand`` is added), ``"mask"`` (a bool ``operand`` keeps scores where it equals
-            ``keep`` and sets the rest to -inf) or ``"unsupported"`` (``operand`` is the reason).
+            ``keep`` and sets the rest to ``fill``) or ``"unsupported"`` (``operand`` is the reason).
         operand: a Python number, a graph node, a ``SizePower``, or the reason string.
         power: +1 or -1 for ``"scale"``.
         coef: the number multiplying a ``"bias"`` operand.
         keep: for ``"mask"``, the mask value that keeps a score.
+        fill: for ``"mask"``, the value masked scores get: -inf, or a finite number at or below
+            float16's minimum (``masked_fill(m, torch.finfo(dtype).min)``).
     """
 
     kind: str
@@ -31,6 +34,7 @@ class ScoreOp:
     power: int = 1
     coef: float = 1.0
     keep: bool = True
+    fill: float = -math.inf
 
 
 @dataclass(frozen=True)
