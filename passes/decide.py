@@ -16,7 +16,7 @@ from bitlower import validation
 from bitlower.backend_config import BackendConfig
 from bitlower.passes.op_table import is_tensor, value_of
 from bitlower.passes.scale_chain import Unsupported, canonicalize
-from bitlower.passes.site import AttentionSite
+from bitlower.passes.site import AttentionSite, Reshaped
 
 
 def _int(d) -> int:
@@ -25,6 +25,8 @@ def _int(d) -> int:
 
 
 def _shape(x) -> tuple[int, ...]:
+    if isinstance(x, Reshaped):
+        return tuple(x.outer)
     return tuple(_int(d) for d in value_of(x).shape)
 
 
@@ -104,7 +106,7 @@ def _check_operands_keep_dtype(site, canon) -> str | None:
     if not isinstance(scores, torch.Tensor):
         return None
     for node in [n for n, _ in canon.q_factors] + [n for n, _ in canon.bias_terms]:
-        value = value_of(node)
+        value = value_of(node.node if isinstance(node, Reshaped) else node)
         if isinstance(value, torch.Tensor) and torch.result_type(scores, value) != scores.dtype:
             return "score_operand_dtype"
     return None

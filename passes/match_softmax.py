@@ -17,8 +17,8 @@ import torch
 from torch.fx import Node
 
 from bitlower.passes import einsum_forms
-from bitlower.passes.op_table import Role, is_number, is_tensor, normalize_dim, role_of, tensor_rank
-from bitlower.passes.site import AttentionSite, ScoreOp, module_path
+from bitlower.passes.op_table import Role, is_number, is_tensor, normalize_dim, role_of, tensor_rank, value_of
+from bitlower.passes.site import AttentionSite, Reshaped, ScoreOp, module_path
 
 # float16's most negative finite value: a fill at or below it makes exp() underflow to
 # exactly 0 in every dtype the operator takes (exp(-65504 + |S|max) with |S|max far below
@@ -104,20 +104,70 @@ def scores_product(role: Role) -> tuple[Node, Node, bool, list[ScoreOp]] | None:
     return None
 
 
-def _walk_scores(x, chain: list[Node]):
-    """``(product_role, ops from the product up, chain)`` above a softmax input, or None."""
+RESHAPES = ("reshape", "view", "flatten", "unflatten", "unsqueeze", "squeeze")  # row-major views, no expand
+
+
+def _static_shape(x) -> tuple[int, ...] | None:
+    value = value_of(x)
+    if not isinstance(value, torch.Tensor) or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(value.shape)
+
+
+def _is_reshape(role: Role) -> bool:
+    target = role.node.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    return role.name == "layout" and name in RESHAPES and is_tensor(role.args["input"])
+
+
+def _inside(op: ScoreOp, inner: tuple, outer: tuple) -> ScoreOp:
+    """A step met inside a round trip, its tensor operand seen in the scores' shape."""
+    if op.kind in ("bias", "mask") and isinstance(op.operand, Node):
+        return ScoreOp(op.kind, Reshaped(op.operand, inner, outer), op.power, op.coef, op.keep, op.fill)
+    if op.kind == "scale" and not is_number(op.operand):
+        return ScoreOp("unsupported", "factor_in_shape_round_trip")
+    return op
+
+
+def _walk_scores(x, chain: list[Node], trip: tuple | None = None):
+    """``(product_role, ops from the product up, chain)`` above a softmax input, or None.
+
+    ``trip``: ``(inner, outer)`` shapes while inside a reshape round trip (entered at a reshape whose
+    output has the shape ``outer``; left at a reshape of the product, whose shape must be ``outer``).
+    """
     role = role_of(x)
     if role is None:
         return None
-    if scores_product(role) is not None:
+    if trip is None and scores_product(role) is not None:
         return role, [], chain + [x]
+    if _is_reshape(role):
+        return _walk_reshape(role, chain + [x], trip)
+    if trip is not None and _static_shape(x) != trip[0]:
+        return None  # a step inside the round trip that changes the view's shape
     steps = SCORE_STEPS.get(role.name)
     for upstream, ops in (steps(role) if steps else ()):
-        found = _walk_scores(upstream, chain + [x])
+        found = _walk_scores(upstream, chain + [x], trip)
         if found is not None:
             product, below, nodes = found
-            return product, below + ops, nodes
+            return product, below + ([_inside(op, *trip) for op in ops] if trip else ops), nodes
     return None
+
+
+def _walk_reshape(role: Role, chain: list[Node], trip: tuple | None):
+    """Enter a round trip at a reshape that gives the scores' shape, or leave it at the reshape back.
+
+    Leaving needs the reshape's input to have the shape the round trip returns to; above it the
+    walk goes on in the scores' own shape (Swin adds its position bias there).
+    """
+    source = role.args["input"]
+    outer, inner = _static_shape(role.node), _static_shape(source)
+    if outer is None or inner is None:
+        return None
+    if trip is None:  # entering: this view gives the scores' shape back
+        return _walk_scores(source, chain, (inner, outer))
+    if outer != trip[0] or inner != trip[1]:
+        return None  # nested round trips, or a view to a third shape
+    return _walk_scores(source, chain, None)
 
 
 LAYOUT_ROLES = ("layout", "transpose", "permute")

@@ -31,7 +31,7 @@ from bitlower.passes.emit import Emitter
 from bitlower.passes.find_attention import find_attention
 from bitlower.passes.kernel_fallback import call_fallback_reasons
 from bitlower.passes.op_table import role_of, value_of
-from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite, SizePower
+from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite, Reshaped, SizePower
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,14 @@ def _scaled(emit: Emitter, node: Node, coef: sympy.Expr, nodes: dict) -> Node:
     return node
 
 
+def _materialized(emit: Emitter, x):
+    """A graph node for a bias or mask operand; a ``Reshaped`` one is taken through its view."""
+    if not isinstance(x, Reshaped):
+        return x
+    full = emit.method("expand", x.node, *x.inner)  # the view's shape
+    return emit.method("reshape", full, *x.outer)  # the scores' shape
+
+
 def _operands(emit: Emitter, site: AttentionSite):
     """q', k', v in ``(B, H, L, D)`` and whether the site was ``(BH, L, D)``."""
     q, k, v = site.q, site.k, site.v
@@ -99,10 +107,11 @@ def _bias(emit: Emitter, site: AttentionSite, q: Node, k: Node, flat: bool):
     canon = site.canonical
     dense = None
     for node, coef in canon.bias_terms:
-        term = _scaled(emit, node, coef, canon.nodes)
+        term = _scaled(emit, _materialized(emit, node), coef, canon.nodes)
         dense = term if dense is None else emit.call(operator.add, dense, term)
     keep = None
     for mask, kept in canon.masks:
+        mask = _materialized(emit, mask)
         m = mask if kept else emit.call(torch.logical_not, mask)
         keep = m if keep is None else emit.call(torch.logical_and, keep, m)
     if site.causal:
@@ -127,6 +136,7 @@ def _rows_without_keys(emit: Emitter, site: AttentionSite, v: Node, bias, kind: 
     fill = site.canonical.finite_fill
     if fill is not None:
         mask, keep, _ = fill
+        mask = _materialized(emit, mask)
         kept = mask if keep else emit.call(torch.logical_not, mask)
         dead = emit.call(torch.logical_not, emit.method("any", kept, -1, keepdim=True))  # (.., N, 1)
         if flat and value_of(dead).dim() == 3:

@@ -25,7 +25,7 @@ import torch
 from torch.fx import Node
 
 from bitlower.passes.op_table import is_number, value_of
-from bitlower.passes.site import ScoreOp, SizePower
+from bitlower.passes.site import Reshaped, ScoreOp, SizePower
 
 QK = sympy.Symbol("QK")
 
@@ -91,7 +91,7 @@ class _Symbols:
     def of(self, x: Any) -> sympy.Expr:
         if is_number(x):
             return _number(x)
-        if not isinstance(x, (Node, SizePower)):  # e.g. a SymFloat no graph node holds
+        if not isinstance(x, (Node, SizePower, Reshaped)):  # e.g. a SymFloat no graph node holds
             raise Unsupported("opaque_scale_operand")
         if x not in self.by_node:
             self.by_node[x] = sympy.Symbol(f"n_{x.name}")

@@ -60,6 +60,31 @@ class SizePower:
         return f"{self.node.name}.size({self.dim})**{self.exponent}"
 
 
+@dataclass(frozen=True)
+class Reshaped:
+    """A bias or mask met inside a shape round trip of the scores, in the scores' own shape.
+
+    Swin's shifted windows add their mask on a view of the scores,
+    ``(s.view(B/W, W, H, N, M) + mask.unsqueeze(1).unsqueeze(0)).view(B, H, N, M)``: an elementwise
+    step on a row-major view is the same step on the scores with the operand taken through the same
+    view, ``mask.expand(inner).reshape(outer)`` (the rewrite emits those two nodes).
+
+    Attributes:
+        node: the operand as the graph holds it (broadcastable to ``inner``).
+        inner: the shape of the view the step applies to.
+        outer: the scores' shape.
+    """
+
+    node: Node
+    inner: tuple[int, ...]
+    outer: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        """Names the sympy symbol of the scale chain."""
+        return f"{self.node.name}.reshaped"
+
+
 @dataclass
 class AttentionSite:
     """An attention computation found in an FX graph, and what became of it.
