@@ -237,6 +237,28 @@ def feeds_pv(x: Node) -> bool:
     return False
 
 
+BLEND_STEPS = 8  # nodes followed down from a softmax when looking for a blended P·V
+
+
+def feeds_pv_blended(x: Node) -> bool:
+    """Whether ``x`` reaches a P·V product as (part of) its P operand through any steps.
+
+    ConViT's gated attention blends two softmaxes, ``(1 - g) * softmax(q kᵀ) + g * softmax(pos)``,
+    renormalises, then multiplies by v: attention whose probabilities the operator cannot return.
+    """
+    queue, seen = [x], set()
+    while queue and len(seen) < BLEND_STEPS:
+        node = queue.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        for user in node.users:
+            if _is_pv_product(user, node):
+                return True
+            queue.append(user)
+    return False
+
+
 def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
     """Follow the softmax output to its P·V product; sets ``site.anchor``/``v`` or a reason.
 
@@ -303,7 +325,10 @@ def match_softmax_attention(node: Node) -> AttentionSite | None:
         ['matmul>mul>softmax>matmul']
     """
     role = role_of(node)
-    if role is None or role.name != "softmax" or not feeds_pv(node):
+    if role is None or role.name != "softmax":
+        return None
+    blended = not feeds_pv(node)
+    if blended and not feeds_pv_blended(node):
         return None  # a softmax whose output never multiplies values is not attention
     found = _walk_scores(role.args["input"], [])
     if found is None:
@@ -314,6 +339,11 @@ def match_softmax_attention(node: Node) -> AttentionSite | None:
     k_ops, k_bypass = scales_to_bypass(k)
     site = AttentionSite("softmax_attention", "", "", anchor=node, q=q, k=k, k_cols=k_cols)
     site.skip(softmax_axis_reason(role))
+    if blended:  # the operator returns P·V, not P: the blend would need the probabilities
+        site.skip("probabilities_blended")
+        site.v, site.erase, site.spelling = None, [], "softmax>blend>matmul"
+        site.module_path = module_path(node)
+        return site
     site.score_ops = q_ops + k_ops + product_ops + ops
     site.bypass = q_bypass + k_bypass
     site.scores_chain = list(reversed(chain))  # product first

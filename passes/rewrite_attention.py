@@ -31,12 +31,14 @@ from bitlower.passes.emit import Emitter
 from bitlower.passes.find_attention import find_attention
 from bitlower.passes.kernel_fallback import call_fallback_reasons
 from bitlower.passes.op_table import role_of, value_of
+from bitlower.passes.unmatched import find_unmatched
 from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite, Reshaped, SizePower
 
 log = logging.getLogger(__name__)
 
 OPERATOR = torch.ops.bitlower.binary_attention_fwd.default
 SITES_META_KEY = "bitlower_sites"
+UNMATCHED_META_KEY = "bitlower_unmatched"
 FACTORIES = (torch.empty, torch.zeros, torch.ones, torch.empty_like, torch.zeros_like)
 
 
@@ -234,10 +236,15 @@ def rewrite_attention(gm: GraphModule, config: BackendConfig | None = None) -> G
 
     Returns:
         ``gm``, recompiled; ``gm.meta["bitlower_sites"]`` lists a ``SiteReport`` per site.
-        Counters: ``sites_found`` / ``sites_rewritten`` by pattern, ``sites_skipped`` by reason.
+        Counters: ``sites_found`` / ``sites_rewritten`` by pattern, ``sites_skipped`` by reason,
+        ``sites_unmatched`` by spelling (``gm.meta["bitlower_unmatched"]`` lists them).
     """
     config = config or BackendConfig()
     sites = find_attention(gm.graph, config)
+    unmatched = find_unmatched(gm.graph, sites)
+    for report in unmatched:
+        counters["sites_unmatched"][report.spelling] += 1
+        log.info("bitlower: softmax over a product at %r left full precision: %s", report.module_path, report.reason)
     for site in sites:
         if site.reason is None:
             _rewrite_or_skip(gm, site, config)
@@ -247,4 +254,5 @@ def rewrite_attention(gm: GraphModule, config: BackendConfig | None = None) -> G
         gm.graph.lint()
         gm.recompile()
     gm.meta.setdefault(SITES_META_KEY, []).extend(site.report() for site in sites)
+    gm.meta.setdefault(UNMATCHED_META_KEY, []).extend(unmatched)
     return gm
