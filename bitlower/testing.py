@@ -14,6 +14,10 @@ rewrites *their* attention code. Two pieces:
 * ``check_rewrite(fn, inputs, reference)``: compiles ``fn`` with ``backend="bitlower"`` and
   ``fullgraph=True``, asserts the expected number of sites were rewritten and that outputs
   (and gradients) equal ``reference`` within the tolerance of the dtype.
+* ``scores_graphs()`` / ``check_rewrite_or_left_alone(graph)`` (``bitlower.testing_scores``): the
+  rewrite's safety as a property over softmax axes and spellings, factors of every broadcast
+  shape on q, k or the scores, finite and infinite mask fills and fully masked rows: each graph
+  is rewritten to the binary reference or left alone equal to eager, never anything else.
 
 Example (a property test of your own attention module)::
 
@@ -44,6 +48,12 @@ from torch import nn
 
 import bitlower
 from bitlower.counters import counters
+from bitlower.testing_scores import (  # noqa: F401  (public: the side-condition property kit)
+    ScoresGraph,
+    check_compiled_or_left_alone,
+    check_rewrite_or_left_alone,
+    scores_graphs,
+)
 
 # Both the compiled and the reference path compute in float32 (float64 for float64) from
 # the same sign bits; they differ only in reduction order (mean|q|, log-sum-exp, P·V), a few

@@ -39,6 +39,8 @@ class ScoresGraph:
         softmax, dim: the spelling and axis (``dim`` ignored for ``"sdpa"``; None = no ``dim``).
         factor_at, factor_shape, factor_op: where a factor applies, its broadcast shape, ``mul``/``div``.
         bias: an additive float bias ``(N, M)`` on the scores (before the mask).
+        round_trip: the bias is added on a view ``(B, 1, H, N, M)`` of the scores, viewed back
+            (Swin's shifted-window form).
         mask, fill: how the mask applies and what masked scores get.
         fully_masked: query row 0 of batch 0 masked at every key.
         dtype, batch, heads, n, m, head_dim: input dtype and shapes.
@@ -51,6 +53,7 @@ class ScoresGraph:
     factor_shape: str = "number"
     factor_op: str = "mul"
     bias: bool = False
+    round_trip: bool = False
     mask: str = "none"
     fill: str = "-inf"
     fully_masked: bool = False
@@ -137,7 +140,10 @@ def build(graph: ScoresGraph, product=torch.matmul):
         s = product(q, k.transpose(-2, -1)) * scale
         if graph.factor_at == "scores":
             s = _factor(s, w, graph.factor_op, 0.7)
-        if b is not None:
+        if b is not None and graph.round_trip:
+            shape = s.shape
+            s = (s.view(shape[0], 1, *shape[1:]) + b.view(1, 1, 1, *b.shape)).view(shape)  # (B, 1, H, N, M)
+        elif b is not None:
             s = s + b
         s = _mask(graph, s, m)
         return _softmax(graph, s) @ v
@@ -268,6 +274,7 @@ def scores_graphs(dtypes=(torch.float32, torch.float64), max_len: int = 10, head
         factor_shape=st.sampled_from(FACTOR_SHAPES),
         factor_op=st.sampled_from(("mul", "div")),
         bias=st.booleans(),
+        round_trip=st.booleans(),
         mask=st.sampled_from(MASK_FORMS),
         fill=st.sampled_from(MASK_FILLS),
         fully_masked=st.booleans(),
