@@ -27,6 +27,7 @@ from torch._inductor import list_mode_options
 from torch._inductor.compile_fx import compile_fx
 
 from bitlower.backend_config import BackendConfig
+from bitlower.counters import kept_on_success
 from bitlower.ops import fallbacks_counted_by_backend
 from bitlower.passes.kernel_fallback import count_kernel_fallbacks
 from bitlower.passes.rewrite_attention import rewrite_attention
@@ -73,7 +74,9 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
 
     Returns:
         the compiled callable from ``compile_fx``. Counters: those of ``rewrite_attention``, and
-        ``fallback`` by reason for each operator call that will run the reference on CUDA.
+        ``fallback`` by reason for each operator call that will run the reference on CUDA; both
+        are taken back when ``compile_fx`` raises (Dynamo then drops the graph, e.g. to restart
+        its analysis with a Python float specialized), so each kept graph counts once.
 
     Raises:
         ValueError: unknown options or mode, invalid option values.
@@ -91,9 +94,10 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
         if mode not in modes:
             raise ValueError(f"unknown mode {mode!r} for backend 'bitlower'; modes are {sorted(modes)}")
         patches = {**list_mode_options(mode), **patches}
-    gm = count_kernel_fallbacks(rewrite_attention(gm, config))
-    with fallbacks_counted_by_backend():
-        return compile_fx(gm, example_inputs, config_patches=patches)
+    with kept_on_success():  # a compile that raises (a Dynamo restart) drops the graph and its counts
+        gm = count_kernel_fallbacks(rewrite_attention(gm, config))
+        with fallbacks_counted_by_backend():
+            return compile_fx(gm, example_inputs, config_patches=patches)
 
 
 def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None,
@@ -110,6 +114,7 @@ def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: st
     from torch._dynamo.backends.debugging import aot_eager
 
     config, _ = split_options(options)
-    gm = count_kernel_fallbacks(rewrite_attention(gm, config))
-    with fallbacks_counted_by_backend():
-        return aot_eager(gm, example_inputs)
+    with kept_on_success():
+        gm = count_kernel_fallbacks(rewrite_attention(gm, config))
+        with fallbacks_counted_by_backend():
+            return aot_eager(gm, example_inputs)

@@ -2,7 +2,10 @@
 
 Groups bitlower counts in:
 - ``sites_found`` / ``sites_rewritten`` (by pattern), ``sites_skipped`` (by reason): each graph
-  the rewrite pass sees (``bitlower.passes.rewrite_attention``).
+  the rewrite pass sees (``bitlower.passes.rewrite_attention``); under the backend, each graph
+  whose compile completes (``kept_on_success``).
+- ``sites_unmatched`` (by spelling): softmaxes over a product of two activations that feed a
+  product again but that no matcher recognised as attention (reported, never rewritten).
 - ``fallback`` (by reason): operator calls on CUDA that run the exact reference because the fused
   kernels do not cover them. An eager call counts each time it runs; under
   ``torch.compile(backend="bitlower")`` each operator call site counts once per compiled graph
@@ -12,6 +15,8 @@ Groups bitlower counts in:
 from __future__ import annotations
 
 import collections
+import contextlib
+from typing import Iterator
 
 counters: collections.defaultdict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
@@ -19,3 +24,20 @@ counters: collections.defaultdict[str, collections.Counter] = collections.defaul
 def reset() -> None:
     """Clear every counter group."""
     counters.clear()
+
+
+@contextlib.contextmanager
+def kept_on_success() -> Iterator[None]:
+    """Counts made inside the block are undone when it raises.
+
+    The backend counts a graph's sites before Inductor compiles it; when that compile raises,
+    Dynamo drops the graph (``TensorifyScalarRestartAnalysis`` restarts the analysis and hands the
+    backend the same sites again), so the counts of a dropped graph are taken back.
+    """
+    snapshot = {group: collections.Counter(c) for group, c in counters.items()}
+    try:
+        yield
+    except BaseException:
+        counters.clear()
+        counters.update(snapshot)
+        raise

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 
 from bitlower.backend import split_options
-from bitlower.passes.rewrite_attention import SITES_META_KEY, rewrite_attention
+from bitlower.passes.rewrite_attention import SITES_META_KEY, UNMATCHED_META_KEY, rewrite_attention
 from bitlower.passes.site import REWRITTEN, SiteReport
 
 log = logging.getLogger(__name__)
@@ -22,17 +22,23 @@ class ExplainReport:
         sites: one ``SiteReport`` per site, in graph order (graphs in compile order).
         graphs: how many graphs Dynamo captured (1 without graph breaks).
         graph_breaks: the reasons Dynamo gave for each graph break.
+        unmatched: softmaxes over a product of two activations that no site claims (they stay
+            full precision), status ``"unmatched"``.
     """
 
     sites: list[SiteReport] = field(default_factory=list)
+    unmatched: list[SiteReport] = field(default_factory=list)
     graphs: int = 0
     graph_breaks: list[str] = field(default_factory=list)
 
     @property
     def counts(self) -> dict[str, int]:
-        """``{"found": .., "rewritten": .., "skipped": ..}``."""
+        """``{"found": .., "rewritten": .., "skipped": ..}``, and ``"unmatched"`` when there are any."""
         rewritten = sum(s.status == REWRITTEN for s in self.sites)
-        return {"found": len(self.sites), "rewritten": rewritten, "skipped": len(self.sites) - rewritten}
+        counts = {"found": len(self.sites), "rewritten": rewritten, "skipped": len(self.sites) - rewritten}
+        if self.unmatched:
+            counts["unmatched"] = len(self.unmatched)
+        return counts
 
     def skipped(self) -> dict[str, int]:
         """Skipped sites counted by reason."""
@@ -61,8 +67,11 @@ class ExplainReport:
             if s.details.get("kernel_fallback"):
                 info = f"{info}; reference on CUDA: " + "; ".join(s.details["kernel_fallback"])
             lines.append(f"{s.module_path or '<root>':<32} {s.pattern:<20} {s.status:<10} {info}")
+        for s in self.unmatched:
+            lines.append(f"{s.module_path or '<root>':<32} {s.spelling:<20} {s.status:<10} {s.reason}")
         c = self.counts
-        lines.append(f"found {c['found']}, rewritten {c['rewritten']}, skipped {c['skipped']}; "
+        lines.append(f"found {c['found']}, rewritten {c['rewritten']}, skipped {c['skipped']}, "
+                     f"unmatched {len(self.unmatched)}; "
                      f"graphs {self.graphs}, graph breaks {len(self.graph_breaks)}")
         return "\n".join(lines)
 
@@ -102,6 +111,7 @@ def explain(model: torch.nn.Module, *example_inputs, options: Mapping[str, Any] 
     def collect(gm: torch.fx.GraphModule, inputs):
         rewrite_attention(gm, config)
         report.sites.extend(gm.meta.pop(SITES_META_KEY, []))
+        report.unmatched.extend(gm.meta.pop(UNMATCHED_META_KEY, []))
         report.graphs += 1
         return gm.forward
 

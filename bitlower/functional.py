@@ -52,7 +52,8 @@ def binary_attention(
         ``(B, H, N, Dv)`` in v's dtype.
 
     Raises:
-        TypeError: non-tensor or non-floating inputs, mixed dtypes, a non-bool mask.
+        TypeError: non-tensor or non-floating inputs, mixed dtypes, a non-bool mask, a ``scale`` that
+            is not a real number, a ``grid`` that is not three ints.
         ValueError: mismatched shapes, ``D`` out of range, a bias of the wrong shape, devices
             that differ, unknown mode names.
 
@@ -66,6 +67,8 @@ def binary_attention(
     scale = validation.check_scale(q.shape[-1] ** -0.5 if scale is None else scale)
     if bias_kind is None:
         bias_kind = "none" if bias is None else ("mask" if bias.dtype == torch.bool else "dense")
+    if grid is not None:
+        validation.check_grid(grid)
     validation.check_bias(bias, bias_kind, grid, q, k)
     if weighting == "bilinear":
         q, a = bilinear_planes(q, generator)

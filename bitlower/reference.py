@@ -102,6 +102,23 @@ def scores(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor, beta: torch.Tensor
     return s if beta is None else s + beta
 
 
+def softmax_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(P, lse)`` of scores ``(B, H, N, M)``: ``P = exp(s - m) / l`` with ``m`` the row maximum.
+
+    Normalising by the sum ``l`` keeps every row a convex combination at any magnitude:
+    ``exp(s - lse)`` is not one once ``lse = m + log(l)`` rounds to ``m`` (scores near 1e7 in
+    float32 make ``log(l)`` vanish and rows sum to up to ``M``). A row whose every score is -inf
+    (no kept key) gets ``P = 0`` and ``lse = -inf``: the backward sees no contribution from it,
+    and the forward writes NaN into its output, as a softmax over -inf does.
+    """
+    m = s.amax(dim=-1, keepdim=True)  # (B, H, N, 1)
+    m = torch.where(torch.isneginf(m), 0.0, m)  # rows without a kept key: exp(-inf - 0) = 0
+    e = torch.exp(s - m)
+    total = e.sum(dim=-1, keepdim=True)
+    probs = e / torch.where(total > 0, total, 1.0)
+    return probs, (m + torch.log(total)).squeeze(-1)  # (B, H, N, M), (B, H, N)
+
+
 def quantize_probs(p: torch.Tensor) -> torch.Tensor:
     """``round(255 P) / 255``."""
     return torch.round(p * PROB_LEVELS) / PROB_LEVELS
@@ -131,13 +148,13 @@ def forward(q, k, v, a_in, b_in, bias, spec: CallSpec):
     b = effective_scalars(k, b_in, spec)
     h = integer_scores(qbits, kbits, head_dim, acc)
     s = scores(h, a, b, dense_bias(bias, spec, acc), spec.scale)
-    lse = torch.logsumexp(s, dim=-1)  # (B, H, N)
-    probs = torch.exp(s - lse.unsqueeze(-1))
+    probs, lse = softmax_rows(s)
     vv = v.to(acc)
     if spec.pv_quant == "int8":
         probs, vv = quantize_probs(probs), quantize_values(vv)
-    out = (probs @ vv).to(v.dtype)  # (B, H, N, Dv)
-    return out, lse, qbits, kbits, qclip, kclip, a, b
+    out = probs @ vv  # (B, H, N, Dv)
+    out = torch.where(torch.isneginf(lse).unsqueeze(-1), float("nan"), out)  # rows without a kept key
+    return out.to(v.dtype), lse, qbits, kbits, qclip, kclip, a, b
 
 
 def clip_bits(x: torch.Tensor, spec: CallSpec) -> torch.Tensor:

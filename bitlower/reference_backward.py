@@ -26,6 +26,7 @@ from bitlower.reference import (
     quantize_probs,
     quantize_values,
     scores,
+    softmax_rows,
 )
 from bitlower.relpos import dense_to_table_grad
 from bitlower.spec import CallSpec
@@ -45,7 +46,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec: Cal
     acc = a.dtype
     h = integer_scores(qbits, kbits, head_dim, acc)  # (B, H, N, M, P, P)
     s = scores(h, a, b, dense_bias(bias, spec, acc), spec.scale)
-    probs = torch.exp(s - lse.unsqueeze(-1))  # (B, H, N, M)
+    probs, _ = softmax_rows(s)  # (B, H, N, M); recomputed, not exp(s - lse): see ``softmax_rows``
     do = grad_out.to(acc)
     vv = v.to(acc)
     p_used = probs

@@ -14,6 +14,10 @@ rewrites *their* attention code. Two pieces:
 * ``check_rewrite(fn, inputs, reference)``: compiles ``fn`` with ``backend="bitlower"`` and
   ``fullgraph=True``, asserts the expected number of sites were rewritten and that outputs
   (and gradients) equal ``reference`` within the tolerance of the dtype.
+* ``scores_graphs()`` / ``check_rewrite_or_left_alone(graph)`` (``bitlower.testing_scores``): the
+  rewrite's safety as a property over softmax axes and spellings, factors of every broadcast
+  shape on q, k or the scores, finite and infinite mask fills and fully masked rows: each graph
+  is rewritten to the binary reference or left alone equal to eager, never anything else.
 
 Example (a property test of your own attention module)::
 
@@ -44,6 +48,12 @@ from torch import nn
 
 import bitlower
 from bitlower.counters import counters
+from bitlower.testing_scores import (  # noqa: F401  (public: the side-condition property kit)
+    ScoresGraph,
+    check_compiled_or_left_alone,
+    check_rewrite_or_left_alone,
+    scores_graphs,
+)
 
 # Both the compiled and the reference path compute in float32 (float64 for float64) from
 # the same sign bits; they differ only in reduction order (mean|q|, log-sum-exp, P·V), a few
@@ -325,3 +335,23 @@ def check_rewrite(
             if w is not None:
                 assert_close(f"grad of input {i}", g, w, tol)
     return got
+
+
+def capture_graph(fn: Callable, *inputs) -> torch.fx.GraphModule:
+    """The single Dynamo graph of ``fn(*inputs)`` (``fullgraph=True``), captured without compiling it."""
+    torch._dynamo.reset()
+    graphs = []
+
+    def keep(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch.compile(fn, backend=keep, fullgraph=True)(*inputs)
+    assert len(graphs) == 1, f"expected one graph, Dynamo captured {len(graphs)}"
+    return graphs[0]
+
+
+def run_graph(gm: torch.fx.GraphModule, **named) -> torch.Tensor:
+    """Call a captured graph with arguments by name (its placeholders ``L_q_`` follow first use)."""
+    args = [named[n.target[2:-1]] for n in gm.graph.nodes if n.op == "placeholder"]  # "L_q_" -> "q"
+    return gm(*args)[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -61,6 +62,9 @@ def check_scale(scale) -> float | torch.SymFloat:
     """
     if isinstance(scale, torch.Tensor):
         raise TypeError("scale must be a Python number; fold tensor scales into q or k")
+    symbolic = isinstance(scale, (torch.SymInt, torch.SymFloat))
+    if not symbolic and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"scale must be a real number (int or float), got {type(scale).__name__} {scale!r}")
     scale = torch.sym_float(scale)  # float(scale) for numbers, a SymFloat for SymInt / SymFloat
     if not abs(scale) < math.inf:
         raise ValueError(f"scale must be finite, got {scale}")
@@ -112,9 +116,27 @@ def check_bias(bias, kind: str, grid, q, k) -> None:
                              f"got {tuple(bias.shape)}")
 
 
+def check_grid(grid) -> None:
+    """``(Gh, Gw, prefix_tokens)``: a tuple or list of three Python ints, ``Gh, Gw >= 1``, prefix >= 0.
+
+    Raises:
+        TypeError: not a tuple or list, or an entry that is not an int (floats, bools, strings).
+        ValueError: not three entries, or an entry out of range.
+    """
+    if not isinstance(grid, (tuple, list)):
+        raise TypeError(f"grid must be a tuple (Gh, Gw, prefix_tokens) of ints, got {type(grid).__name__} {grid!r}")
+    if len(grid) != 3:
+        raise ValueError(f"grid must be (Gh, Gw, prefix_tokens): three ints, got {len(grid)} entries {grid!r}")
+    if any(isinstance(g, bool) or not isinstance(g, (numbers.Integral, torch.SymInt)) for g in grid):
+        raise TypeError(f"grid must be (Gh, Gw, prefix_tokens) of ints, got {grid!r}")
+    if min(grid[:2]) < 1 or grid[2] < 0:
+        raise ValueError(f"grid must be (Gh, Gw, prefix_tokens) with Gh, Gw >= 1 and prefix_tokens >= 0, got {grid!r}")
+
+
 def _check_table(bias, grid, heads: int, n: int, m: int) -> None:
-    if grid is None or len(grid) != 3 or min(grid) < 0 or min(grid[:2]) < 1:
-        raise ValueError(f"grid must be (Gh, Gw, prefix_tokens) with Gh, Gw >= 1 for a table bias, got {grid}")
+    if grid is None:
+        raise ValueError("grid must be (Gh, Gw, prefix_tokens) with Gh, Gw >= 1 for a table bias, got None")
+    check_grid(grid)
     gh, gw, prefix = grid
     rows = table_rows(gh, gw)
     if tuple(bias.shape) != (rows, heads):

@@ -16,7 +16,7 @@ from bitlower import validation
 from bitlower.backend_config import BackendConfig
 from bitlower.passes.op_table import is_tensor, value_of
 from bitlower.passes.scale_chain import Unsupported, canonicalize
-from bitlower.passes.site import AttentionSite
+from bitlower.passes.site import AttentionSite, Reshaped
 
 
 def _int(d) -> int:
@@ -25,6 +25,8 @@ def _int(d) -> int:
 
 
 def _shape(x) -> tuple[int, ...]:
+    if isinstance(x, Reshaped):
+        return tuple(x.outer)
     return tuple(_int(d) for d in value_of(x).shape)
 
 
@@ -69,18 +71,69 @@ def _check_tensors(site, config):
     return None
 
 
+def factor_axes(shape: tuple[int, ...], scores: tuple[int, ...]) -> str:
+    """Which axes of the scores a tensor of ``shape`` varies over once broadcast against them.
+
+    Returns ``"head"`` (one value per (batch, head): size 1 on the query and key axes),
+    ``"query"`` (varies over queries only), ``"key"`` (over keys only), ``"score"`` (over both)
+    or ``"grows"`` (broadcasting changes the scores' shape).
+    """
+    try:
+        if torch.broadcast_shapes(shape, scores) != torch.Size(scores):
+            return "grows"
+    except RuntimeError:
+        return "grows"
+    padded = (1, 1) + tuple(shape)
+    per_query, per_key = padded[-2] != 1, padded[-1] != 1
+    return {(False, False): "head", (True, False): "query", (False, True): "key"}.get((per_query, per_key), "score")
+
+
+# A factor multiplying the scores folds into q only when it is one number per (batch, head):
+# (f q) kᵀ = f (q kᵀ) exactly, and mean_abs keeps f (sgn(f q) = sgn(f) sgn(q), mean|f q| = |f| mean|q|).
+# A per-key factor does not commute with q at all; a per-query one would need a per-token
+# weighting a_i = f_i mean|q| (mean_abs has one a per (batch, head)); a per-score one is no scale.
+FACTOR_REASONS = {"query": "score_factor_per_query", "key": "score_factor_per_key",
+                  "score": "score_factor_shape", "grows": "score_factor_shape"}
+
+
+def _scores_value(site):
+    return value_of(site.scores_chain[0]) if site.scores_chain else None
+
+
+def _check_operands_keep_dtype(site, canon) -> str | None:
+    """Factors and biases must not promote the scores' dtype (eager's softmax would run in another one)."""
+    scores = _scores_value(site)
+    if not isinstance(scores, torch.Tensor):
+        return None
+    for node in [n for n, _ in canon.q_factors] + [n for n, _ in canon.bias_terms]:
+        value = value_of(node.node if isinstance(node, Reshaped) else node)
+        if isinstance(value, torch.Tensor) and torch.result_type(scores, value) != scores.dtype:
+            return "score_operand_dtype"
+    return None
+
+
+def _check_factor_axes(site, canon) -> str | None:
+    scores = _scores_value(site)
+    for node, _ in canon.q_factors:
+        value = value_of(node)
+        if isinstance(value, torch.Tensor) and isinstance(scores, torch.Tensor):
+            reason = FACTOR_REASONS.get(factor_axes(_shape(node), _shape(site.scores_chain[0])))
+            if reason is not None:
+                return reason
+    return None
+
+
 def _check_scores(site, config):
     try:
         site.canonical = canonicalize(site.score_ops)
     except Unsupported as err:
         return err.reason
     canon = site.canonical
-    for node, _ in canon.q_factors:
-        value = value_of(node)
-        if config.weighting != "mean_abs":
-            return "runtime_scale_needs_mean_abs"  # sgn(q * s) drops s; only mean|q * s| keeps it
-        if isinstance(value, torch.Tensor) and value.dim() >= 2 and tuple(value.shape[-2:]) != (1, 1):
-            return "score_factor_shape"  # a per-token factor: not one scalar per (batch, head)
+    reason = _check_factor_axes(site, canon) or _check_operands_keep_dtype(site, canon)
+    if reason is not None:
+        return reason
+    if canon.q_factors and config.weighting != "mean_abs":
+        return "runtime_scale_needs_mean_abs"  # sgn(q * s) drops s; only mean|q * s| keeps it
     if (canon.bias_terms or canon.masks) and config.masks == "skip":
         return "mask_by_config"
     if site.causal and config.causal == "skip":

@@ -1,16 +1,38 @@
 """Find every attention site in a graph and decide what to do with it (no graph changes)."""
 from __future__ import annotations
 
-from torch.fx import Graph
+import logging
+
+from torch.fx import Graph, Node
 
 from bitlower.backend_config import BackendConfig
 from bitlower.passes.decide import decide
 from bitlower.passes.match_sdpa import match_fused_attention
 from bitlower.passes.match_softmax import match_softmax_attention
-from bitlower.passes.site import AttentionSite
+from bitlower.passes.site import AttentionSite, module_path
+
+log = logging.getLogger(__name__)
 
 # Tried in order on every node; the first that returns a site claims the node.
 MATCHERS = (match_fused_attention, match_softmax_attention)
+
+
+def _match(node: Node, config: BackendConfig) -> AttentionSite | None:
+    """The decided site at ``node``; a matcher or check that raises gives a skipped site, not a crash."""
+    site = None
+    try:
+        for match in MATCHERS:
+            site = match(node)
+            if site is not None:
+                return decide(site, config)
+    except Exception as err:  # noqa: BLE001  (the compile must go on with the site left as it is)
+        log.warning("bitlower: attention analysis failed at %s (%s): %s", node.name, node.target, err)
+        if site is None:
+            site = AttentionSite("unknown", str(node.target), module_path(node), anchor=node)
+        site.reason = "analysis_error"
+        site.details["error"] = f"{type(err).__name__}: {err}"
+        return site
+    return None
 
 
 def find_attention(graph: Graph, config: BackendConfig | None = None) -> list[AttentionSite]:
@@ -38,9 +60,7 @@ def find_attention(graph: Graph, config: BackendConfig | None = None) -> list[At
     config = config or BackendConfig()
     sites = []
     for node in graph.nodes:
-        for match in MATCHERS:
-            site = match(node)
-            if site is not None:
-                sites.append(decide(site, config))
-                break
+        site = _match(node, config)
+        if site is not None:
+            sites.append(site)
     return sites

@@ -17,12 +17,14 @@ import torch
 from torch.fx import Node
 
 from bitlower.passes import einsum_forms
-from bitlower.passes.op_table import Role, is_number, is_tensor, role_of, swaps_last_two, value_of
-from bitlower.passes.site import AttentionSite, ScoreOp, module_path
+from bitlower.passes.op_table import Role, is_number, is_tensor, normalize_dim, role_of, tensor_rank, value_of
+from bitlower.passes.site import AttentionSite, Reshaped, ScoreOp, module_path
 
 # float16's most negative finite value: a fill at or below it makes exp() underflow to
 # exactly 0 in every dtype the operator takes (exp(-65504 + |S|max) with |S|max far below
-# 65000), so it masks like -inf except on fully masked rows (-inf gives NaN there).
+# 65000), so it masks like -inf except on fully masked rows, where eager's softmax of equal
+# finite values is uniform (-inf gives NaN there): the rewrite restores those rows
+# (``ScoreOp.fill`` carries the value; ``rewrite_attention`` emits the uniform average).
 MASK_FILL_LIMIT = -65504.0
 
 Step = tuple[Node, list[ScoreOp]]
@@ -54,7 +56,7 @@ def _add_steps(role: Role) -> Iterator[Step]:
 
 def _masked_fill_steps(role: Role) -> Iterator[Step]:
     fill = role.args["value"]
-    op = ScoreOp("mask", role.args["mask"], keep=False) if _fill_is_mask(fill) else \
+    op = ScoreOp("mask", role.args["mask"], keep=False, fill=float(fill)) if _fill_is_mask(fill) else \
         ScoreOp("unsupported", "masked_fill_value")
     yield role.args["input"], [op]
 
@@ -62,9 +64,9 @@ def _masked_fill_steps(role: Role) -> Iterator[Step]:
 def _where_steps(role: Role) -> Iterator[Step]:
     cond, a, b = role.args["condition"], role.args["input"], role.args["other"]
     if is_tensor(a) and _fill_is_mask(b):
-        yield a, [ScoreOp("mask", cond, keep=True)]
+        yield a, [ScoreOp("mask", cond, keep=True, fill=float(b))]
     if is_tensor(b) and _fill_is_mask(a):
-        yield b, [ScoreOp("mask", cond, keep=False)]
+        yield b, [ScoreOp("mask", cond, keep=False, fill=float(a))]
 
 
 def _cast_steps(role: Role) -> Iterator[Step]:
@@ -102,20 +104,70 @@ def scores_product(role: Role) -> tuple[Node, Node, bool, list[ScoreOp]] | None:
     return None
 
 
-def _walk_scores(x, chain: list[Node]):
-    """``(product_role, ops from the product up, chain)`` above a softmax input, or None."""
+RESHAPES = ("reshape", "view", "flatten", "unflatten", "unsqueeze", "squeeze")  # row-major views, no expand
+
+
+def _static_shape(x) -> tuple[int, ...] | None:
+    value = value_of(x)
+    if not isinstance(value, torch.Tensor) or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(value.shape)
+
+
+def _is_reshape(role: Role) -> bool:
+    target = role.node.target
+    name = target if isinstance(target, str) else getattr(target, "__name__", "")
+    return role.name == "layout" and name in RESHAPES and is_tensor(role.args["input"])
+
+
+def _inside(op: ScoreOp, inner: tuple, outer: tuple) -> ScoreOp:
+    """A step met inside a round trip, its tensor operand seen in the scores' shape."""
+    if op.kind in ("bias", "mask") and isinstance(op.operand, Node):
+        return ScoreOp(op.kind, Reshaped(op.operand, inner, outer), op.power, op.coef, op.keep, op.fill)
+    if op.kind == "scale" and not is_number(op.operand):
+        return ScoreOp("unsupported", "factor_in_shape_round_trip")
+    return op
+
+
+def _walk_scores(x, chain: list[Node], trip: tuple | None = None):
+    """``(product_role, ops from the product up, chain)`` above a softmax input, or None.
+
+    ``trip``: ``(inner, outer)`` shapes while inside a reshape round trip (entered at a reshape whose
+    output has the shape ``outer``; left at a reshape of the product, whose shape must be ``outer``).
+    """
     role = role_of(x)
     if role is None:
         return None
-    if scores_product(role) is not None:
+    if trip is None and scores_product(role) is not None:
         return role, [], chain + [x]
+    if _is_reshape(role):
+        return _walk_reshape(role, chain + [x], trip)
+    if trip is not None and _static_shape(x) != trip[0]:
+        return None  # a step inside the round trip that changes the view's shape
     steps = SCORE_STEPS.get(role.name)
     for upstream, ops in (steps(role) if steps else ()):
-        found = _walk_scores(upstream, chain + [x])
+        found = _walk_scores(upstream, chain + [x], trip)
         if found is not None:
             product, below, nodes = found
-            return product, below + ops, nodes
+            return product, below + ([_inside(op, *trip) for op in ops] if trip else ops), nodes
     return None
+
+
+def _walk_reshape(role: Role, chain: list[Node], trip: tuple | None):
+    """Enter a round trip at a reshape that gives the scores' shape, or leave it at the reshape back.
+
+    Leaving needs the reshape's input to have the shape the round trip returns to; above it the
+    walk goes on in the scores' own shape (Swin adds its position bias there).
+    """
+    source = role.args["input"]
+    outer, inner = _static_shape(role.node), _static_shape(source)
+    if outer is None or inner is None:
+        return None
+    if trip is None:  # entering: this view gives the scores' shape back
+        return _walk_scores(source, chain, (inner, outer))
+    if outer != trip[0] or inner != trip[1]:
+        return None  # nested round trips, or a view to a third shape
+    return _walk_scores(source, chain, None)
 
 
 LAYOUT_ROLES = ("layout", "transpose", "permute")
@@ -185,6 +237,28 @@ def feeds_pv(x: Node) -> bool:
     return False
 
 
+BLEND_STEPS = 8  # nodes followed down from a softmax when looking for a blended P·V
+
+
+def feeds_pv_blended(x: Node) -> bool:
+    """Whether ``x`` reaches a P·V product as (part of) its P operand through any steps.
+
+    ConViT's gated attention blends two softmaxes, ``(1 - g) * softmax(q kᵀ) + g * softmax(pos)``,
+    renormalises, then multiplies by v: attention whose probabilities the operator cannot return.
+    """
+    queue, seen = [x], set()
+    while queue and len(seen) < BLEND_STEPS:
+        node = queue.pop(0)
+        if node in seen:
+            continue
+        seen.add(node)
+        for user in node.users:
+            if _is_pv_product(user, node):
+                return True
+            queue.append(user)
+    return False
+
+
 def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
     """Follow the softmax output to its P·V product; sets ``site.anchor``/``v`` or a reason.
 
@@ -218,6 +292,24 @@ def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
         x = user
 
 
+def softmax_axis_reason(role: Role) -> str | None:
+    """None when the softmax runs over the scores' last dim (the keys), else a skip reason.
+
+    ``dim=-1`` and ``dim=rank-1`` are the key axis in every spelling (method, ``torch.softmax``,
+    ``F.softmax``, ``torch.special.softmax``, ``nn.Softmax(dim)``); a softmax without ``dim``
+    uses an implicit axis (dim 1 for 4-D input, 0 for 3-D), never the keys'.
+    """
+    dim = role.args.get("dim")
+    if dim is None:
+        return "softmax_dim_implicit"
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        return "softmax_dim_not_constant"
+    rank = tensor_rank(role.args["input"])
+    if normalize_dim(dim, rank) != rank - 1:
+        return "softmax_not_over_keys"
+    return None
+
+
 def match_softmax_attention(node: Node) -> AttentionSite | None:
     """The attention site whose softmax is ``node``, or None if ``node`` is not one.
 
@@ -233,7 +325,10 @@ def match_softmax_attention(node: Node) -> AttentionSite | None:
         ['matmul>mul>softmax>matmul']
     """
     role = role_of(node)
-    if role is None or role.name != "softmax" or not feeds_pv(node):
+    if role is None or role.name != "softmax":
+        return None
+    blended = not feeds_pv(node)
+    if blended and not feeds_pv_blended(node):
         return None  # a softmax whose output never multiplies values is not attention
     found = _walk_scores(role.args["input"], [])
     if found is None:
@@ -243,6 +338,12 @@ def match_softmax_attention(node: Node) -> AttentionSite | None:
     q_ops, q_bypass = scales_to_bypass(q)
     k_ops, k_bypass = scales_to_bypass(k)
     site = AttentionSite("softmax_attention", "", "", anchor=node, q=q, k=k, k_cols=k_cols)
+    site.skip(softmax_axis_reason(role))
+    if blended:  # the operator returns P·V, not P: the blend would need the probabilities
+        site.skip("probabilities_blended")
+        site.v, site.erase, site.spelling = None, [], "softmax>blend>matmul"
+        site.module_path = module_path(node)
+        return site
     site.score_ops = q_ops + k_ops + product_ops + ops
     site.bypass = q_bypass + k_bypass
     site.scores_chain = list(reversed(chain))  # product first

@@ -64,8 +64,10 @@ OP_TABLE: tuple[OpSpec, ...] = (
     OpSpec("add", (operator.add, torch.add), ("add", "__add__", "__radd__"), ("input", "other"), {"alpha": 1}),
     OpSpec("masked_fill", (torch.masked_fill,), ("masked_fill",), ("input", "mask", "value")),
     OpSpec("where", (torch.where,), (), ("condition", "input", "other")),
-    OpSpec("softmax", (torch.softmax,), ("softmax",), ("input", "dim", "dtype"), {"dtype": None}),
-    OpSpec("softmax", (F.softmax,), (), ("input", "dim", "_stacklevel", "dtype"), {"dtype": None}),
+    # a softmax without ``dim`` binds dim None (F.softmax then picks an implicit, deprecated axis)
+    OpSpec("softmax", (torch.softmax, torch.special.softmax), ("softmax",), ("input", "dim", "dtype"),
+           {"dim": None, "dtype": None}),
+    OpSpec("softmax", (F.softmax,), (), ("input", "dim", "_stacklevel", "dtype"), {"dim": None, "dtype": None}),
     OpSpec("dropout", (F.dropout,), (), ("input", "p", "training", "inplace"), {"p": 0.5, "training": True}),
     OpSpec("dropout", (torch.dropout,), (), ("input", "p", "train"), {}),
     # value-preserving conversions: the binary operator returns v's dtype and the rewrite

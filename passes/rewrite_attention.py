@@ -31,12 +31,14 @@ from bitlower.passes.emit import Emitter
 from bitlower.passes.find_attention import find_attention
 from bitlower.passes.kernel_fallback import call_fallback_reasons
 from bitlower.passes.op_table import role_of, value_of
-from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite, SizePower
+from bitlower.passes.unmatched import find_unmatched
+from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite, Reshaped, SizePower
 
 log = logging.getLogger(__name__)
 
 OPERATOR = torch.ops.bitlower.binary_attention_fwd.default
 SITES_META_KEY = "bitlower_sites"
+UNMATCHED_META_KEY = "bitlower_unmatched"
 FACTORIES = (torch.empty, torch.zeros, torch.ones, torch.empty_like, torch.zeros_like)
 
 
@@ -77,6 +79,14 @@ def _scaled(emit: Emitter, node: Node, coef: sympy.Expr, nodes: dict) -> Node:
     return node
 
 
+def _materialized(emit: Emitter, x):
+    """A graph node for a bias or mask operand; a ``Reshaped`` one is taken through its view."""
+    if not isinstance(x, Reshaped):
+        return x
+    full = emit.method("expand", x.node, *x.inner)  # the view's shape
+    return emit.method("reshape", full, *x.outer)  # the scores' shape
+
+
 def _operands(emit: Emitter, site: AttentionSite):
     """q', k', v in ``(B, H, L, D)`` and whether the site was ``(BH, L, D)``."""
     q, k, v = site.q, site.k, site.v
@@ -99,10 +109,11 @@ def _bias(emit: Emitter, site: AttentionSite, q: Node, k: Node, flat: bool):
     canon = site.canonical
     dense = None
     for node, coef in canon.bias_terms:
-        term = _scaled(emit, node, coef, canon.nodes)
+        term = _scaled(emit, _materialized(emit, node), coef, canon.nodes)
         dense = term if dense is None else emit.call(operator.add, dense, term)
     keep = None
     for mask, kept in canon.masks:
+        mask = _materialized(emit, mask)
         m = mask if kept else emit.call(torch.logical_not, mask)
         keep = m if keep is None else emit.call(torch.logical_and, keep, m)
     if site.causal:
@@ -116,6 +127,32 @@ def _bias(emit: Emitter, site: AttentionSite, q: Node, k: Node, flat: bool):
     return bias, kind
 
 
+def _rows_without_keys(emit: Emitter, site: AttentionSite, v: Node, bias, kind: str, flat: bool, out: Node) -> Node:
+    """The operator's output with rows that keep no key set to what the replaced code gives there.
+
+    The operator gives such rows NaN (a softmax over -inf only) and no gradient. Eager differs in two
+    cases: SDPA returns 0 (torch's ``_safe_softmax``: bool rows all False, float rows all -inf), and a
+    finite fill (``masked_fill(m, finfo.min)``) makes every score of the row equal, so softmax is
+    uniform and the row is the mean of v over the keys.
+    """
+    fill = site.canonical.finite_fill
+    if fill is not None:
+        mask, keep, _ = fill
+        mask = _materialized(emit, mask)
+        kept = mask if keep else emit.call(torch.logical_not, mask)
+        dead = emit.call(torch.logical_not, emit.method("any", kept, -1, keepdim=True))  # (.., N, 1)
+        if flat and value_of(dead).dim() == 3:
+            dead = emit.method("unsqueeze", dead, 0)  # (1, BH, N, 1)
+        return emit.call(torch.where, dead, emit.method("mean", v, -2, keepdim=True), out)  # v: (B, H, M, Dv)
+    if site.pattern != "sdpa" or bias is None:
+        return out
+    if kind == "mask":
+        dead = emit.call(torch.logical_not, emit.method("any", bias, -1, keepdim=True))  # (.., N, 1)
+    else:
+        dead = emit.method("all", emit.call(torch.isneginf, bias), -1, keepdim=True)
+    return emit.call(torch.where, dead, 0.0, out)
+
+
 def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) -> None:
     """Replace one accepted site by the operator (see the module docstring)."""
     emit = Emitter(gm.graph, site.anchor)
@@ -126,6 +163,7 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     spec = config.attention.call_spec(1.0, bias_kind=kind)  # scale: a graph value, set below
     call = emit.call(OPERATOR, q, k, v, None, None, bias, scale, *spec.op_args()[1:], save_bits)
     out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
+    out = _rows_without_keys(emit, site, v, bias, kind, flat, out)
     if flat:
         out = emit.method("squeeze", out, 0)  # (BH, N, Dv)
     want = value_of(site.anchor).dtype
@@ -161,6 +199,23 @@ def _erase_dead(gm: GraphModule, nodes: list[Node]) -> None:
         pending.sort(key=order.__getitem__, reverse=True)
 
 
+def _rewrite_or_skip(gm: GraphModule, site: AttentionSite, config: BackendConfig) -> None:
+    """``rewrite_site``; if it raises before the operator's output is wired in, its new nodes are
+    erased and the site is skipped (``rewrite_error``) instead of failing the compile."""
+    before = set(gm.graph.nodes)
+    try:
+        rewrite_site(gm, site, config)
+    except Exception as err:  # noqa: BLE001
+        new = [n for n in gm.graph.nodes if n not in before]
+        if any(user in before for n in new for user in n.users):
+            raise  # the graph already reads the new nodes: no way back
+        for node in reversed(new):
+            gm.graph.erase_node(node)
+        log.warning("bitlower: rewrite failed at %r, site left as it is: %s", site.module_path, err)
+        site.reason = "rewrite_error"
+        site.details["error"] = f"{type(err).__name__}: {err}"
+
+
 def _record(sites: list[AttentionSite]) -> None:
     for site in sites:
         counters["sites_found"][site.pattern] += 1
@@ -181,19 +236,23 @@ def rewrite_attention(gm: GraphModule, config: BackendConfig | None = None) -> G
 
     Returns:
         ``gm``, recompiled; ``gm.meta["bitlower_sites"]`` lists a ``SiteReport`` per site.
-        Counters: ``sites_found`` / ``sites_rewritten`` by pattern, ``sites_skipped`` by reason.
+        Counters: ``sites_found`` / ``sites_rewritten`` by pattern, ``sites_skipped`` by reason,
+        ``sites_unmatched`` by spelling (``gm.meta["bitlower_unmatched"]`` lists them).
     """
     config = config or BackendConfig()
     sites = find_attention(gm.graph, config)
+    unmatched = find_unmatched(gm.graph, sites)
+    for report in unmatched:
+        counters["sites_unmatched"][report.spelling] += 1
+        log.info("bitlower: softmax over a product at %r left full precision: %s", report.module_path, report.reason)
     for site in sites:
         if site.reason is None:
-            rewrite_site(gm, site, config)
-            site.status = REWRITTEN
-        else:
-            site.status = SKIPPED
+            _rewrite_or_skip(gm, site, config)
+        site.status = REWRITTEN if site.reason is None else SKIPPED
     _record(sites)
     if any(s.status == REWRITTEN for s in sites):
         gm.graph.lint()
         gm.recompile()
     gm.meta.setdefault(SITES_META_KEY, []).extend(site.report() for site in sites)
+    gm.meta.setdefault(UNMATCHED_META_KEY, []).extend(unmatched)
     return gm

@@ -16,6 +16,7 @@ followed by a scale that does not keep -inf at -inf) raises ``Unsupported``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from torch.fx import Node
 
 from bitlower.passes.op_table import is_number, value_of
-from bitlower.passes.site import ScoreOp, SizePower
+from bitlower.passes.site import Reshaped, ScoreOp, SizePower
 
 QK = sympy.Symbol("QK")
 
@@ -48,6 +49,8 @@ class CanonicalScores:
             operator's ``scale``, which then is a graph value.
         bias_terms: ``(node, coef)`` with ``coef`` a sympy product of a number and factor symbols.
         masks: ``(node, keep)``: scores survive where the bool node equals ``keep``.
+        finite_fill: ``(node, keep, fill)`` when the one mask sets scores to a finite ``fill``
+            (eager then gives a row masked everywhere the uniform average of v, not NaN).
         nodes: symbol -> graph node (or ``SizePower``) for every symbol in ``bias_terms`` coefficients.
         proof: the identity that was checked, for reports.
     """
@@ -59,6 +62,7 @@ class CanonicalScores:
     nodes: dict[sympy.Symbol, Node | SizePower] = field(default_factory=dict)
     proof: str = ""
     scale_factors: list[tuple[Node | SizePower, int]] = field(default_factory=list)
+    finite_fill: tuple[Node, bool, float] | None = None
 
     def scale_for_report(self) -> float | str:
         """The operator's scale: the number, or ``"0.5 * l_q_.size(-1)**-0.5"`` when symbolic."""
@@ -87,7 +91,7 @@ class _Symbols:
     def of(self, x: Any) -> sympy.Expr:
         if is_number(x):
             return _number(x)
-        if not isinstance(x, (Node, SizePower)):  # e.g. a SymFloat no graph node holds
+        if not isinstance(x, (Node, SizePower, Reshaped)):  # e.g. a SymFloat no graph node holds
             raise Unsupported("opaque_scale_operand")
         if x not in self.by_node:
             self.by_node[x] = sympy.Symbol(f"n_{x.name}")
@@ -108,10 +112,14 @@ def _replay(ops: list[ScoreOp], symbols: _Symbols):
                 raise Unsupported("zero_scale")
             expr = expr * symbols.of(op.operand) ** op.power
         elif op.kind == "bias":
+            if any(m.fill != -math.inf for m in masks):
+                raise Unsupported("bias_after_finite_fill")  # masked scores would not all equal the fill
             biases.append(symbols.of(op.operand))
             expr = expr + symbols.of(op.coef) * biases[-1]
         elif op.kind == "mask":
-            masks.append((op.operand, op.keep))
+            masks.append(op)
+    if len(masks) > 1 and any(m.fill != -math.inf for m in masks):
+        raise Unsupported("finite_fill_with_other_masks")  # fully masked rows would mix fills
     return expr, biases, masks
 
 
@@ -151,5 +159,6 @@ def canonicalize(ops: list[ScoreOp]) -> CanonicalScores:
                                              ((symbols.of(n), c) for n, c in bias_terms)), sympy.Integer(0))
     if sympy.simplify(expr - canonical) != 0:
         raise Unsupported("scale_chain_not_proven")
-    return CanonicalScores(float(number), q_factors, bias_terms, masks, node_of, f"{expr} == {canonical}",
-                           scale_factors)
+    finite = [(m.operand, m.keep, m.fill) for m in masks if m.fill != -math.inf]
+    return CanonicalScores(float(number), q_factors, bias_terms, [(m.operand, m.keep) for m in masks], node_of,
+                           f"{expr} == {canonical}", scale_factors, finite[0] if finite else None)

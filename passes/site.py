@@ -1,6 +1,7 @@
 """What the matchers report: one ``AttentionSite`` per attention found in a graph."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +20,13 @@ class ScoreOp:
     Attributes:
         kind: ``"scale"`` (``operand ** power`` multiplies the scores), ``"bias"`` (``coef *
             operand`` is added), ``"mask"`` (a bool ``operand`` keeps scores where it equals
-            ``keep`` and sets the rest to -inf) or ``"unsupported"`` (``operand`` is the reason).
+            ``keep`` and sets the rest to ``fill``) or ``"unsupported"`` (``operand`` is the reason).
         operand: a Python number, a graph node, a ``SizePower``, or the reason string.
         power: +1 or -1 for ``"scale"``.
         coef: the number multiplying a ``"bias"`` operand.
         keep: for ``"mask"``, the mask value that keeps a score.
+        fill: for ``"mask"``, the value masked scores get: -inf, or a finite number at or below
+            float16's minimum (``masked_fill(m, torch.finfo(dtype).min)``).
     """
 
     kind: str
@@ -31,6 +34,7 @@ class ScoreOp:
     power: int = 1
     coef: float = 1.0
     keep: bool = True
+    fill: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,31 @@ class SizePower:
     def name(self) -> str:
         """Names the sympy symbol of the scale chain, e.g. ``"l_q_.size(-1)**-0.5"``."""
         return f"{self.node.name}.size({self.dim})**{self.exponent}"
+
+
+@dataclass(frozen=True)
+class Reshaped:
+    """A bias or mask met inside a shape round trip of the scores, in the scores' own shape.
+
+    Swin's shifted windows add their mask on a view of the scores,
+    ``(s.view(B/W, W, H, N, M) + mask.unsqueeze(1).unsqueeze(0)).view(B, H, N, M)``: an elementwise
+    step on a row-major view is the same step on the scores with the operand taken through the same
+    view, ``mask.expand(inner).reshape(outer)`` (the rewrite emits those two nodes).
+
+    Attributes:
+        node: the operand as the graph holds it (broadcastable to ``inner``).
+        inner: the shape of the view the step applies to.
+        outer: the scores' shape.
+    """
+
+    node: Node
+    inner: tuple[int, ...]
+    outer: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        """Names the sympy symbol of the scale chain."""
+        return f"{self.node.name}.reshaped"
 
 
 @dataclass

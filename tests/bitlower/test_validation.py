@@ -81,3 +81,41 @@ def test_bad_scale_is_rejected_under_a_dynamic_compile(scale, fullgraph, error):
     compiled(q, k, v, 0.25)
     with pytest.raises(error, match="scale must be finite"):
         compiled(q, k, v, scale)
+
+
+@pytest.mark.parametrize("kwargs,error,words", [
+    # issue 19 item 8: the op schema's "Expected a value of type 'List[int]'" before the fix
+    (dict(grid=(2.0, 2, 1)), TypeError, r"grid must be \(Gh, Gw, prefix_tokens\) of ints, got \(2.0, 2, 1\)"),
+    # was "'<' not supported between instances of 'str' and 'int'"
+    (dict(grid="221"), TypeError, "grid must be a tuple .* got str '221'"),
+    (dict(grid=(2, 2)), ValueError, "three ints, got 2 entries"),
+    (dict(grid=(2, True, 1)), TypeError, "of ints"),
+    (dict(grid=(0, 2, 1)), ValueError, "Gh, Gw >= 1 and prefix_tokens >= 0"),
+    (dict(scale="0.5"), TypeError, "scale must be a real number .* got str '0.5'"),  # was silently accepted
+    (dict(scale=1j), TypeError, r"scale must be a real number .* got complex 1j"),  # was a bare float() error
+    (dict(scale=True), TypeError, "scale must be a real number"),
+])
+def test_operator_argument_types_are_named(kwargs, error, words):
+    q, k, v = qkv(n=5, m=5)
+    table = torch.randn(table_rows(2, 2), 3)
+    with pytest.raises(error, match=words):
+        bitlower.binary_attention(q, k, v, bias=table, bias_kind="table", **kwargs)
+
+
+@pytest.mark.parametrize("scale", [0.5, 2, __import__("numpy").float64(0.25)])
+def test_real_scales_and_integral_grids_are_accepted(scale):
+    q, k, v = qkv(n=5, m=5)
+    grid = (2, __import__("numpy").int64(2), 1)
+    out = bitlower.binary_attention(q, k, v, bias=torch.randn(table_rows(2, 2), 3), bias_kind="table", grid=grid,
+                                    scale=scale)
+    assert torch.isfinite(out).all()
+
+
+def test_symfloat_scale_compiles_without_graph_break():
+    """``q.shape[-1] ** -0.5`` under ``dynamic=True`` is a SymFloat: accepted, traced, no graph break."""
+    torch._dynamo.reset()
+    fn = lambda q, k, v: bitlower.binary_attention(q, k, v, scale=q.shape[-1] ** -0.5)  # noqa: E731
+    compiled = torch.compile(fn, backend="eager", fullgraph=True, dynamic=True)
+    for n in (5, 7):
+        q, k, v = qkv(n=n, m=n)
+        torch.testing.assert_close(compiled(q, k, v), fn(q, k, v))
