@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import pytest
 import torch
@@ -116,6 +117,7 @@ def _build_module():
     path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "hopper_build.py")
     spec = importlib.util.spec_from_file_location("hopper_build", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
