@@ -68,8 +68,10 @@ VARIANTS = [
     Variant("d96", (2, 4, 130, 96, 96)),
     Variant("d64_train_bits", (8, 8, 1024, 64, 64), save_bits=True),
     Variant("d64_online_only", (8, 8, 1024, 64, 64), static_max=False),
+    Variant("d64_bm128", (8, 8, 4096, 64, 64), config=(64, 128, 2)),
     Variant("d64_bn128", (8, 8, 4096, 64, 64), config=(128, 64, 2)),
-    Variant("d64_bm64_s3", (8, 8, 4096, 64, 64), config=(64, 64, 3)),
+    Variant("d64_s3", (8, 8, 4096, 64, 64), config=(64, 64, 3)),
+    Variant("d128_bn128", (4, 16, 4096, 128, 128), config=(128, 64, 2)),
 ]
 QUICK = ("d64_mean_abs", "d128_mean_abs", "d72_dit", "d64_mask")
 

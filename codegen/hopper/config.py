@@ -1,8 +1,8 @@
 """Tiles of the Hopper (sm_90) Gluon forward and the operand widths it derives from the head dims.
 
-Chosen offline (no GPU lent when this was written): each entry is the largest tile that ptxas
-allocates without spilling at 4 warps per 64 query rows (``benchmarks/hopper_build.py`` prints the
-registers). Unmeasured: the next GPU session's ``benchmarks/attention_hopper.py`` decides.
+Chosen offline (no GPU lent when this was written) from ptxas' register counts
+(``benchmarks/hopper_build.py`` prints them). Unmeasured: the next GPU session's
+``benchmarks/attention_hopper.py`` decides.
 """
 from __future__ import annotations
 
@@ -58,7 +58,10 @@ def value_width(dim_v: int) -> int:
 
 
 def hopper_config(n: int, dim: int, dim_v: int) -> HopperConfig:
-    """The tile table: 128-key tiles where O is narrow, 64-key tiles at DVP 128 (registers)."""
-    if value_width(dim_v) >= 128 or sign_chunks(dim)[1] > 1:
-        return HopperConfig(64, 64, 2)
-    return HopperConfig(64, 128, 2)
+    """The tile table (offline, ptxas, Triton 3.6): 64 x 64 tiles, 2 stages at every head dim.
+
+    Registers per thread (4 warps): 126 at D = Dv = 64 (4 CTAs per SM by registers, 28.8 KB shared
+    each), 168 at 128 (3 CTAs); 64 x 128 tiles take 226 at D 64 (2 CTAs). Unmeasured: the GPU
+    session's ``attention_hopper.py --configs`` sweep decides.
+    """
+    return HopperConfig(64, 64, 2)

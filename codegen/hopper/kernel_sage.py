@@ -6,34 +6,41 @@ no run has checked it against the float64 reference yet (``tests/codegen/test_gp
 Partitions: none (no warp specialisation). ``num_warps = BLOCK_N // 16``: 4 warps (one warpgroup) own
 a 64-row query tile, 8 warps (two warpgroups) a 128-row tile; the same warps issue the TMA loads
 (one elected thread), the int8 and the bf16/fp16 wgmma and the softmax. Several CTAs share an SM.
+Chosen on compute capability 9.x by the kernel plan (``support.hopper_forward_unsupported``).
 Program ``(pid_n, bh)``: query rows ``[pid_n * BLOCK_N, +BLOCK_N)`` of batch*head ``bh``.
 
-Shared-memory ring (bytes for BLOCK_N 64, BLOCK_M 128, D = Dv = 64, STAGES 2, bf16):
-    q_s   [NKC, BLOCK_N, KC]          int8, loaded once                         4 KB
-    k_s   [STAGES * NKC, BLOCK_M, KC]  int8 K-sign tiles (K-major B operand)    2 x 8 KB
-    v_s   [STAGES, BLOCK_M, DVP]       V tiles (MN-major B operand)             2 x 16 KB
+Shared-memory ring (bytes for BLOCK_N 64, BLOCK_M 64, D = Dv = 64, STAGES 2, bf16; 28.8 KB in all):
+    q_s   [NKC, BLOCK_N, KC]          int8 Q signs, loaded once                4 KB
+    k_s   [STAGES * NKC, BLOCK_M, KC]  int8 K-sign tiles (K-major B operand)    2 x 4 KB
+    v_s   [STAGES, BLOCK_M, DVP]       V tiles (MN-major B operand)             2 x 8 KB
     q_bar [1], k_bar [STAGES], v_bar [STAGES]  mbarriers (expect-tx, TMA completes them)
 Tile t of K/V lives in slot ``t % STAGES``; its barrier phase is ``(t // STAGES) & 1``. No "empty"
 barriers: the issuing warps refill a slot right after the wgmma wait that retired its last reader.
+TMA descriptors: signs ``(B*H, L, DP)`` with boxes ``[1, BLOCK, KC]``, v ``(B, H, M, Dv)`` over its
+own strides with box ``[1, 1, BLOCK_M, DVP]``: rows past L and channels past Dv read as zero per head.
 
-Per key tile ``j`` (``h`` int32 from the int8 wgmma, scores in log2 units):
-    issue   S_{j+1} = Q . K_{j+1}^T (int8 async wgmma, NKC chunks of KC channels)
-    wait    until S_j and O += P_{j-1} V_{j-1} are done (``warpgroup_mma_wait(NKC)``)
-    refill  K slot of tile j with tile j+STAGES; V slot of tile j-1 with tile j-1+STAGES (TMA)
+Per key tile (``h`` int32 from the int8 wgmma, scores in log2 units); iteration j enters with the
+float32 probabilities of tile j in registers and the P.V of tile j-1 in flight:
+    issue   S_{j+1} = Q . K_{j+1}^T          (int8 async wgmma, NKC chunks of KC channels)
+    wait    P.V_{j-1} retired                 (``warpgroup_mma_wait(NKC)``; S_{j+1} stays in flight)
+    refill  V slot of tile j-1 with tile j-1+STAGES (TMA)
+    issue   O += bf16(p_j) . V_j             (P from registers, DotOperandLayout A operand, async)
+    wait    S_{j+1} retired                   (``warpgroup_mma_wait(1)``; P.V_j stays in flight)
+    refill  K slot of tile j+1 with tile j+1+STAGES
     probs   f = bitcast(h + 0x4B400000) - 1.5*2**23 (exact int->float, no I2F)
             x = f * c - m (mean_abs; c = scale a b log2 e per (b, h))  or  (f * b_j) * c_i - m_i
             x += beta2 (dense tile) / x = -inf where the mask is False; p = exp2(x); l += rowsum p
-    issue   O += bf16(p) . V_j (P from registers as the DotOperandLayout A operand, async)
-so the int8 wgmma of tile j+1 runs on the tensor cores while tile j's exp2 runs on the MUFU.
+so tile j+1's exp2 runs on the MUFU while P.V_j runs on the tensor cores (SASS, sm_90, ptxas of
+Triton 3.6: 8 back-to-back HGMMA, then ``WARPGROUP.DEPBAR.LE gsb0, 0x1``, then the MUFU.EX2 block).
 Row maximum: static ``m_i = bound_i - P_OFFSET`` with ``bound_i = |c_i| max|b| D + max|beta2|``
 (SPEC §6; ``forward_tiles``' guard) where ``2 max(bound) <= LIMIT``; otherwise the same loop with the
-running maximum (``ONLINE``: O rescaled after the wait, which has retired the P.V of tile j-1).
-The last (maybe ragged) tile is peeled: it alone masks columns ``>= M``.
+running maximum (``ONLINE``: O rescaled after a full wait). The last tile (a uniform runtime flag)
+alone masks columns ``>= M``.
 
-Registers (per thread, 4 warps, BLOCK_N 64): S double buffer 2 x BLOCK_M/2 int32, O DVP/2 float32,
-P BLOCK_M/4 (bf16 pairs); at BLOCK_M 128, DVP 64: 128 + 32 + 32 = 192 before addresses, hence the
-config table's BLOCK_M 64 (96 + addresses) at DVP 128. ``benchmarks/hopper_build.py`` prints what
-ptxas allocated per variant.
+Registers (ptxas, per thread, 4 warps, BLOCK_N 64, bf16, static + online loops in one kernel): S
+BLOCK_M/2 int32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32. At BLOCK_M 64:
+126 (D 64; 4 CTAs per SM), 168 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 226 (2 CTAs); no spills.
+``benchmarks/hopper_build.py`` prints them per variant.
 """
 from __future__ import annotations
 
@@ -158,10 +165,16 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
         # bf16 P registers are written after it: written before (LLVM sinks the convert to the loop
         # header otherwise), they are the A operand of the P.V still in flight and ptxas serialises
         # every wgmma (C7514).
-        o, p, pf = warpgroup_mma_wait(num_outstanding=NKC, deps=(o, p, pf))
+        # ONLINE rescales O next: ptxas cannot prove that a partial wait retired the P.V it reads and then
+        # serialises every wgmma of the kernel, the static loop's too (C7514); a full wait keeps that
+        # cost in the fallback loop.
+        o, p, pf = warpgroup_mma_wait(num_outstanding=0 if ONLINE else NKC, deps=(o, p, pf))
         _load_v(v_desc, v_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M, STAGES)
         o = _rescale(o, alpha, o_layout, ONLINE)
-        p = gl.convert_layout(pf.to(pdt), p_layout)
+        # a no-op wait (NKC groups are pending) with P as its operand: ptxas must then hold all of P in
+        # registers before the P.V chain; without it, it re-packs 4 registers per k-step and waits
+        # for every HGMMA (SASS: WARPGROUP.DEPBAR after each, ptxas C7514)
+        p = warpgroup_mma_wait(num_outstanding=NKC, deps=(gl.convert_layout(pf.to(pdt), p_layout),))
         slot = j % STAGES
         mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
         o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)

@@ -104,8 +104,8 @@ def test_value_width_is_a_power_of_two_cover():
 
 
 def test_config_table_and_validation():
-    assert hopper_config(4096, 64, 64) == HopperConfig(64, 128, 2)
-    assert hopper_config(4096, 128, 128).block_m == 64
+    assert hopper_config(4096, 64, 64) == HopperConfig(64, 64, 2)
+    assert hopper_config(256, 72, 72).num_warps == 4
     assert HopperConfig(128, 64, 2).num_warps == 8
     with pytest.raises(ValueError, match="block_n"):
         HopperConfig(32, 64, 2)
