@@ -66,7 +66,7 @@ def _check(call, config=None, static_max=True):
     out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = launch_hopper_forward(
         q, k, v, a, b, bias, spec, config=config, static_max=static_max)
     torch.cuda.synchronize()
-    up = lambda t: None if t is None else t.double()  # noqa: E731
+    up = lambda t: t if t is None or not t.is_floating_point() else t.double()  # noqa: E731 - masks stay bool
     ref64 = reference.forward(q.double(), k.double(), v.double(), up(a), up(b), up(bias), spec)
     ref_lp = reference.forward(q, k, v, a, b, bias, spec)
     err = _rel(out, ref64[0])
