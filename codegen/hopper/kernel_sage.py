@@ -94,6 +94,18 @@ def _issue_qk(q_s, k_s, k_bar, tile, s_acc, NKC: gl.constexpr, STAGES: gl.conste
 
 
 @gluon.jit
+def _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS: gl.constexpr):
+    """-inf where the boolean mask is False (BIAS_MASK) and, on the last tile, past column ``M``."""
+    if BIAS == BIAS_MASK:
+        keep = row_mask[:, None] & (cols < M)[None, :]
+        allowed = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=1)
+        x = gl.where(allowed != 0, x, float("-inf"))
+    if is_last:
+        x = gl.where((cols < M)[None, :], x, float("-inf"))
+    return x
+
+
+@gluon.jit
 def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
            MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr):
     """``(p, m, l, alpha)`` of one score tile ``h`` (int32): p = exp2(s2 - m) float32.
@@ -103,27 +115,29 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
     """
     f = (h + MAGIC_INT).to(gl.float32, bitcast=True) - MAGIC_FLOAT
     if MEAN_ABS:
-        s = f * c
+        scale = gl.zeros_like(f) + c
     else:
         bj = gl.load(b_ptr + cols, mask=cols < M, other=0.0)
-        s = (f * bj[None, :]) * c_rows[:, None]
+        f = f * bj[None, :]
+        scale = gl.zeros_like(f) + c_rows[:, None]
+    shift = 0.0  # beta2 (log2 units) of the tile
     if BIAS == BIAS_DENSE:
         keep = row_mask[:, None] & (cols < M)[None, :]
         beta = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=0.0)
-        s = s + beta.to(gl.float32) * LOG2E
-    if BIAS == BIAS_MASK:
-        keep = row_mask[:, None] & (cols < M)[None, :]
-        allowed = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=1)
-        s = gl.where(allowed != 0, s, float("-inf"))
-    if is_last:
-        s = gl.where((cols < M)[None, :], s, float("-inf"))
+        shift = beta.to(gl.float32) * LOG2E
     alpha = l_i  # unused unless ONLINE
     if ONLINE:
+        s = gl.fma(f, scale, gl.zeros_like(f) + shift)
+        s = _mask_scores(s, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS)
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
         alpha = gl.exp2(m_i - m_new)
         l_i = l_i * alpha
         m_i = m_new
-    p = gl.exp2(s - m_i[:, None])
+        x = s - m_i[:, None]
+    else:  # one FFMA per score: f * c - m (+ beta2)
+        x = gl.fma(f, scale, gl.zeros_like(f) + shift - m_i[:, None])
+        x = _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS)
+    p = gl.exp2(x)
     l_i = l_i + gl.sum(p, axis=1)
     return p, m_i, l_i, alpha
 
