@@ -175,20 +175,13 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
     o = warpgroup_mma_init(gl.zeros([BLOCK_N, DVP], gl.float32, o_layout))  # loop-carried as an async result
     for j in range(n_tiles - 1):
         s = _issue_qk(q_s, k_s, k_bar, j + 1, s, NKC, STAGES)
-        # retires P.V_{j-1}. pf (float32 probabilities of tile j) passes through the wait so that the
-        # bf16 P registers are written after it: written before (LLVM sinks the convert to the loop
-        # header otherwise), they are the A operand of the P.V still in flight and ptxas serialises
-        # every wgmma (C7514).
-        # ONLINE rescales O next: ptxas cannot prove that a partial wait retired the P.V it reads and then
-        # serialises every wgmma of the kernel, the static loop's too (C7514); a full wait keeps that
-        # cost in the fallback loop.
-        o, p, pf = warpgroup_mma_wait(num_outstanding=0 if ONLINE else NKC, deps=(o, p, pf))
+        # retires P.V_{j-1}. ONLINE rescales O next: after a partial wait ptxas cannot prove the P.V it
+        # reads retired and serialises every wgmma of the kernel, the static loop's too (C7514); a full
+        # wait keeps that cost in the fallback loop.
+        o, p = warpgroup_mma_wait(num_outstanding=0 if ONLINE else NKC, deps=(o, p))
         _load_v(v_desc, v_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M, STAGES)
         o = _rescale(o, alpha, o_layout, ONLINE)
-        # a no-op wait (NKC groups are pending) with P as its operand: ptxas must then hold all of P in
-        # registers before the P.V chain; without it, it re-packs 4 registers per k-step and waits
-        # for every HGMMA (SASS: WARPGROUP.DEPBAR after each, ptxas C7514)
-        p = warpgroup_mma_wait(num_outstanding=NKC, deps=(gl.convert_layout(pf.to(pdt), p_layout),))
+        p = gl.convert_layout(pf.to(pdt), p_layout)
         slot = j % STAGES
         mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
         o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
@@ -197,7 +190,7 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
         pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
                                      (j + 1) * BLOCK_M + col_base, M, j + 2 == n_tiles, MEAN_ABS, BIAS, ONLINE)
     last = n_tiles - 1
-    o, p, pf = warpgroup_mma_wait(num_outstanding=0, deps=(o, p, pf))
+    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
     o = _rescale(o, alpha, o_layout, ONLINE)
     p = gl.convert_layout(pf.to(pdt), p_layout)
     slot = last % STAGES
