@@ -6,7 +6,7 @@ one (batch, 2 heads) slice before timing (a row that fails is printed as FAIL an
 times every row with ``triton.testing.do_bench`` medians. Ratio = fastest SDPA backend time / row time
 (> 1: faster than the fastest SDPA). The Gluon rows include the stats pass (what the operator runs).
 
-    python benchmarks/attention_hopper.py [--shapes 0 1 2] [--configs 64x128x2 128x64x2] [--out DIR]
+    python benchmarks/attention_hopper.py [--shapes 0 1 2] [--configs 64x128x2 128x64x2 64x64x2x1] [--out DIR]
 """
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def table(results) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))))
-    parser.add_argument("--configs", nargs="*", default=[], metavar="BNxBMxS", help="extra Gluon tile configs")
+    parser.add_argument("--configs", nargs="*", default=[], metavar="BNxBMxS[xPEEL]", help="extra Gluon tile configs")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time (ms)")
     parser.add_argument("--out", default=None, help="folder for attention_hopper.json / .md")
     args = parser.parse_args()

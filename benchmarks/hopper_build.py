@@ -50,7 +50,7 @@ class Variant:
     bias: str = "none"
     save_bits: bool = False
     static_max: bool = True
-    config: tuple[int, int, int] | None = None  # (block_n, block_m, stages)
+    config: tuple[int, ...] | None = None  # (block_n, block_m, stages[, peel])
     main: bool = False  # a main config: must not spill
 
 
@@ -71,6 +71,8 @@ VARIANTS = [
     Variant("d64_bm128", (8, 8, 4096, 64, 64), config=(64, 128, 2)),
     Variant("d64_bn128", (8, 8, 4096, 64, 64), config=(128, 64, 2)),
     Variant("d64_s3", (8, 8, 4096, 64, 64), config=(64, 64, 3)),
+    Variant("d64_peel", (8, 8, 4096, 64, 64), config=(64, 64, 2, 1)),
+    Variant("d128_peel", (4, 16, 4096, 128, 128), config=(64, 64, 2, 1)),
     Variant("d128_bn128", (4, 16, 4096, 128, 128), config=(128, 64, 2)),
 ]
 QUICK = ("d64_mean_abs", "d128_mean_abs", "d72_dit", "d64_mask")

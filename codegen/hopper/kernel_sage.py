@@ -151,10 +151,52 @@ def _rescale(o, alpha, o_layout: gl.constexpr, ONLINE: gl.constexpr):
 
 
 @gluon.jit
+def _step(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
+          b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
+          MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, BLOCK_M: gl.constexpr,
+          KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, o_layout: gl.constexpr,
+          p_layout: gl.constexpr):
+    """Iteration ``j``: enters with tile j's probabilities ``pf`` and P.V_{j-1} in flight; leaves with
+    tile j+1's probabilities and P.V_j in flight (``LAST``, constexpr or a uniform flag: tile j+1 is the
+    last, its columns ``>= M`` masked)."""
+    s = _issue_qk(q_s, k_s, k_bar, j + 1, s, NKC, STAGES)
+    # retires P.V_{j-1}. ONLINE rescales O next: after a partial wait ptxas cannot prove the P.V it
+    # reads retired and serialises every wgmma of the kernel, the static loop's too (C7514); a full
+    # wait keeps that cost in the fallback loop.
+    o, p = warpgroup_mma_wait(num_outstanding=0 if ONLINE else NKC, deps=(o, p))
+    _load_v(v_desc, v_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M, STAGES)
+    o = _rescale(o, alpha, o_layout, ONLINE)
+    p = gl.convert_layout(pf.to(v_desc.dtype), p_layout)
+    slot = j % STAGES
+    mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
+    o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # retires S_{j+1}; P.V_j stays in flight
+    _load_k(k_desc, k_s, k_bar, bh, j + 1 + STAGES, j + 1 + STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
+    pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
+                                 (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE)
+    return s, o, p, pf, m_i, l_i, alpha
+
+
+@gluon.jit
+def _last_pv(v_s, v_bar, last, o, p, pf, alpha, STAGES: gl.constexpr, ONLINE: gl.constexpr,
+             o_layout: gl.constexpr, p_layout: gl.constexpr):
+    """Retire everything, then ``O += P_last . V_last``; returns the finished (retired) O."""
+    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
+    o = _rescale(o, alpha, o_layout, ONLINE)
+    p = gl.convert_layout(pf.to(v_s.dtype), p_layout)
+    slot = last % STAGES
+    mbarrier.wait(v_bar.index(slot), (last // STAGES) & 1)
+    o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
+    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
+    return o
+
+
+@gluon.jit
 def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm,
             rows, row_mask, bh, b, h, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
             BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
-            DVP: gl.constexpr, STAGES: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr):
+            DVP: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr, s_layout: gl.constexpr,
+            o_layout: gl.constexpr):
     """All key tiles of the program: ``(o, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised).
 
     Iteration ``j`` enters with the probabilities of tile j in registers (``pn``) and the P.V of tile
@@ -173,31 +215,28 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
                                  M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE)
     p = gl.zeros([BLOCK_N, BLOCK_M], pdt, p_layout)
     o = warpgroup_mma_init(gl.zeros([BLOCK_N, DVP], gl.float32, o_layout))  # loop-carried as an async result
-    for j in range(n_tiles - 1):
-        s = _issue_qk(q_s, k_s, k_bar, j + 1, s, NKC, STAGES)
-        # retires P.V_{j-1}. ONLINE rescales O next: after a partial wait ptxas cannot prove the P.V it
-        # reads retired and serialises every wgmma of the kernel, the static loop's too (C7514); a full
-        # wait keeps that cost in the fallback loop.
-        o, p = warpgroup_mma_wait(num_outstanding=0 if ONLINE else NKC, deps=(o, p))
-        _load_v(v_desc, v_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M, STAGES)
-        o = _rescale(o, alpha, o_layout, ONLINE)
-        p = gl.convert_layout(pf.to(pdt), p_layout)
-        slot = j % STAGES
-        mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
-        o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
-        s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # retires S_{j+1}; P.V_j stays in flight
-        _load_k(k_desc, k_s, k_bar, bh, j + 1 + STAGES, j + 1 + STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
-        pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
-                                     (j + 1) * BLOCK_M + col_base, M, j + 2 == n_tiles, MEAN_ABS, BIAS, ONLINE)
-    last = n_tiles - 1
-    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
-    o = _rescale(o, alpha, o_layout, ONLINE)
-    p = gl.convert_layout(pf.to(pdt), p_layout)
-    slot = last % STAGES
-    mbarrier.wait(v_bar.index(slot), (last // STAGES) & 1)
-    o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
-    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
-    return o, l_i, m_i
+    if PEEL:  # the last tile's probabilities peeled: only it masks columns >= M (ptxas: more registers)
+        for j in range(n_tiles - 2):
+            s, o, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
+                b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False, MEAN_ABS, BIAS, ONLINE,
+                BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+        if n_tiles >= 2:
+            s, o, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, n_tiles - 2, n_tiles, s, o, p, pf, m_i, l_i, alpha,
+                c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, True, MEAN_ABS,
+                BIAS, ONLINE, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+            o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
+        else:
+            o_done = _last_pv(v_s, v_bar, 0, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
+    else:  # one loop; the uniform last-tile flag is if-converted by ptxas (an FSEL per score, every tile)
+        for j in range(n_tiles - 1):
+            s, o, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
+                b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, j + 2 == n_tiles, MEAN_ABS,
+                BIAS, ONLINE, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+        o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
+    return o_done, l_i, m_i
 
 
 @gluon.jit
@@ -215,7 +254,7 @@ def _binary_attn_fwd_sm90_kernel(
     beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
-    P_OFFSET: gl.constexpr, num_warps: gl.constexpr,
+    P_OFFSET: gl.constexpr, PEEL: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Binary attention forward of one (query tile, batch*head); see the module notation."""
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
@@ -288,15 +327,15 @@ def _binary_attn_fwd_sm90_kernel(
         if gl.max(bound, axis=0) * 2.0 <= LIMIT:
             o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                                  False, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, s_layout, o_layout)
+                                  False, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
         else:
             o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                                  True, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, s_layout, o_layout)
+                                  True, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
     else:
         o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                               b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                              True, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, s_layout, o_layout)
+                              True, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
     mbarrier.invalidate(q_bar.index(0))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bar.index(i))
