@@ -249,6 +249,45 @@ def _fill_rows(ptr, value, length, start, step, BLOCK: gl.constexpr, num_warps: 
 
 
 @gluon.jit
+def _row_scalars(a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h,
+                 bh, b, h, pid_n, N, M, scale_log2, inv_nd, inv_md, D: gl.constexpr, MEAN_ABS: gl.constexpr,
+                 BIAS: gl.constexpr, BETA_MAX: gl.constexpr, BLOCK_N: gl.constexpr, row_layout: gl.constexpr,
+                 num_warps: gl.constexpr):
+    """``(rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr)`` of the program's rows.
+
+    mean_abs: ``c = scale a b log2 e`` of the (batch, head), and this program's share of the a_eff /
+    b_eff rows written; token/none: ``c_i = scale a_i log2 e`` per row. ``bound_i >= |s2_ij|``.
+    """
+    bh64 = bh.to(gl.int64)
+    rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=row_layout)
+    row_mask = rows < N
+    scale_log2 = scale_log2.to(gl.float32)
+    if MEAN_ABS:
+        a_head = gl.load(sums_q_ptr + bh) * inv_nd
+        b_head = gl.load(sums_k_ptr + bh) * inv_md
+        c = a_head * scale_log2 * b_head
+        c_rows = gl.full([BLOCK_N], 0.0, gl.float32, row_layout) + c
+        b_max = 1.0
+        _fill_rows(a_ptr + bh64 * N, a_head, N, pid_n * BLOCK_N, N, BLOCK_N, num_warps)
+        _fill_rows(b_ptr + bh64 * M, b_head, M, pid_n * BLOCK_N, gl.num_programs(0) * BLOCK_N, BLOCK_N, num_warps)
+    else:
+        c = 0.0
+        c_rows = gl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0) * scale_log2
+        b_max = gl.load(bmax_ptr + bh)
+    row_shift = 0.0
+    bias_base = bias_ptr
+    if BIAS == BIAS_HEAD:  # a per-head shift moves every score of a row: only the lse takes it
+        row_shift = gl.load(bias_ptr + h) * LOG2E
+    if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
+        bias_base = bias_ptr + b.to(gl.int64) * s_bias_b + h.to(gl.int64) * s_bias_h
+    beta_max = 0.0
+    if BETA_MAX:
+        beta_max = gl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
+    bound = gl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
+    return rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_ptr + bh64 * M
+
+
+@gluon.jit
 def _binary_attn_fwd_sm90_kernel(
     q_desc, k_desc, v_desc, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
     beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
@@ -295,32 +334,9 @@ def _binary_attn_fwd_sm90_kernel(
         _load_k(k_desc, k_s, k_bar, bh, t, t < n_tiles, BLOCK_M, KC, NKC, STAGES)
         _load_v(v_desc, v_s, v_bar, b, h, t, t < n_tiles, BLOCK_M, STAGES)
 
-    rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=row_layout)
-    row_mask = rows < N
-    scale_log2 = scale_log2.to(gl.float32)
-    if MEAN_ABS:
-        a_head = gl.load(sums_q_ptr + bh) * inv_nd
-        b_head = gl.load(sums_k_ptr + bh) * inv_md
-        c = a_head * scale_log2 * b_head
-        c_rows = gl.full([BLOCK_N], 0.0, gl.float32, row_layout) + c
-        b_max = 1.0
-        _fill_rows(a_ptr + bh64 * N, a_head, N, pid_n * BLOCK_N, N, BLOCK_N, num_warps)
-        _fill_rows(b_ptr + bh64 * M, b_head, M, pid_n * BLOCK_N, gl.num_programs(0) * BLOCK_N, BLOCK_N, num_warps)
-    else:
-        c = 0.0
-        c_rows = gl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0) * scale_log2
-        b_max = gl.load(bmax_ptr + bh)
-    row_shift = 0.0
-    bias_base = bias_ptr
-    if BIAS == BIAS_HEAD:  # a per-head shift moves every score of a row: only the lse takes it
-        row_shift = gl.load(bias_ptr + h) * LOG2E
-    if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
-        bias_base = bias_ptr + b.to(gl.int64) * s_bias_b + h.to(gl.int64) * s_bias_h
-    beta_max = 0.0
-    if BETA_MAX:
-        beta_max = gl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
-    bound = gl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
-    b_rows_ptr = b_ptr + bh64 * M
+    rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr = _row_scalars(
+        a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h, bh, b, h, pid_n,
+        N, M, scale_log2, inv_nd, inv_md, D, MEAN_ABS, BIAS, BETA_MAX, BLOCK_N, row_layout, num_warps)
     mbarrier.wait(q_bar.index(0), 0)
     online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
     if STATIC_MAX:
