@@ -48,7 +48,7 @@ class Recorder:
 
 def specialise(kernel, args, kwargs):
     """``(signature, constexprs, attrs, options)`` as Triton's JIT would build them for this launch."""
-    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in kwargs}
     signature, constexprs, attrs = {}, {}, {}
     values = dict(zip(kernel.arg_names, args), **kwargs)
     values.update({key: value for key, value in options.items() if key in kernel.arg_names})  # Gluon: num_warps

@@ -34,12 +34,14 @@ so tile j+1's exp2 runs on the MUFU while P.V_j runs on the tensor cores (SASS, 
 Triton 3.6: 8 back-to-back HGMMA, then ``WARPGROUP.DEPBAR.LE gsb0, 0x1``, then the MUFU.EX2 block).
 Row maximum: static ``m_i = bound_i - P_OFFSET`` with ``bound_i = |c_i| max|b| D + max|beta2|``
 (SPEC §6; ``forward_tiles``' guard) where ``2 max(bound) <= LIMIT``; otherwise the same loop with the
-running maximum (``ONLINE``: O rescaled after a full wait). The last tile (a uniform runtime flag)
-alone masks columns ``>= M``.
+running maximum (``ONLINE``: O rescaled after a full wait). The last tile alone masks columns ``>= M``
+(a uniform flag, which ptxas if-converts into an FSEL per score on every tile; ``PEEL`` moves the last
+step out of the loop instead).
 
 Registers (ptxas, per thread, 4 warps, BLOCK_N 64, bf16, static + online loops in one kernel): S
 BLOCK_M/2 int32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32. At BLOCK_M 64:
-126 (D 64; 4 CTAs per SM), 168 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 226 (2 CTAs); no spills.
+125 (D 64; 4 CTAs per SM), 164 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 219 (2 CTAs); PEEL: 157 at
+D 64; no spills.
 ``benchmarks/hopper_build.py`` prints them per variant.
 """
 from __future__ import annotations
