@@ -74,7 +74,8 @@ def _check(call, config=None, static_max=True):
     assert _rel(lse, ref64[1]) <= 1e-5
     assert torch.equal(qbits, ref64[2]) and torch.equal(kbits, ref64[3])
     assert torch.equal(qclip, ref64[4]) and torch.equal(kclip, ref64[5])
-    assert _rel(a_eff, ref64[6]) <= 1e-6 and _rel(b_eff, ref64[7]) <= 1e-6
+    # float32 sums of N*D terms (tile tree + one atomic add per 64 rows): ~30 roundings of 2**-24 at most
+    assert _rel(a_eff, ref64[6]) <= 1e-5 and _rel(b_eff, ref64[7]) <= 1e-5
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
