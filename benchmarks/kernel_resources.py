@@ -48,13 +48,17 @@ class Recorder:
 
 def specialise(kernel, args, kwargs):
     """``(signature, constexprs, attrs, options)`` as Triton's JIT would build them for this launch."""
-    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in kwargs}
     signature, constexprs, attrs = {}, {}, {}
     values = dict(zip(kernel.arg_names, args), **kwargs)
+    values.update({key: value for key, value in options.items() if key in kernel.arg_names})  # Gluon: num_warps
     for index, param in enumerate(kernel.params):
         name, value = param.name, values.get(param.name, param.default)
         if param.is_constexpr:
             signature[name], constexprs[name] = "constexpr", value
+        elif hasattr(value, "block_shape") and hasattr(value, "layout"):  # a Gluon host TMA descriptor
+            from triton.runtime.jit import mangle_type
+            signature[name] = mangle_type(value)
         elif isinstance(value, torch.Tensor):
             signature[name] = POINTER_TYPES[value.dtype]
             attrs[(index,)] = [["tt.divisibility", 16]]
@@ -76,13 +80,22 @@ def specialise(kernel, args, kwargs):
     return signature, constexprs, attrs, options
 
 
-def resources(kernel, args, kwargs, dump_to: str | None = None) -> str:
+def compile_launch(kernel, args, kwargs, target=TARGET):
+    """``(compiled, options)``: one recorded launch compiled for ``target`` (Gluon or tl kernels)."""
+    signature, constexprs, attrs, options = specialise(kernel, list(args), dict(kwargs))
+    source = ASTSource
+    if getattr(kernel, "is_gluon", lambda: False)():
+        from triton.experimental.gluon._runtime import GluonASTSource
+        source = GluonASTSource
+    return triton.compile(source(kernel, signature, constexprs, attrs), target=target, options=options), options
+
+
+def resources(kernel, args, kwargs, dump_to: str | None = None, target=TARGET) -> str:
     """One ``cuobjdump --dump-resource-usage`` line (registers, stack = spills, shared) of the launch.
 
     ``dump_to``: a folder that receives the launch's TTGIR, PTX and SASS (``<kernel>.<n>.ttgir`` ...).
     """
-    signature, constexprs, attrs, options = specialise(kernel, list(args), dict(kwargs))
-    compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=TARGET, options=options)
+    compiled, options = compile_launch(kernel, args, kwargs, target)
     bin_dir = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "kernel.cubin")

@@ -1,0 +1,224 @@
+"""Offline build check: every Gluon sm_90 variant and every tl.dot kernel compiles; registers, spills, smem.
+
+Question: does each kernel bitlower can launch compile for the GPUs it targets, at the Triton version of
+the GPU machine, and with how many registers, spill bytes and shared-memory bytes? Runs on a CPU machine
+(CI): launches are recorded on uninitialised CPU tensors (``kernel_resources.Recorder`` for
+``wrap_triton``, ``codegen.hopper.launcher._launch`` for the Gluon kernel) and compiled with
+``triton.compile`` (``GluonASTSource`` for Gluon); registers and spill stack come from ``cuobjdump``,
+and for Gluon kernels ``ptxas -v`` is re-run on the PTX to report its wgmma serialisation notes (C7514).
+Gluon variants compile for sm_90 only; the tl.dot kernels for sm_80 and sm_90.
+
+    PYTHONPATH=<triton 3.6 folder> python benchmarks/hopper_build.py [--jobs 2] [--quick]
+
+Exits 1 when any kernel fails to compile, or when a ``main`` Gluon variant spills.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from unittest import mock
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kernel_resources as kr  # noqa: E402
+
+from bitlower.spec import CallSpec  # noqa: E402
+
+SM80, SM90 = GPUTarget("cuda", 80, 32), GPUTarget("cuda", 90, 32)
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One Gluon forward call: shape ``(B, H, N, D, Dv)``, dtype, weighting, bias, save_bits, tiles."""
+
+    name: str
+    shape: tuple[int, int, int, int, int]
+    dtype: torch.dtype = torch.bfloat16
+    weighting: str = "mean_abs"
+    bias: str = "none"
+    save_bits: bool = False
+    static_max: bool = True
+    config: tuple[int, ...] | None = None  # (block_n, block_m, stages[, peel])
+    main: bool = False  # a main config: must not spill
+
+
+VARIANTS = [
+    Variant("d64_mean_abs", (8, 8, 4096, 64, 64), main=True),
+    Variant("d128_mean_abs", (4, 16, 4096, 128, 128), main=True),
+    Variant("d64_fp16", (8, 8, 4096, 64, 64), dtype=torch.float16, main=True),
+    Variant("d64_none", (8, 8, 4096, 64, 64), weighting="none", main=True),
+    Variant("d64_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head"),
+    Variant("d64_dense", (8, 8, 1024, 64, 64), bias="dense", main=True),
+    Variant("d64_mask", (8, 8, 1024, 64, 64), bias="mask", main=True),
+    Variant("vit_table_token", (16, 6, 197, 64, 64), weighting="token", bias="table"),
+    Variant("d72_dit", (64, 16, 256, 72, 72), main=True),
+    Variant("d80", (2, 4, 333, 80, 80)),
+    Variant("d96", (2, 4, 130, 96, 96)),
+    Variant("d64_train_bits", (8, 8, 1024, 64, 64), save_bits=True),
+    Variant("d64_online_only", (8, 8, 1024, 64, 64), static_max=False),
+    Variant("d64_bm128", (8, 8, 4096, 64, 64), config=(64, 128, 2)),
+    Variant("d64_bn128", (8, 8, 4096, 64, 64), config=(128, 64, 2)),
+    Variant("d64_s3", (8, 8, 4096, 64, 64), config=(64, 64, 3)),
+    Variant("d64_peel", (8, 8, 4096, 64, 64), config=(64, 64, 2, 1)),
+    Variant("d128_peel", (4, 16, 4096, 128, 128), config=(64, 64, 2, 1)),
+    Variant("d128_bn128", (4, 16, 4096, 128, 128), config=(128, 64, 2)),
+]
+QUICK = ("d64_mean_abs", "d128_mean_abs", "d72_dit", "d64_mask")
+
+
+def _inputs(var: Variant):
+    bsz, heads, n, dim, dim_v = var.shape
+    q, k = (torch.empty(bsz, heads, n, dim, dtype=var.dtype) for _ in range(2))
+    v = torch.empty(bsz, heads, n, dim_v, dtype=var.dtype)
+    a = b = bias = None
+    grid = ()
+    if var.weighting == "token":
+        a, b = torch.ones(bsz, heads, n), torch.ones(bsz, heads, n)
+    if var.bias == "head":
+        bias = torch.zeros(heads, dtype=var.dtype)
+    elif var.bias == "dense":
+        bias = torch.zeros(1, heads, n, n, dtype=var.dtype)
+    elif var.bias == "mask":
+        bias = torch.ones(bsz, 1, n, n, dtype=torch.bool)
+    elif var.bias == "table":
+        from bitlower.relpos import table_rows
+        grid = (14, 14, 1)  # 14 x 14 patches + cls = 197 tokens
+        bias = torch.zeros(table_rows(14, 14), heads, dtype=var.dtype)
+    spec = CallSpec(scale=dim ** -0.5, weighting=var.weighting, bias_kind=var.bias, grid=grid,
+                    save_bits=var.save_bits)
+    return q, k, v, a, b, bias, spec
+
+
+def record_gluon(var: Variant):
+    """``(gluon_launch, tl_launches)`` of one Gluon forward call, recorded on CPU tensors."""
+    from bitlower.codegen.hopper import HopperConfig, launcher
+
+    gluon_launches = []
+    kr.Recorder.launches = []
+    q, k, v, a, b, bias, spec = _inputs(var)
+    config = HopperConfig(*var.config) if var.config else None
+    record = lambda kernel, grid, args, kwargs: gluon_launches.append((kernel, args, kwargs))  # noqa: E731
+    with mock.patch("torch.library.wrap_triton", kr.Recorder), mock.patch.object(launcher, "_launch", record):
+        launcher.launch_hopper_forward(q, k, v, a, b, bias, spec, static_max=var.static_max, config=config)
+    return gluon_launches[0], list(kr.Recorder.launches)
+
+
+def ptxas_notes(ptx: str) -> str:
+    """``ptxas -v`` spill line and wgmma notes (C75xx) of a PTX listing, one line."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "k.ptx")
+        with open(path, "w") as handle:
+            handle.write(ptx)
+        run = subprocess.run([os.path.join(BIN, "ptxas"), "-arch=sm_90a", "-v", path, "-o", path + ".cubin"],
+                             capture_output=True, text=True)
+    text = run.stderr
+    codes = sorted({part.split(")")[0] for part in text.split("(C")[1:]})
+    spill = next((line.strip() for line in text.splitlines() if "spill stores" in line), "?")
+    return f"{spill}; notes {' '.join('C' + code for code in codes) or 'none'}"
+
+
+def _usage(compiled) -> tuple[int, int]:
+    """``(registers, stack bytes)`` from the cubin (``cuobjdump --dump-resource-usage``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "k.cubin")
+        with open(path, "wb") as handle:
+            handle.write(compiled.asm["cubin"])
+        dump = subprocess.run([os.path.join(BIN, "cuobjdump"), "--dump-resource-usage", path],
+                              capture_output=True, text=True, check=True)
+    line = next(line for line in dump.stdout.splitlines() if "REG:" in line)
+    fields = dict(item.split(":") for item in line.split())
+    return int(fields["REG"]), int(fields["STACK"])
+
+
+WORK: list = []  # the jobs, set before the (forked) pool starts: kernels and tensors do not pickle
+
+
+def build(index: int):
+    """Compile job ``WORK[index]`` ``(label, kernel, args, kwargs, target, main)``; a result row (never raises)."""
+    label, kernel, args, kwargs, target, main = WORK[index]
+    start = time.time()
+    try:
+        compiled, options = kr.compile_launch(kernel, args, kwargs, target)
+        regs, stack = _usage(compiled)
+        notes = ptxas_notes(compiled.asm["ptx"]) if kernel.is_gluon() else ""
+        return dict(label=label, arch=target.arch, ok=True, regs=regs, stack=stack, main=main,
+                    shared=compiled.metadata.shared, warps=options.get("num_warps", 4), notes=notes,
+                    seconds=time.time() - start)
+    except Exception:  # noqa: BLE001 - a compile failure is the result being reported
+        return dict(label=label, arch=target.arch, ok=False, error=traceback.format_exc(limit=3)[-600:],
+                    main=main, seconds=time.time() - start)
+
+
+def _key(kernel, args, kwargs, arch):
+    signature, constexprs, _, options = kr.specialise(kernel, list(args), dict(kwargs))
+    return kernel.__name__, arch, tuple(sorted(signature.items())), repr(sorted(constexprs.items())), repr(options)
+
+
+def jobs(quick: bool):
+    """Every distinct compile: the Gluon variants (sm_90) and the tl.dot launches (sm_80 and sm_90)."""
+    seen, out = set(), []
+
+    def add(label, kernel, args, kwargs, targets, main=False):
+        for target in targets:
+            key = _key(kernel, args, kwargs, target.arch)
+            if key not in seen:
+                seen.add(key)
+                out.append((label, kernel, args, kwargs, target, main))
+
+    for var in VARIANTS:
+        if quick and var.name not in QUICK:
+            continue
+        (kernel, args, kwargs), tl_launches = record_gluon(var)
+        add(f"gluon {var.name}", kernel, args, kwargs, (SM90,), var.main)
+        for tl_kernel, tl_args, tl_kwargs in tl_launches:
+            add(f"{tl_kernel.__name__} ({var.name})", tl_kernel, tl_args, tl_kwargs, (SM80, SM90))
+    shapes = (0,) if quick else (0, 1)
+    for index in shapes:
+        for variant, mode in (("v1", "ste"), ("v2", "hamming")):
+            for tl_kernel, tl_args, tl_kwargs in kr.record_call(kr.SHAPES[index], mode, "mean_abs", True, variant):
+                add(f"{tl_kernel.__name__} ({variant} {mode} S{index})", tl_kernel, tl_args, tl_kwargs, (SM80, SM90))
+    return out
+
+
+def row(result) -> str:
+    if not result["ok"]:
+        return f"FAIL {result['label']:44s} sm_{result['arch']}\n{result['error']}"
+    return (f"ok   {result['label']:44s} sm_{result['arch']} warps {result['warps']:>2}  regs {result['regs']:>3}  "
+            f"spill-stack {result['stack']:>4} B  shared {result['shared']:>6} B  {result['seconds']:4.1f} s  "
+            f"{result['notes']}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2, help="compile processes")
+    parser.add_argument("--quick", action="store_true", help="the main variants and one tl.dot shape only")
+    args = parser.parse_args()
+    os.environ.pop("TRITON_INTERPRET", None)  # the GPU tile tables, not the interpreter's
+    start = time.time()
+    print(f"Triton {triton.__version__} ({triton.__file__})", flush=True)
+    WORK[:] = jobs(args.quick)
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(build, range(len(WORK))))
+    for result in results:
+        print(row(result))
+    failed = [r for r in results if not r["ok"]]
+    spilled = [r for r in results if r["ok"] and r["main"] and r["stack"] > 0]
+    print(f"{len(results)} compiles, {len(failed)} failed, {len(spilled)} main Gluon variants spill; "
+          f"{time.time() - start:.0f} s")
+    return 1 if failed or spilled else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Tiles of the Hopper (sm_90) Gluon forward and the operand widths it derives from the head dims.
+
+Chosen offline (no GPU lent when this was written) from ptxas' register counts
+(``benchmarks/hopper_build.py`` prints them). Unmeasured: the next GPU session's
+``benchmarks/attention_hopper.py`` decides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+INT8_K = 32  # K of one int8 wgmma instruction: the sign operand is padded to a multiple of it
+MAX_HEAD_DIM = 128  # O (DVP/2 float32) + S double buffer must fit 255 registers at 64 rows per warpgroup
+
+
+@dataclass(frozen=True)
+class HopperConfig:
+    """One launch configuration of ``_binary_attn_fwd_sm90_kernel``.
+
+    Attributes:
+        block_n: query rows per CTA (64: one warpgroup, 128: two warpgroups).
+        block_m: keys per tile (the N of the int8 wgmma, the K of the P.V wgmma).
+        stages: K-sign and V tiles in the shared-memory ring.
+        peel: peel the last key tile so only it masks columns >= M (311 instead of 346 instructions per
+            tile at D 64, but 157 registers instead of 125: 3 CTAs per SM instead of 4).
+    """
+
+    block_n: int = 64
+    block_m: int = 64
+    stages: int = 2
+    peel: bool = False
+
+    def __post_init__(self):
+        if self.block_n not in (64, 128):
+            raise ValueError(f"block_n must be 64 or 128, got {self.block_n}")
+        if self.block_m not in (32, 64, 128):
+            raise ValueError(f"block_m must be 32, 64 or 128, got {self.block_m}")
+        if not 2 <= self.stages <= 4:
+            raise ValueError(f"stages must be in [2, 4], got {self.stages}")
+        object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
+
+    @property
+    def num_warps(self) -> int:
+        """One warpgroup (4 warps) per 64 query rows."""
+        return self.block_n // 16
+
+
+def sign_chunks(dim: int) -> tuple[int, int]:
+    """``(KC, NKC)``: the int8 sign operand as NKC TMA boxes of KC channels, KC * NKC >= dim.
+
+    The K of the int8 wgmma is padded to a multiple of 32 (D 72 -> 96, not the 128 of the tl.dot
+    kernels); TMA boxes must be powers of two, so a non-power-of-two multiple is split in 32s.
+    """
+    padded = -(-dim // INT8_K) * INT8_K
+    if padded & (padded - 1) == 0:
+        return padded, 1
+    return INT8_K, padded // INT8_K
+
+
+def value_width(dim_v: int) -> int:
+    """DVP: the P.V accumulator width, a power of two >= Dv (V's TMA box zero-fills channels past Dv)."""
+    return max(16, 1 << (dim_v - 1).bit_length())
+
+
+def hopper_config(n: int, dim: int, dim_v: int) -> HopperConfig:
+    """The tile table (offline, ptxas, Triton 3.6): 64 x 64 tiles, 2 stages at every head dim.
+
+    Registers per thread (4 warps): 126 at D = Dv = 64 (4 CTAs per SM by registers, 28.8 KB shared
+    each), 168 at 128 (3 CTAs); 64 x 128 tiles take 226 at D 64 (2 CTAs). Unmeasured: the GPU
+    session's ``attention_hopper.py --configs`` sweep decides.
+    """
+    return HopperConfig(64, 64, 2)

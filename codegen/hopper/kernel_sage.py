@@ -1,0 +1,375 @@
+"""Hopper (sm_90) binary-attention forward in Gluon, structure (a): one warpgroup per 64 query rows.
+
+UNVERIFIED NUMERICALLY: written and compiled offline (Triton 3.6, sm_90, no GPU in that session);
+no run has checked it against the float64 reference yet (``tests/codegen/test_gpu_hopper.py`` does).
+
+Partitions: none (no warp specialisation). ``num_warps = BLOCK_N // 16``: 4 warps (one warpgroup) own
+a 64-row query tile, 8 warps (two warpgroups) a 128-row tile; the same warps issue the TMA loads
+(one elected thread), the int8 and the bf16/fp16 wgmma and the softmax. Several CTAs share an SM.
+Chosen on compute capability 9.x by the kernel plan (``support.hopper_forward_unsupported``).
+Program ``(pid_n, bh)``: query rows ``[pid_n * BLOCK_N, +BLOCK_N)`` of batch*head ``bh``.
+
+Shared-memory ring (bytes for BLOCK_N 64, BLOCK_M 64, D = Dv = 64, STAGES 2, bf16; 28.8 KB in all):
+    q_s   [NKC, BLOCK_N, KC]          int8 Q signs, loaded once                4 KB
+    k_s   [STAGES * NKC, BLOCK_M, KC]  int8 K-sign tiles (K-major B operand)    2 x 4 KB
+    v_s   [STAGES, BLOCK_M, DVP]       V tiles (MN-major B operand)             2 x 8 KB
+    q_bar [1], k_bar [STAGES], v_bar [STAGES]  mbarriers (expect-tx, TMA completes them)
+Tile t of K/V lives in slot ``t % STAGES``; its barrier phase is ``(t // STAGES) & 1``. No "empty"
+barriers: the issuing warps refill a slot right after the wgmma wait that retired its last reader.
+TMA descriptors: signs ``(B*H, L, DP)`` with boxes ``[1, BLOCK, KC]``, v ``(B, H, M, Dv)`` over its
+own strides with box ``[1, 1, BLOCK_M, DVP]``: rows past L and channels past Dv read as zero per head.
+
+Per key tile (``h`` int32 from the int8 wgmma, scores in log2 units); iteration j enters with the
+float32 probabilities of tile j in registers and the P.V of tile j-1 in flight:
+    issue   S_{j+1} = Q . K_{j+1}^T          (int8 async wgmma, NKC chunks of KC channels)
+    wait    P.V_{j-1} retired                 (``warpgroup_mma_wait(NKC)``; S_{j+1} stays in flight)
+    refill  V slot of tile j-1 with tile j-1+STAGES (TMA)
+    issue   O += bf16(p_j) . V_j             (P from registers, DotOperandLayout A operand, async)
+    wait    S_{j+1} retired                   (``warpgroup_mma_wait(1)``; P.V_j stays in flight)
+    refill  K slot of tile j+1 with tile j+1+STAGES
+    probs   f = bitcast(h + 0x4B400000) - 1.5*2**23 (exact int->float, no I2F)
+            x = f * c - m (mean_abs; c = scale a b log2 e per (b, h))  or  (f * b_j) * c_i - m_i
+            x += beta2 (dense tile) / x = -inf where the mask is False; p = exp2(x); l += rowsum p
+so tile j+1's exp2 runs on the MUFU while P.V_j runs on the tensor cores (SASS, sm_90, ptxas of
+Triton 3.6: 8 back-to-back HGMMA, then ``WARPGROUP.DEPBAR.LE gsb0, 0x1``, then the MUFU.EX2 block).
+Row maximum: static ``m_i = bound_i - P_OFFSET`` with ``bound_i = |c_i| max|b| D + max|beta2|``
+(SPEC §6; ``forward_tiles``' guard) where ``2 max(bound) <= LIMIT``; otherwise the same loop with the
+running maximum (``ONLINE``: O rescaled after a full wait). The last tile alone masks columns ``>= M``
+(a uniform flag, which ptxas if-converts into an FSEL per score on every tile; ``PEEL`` moves the last
+step out of the loop instead).
+
+Registers (ptxas, per thread, 4 warps, BLOCK_N 64, bf16, static + online loops in one kernel): S
+BLOCK_M/2 int32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32. At BLOCK_M 64:
+125 (D 64; 4 CTAs per SM), 164 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 219 (2 CTAs); PEEL: 157 at
+D 64; no spills.
+``benchmarks/hopper_build.py`` prints them per variant.
+"""
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
+                                                              warpgroup_mma_wait)
+
+MAGIC_INT = gl.constexpr(0x4B400000)  # 1.5 * 2**23 as float32 bits: see codegen/tiles.py int_to_float
+MAGIC_FLOAT = gl.constexpr(12582912.0)  # 1.5 * 2**23
+LOG2E = gl.constexpr(1.4426950408889634)  # 1 / ln(2)
+LN2 = gl.constexpr(0.6931471805599453)  # ln(2)
+NEG_INIT = gl.constexpr(-1.0e30)  # running-max start: finite, so a fully masked tile gives no NaN
+BIAS_NONE = gl.constexpr(0)
+BIAS_HEAD = gl.constexpr(1)
+BIAS_DENSE = gl.constexpr(3)  # also the table bias, materialised densely by the launcher
+BIAS_MASK = gl.constexpr(4)
+
+
+@gluon.jit
+def _load_k(k_desc, k_s, k_bar, bh, tile, pred, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
+            STAGES: gl.constexpr):
+    """TMA of K-sign tile ``tile`` (NKC chunks of KC channels) into slot ``tile % STAGES`` where ``pred``."""
+    slot = tile % STAGES
+    bar = k_bar.index(slot)
+    mbarrier.expect(bar, NKC * k_desc.block_type.nbytes, pred=pred)
+    for c in gl.static_range(NKC):
+        tma.async_copy_global_to_shared(k_desc, [bh, tile * BLOCK_M, c * KC], bar,
+                                        k_s.index(slot * NKC + c).reshape(k_desc.block_type.shape), pred=pred)
+
+
+@gluon.jit
+def _load_v(v_desc, v_s, v_bar, b, h, tile, pred, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
+    """TMA of V tile ``tile`` (rows past M and channels past Dv zero-filled) into its slot where ``pred``."""
+    slot = tile % STAGES
+    bar = v_bar.index(slot)
+    mbarrier.expect(bar, v_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(v_desc, [b, h, tile * BLOCK_M, 0], bar,
+                                    v_s.index(slot).reshape(v_desc.block_type.shape), pred=pred)
+
+
+@gluon.jit
+def _issue_qk(q_s, k_s, k_bar, tile, s_acc, NKC: gl.constexpr, STAGES: gl.constexpr):
+    """Wait for K tile ``tile`` and issue ``S = Q . K^T`` as NKC async int8 wgmma groups into ``s_acc``."""
+    slot = tile % STAGES
+    mbarrier.wait(k_bar.index(slot), (tile // STAGES) & 1)
+    for c in gl.static_range(NKC):
+        s_acc = warpgroup_mma(q_s.index(c), k_s.index(slot * NKC + c).permute((1, 0)), s_acc,
+                              use_acc=c > 0, is_async=True)
+    return s_acc
+
+
+@gluon.jit
+def _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS: gl.constexpr):
+    """-inf where the boolean mask is False (BIAS_MASK) and, on the last tile, past column ``M``."""
+    if BIAS == BIAS_MASK:
+        keep = row_mask[:, None] & (cols < M)[None, :]
+        allowed = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=1)
+        x = gl.where(allowed != 0, x, float("-inf"))
+    if is_last:
+        x = gl.where((cols < M)[None, :], x, float("-inf"))
+    return x
+
+
+@gluon.jit
+def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
+           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr):
+    """``(p, m, l, alpha)`` of one score tile ``h`` (int32): p = exp2(s2 - m) float32.
+
+    ``is_last`` (a uniform runtime flag): the tile may hold columns ``>= M`` (zero-filled K rows), set
+    to -inf here only, so full tiles pay no column mask.
+    """
+    f = (h + MAGIC_INT).to(gl.float32, bitcast=True) - MAGIC_FLOAT
+    if MEAN_ABS:
+        scale = gl.zeros_like(f) + c
+    else:
+        bj = gl.load(b_ptr + cols, mask=cols < M, other=0.0)
+        f = f * bj[None, :]
+        scale = gl.zeros_like(f) + c_rows[:, None]
+    shift = 0.0  # beta2 (log2 units) of the tile
+    if BIAS == BIAS_DENSE:
+        keep = row_mask[:, None] & (cols < M)[None, :]
+        beta = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=0.0)
+        shift = beta.to(gl.float32) * LOG2E
+    alpha = l_i  # unused unless ONLINE
+    if ONLINE:
+        s = gl.fma(f, scale, gl.zeros_like(f) + shift)
+        s = _mask_scores(s, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS)
+        m_new = gl.maximum(m_i, gl.max(s, axis=1))
+        alpha = gl.exp2(m_i - m_new)
+        l_i = l_i * alpha
+        m_i = m_new
+        x = s - m_i[:, None]
+    else:  # one FFMA per score: f * c - m (+ beta2)
+        x = gl.fma(f, scale, gl.zeros_like(f) + shift - m_i[:, None])
+        x = _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS)
+    p = gl.exp2(x)
+    l_i = l_i + gl.sum(p, axis=1)
+    return p, m_i, l_i, alpha
+
+
+@gluon.jit
+def _rescale(o, alpha, o_layout: gl.constexpr, ONLINE: gl.constexpr):
+    """``o * alpha`` per row for the running maximum; ``o`` unchanged under the static maximum."""
+    if ONLINE:
+        o = o * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+    return o
+
+
+@gluon.jit
+def _step(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
+          b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
+          MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, BLOCK_M: gl.constexpr,
+          KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, o_layout: gl.constexpr,
+          p_layout: gl.constexpr):
+    """Iteration ``j``: enters with tile j's probabilities ``pf`` and P.V_{j-1} in flight; leaves with
+    tile j+1's probabilities and P.V_j in flight (``LAST``, constexpr or a uniform flag: tile j+1 is the
+    last, its columns ``>= M`` masked)."""
+    s = _issue_qk(q_s, k_s, k_bar, j + 1, s, NKC, STAGES)
+    # retires P.V_{j-1}. ONLINE rescales O next: after a partial wait ptxas cannot prove the P.V it
+    # reads retired and serialises every wgmma of the kernel, the static loop's too (C7514); a full
+    # wait keeps that cost in the fallback loop.
+    o, p = warpgroup_mma_wait(num_outstanding=0 if ONLINE else NKC, deps=(o, p))
+    _load_v(v_desc, v_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M, STAGES)
+    o = _rescale(o, alpha, o_layout, ONLINE)
+    p = gl.convert_layout(pf.to(v_desc.dtype), p_layout)
+    slot = j % STAGES
+    mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
+    o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # retires S_{j+1}; P.V_j stays in flight
+    _load_k(k_desc, k_s, k_bar, bh, j + 1 + STAGES, j + 1 + STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
+    pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
+                                 (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE)
+    return s, o, p, pf, m_i, l_i, alpha
+
+
+@gluon.jit
+def _last_pv(v_s, v_bar, last, o, p, pf, alpha, STAGES: gl.constexpr, ONLINE: gl.constexpr,
+             o_layout: gl.constexpr, p_layout: gl.constexpr):
+    """Retire everything, then ``O += P_last . V_last``; returns the finished (retired) O."""
+    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
+    o = _rescale(o, alpha, o_layout, ONLINE)
+    p = gl.convert_layout(pf.to(v_s.dtype), p_layout)
+    slot = last % STAGES
+    mbarrier.wait(v_bar.index(slot), (last // STAGES) & 1)
+    o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
+    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
+    return o
+
+
+@gluon.jit
+def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm,
+            rows, row_mask, bh, b, h, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
+            BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
+            DVP: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr, s_layout: gl.constexpr,
+            o_layout: gl.constexpr):
+    """All key tiles of the program: ``(o, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised).
+
+    Iteration ``j`` enters with the probabilities of tile j in registers (``pn``) and the P.V of tile
+    j-1 in flight; it issues S_{j+1}, retires P.V_{j-1}, issues P.V_j, retires S_{j+1} and computes the
+    probabilities of tile j+1 while P.V_j runs on the tensor cores.
+    """
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    pdt: gl.constexpr = v_desc.dtype
+    n_tiles = gl.cdiv(M, BLOCK_M)
+    col_base = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
+    l_i = gl.zeros([BLOCK_N], gl.float32, gl.SliceLayout(1, s_layout))
+    s = _issue_qk(q_s, k_s, k_bar, 0, gl.zeros([BLOCK_N, BLOCK_M], gl.int32, s_layout), NKC, STAGES)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+    _load_k(k_desc, k_s, k_bar, bh, STAGES, STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
+    pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base,
+                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE)
+    p = gl.zeros([BLOCK_N, BLOCK_M], pdt, p_layout)
+    o = warpgroup_mma_init(gl.zeros([BLOCK_N, DVP], gl.float32, o_layout))  # loop-carried as an async result
+    if PEEL:  # the last tile's probabilities peeled: only it masks columns >= M (ptxas: more registers)
+        for j in range(n_tiles - 2):
+            s, o, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
+                b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False, MEAN_ABS, BIAS, ONLINE,
+                BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+        if n_tiles >= 2:
+            s, o, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, n_tiles - 2, n_tiles, s, o, p, pf, m_i, l_i, alpha,
+                c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, True, MEAN_ABS,
+                BIAS, ONLINE, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+            o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
+        else:
+            o_done = _last_pv(v_s, v_bar, 0, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
+    else:  # one loop; the uniform last-tile flag is if-converted by ptxas (an FSEL per score, every tile)
+        for j in range(n_tiles - 1):
+            s, o, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
+                b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, j + 2 == n_tiles, MEAN_ABS,
+                BIAS, ONLINE, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+        o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
+    return o_done, l_i, m_i
+
+
+@gluon.jit
+def _fill_rows(ptr, value, length, start, step, BLOCK: gl.constexpr, num_warps: gl.constexpr):
+    """``ptr[r] = value`` for rows ``start, start + BLOCK, ...`` stepping by ``step`` (mean_abs scalars)."""
+    layout: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+    for r0 in range(start, length, step):
+        r = r0 + gl.arange(0, BLOCK, layout=layout)
+        gl.store(ptr + r, gl.full([BLOCK], value, gl.float32, layout), mask=r < length)
+
+
+@gluon.jit
+def _row_scalars(a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h,
+                 bh, b, h, pid_n, N, M, scale_log2, inv_nd, inv_md, D: gl.constexpr, MEAN_ABS: gl.constexpr,
+                 BIAS: gl.constexpr, BETA_MAX: gl.constexpr, BLOCK_N: gl.constexpr, row_layout: gl.constexpr,
+                 num_warps: gl.constexpr):
+    """``(rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr)`` of the program's rows.
+
+    mean_abs: ``c = scale a b log2 e`` of the (batch, head), and this program's share of the a_eff /
+    b_eff rows written; token/none: ``c_i = scale a_i log2 e`` per row. ``bound_i >= |s2_ij|``.
+    """
+    bh64 = bh.to(gl.int64)
+    rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=row_layout)
+    row_mask = rows < N
+    scale_log2 = scale_log2.to(gl.float32)
+    if MEAN_ABS:
+        a_head = gl.load(sums_q_ptr + bh) * inv_nd
+        b_head = gl.load(sums_k_ptr + bh) * inv_md
+        c = a_head * scale_log2 * b_head
+        c_rows = gl.full([BLOCK_N], 0.0, gl.float32, row_layout) + c
+        b_max = 1.0
+        _fill_rows(a_ptr + bh64 * N, a_head, N, pid_n * BLOCK_N, N, BLOCK_N, num_warps)
+        _fill_rows(b_ptr + bh64 * M, b_head, M, pid_n * BLOCK_N, gl.num_programs(0) * BLOCK_N, BLOCK_N, num_warps)
+    else:
+        c = 0.0
+        c_rows = gl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0) * scale_log2
+        b_max = gl.load(bmax_ptr + bh)
+    row_shift = 0.0
+    bias_base = bias_ptr
+    if BIAS == BIAS_HEAD:  # a per-head shift moves every score of a row: only the lse takes it
+        row_shift = gl.load(bias_ptr + h) * LOG2E
+    if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
+        bias_base = bias_ptr + b.to(gl.int64) * s_bias_b + h.to(gl.int64) * s_bias_h
+    beta_max = 0.0
+    if BETA_MAX:
+        beta_max = gl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
+    bound = gl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
+    return rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_ptr + bh64 * M
+
+
+@gluon.jit
+def _binary_attn_fwd_sm90_kernel(
+    q_desc, k_desc, v_desc, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
+    beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
+    D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
+    BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
+    P_OFFSET: gl.constexpr, PEEL: gl.constexpr, num_warps: gl.constexpr,
+):
+    """Binary attention forward of one (query tile, batch*head); see the module notation."""
+    BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
+    KC: gl.constexpr = q_desc.block_type.shape[2]
+    BLOCK_M: gl.constexpr = k_desc.block_type.shape[1]
+    DVP: gl.constexpr = v_desc.block_type.shape[3]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_M, 32])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, DVP, 16])
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    pid_n = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // H
+    h = bh % H
+    bh64 = bh.to(gl.int64)
+    n_tiles = gl.cdiv(M, BLOCK_M)
+
+    q_s = gl.allocate_shared_memory(gl.int8, [NKC, BLOCK_N, KC],
+                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, KC], gl.int8))
+    k_s = gl.allocate_shared_memory(gl.int8, [STAGES * NKC, BLOCK_M, KC],
+                                    gl.NVMMASharedLayout.get_default_for([BLOCK_M, KC], gl.int8))
+    v_s = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_M, DVP],
+                                    gl.NVMMASharedLayout.get_default_for([BLOCK_M, DVP], v_desc.dtype))
+    q_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
+    k_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar.index(0), count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bar.index(i), count=1)
+        mbarrier.init(v_bar.index(i), count=1)
+
+    mbarrier.expect(q_bar.index(0), NKC * q_desc.block_type.nbytes)
+    for c in gl.static_range(NKC):
+        tma.async_copy_global_to_shared(q_desc, [bh, pid_n * BLOCK_N, c * KC], q_bar.index(0),
+                                        q_s.index(c).reshape(q_desc.block_type.shape))
+    for t in gl.static_range(STAGES):
+        _load_k(k_desc, k_s, k_bar, bh, t, t < n_tiles, BLOCK_M, KC, NKC, STAGES)
+        _load_v(v_desc, v_s, v_bar, b, h, t, t < n_tiles, BLOCK_M, STAGES)
+
+    rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr = _row_scalars(
+        a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h, bh, b, h, pid_n,
+        N, M, scale_log2, inv_nd, inv_md, D, MEAN_ABS, BIAS, BETA_MAX, BLOCK_N, row_layout, num_warps)
+    mbarrier.wait(q_bar.index(0), 0)
+    online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
+    if STATIC_MAX:
+        if gl.max(bound, axis=0) * 2.0 <= LIMIT:
+            o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows,
+                                  b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
+                                  False, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+        else:
+            o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
+                                  b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
+                                  True, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+    else:
+        o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
+                              b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
+                              True, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+    mbarrier.invalidate(q_bar.index(0))
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_bar.index(i))
+        mbarrier.invalidate(v_bar.index(i))
+    _store(out_ptr, lse_ptr, o, l_i, m_i, row_shift, bh64 * N, rows, row_mask, pid_n * BLOCK_N, N, DV,
+           BLOCK_N, DVP, o_layout)
+
+
+@gluon.jit
+def _store(out_ptr, lse_ptr, o, l_i, m_i, row_shift, row0, rows, row_mask, start, N, DV: gl.constexpr,
+           BLOCK_N: gl.constexpr, DVP: gl.constexpr, o_layout: gl.constexpr):
+    """out ``(B, H, N, DV)`` contiguous = o / l; lse ``(B, H, N)`` natural log."""
+    o_rows = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, o_layout))
+    o_cols = gl.arange(0, DVP, layout=gl.SliceLayout(0, o_layout))
+    out = o / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
+    ptrs = out_ptr + (row0 + o_rows)[:, None] * DV + o_cols[None, :]
+    gl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=(o_rows < N)[:, None] & (o_cols < DV)[None, :])
+    lse = (m_i + gl.log2(l_i) + row_shift) * LN2
+    gl.store(lse_ptr + row0 + rows, lse, mask=row_mask)

@@ -1,0 +1,113 @@
+"""Host side of the Hopper Gluon forward: stats pass, bias operand, TMA descriptors, grid, config.
+
+Same operands and outputs as ``codegen.forward_v2.forward_v2`` (``pv_quant == "none"``): the stats
+pass (``codegen.stats.head_stats``) writes the int8 sign tensors, the mean_abs sums or the per-token
+scalars and their maxima (and the packed bits when ``spec.save_bits``); this module describes the
+sign tensors and v to TMA and launches ``kernel_sage._binary_attn_fwd_sm90_kernel``. Ask
+``support.hopper_forward_unsupported`` first. Numerically unverified (see ``kernel_sage``).
+
+The Gluon kernel is launched directly (``kernel[grid](...)``), not through
+``torch.library.wrap_triton``: under ``torch.compile`` call this from an opaque custom op.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
+from ..forward_v2 import dense_table
+from ..operands import bias_operand
+from ..stats import head_stats
+from ..tiles import BIAS_CODES, LOG2E
+from .config import HopperConfig, hopper_config, sign_chunks, value_width
+
+GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int8: "int8"}
+
+
+def _launch(kernel, grid, args, kwargs) -> None:
+    """Run one Gluon launch (``benchmarks/hopper_build.py`` replaces this to record launches)."""
+    kernel[grid](*args, **kwargs)
+
+
+def _descriptor(tensor: torch.Tensor, block: list[int]):
+    """A host TMA descriptor over ``tensor``'s own shape and strides, NVMMA-swizzled for the wgmma."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    layout = gl.NVMMASharedLayout.get_default_for(block, getattr(gl, GL_DTYPES[tensor.dtype]))
+    return TensorDescriptor(tensor, list(tensor.shape), list(tensor.stride()), block, layout)
+
+
+def _dense_beta_max(bias: torch.Tensor, heads: int) -> torch.Tensor:
+    """``(H,)`` float32 max over finite ``|beta|`` per head in log2 units (-inf entries only zero p)."""
+    x = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))  # (B', H', N', M'), broadcastable
+    mag = torch.where(torch.isfinite(x), x.abs(), torch.zeros((), dtype=x.dtype, device=x.device))
+    return (mag.to(torch.float32).amax(dim=(0, 2, 3)) * LOG2E).expand(heads).contiguous()  # (H,)
+
+
+def hopper_bias(bias, spec, shape4):
+    """``(code, tensor, strides, beta_max, static_ok)`` of the bias as the kernel reads it.
+
+    A table bias becomes a dense ``(1, H, N, N)`` tile (``forward_v2.dense_table``); a caller's dense
+    bias gets a per-head bound when it is shared over the batch (one pass over the bias tensor itself),
+    else the kernel runs the running maximum (``static_ok`` False).
+    """
+    bsz, heads, n, m = shape4
+    if spec.bias_kind == "table":
+        beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E).contiguous()  # (H,)
+        view = dense_table(bias, spec.grid, n).expand(shape4)  # (B, H, N, M), stride 0 on B
+        return BIAS_CODES["dense"], view, tuple(view.stride()), beta_max, True
+    operand = bias_operand(bias, spec, shape4)
+    if spec.bias_kind == "dense":
+        shared = bias.numel() <= heads * n * m
+        beta_max = _dense_beta_max(bias, heads) if shared else None
+        return operand.code, operand.tensor, operand.strides, beta_max, shared
+    return operand.code, operand.tensor, operand.strides, None, True
+
+
+def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
+                          config: HopperConfig | None = None):
+    """Fused forward on sm_90 through the Gluon kernel (contract of ``codegen.forward_v2.forward_v2``).
+
+    Args:
+        q, k, v: ``(B, H, N, D)``, ``(B, H, M, D)``, ``(B, H, M, Dv)`` float16/bfloat16; q and k any
+            strides, v TMA-readable (``hopper_forward_unsupported`` checks).
+        a, b: ``(B, H, N)`` / ``(B, H, M)`` scalars for ``token`` weighting, else None.
+        bias: the bias of ``spec.bias_kind`` (none, head, dense, mask, table).
+        spec: the call's ``CallSpec`` (``pv_quant == "none"``).
+        static_max: allow the static row maximum (False compiles the running maximum alone).
+        config: a ``HopperConfig`` overriding ``hopper_config`` (sweeps).
+
+    Returns:
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference (bits with 0 words
+        unless ``spec.save_bits``).
+    """
+    bsz, heads, n, dim = q.shape
+    m, dim_v = k.shape[2], v.shape[-1]
+    mean_abs = spec.weighting == "mean_abs"
+    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, eff=not mean_abs, signs=True)
+    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, eff=not mean_abs, signs=True)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else a_rows
+    b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else b_rows
+    code, beta, strides, beta_max, static_ok = hopper_bias(bias, spec, (bsz, heads, n, m))
+    out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
+    lse = torch.empty(bsz, heads, n, **f32)
+    cfg = config or hopper_config(n, dim, dim_v)
+    kc, nkc = sign_chunks(dim)
+    dp = q_signs.shape[-1]
+    q_desc = _descriptor(q_signs.view(bsz * heads, n, dp), [1, cfg.block_n, kc])
+    k_desc = _descriptor(k_signs.view(bsz * heads, m, dp), [1, cfg.block_m, kc])
+    v_desc = _descriptor(v, [1, 1, cfg.block_m, value_width(dim_v)])
+    limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
+    pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
+    from .kernel_sage import _binary_attn_fwd_sm90_kernel
+
+    args = (q_desc, k_desc, v_desc, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max), pick(beta),
+            pick(beta_max), *strides, heads, n, m, spec.scale * LOG2E,
+            1.0 / (n * dim), 1.0 / (m * dim))
+    kwargs = dict(D=dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, MEAN_ABS=mean_abs, BIAS=code,
+                  BETA_MAX=beta_max is not None, STATIC_MAX=static_max and static_ok, LIMIT=limit,
+                  P_OFFSET=offset, PEEL=cfg.peel, num_warps=cfg.num_warps)
+    _launch(_binary_attn_fwd_sm90_kernel, (-(-n // cfg.block_n), bsz * heads), args, kwargs)
+    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff
+
