@@ -1,146 +1,31 @@
-"""``bitlower train`` and the model and data helpers it shares with ``bitlower explain``.
+"""``bitlower train``: any registered model, any registered task (``train_tasks``), binary or full precision.
 
-A registered model name decides the task (``dit_*``: diffusion, the rest: classification) and
-which config fields the data fills in (image size, channels, classes); ``--model-arg`` overrides
-any config field after that.
+Defaults come from the library's configs (``TrainConfig``, ``DistillConfig``), so the command line
+and the Python API train alike. A new run needs an empty ``--out``; its arguments are saved as
+``run_args.json`` there, and ``--resume`` reads them back (flags given again override them; the
+trainer then refuses a checkpoint whose configuration differs).
 """
 from __future__ import annotations
 
 import argparse
-import ast
+import dataclasses
 from pathlib import Path
 
 import torch
-from torch.utils.data import TensorDataset
 
-from bitlower.models import create_model, list_models, load_dataset
-from bitlower.runtime import (
-    PRESETS,
-    DiffusionConfig,
-    DistillConfig,
-    TrainConfig,
-    binarize_,
-    preset,
-    read_checkpoint,
-    train_classifier,
-    train_diffusion,
-)
+from bitlower.runtime import PRESETS, DistillConfig, TrainConfig, binarize_, preset, read_checkpoint
+from bitlower.runtime.checkpoint import CheckpointError, check_state_dict
 
-DEFAULT_MODEL = "vit_tiny_patch8"
-# Digits are 8x8; `train` upsamples them to 32 so that the default patch-8 ViT sees a 4x4 grid.
-DEFAULT_IMAGE_SIZES = {"digits": 32}
-# Datasets up to this size (as float32) are converted once into tensors: per-item conversion
-# made a digits training step of a small ViT take ~600 ms instead of ~45 ms (measured, 2-core CPU).
-# CIFAR-10's train split is 614 MB as float32.
-TENSOR_DATA_MAX_BYTES = 1 << 30
+from .arguments import (HelpFormatter, UsageError, check_compile_backend, device, non_negative_int, optional_float,
+                        positive_int, writable_folder)
+from .model_args import add_model_args, build_model, check_model_name, normalized_model_args, print_models
+from .run_folder import prepare_new_run, save_run_args
+from .train_tasks import TaskRun, get_train_task, task_for_model, task_names
 
+TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+DISTILL = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
+CLI_STEPS, CLI_BATCH = 500, 64  # TrainConfig has no defaults for these two
 
-class UsageError(Exception):
-    """A bad command-line argument, reported as one line."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` to an option's help unless the help states it or there is none."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
-            return text
-        return super()._get_help_string(action)
-
-
-def key_value(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE a Python literal (``2``, ``0.5``, ``True``, ``(4, 4)``) or a string."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        return key, raw
-
-
-# ---------------------------------------------------------------- models and data (train, explain)
-
-# Config fields that the data decides, by model family (registry name prefix; "" = the rest).
-DATA_FIELDS = {"dit_": ("input_size", "in_channels", "num_classes"), "": ("img_size", "in_chans", "num_classes")}
-TASKS = {"dit_": "diffusion", "": "classification"}
-
-
-def family(name: str) -> str:
-    """The ``DATA_FIELDS``/``TASKS`` key of a registered model name."""
-    return next(prefix for prefix in DATA_FIELDS if name.startswith(prefix))
-
-
-def check_model_name(name: str) -> None:
-    """KeyError naming the closest registered names, unless ``name`` is registered."""
-    if name not in list_models():
-        create_model(name)  # raises KeyError naming the closest registered names
-
-
-def build_model(name: str, model_args: list, data_values: tuple | None = None):
-    """``create_model(name, ...)``: data-decided fields first, then ``--model-arg`` overrides.
-
-    Raises:
-        KeyError: an unknown name.
-        UsageError: a ``--model-arg`` that is no field of the model's config.
-    """
-    check_model_name(name)
-    overrides = dict(zip(DATA_FIELDS[family(name)], data_values)) if data_values else {}
-    overrides.update(dict(model_args))
-    try:
-        return create_model(name, **overrides)
-    except TypeError as err:  # an unknown config field from --model-arg
-        raise UsageError(f"model {name!r}: {err}") from err
-
-
-def example_inputs(model, batch: int) -> tuple:
-    """One call's inputs: images (B, C, H, W), plus timesteps and labels (B,) for a DiT."""
-    cfg = model.config
-    if hasattr(cfg, "in_channels"):  # DiT: model(x, t, y)
-        size = cfg.input_size if isinstance(cfg.input_size, tuple) else (cfg.input_size, cfg.input_size)
-        zeros = torch.zeros(batch, dtype=torch.long)
-        return torch.randn(batch, cfg.in_channels, *size), zeros, zeros
-    size = cfg.img_size if isinstance(cfg.img_size, tuple) else (cfg.img_size, cfg.img_size)
-    return (torch.randn(batch, cfg.in_chans, *size),)
-
-
-def _datasets(spec: str, image_size: int | None):
-    """``[(train, train_full), (test, test_full)]``: each split as a tensor dataset where it fits
-    in memory (normalised and resized once, not every batch), and the dataset it came from (its attributes).
-
-    Raises:
-        UsageError: the data path does not exist.
-    """
-    kind, sep, path = spec.partition(":")
-    folder = Path(path if sep and kind in ("cifar10", "cifar100", "imagefolder") else spec)
-    if spec != "digits" and not folder.exists():
-        raise UsageError(f"data path not found: {folder}")
-    size = image_size if image_size is not None else DEFAULT_IMAGE_SIZES.get(spec)
-    splits = []
-    for split in ("train", "test"):
-        if split == "test" and not (folder / "test").is_dir() and (folder / "val").is_dir():
-            split = "val"  # image folders often name their evaluation split so
-        ds = load_dataset(spec, split, size)
-        x, _ = ds[0]
-        in_memory = callable(getattr(ds, "tensors", None))  # image folders read files per item
-        if in_memory and len(ds) * x.numel() * x.element_size() <= TENSOR_DATA_MAX_BYTES:
-            splits.append((TensorDataset(*ds.tensors()), ds))
-        else:  # too large to hold as float32: converted per batch (ImageDataset.get_batch)
-            splits.append((ds, ds))
-    return splits
-
-
-def add_model_args(p, model_help: str, image_help: str) -> None:
-    """``--model``, ``--list-models``, ``--image-size`` and ``--model-arg`` of ``train`` and ``explain``."""
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{model_help} (see --list-models)")
-    p.add_argument("--list-models", action="store_true", help="print the registered model names and exit")
-    p.add_argument("--image-size", type=int, default=None, help=image_help)
-    p.add_argument("--model-arg", type=key_value, action="append", default=[], metavar="KEY=VALUE",
-                   help="model config override, repeatable, e.g. depth=2 embed_dim=64 patch_size=4")
-
-
-# ---------------------------------------------------------------- train
 
 def _binarize_config(args):
     if args.preset == "none":
@@ -152,8 +37,10 @@ def _binarize_config(args):
 
 def _load_init(model, path: str) -> None:
     try:
-        model.load_state_dict(read_checkpoint(path)["model"])
-    except RuntimeError as err:
+        state = read_checkpoint(path)
+        check_state_dict("model", model.state_dict(), state.get("model"))
+        model.load_state_dict(state["model"])
+    except (CheckpointError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0]
         raise UsageError(f"--init {path} does not fit this full-precision model: {first}") from err
 
@@ -167,10 +54,12 @@ def _resume_path(args) -> str | None:
     return str(path)
 
 
-def print_models() -> int:
-    """Print the registered model names (``--list-models``)."""
-    print("\n".join(list_models()))
-    return 0
+def _train_config(args) -> TrainConfig:
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, min_lr_ratio=args.min_lr_ratio,
+                       weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, grad_clip=args.grad_clip,
+                       amp=args.amp, seed=args.seed, ema_decay=args.ema_decay, eval_every=args.eval_every,
+                       checkpoint_every=args.checkpoint_every, log_every=args.log_every, out_dir=args.out,
+                       progress=not args.no_progress, device=args.device, compile_backend=args.compile_backend)
 
 
 def run_train(args) -> int:
@@ -178,54 +67,86 @@ def run_train(args) -> int:
     if args.list_models:
         return print_models()
     check_model_name(args.model)
-    task = TASKS[family(args.model)]
-    binarize = _binarize_config(args)  # the cheap checks first: names and paths
+    task = get_train_task(args.task or task_for_model(args.model))
+    binarize = _binarize_config(args)  # the cheap checks first: names, paths, backend
     resume = _resume_path(args)
     if args.init and not Path(args.init).is_file():
         raise UsageError(f"--init checkpoint not found: {args.init}")
-    (train, full), (test, _) = _datasets(args.data, args.image_size)
+    check_compile_backend(args.compile_backend)
+    config = _train_config(args)
+    distill = args.distill if args.distill != "auto" else ("hard" if args.init and binarize else "none")
+    distill_config = DistillConfig(distill, args.distill_alpha, args.tau)
+    folder = writable_folder(args.out) if resume else prepare_new_run(args.out)
+    (train, test), info = task.load_data(args.data, args.image_size)
     torch.manual_seed(args.seed)  # model initialisation; the trainer seeds the rest
-    model = build_model(args.model, args.model_arg, (full.image_size, full.in_chans, full.num_classes))
+    model_args = normalized_model_args(args.model_arg)
+    model = build_model(args.model, model_args, task.data_fields, info)
     if args.init:
         _load_init(model, args.init)
-    distill = args.distill if args.distill != "auto" else ("hard" if args.init and binarize else "none")
-    teacher = None
-    if binarize is not None:
-        teacher = binarize_(model, binarize).teacher
+    teacher = binarize_(model, binarize).teacher if binarize is not None else None
     if distill != "none" and teacher is None:
         raise UsageError("--distill needs a binarized model (--preset) started from --init full-precision weights")
-    config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                         seed=args.seed, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
-                         log_every=args.log_every,
-                         out_dir=args.out, progress=not args.no_progress, device=args.device,
-                         compile_backend=args.compile_backend)
-    extra = {"model": args.model, "model_args": [[k, repr(v)] for k, v in args.model_arg], "data": args.data,
-             "image_size": list(full.image_size), "preset": args.preset,
-             "binarize": None if binarize is None else binarize.to_dict(), "init": args.init}
-    common = dict(eval_set=test, extra_config=extra, resume=resume, stop_at=args.stop_after,
-                  teacher=teacher if distill != "none" else None)
-    if task == "diffusion":
-        metrics = train_diffusion(model, train, config, diffusion=DiffusionConfig(distill_alpha=args.distill_alpha),
-                                  **common)
-    else:
-        metrics = train_classifier(model, train, config, distill=DistillConfig(distill, args.distill_alpha), **common)
+    if not resume:
+        save_run_args(folder, args)
+    extra = {"task": task.name, "model": args.model, "model_args": [[k, repr(v)] for k, v in model_args],
+             "data": args.data, "image_size": list(info[0]) if isinstance(info[0], tuple) else info[0],
+             "preset": args.preset, "binarize": None if binarize is None else binarize.to_dict(), "init": args.init}
+    run = TaskRun(model, train, test, config, teacher if distill != "none" else None, distill_config, extra,
+                  resume, args.stop_after)
+    metrics = task.run(run)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-    print(f"{task} {args.model} ({args.preset}) on {args.data}: {shown}")
-    print(f"checkpoint {Path(args.out) / 'checkpoint.pt'}, metrics {Path(args.out) / 'metrics.jsonl'}")
+    print(f"{task.name} {args.model} ({args.preset}) on {args.data}: {shown}")
+    print(f"checkpoint {folder / 'checkpoint.pt'}, metrics {folder / 'metrics.jsonl'}, arguments {folder / 'run_args.json'}")
     return 0
 
 
-def add_train_parser(sub) -> None:
-    """Register the ``train`` subcommand on the subparsers ``sub``."""
+def _add_optimisation(p) -> None:
+    p.add_argument("--steps", type=positive_int, default=CLI_STEPS, help="optimizer steps of the whole run")
+    p.add_argument("--batch-size", type=positive_int, default=CLI_BATCH, help="global batch size")
+    p.add_argument("--lr", type=float, default=TRAIN["lr"], help="peak AdamW learning rate (warmup + cosine)")
+    p.add_argument("--min-lr-ratio", type=float, default=TRAIN["min_lr_ratio"], help="cosine floor, as a fraction of --lr")
+    p.add_argument("--weight-decay", type=float, default=TRAIN["weight_decay"], help="AdamW weight decay")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=TRAIN["warmup_steps"], help="linear warmup steps")
+    p.add_argument("--grad-clip", type=optional_float, default=TRAIN["grad_clip"],
+                   help="max global gradient norm, or 'none'")
+    p.add_argument("--amp", choices=("auto", "bf16", "off"), default=TRAIN["amp"],
+                   help="mixed precision: auto (bf16 on CUDA, off on CPU), bf16 or off")
+    p.add_argument("--ema-decay", type=optional_float, default=None,
+                   help="keep an EMA of the weights with this decay (e.g. 0.9999); default: none")
+    p.add_argument("--seed", type=int, default=TRAIN["seed"], help="random seed")
+
+
+def _add_schedule(p) -> None:
+    p.add_argument("--eval-every", type=non_negative_int, default=TRAIN["eval_every"],
+                   help="evaluate every N steps (0: at the end only)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=TRAIN["checkpoint_every"],
+                   help="checkpoint every N steps (0: at the end only)")
+    p.add_argument("--log-every", type=non_negative_int, default=TRAIN["log_every"],
+                   help="log the training loss every N steps and at the last step (0: never)")
+    p.add_argument("--stop-after", type=positive_int, default=None,
+                   help="stop after this step, writing a checkpoint; continue later with --resume")
+    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                   help="continue the run in --out (its run_args.json gives every other argument); with a "
+                        "value: from CHECKPOINT")
+    p.add_argument("--compile-backend", default=None, help="torch.compile backend of the training model, e.g. bitlower")
+    p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", default="runs/train", help="output folder; must be empty unless --resume")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+
+
+def add_train_parser(sub) -> argparse.ArgumentParser:
+    """Register the ``train`` subcommand on the subparsers ``sub``; returns its parser."""
     p = sub.add_parser(
-        "train", help="train a registered model (classification, or diffusion for DiT), binary or full precision",
-        description="Trains any registered model: classifiers (ViT/DeiT, pixel transformer) with cross-entropy, "
-                    "DiT with the DDPM noise-prediction loss. --preset binarizes the attention first (QAT); "
+        "train", help="train a registered model (classification, diffusion, ...), binary or full precision",
+        description="Trains any registered model on a registered task (--task; by default the model decides: "
+                    "dit_* diffusion, the rest classification). --preset binarizes the attention first (QAT); "
                     "--init starts from a full-precision checkpoint of this command (--preset none), which "
-                    "then is the distillation teacher. Writes checkpoint.pt and metrics.jsonl into --out.",
+                    "then is the distillation teacher. Writes checkpoint.pt, metrics.jsonl and run_args.json "
+                    "into --out, which must be empty for a new run.",
         formatter_class=HelpFormatter)
-    add_model_args(p, "registered model name; dit_* models train as diffusion",
-                   "input side; default: the data's own size (digits: 32, upsampled from 8)")
+    add_model_args(p, "registered model name", "input side; default: the data's own size (digits: 32, upsampled from 8)")
+    p.add_argument("--task", default=None, help=f"training task, one of {', '.join(task_names())} "
+                   "(default: the model's, e.g. diffusion for dit_*)")
     p.add_argument("--data", default="digits",
                    help="'digits' (bundled), 'cifar10:<path>', 'cifar100:<path>', 'imagefolder:<path>' or a folder")
     p.add_argument("--preset", default="binary_attention",
@@ -235,21 +156,9 @@ def add_train_parser(sub) -> None:
     p.add_argument("--distill", choices=("auto", "none", "hard", "soft"), default="auto",
                    help="distillation from the --init model; auto: hard with --init and a preset, else none; "
                         "diffusion distills by MSE to the teacher's prediction for any kind but none")
-    p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the distillation term")
-    p.add_argument("--steps", type=int, default=500, help="optimizer steps of the whole run")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (warmup + cosine)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear warmup steps")
-    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (0: at the end only)")
-    p.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (0: at the end only)")
-    p.add_argument("--log-every", type=int, default=10, help="write the training loss to metrics.jsonl every N steps")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this step, writing a checkpoint; continue later with --resume")
-    p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
-                   help="continue from CHECKPOINT (without a value: <out>/checkpoint.pt)")
-    p.add_argument("--compile-backend", default=None, help="torch.compile backend of the training model, e.g. bitlower")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="device (default: CUDA when available)")
-    p.add_argument("--out", default="runs/train", help="output folder")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--distill-alpha", type=float, default=DISTILL["alpha"], help="weight of the distillation term")
+    p.add_argument("--tau", type=float, default=DISTILL["tau"], help="temperature of soft distillation")
+    _add_optimisation(p)
+    _add_schedule(p)
     p.set_defaults(func=run_train)
+    return p
