@@ -31,6 +31,7 @@ from bitlower.runtime import (  # noqa: E402  (after the operator: the runtime b
     train_diffusion,
 )
 from bitlower.model_files import load, restore_, save  # noqa: E402  (builds on the runtime)
+from bitlower.sdpa import scaled_dot_product_attention  # noqa: E402
 
 __all__ = [
     "PRESETS",
@@ -52,6 +53,7 @@ __all__ = [
     "register_attention",
     "restore_",
     "save",
+    "scaled_dot_product_attention",
     "train_classifier",
     "train_diffusion",
 ]
