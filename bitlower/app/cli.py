@@ -1,4 +1,4 @@
-"""The ``bitlower`` command: ``demo``, ``train``, ``bench`` and ``explain``.
+"""The ``bitlower`` command: ``demo``, ``train``, ``export``, ``bench`` and ``explain``.
 
 Every subcommand has ``--help``. A bad argument (unknown model, missing data path, unknown
 preset, a checkpoint that does not fit) ends the command with exit status 2 and one line on
@@ -18,6 +18,7 @@ from bitlower.runtime.checkpoint import CheckpointError
 
 from .arguments import HelpFormatter, UsageError, device, key_value, non_negative_int, positive_int, writable_folder
 from .cli_train import add_train_parser
+from .export import add_export_parser
 from .model_args import add_model_args, build_model, example_inputs, print_models
 from .run_folder import saved_defaults
 from .train_tasks import get_train_task, task_for_model
@@ -162,15 +163,16 @@ def _add_explain(sub) -> None:
 # ---------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``bitlower`` argument parser with its four subcommands."""
+    """The ``bitlower`` argument parser with its subcommands."""
     parser = _Parser(prog="bitlower", description="bitlower: 1-bit query/key attention for vision and diffusion "
                      "transformers. Start with `bitlower demo`.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO records (default: warnings only)")
     parser.add_argument("--version", action="version", version=f"bitlower {bitlower.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,bench,explain}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,export,bench,explain}",
                                 parser_class=_Parser)
     _add_demo(sub)
     parser.train_parser = add_train_parser(sub)
+    add_export_parser(sub)
     _add_bench(sub)
     _add_explain(sub)
     return parser

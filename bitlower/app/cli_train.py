@@ -90,7 +90,8 @@ def run_train(args) -> int:
         save_run_args(folder, args)
     extra = {"task": task.name, "model": args.model, "model_args": [[k, repr(v)] for k, v in model_args],
              "data": args.data, "image_size": list(info[0]) if isinstance(info[0], tuple) else info[0],
-             "preset": args.preset, "binarize": None if binarize is None else binarize.to_dict(), "init": args.init}
+             "preset": args.preset, "binarize": None if binarize is None else binarize.to_dict(), "init": args.init,
+             "data_info": [list(v) if isinstance(v, tuple) else v for v in info]}  # rebuilds the model (export)
     run = TaskRun(model, train, test, config, teacher if distill != "none" else None, distill_config, extra,
                   resume, args.stop_after)
     metrics = task.run(run)

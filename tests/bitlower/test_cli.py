@@ -15,7 +15,7 @@ from bitlower.runtime import read_checkpoint
 
 TINY_VIT = ["--model", "vit_tiny_patch8", "--image-size", "16", "--model-arg", "depth=1",
             "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2"]
-SUBCOMMANDS = ("demo", "train", "bench", "explain")
+SUBCOMMANDS = ("demo", "train", "export", "bench", "explain")
 
 
 @pytest.fixture(autouse=True)

@@ -141,3 +141,22 @@ def test_a_registered_task_is_chosen_with_task(tmp_path, capsys):
     with pytest.raises(ValueError, match="already registered"):
         register_train_task(TrainTask("probe", "again", run))
     one_line_error(capsys, ["train", *TINY, "--task", "nope", "--out", str(tmp_path / "q")], "unknown task 'nope'")
+
+
+def test_export_writes_the_trained_weights_only(tmp_path, capsys):
+    import bitlower
+    from bitlower.runtime import attention_cores, read_checkpoint
+
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--ema-decay", "0.5", "--out", str(out)]) == 0
+    assert main(["export", "--out", str(out)]) == 0
+    assert main(["export", "--out", str(out), "--ema", "--to", str(tmp_path / "ema")]) == 0
+    state = read_checkpoint(out / "checkpoint.pt")
+    for folder, weights in ((out / "export", state["model"]), (tmp_path / "ema", state["ema"]["shadow"])):
+        assert sorted(p.name for p in folder.iterdir()) == ["bitlower.json", "model.safetensors"]
+        model = bitlower.load(folder)
+        assert len(attention_cores(model)) == 1
+        assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())
+    assert not torch.equal(state["model"]["head.weight"], state["ema"]["shadow"]["head.weight"])
+    capsys.readouterr()
+    one_line_error(capsys, ["export", "--out", str(tmp_path / "nothing")], "no checkpoint in --out")
