@@ -90,3 +90,42 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
             mask = mask.expand(*lead, L, S).reshape(*folded, L, S)  # (B, H, L, S)
     out = binary_attention(q, k, v, bias=mask, scale=scale)  # (B, H, L, Ev)
     return out.reshape(*lead, L, Ev)
+
+
+def transformers_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
+                           **kwargs):
+    """Hugging Face ``transformers`` attention function running ``scaled_dot_product_attention``.
+
+    The interface of ``transformers.integrations.sdpa_attention.sdpa_attention_forward``:
+    ``(B, H, N, D)`` query, ``(B, Hkv, M, D)`` key/value, an additive or bool mask; returns
+    ``((B, N, H, Dv) output, None)``. Causal as transformers decides it: the module's
+    ``is_causal`` unless given, only without a mask and for more than one query.
+    """
+    if kwargs.get("output_attentions"):
+        raise ValueError("bitlower attention does not return attention weights (output_attentions=True)")
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", False)
+    causal = bool(causal) and attention_mask is None and query.shape[2] > 1
+    mask = attention_mask
+    if mask is not None and mask.dim() == 4:
+        mask = mask[:, :, :, : key.shape[-2]]  # transformers' masks may be longer than the keys (caches)
+    groups = getattr(module, "num_key_value_groups", 1)
+    out = scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout, is_causal=causal,
+                                       scale=scaling, enable_gqa=groups > 1)  # (B, H, N, Dv)
+    return out.transpose(1, 2).contiguous(), None  # (B, N, H, Dv)
+
+
+def register_transformers_attention(name: str = "bitlower") -> str:
+    """Register ``transformers_attention`` with transformers' ``AttentionInterface`` under ``name``.
+
+    Then ``Model.from_pretrained(..., attn_implementation="bitlower")`` or
+    ``model.set_attn_implementation("bitlower")`` runs every attention of the model as binary
+    attention (post-training: ``mean_abs`` weighting, no learned parts; ``bitlower.binarize_``
+    adds the learned ones).
+
+    Returns:
+        the name registered.
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(name, transformers_attention)
+    return name

@@ -124,3 +124,24 @@ def test_gqa_head_mismatch_is_named():
     q, k = torch.randn(1, 6, 8, 16), torch.randn(1, 4, 8, 16)
     with pytest.raises(ValueError, match="multiple of key heads"):
         binary_sdpa(q, k, k, enable_gqa=True)
+
+
+def test_transformers_attention_implementation():
+    """attn_implementation="bitlower" gives what binarize_ with mean_abs and no learned bias gives."""
+    transformers = pytest.importorskip("transformers")
+    from bitlower.runtime import BinarizeConfig, binarize_
+    from bitlower.sdpa import register_transformers_attention
+
+    config = transformers.ViTConfig(image_size=8, patch_size=2, num_channels=1, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=2, intermediate_size=64, num_labels=3)
+    torch.manual_seed(0)
+    model = transformers.ViTForImageClassification(config).eval()
+    binarized = transformers.ViTForImageClassification(config).eval()
+    binarized.load_state_dict(model.state_dict())
+    binarize_(binarized, BinarizeConfig(bias="none", keep_teacher=False))
+    x = torch.randn(2, 1, 8, 8)
+    full = model(x).logits
+    model.set_attn_implementation(register_transformers_attention())
+    out = model(x).logits
+    assert not torch.allclose(out, full)  # the attention did change
+    torch.testing.assert_close(out, binarized(x).logits, rtol=0, atol=1e-6)
