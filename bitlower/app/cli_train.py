@@ -73,6 +73,11 @@ def run_train(args) -> int:
     if args.init and not Path(args.init).is_file():
         raise UsageError(f"--init checkpoint not found: {args.init}")
     check_compile_backend(args.compile_backend)
+    if args.device is not None:  # a resumed run's saved device is checked here, not by argparse
+        try:
+            device(args.device)
+        except argparse.ArgumentTypeError as err:
+            raise UsageError(f"--device: {err}") from None
     config = _train_config(args)
     distill = args.distill if args.distill != "auto" else ("hard" if args.init and binarize else "none")
     distill_config = DistillConfig(distill, args.distill_alpha, args.tau)

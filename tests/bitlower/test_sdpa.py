@@ -112,7 +112,7 @@ def test_drop_in_assignment_and_gradients(monkeypatch):
     (dict(dropout_p=1.5), ValueError, r"dropout_p must be a number in \[0, 1\)"),
     (dict(is_causal=True, attn_mask=torch.ones(8, 8, dtype=torch.bool)), ValueError, "attn_mask must be None"),
     (dict(attn_mask=torch.ones(3, 8)), ValueError, "broadcast"),
-    (dict(attn_mask=torch.ones(8, 8, dtype=torch.int64)), TypeError, ""),
+    (dict(attn_mask=torch.ones(8, 8, dtype=torch.int64)), TypeError, "bias"),
 ])
 def test_clear_errors(kwargs, error, match):
     q = k = v = torch.randn(1, 2, 8, 16)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from bitlower.runtime import checkpoint as checkpoint_module
 from bitlower.runtime.checkpoint import (CheckpointError, capture_rng, check_rng, read_checkpoint, restore_rng,
                                          save_checkpoint)
 
@@ -48,8 +49,12 @@ def test_corrupt_file_refused(tmp_path, damage):
 
 
 KILLED_WRITER = textwrap.dedent("""
-    import os, signal, sys, torch
-    from bitlower.runtime import checkpoint
+    import importlib.util, os, signal, sys, torch
+    # The module alone (it needs only torch and numpy): importing the bitlower package would
+    # cost most of this test's time.
+    spec = importlib.util.spec_from_file_location("checkpoint", sys.argv[3])
+    checkpoint = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checkpoint)
     path, kill_at = sys.argv[1], int(sys.argv[2])
     checkpoint.save_checkpoint(path, {"version": 1, "w": torch.ones(1000)})
     real, calls = os.replace, []
@@ -66,7 +71,8 @@ KILLED_WRITER = textwrap.dedent("""
 @pytest.mark.parametrize("kill_at", [1, 2, 3])  # renames: record (old+new), data file, record (new)
 def test_kill_at_every_rename_keeps_a_readable_checkpoint(tmp_path, kill_at):
     path = tmp_path / "ck.pt"
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), str(kill_at)], capture_output=True,
+    module = checkpoint_module.__file__
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(path), str(kill_at), module], capture_output=True,
                           timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()
     state = read_checkpoint(path)
