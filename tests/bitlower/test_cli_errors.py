@@ -160,3 +160,12 @@ def test_export_writes_the_trained_weights_only(tmp_path, capsys):
     assert not torch.equal(state["model"]["head.weight"], state["ema"]["shadow"]["head.weight"])
     capsys.readouterr()
     one_line_error(capsys, ["export", "--out", str(tmp_path / "nothing")], "no checkpoint in --out")
+
+
+def test_init_whose_model_entry_is_not_a_state_dict_is_one_line(tmp_path, capsys):
+    """Issue 19 item 5: was `TypeError: Expected state_dict to be dict-like` with a traceback."""
+    from bitlower.runtime.checkpoint import save_checkpoint
+
+    path = save_checkpoint(tmp_path / "bad.pt", {"model": [1, 2]})
+    one_line_error(capsys, ["train", *TINY, "--init", str(path), "--out", str(tmp_path / "run")],
+                   "does not fit this full-precision model: model: expected a state dict, got list")
