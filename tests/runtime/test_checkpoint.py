@@ -1,6 +1,5 @@
 """Checkpoint files: atomic replacement under a kill, corruption detection, RNG round trip."""
 import io
-import json
 import os
 import random
 import subprocess
