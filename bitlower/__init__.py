@@ -7,6 +7,9 @@ Public API:
     binarize_, convert_, BinarizeConfig, preset, PRESETS, register_attention: the training runtime's
         transform (see ``bitlower.runtime``).
     DistillConfig, TrainConfig, train_classifier, train_diffusion: QAT and distillation loops.
+    save, load, restore_: standard model files (``model.safetensors`` + ``bitlower.json``) of a
+        binarized model; ``restore_`` after a Hugging Face ``from_pretrained``.
+    scaled_dot_product_attention: a drop-in for ``torch.nn.functional.scaled_dot_product_attention``.
     explain, ExplainReport, BackendConfig: what ``torch.compile(backend="bitlower")`` does to a model.
 """
 from bitlower.backend_config import BackendConfig
@@ -27,6 +30,8 @@ from bitlower.runtime import (  # noqa: E402  (after the operator: the runtime b
     train_classifier,
     train_diffusion,
 )
+from bitlower.model_files import load, restore_, save  # noqa: E402  (builds on the runtime)
+from bitlower.sdpa import scaled_dot_product_attention  # noqa: E402
 
 __all__ = [
     "PRESETS",
@@ -44,7 +49,11 @@ __all__ = [
     "counters",
     "explain",
     "preset",
+    "load",
     "register_attention",
+    "restore_",
+    "save",
+    "scaled_dot_product_attention",
     "train_classifier",
     "train_diffusion",
 ]

@@ -60,6 +60,8 @@ class BackendConfig:
         check_choice("masks", self.masks, MASK_HANDLING)
         check_choice("causal", self.causal, CAUSAL_HANDLING)
         check_choice("gqa", self.gqa, GQA_HANDLING)
+        if not isinstance(self.skip, (str, list, tuple, set, frozenset)):
+            raise ValueError(f"skip must be a module-path pattern or a sequence of them (strings), got {self.skip!r}")
         skip = (self.skip,) if isinstance(self.skip, str) else tuple(self.skip)
         if not all(isinstance(p, str) for p in skip):
             raise ValueError(f"skip must be module-path patterns (strings), got {self.skip!r}")

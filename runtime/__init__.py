@@ -7,6 +7,7 @@ Example:
     >>> report = binarize_(model, preset("binary_attention"))
     >>> teacher = report.teacher
 """
+from .adapters import ModelAdapter, find_adapter, register_adapter, unregister_adapter
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import PRESETS, BinarizeConfig, preset
 from .diffusion import DiffusionConfig, NoiseSchedule, ddim_sample
@@ -20,6 +21,10 @@ from .transform import BinarizeReport, attention_cores, binarize_, convert_, mak
 
 __all__ = [
     "EMA",
+    "ModelAdapter",
+    "find_adapter",
+    "register_adapter",
+    "unregister_adapter",
     "AttentionHandler",
     "BinarizeConfig",
     "BinarizeReport",

@@ -1,4 +1,4 @@
-"""Handlers for Hugging Face ``transformers`` ViT/DeiT attention (registered by name).
+"""Handlers for Hugging Face ``transformers`` ViT/DeiT/Dinov2 attention (registered by name).
 
 Two layouts exist across transformers releases, under the same module path:
 
@@ -11,8 +11,8 @@ Two layouts exist across transformers releases, under the same module path:
   ``(output, weights)``.
 
 Binarized modules return ``None`` for the attention weights. The patch grid is read from the
-root model's config (``image_size // patch_size``) with one prefix token for ViT (cls) and two
-for DeiT (cls, distillation).
+root model's config (``image_size // patch_size``) with one prefix token for ViT and Dinov2 (cls) and
+two for DeiT (cls, distillation); a model wrapped in another module is searched for that config.
 """
 from __future__ import annotations
 
@@ -53,10 +53,16 @@ class BinaryHFAttentionMixin:
         return self.o_proj(out.transpose(1, 2).reshape(B, N, -1)), None  # (B, N, C)
 
 
+def _hf_grid(root: nn.Module, prefix_tokens: int) -> tuple[int, int, int] | None:
+    """The grid from the first module (root first) with a Hugging Face vision config: a model
+    wrapped in the user's own ``nn.Module`` still states it on the wrapped model."""
+    return next((g for g in (grid_from_hf_config(m, prefix_tokens) for m in root.modules()) if g is not None), None)
+
+
 def _geometry_for(prefix_tokens: int, head_dim_attr: str):
     def geometry(module: nn.Module, root: nn.Module) -> Geometry:
         head_dim = getattr(module, head_dim_attr)
-        return Geometry(module.num_attention_heads, head_dim, grid_from_hf_config(root, prefix_tokens))
+        return Geometry(module.num_attention_heads, head_dim, _hf_grid(root, prefix_tokens))
 
     return geometry
 
@@ -76,9 +82,8 @@ def _handlers(prefix_tokens: int):
     return self_attention, attention
 
 
-for _model, _prefix in (("vit", 1), ("deit", 2)):
+for _model, _cls, _prefix in (("vit", "ViT", 1), ("deit", "DeiT", 2), ("dinov2", "Dinov2", 1)):
     _self_attention, _attention = _handlers(_prefix)
     _path = f"transformers.models.{_model}.modeling_{_model}"
-    _cls = "ViT" if _model == "vit" else "DeiT"
     register_attention(f"{_path}.{_cls}SelfAttention", _self_attention)
     register_attention(f"{_path}.{_cls}Attention", _attention)

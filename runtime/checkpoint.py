@@ -1,14 +1,25 @@
 """Atomic, checksummed training checkpoints and random-number-generator state.
 
-File layout: ``MAGIC`` (8 bytes), SHA-256 of the payload (32 bytes), payload (``torch.save`` of a
-dict of plain types and tensors, read back with ``weights_only=True``). A file is written to a
-temporary name in the same folder, flushed, fsynced and moved over the target with
-``os.replace`` (atomic on POSIX), so a reader sees the old file or the new one, never a part.
+Files: ``checkpoint.pt`` is a plain ``torch.save`` of a dict of plain types and tensors, so
+``torch.load(path, weights_only=True)`` opens it; beside it, ``checkpoint.pt.integrity.json``
+holds the SHA-256 and size of the file (``{"format_version", "accepted": [{"sha256", "bytes"}]}``).
+``read_checkpoint`` accepts the file only when it matches an accepted entry, so a truncated,
+corrupted or foreign file is refused with a clear error.
+
+Writing keeps a reader's view whole at every instant: the new file goes to a temporary name in
+the same folder and is fsynced; the integrity record is replaced (temp + fsync + ``os.replace``,
+atomic on POSIX) by one accepting both the old and the new digest; the data file is moved over
+the target with ``os.replace``; then the record is replaced by one accepting only the new
+digest. A process killed at any point leaves the old checkpoint or the new one, each readable.
+Temporary files of killed writers (``.checkpoint.pt.tmp-PID`` whose process is gone) are
+removed by the next write. Files of the first format (``MAGIC`` header + digest + payload) are
+still read.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import random
@@ -19,17 +30,77 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"BLCKPT01"
+MAGIC = b"BLCKPT01"  # the first format's header
 DIGEST_BYTES = 32  # SHA-256
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+LEGACY_FORMAT_VERSION = 1
+INTEGRITY_SUFFIX = ".integrity.json"
+TMP_MARK = ".tmp-"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is corrupt, of another format, or does not match the run resuming it."""
 
 
+def integrity_path(path: str | os.PathLike) -> Path:
+    """``checkpoint.pt`` -> ``checkpoint.pt.integrity.json``."""
+    path = Path(path)
+    return path.with_name(path.name + INTEGRITY_SUFFIX)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete ``.<name>.tmp-PID`` files (of the checkpoint and its record) whose process is gone."""
+    removed = []
+    for name in (path.name, integrity_path(path).name):
+        for tmp in path.parent.glob(f".{name}{TMP_MARK}*"):
+            pid = tmp.name.rpartition(TMP_MARK)[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    if removed:
+        log.info("bitlower: removed %d stale temporary files of killed writes in %s", len(removed), path.parent)
+    return removed
+
+
+def _write_atomic(path: Path, data: bytes, replace: bool = True) -> Path:
+    """Write ``data`` to ``.<name>.tmp-PID``, fsync, and (``replace``) move it over ``path``."""
+    tmp = path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _record(entries: list[dict]) -> bytes:
+    return (json.dumps({"format_version": FORMAT_VERSION, "accepted": entries}, indent=1) + "\n").encode()
+
+
+def _current_entries(path: Path) -> list[dict]:
+    try:
+        return json.loads(integrity_path(path).read_text())["accepted"][:1] if path.exists() else []
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return []
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
-    """Write ``state`` to ``path`` atomically (temp file + fsync + ``os.replace``).
+    """Write ``state`` to ``path`` atomically, with its integrity record (module docstring).
 
     Args:
         path: target file; its folder is created if missing.
@@ -43,21 +114,19 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
     payload = buffer.getvalue()
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    entry = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+    tmp = _write_atomic(path, payload, replace=False)
     try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC)
-            f.write(hashlib.sha256(payload).digest())
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+        _write_atomic(integrity_path(path), _record([entry] + _current_entries(path)))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _write_atomic(integrity_path(path), _record([entry]))
     _fsync_dir(path.parent)
     log.info("bitlower: checkpoint written: %s (%d bytes)", path, len(payload))
     return path
@@ -77,27 +146,44 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _verified_payload(path: Path, data: bytes) -> tuple[bytes, int]:
+    """``(payload, format version)`` after the integrity check of either format."""
+    if data[: len(MAGIC)] == MAGIC:
+        digest, payload = data[len(MAGIC):len(MAGIC) + DIGEST_BYTES], data[len(MAGIC) + DIGEST_BYTES:]
+        if hashlib.sha256(payload).digest() != digest:
+            raise CheckpointError(f"{path}: checksum mismatch (file truncated or corrupted)")
+        return payload, LEGACY_FORMAT_VERSION
+    record = integrity_path(path)
+    try:
+        accepted = json.loads(record.read_text())["accepted"]
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no integrity record {record.name} beside it (not written by "
+                              "bitlower.runtime.save_checkpoint; torch.load opens it if you trust it)") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{record}: malformed integrity record: {err}") from err
+    digest = hashlib.sha256(data).hexdigest()
+    if not any(isinstance(e, dict) and e.get("sha256") == digest and e.get("bytes") == len(data) for e in accepted):
+        raise CheckpointError(f"{path}: checksum mismatch with {record.name} (file truncated, corrupted or replaced)")
+    return data, FORMAT_VERSION
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read and verify a checkpoint written by ``save_checkpoint``.
 
     Raises:
         FileNotFoundError: no such file.
-        CheckpointError: wrong magic, truncated file, checksum mismatch, unreadable payload or
-            another format version.
+        CheckpointError: no or a non-matching integrity record (truncated, corrupted, foreign
+            file), an unreadable payload or another format version.
     """
-    data = Path(path).read_bytes()
-    head = len(MAGIC) + DIGEST_BYTES
-    if len(data) < head or data[: len(MAGIC)] != MAGIC:
-        raise CheckpointError(f"{path}: not a bitlower checkpoint (bad header)")
-    digest, payload = data[len(MAGIC):head], data[head:]
-    if hashlib.sha256(payload).digest() != digest:
-        raise CheckpointError(f"{path}: checksum mismatch (file truncated or corrupted)")
+    path = Path(path)
+    payload, version = _verified_payload(path, path.read_bytes())
     try:
         state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as err:  # the payload passed its checksum, so this is a format problem
         raise CheckpointError(f"{path}: unreadable payload: {err}") from err
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {state.get('format_version')!r}, expected {FORMAT_VERSION}")
+    if not isinstance(state, dict) or state.get("format_version") != version:
+        found = state.get("format_version") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: format version {found!r}, expected {version}")
     return state
 
 
@@ -116,16 +202,29 @@ def capture_rng() -> dict:
 
 
 def check_rng(state: dict) -> None:
-    """Raise ``CheckpointError`` unless ``state`` is a ``capture_rng`` result this process can restore."""
+    """Raise ``CheckpointError`` unless ``state`` is a ``capture_rng`` result this process can restore.
+
+    Each part is set on a fresh generator (torch, Python, NumPy), never on the global ones, so
+    a state of the wrong size (e.g. from another torch version) is refused before anything
+    changes; CUDA states are compared with this process's state sizes.
+    """
     try:
-        ok = (state["torch"].dtype == torch.uint8 and len(state["python"][1]) == 625
-              and state["numpy"][1].numel() == 624)
-    except (KeyError, IndexError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"malformed random state: {err}") from err
-    if not ok:
-        raise CheckpointError("malformed random state")
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) > torch.cuda.device_count():
-        raise CheckpointError(f"random state of {len(state['cuda'])} GPUs, this process sees {torch.cuda.device_count()}")
+        torch.Generator().set_state(state["torch"])
+        version, values, gauss = state["python"]
+        random.Random().setstate((version, tuple(values), gauss))
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.RandomState().set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"malformed random state: {first}") from err
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if len(cuda) > torch.cuda.device_count():
+            raise CheckpointError(f"random state of {len(cuda)} GPUs, this process sees {torch.cuda.device_count()}")
+        for index, saved in enumerate(cuda):
+            expected = torch.cuda.get_rng_state(index)
+            if not isinstance(saved, torch.Tensor) or saved.dtype != expected.dtype or saved.shape != expected.shape:
+                raise CheckpointError(f"random state of GPU {index} does not fit this torch build")
 
 
 def restore_rng(state: dict) -> None:

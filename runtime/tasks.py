@@ -6,6 +6,7 @@ import logging
 import torch
 from torch import nn
 
+from .adapters import classify, denoise, find_adapter
 from .diffusion import DiffusionConfig, NoiseSchedule
 from .distill import DistillConfig, classification_loss, diffusion_loss
 from .distributed import DistContext, all_reduce_sum, collate
@@ -40,11 +41,11 @@ class ClassificationTask:
 
     def loss(self, model: nn.Module, batch, teacher: nn.Module | None) -> dict[str, torch.Tensor]:
         images, labels = batch
-        outputs = model(images)
+        outputs = classify(model, images)
         teacher_logits = None
         if teacher is not None and self.distill.kind != "none":
             with torch.no_grad():
-                teacher_logits = teacher(images)
+                teacher_logits = classify(teacher, images)
         return classification_loss(outputs, labels, teacher_logits, self.distill)
 
     @torch.no_grad()
@@ -56,7 +57,7 @@ class ClassificationTask:
         totals = torch.zeros(3, dtype=torch.float64, device=ctx.device)  # correct, loss sum, count
         for indices in _shard(len(self.eval_set), ctx, self.eval_batch):
             images, labels = (t.to(ctx.device) for t in collate(self.eval_set, indices))
-            logits = model(images).float()
+            logits = classify(model, images).float()
             totals[0] += (logits.argmax(-1) == labels).sum()
             totals[1] += nn.functional.cross_entropy(logits, labels, reduction="sum")
             totals[2] += labels.numel()
@@ -100,11 +101,11 @@ class DiffusionTask:
             drop = torch.rand(labels.shape[0], device=labels.device) < self.label_dropout
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         xt = self.schedule.add_noise(x0, noise, t)
-        prediction = model(xt, t, labels)
+        prediction = denoise(model, xt, t, labels)
         teacher_prediction = None
         if teacher is not None:
             with torch.no_grad():
-                teacher_prediction = teacher(xt, t, labels)
+                teacher_prediction = denoise(teacher, xt, t, labels)
         return diffusion_loss(prediction, noise, teacher_prediction, self.diffusion.distill_alpha, self.noise_channels)
 
     @torch.no_grad()
@@ -122,7 +123,7 @@ class DiffusionTask:
             if indices[0] % ctx.world_size != ctx.rank:  # batches round-robin over processes
                 continue
             x0, labels, t, noise = (v.to(ctx.device) for v in (x0, labels, t, noise))
-            pred = model(self.schedule.add_noise(x0, noise, t), t, labels)[:, :self.noise_channels]
+            pred = denoise(model, self.schedule.add_noise(x0, noise, t), t, labels)[:, :self.noise_channels]
             totals[0] += (pred.float() - noise).pow(2).sum()
             totals[1] += noise.numel()
         model.train(was_training)
@@ -151,21 +152,26 @@ def train_classifier(model: nn.Module, train_set, config: TrainConfig, *, teache
 def train_diffusion(model: nn.Module, train_set, config: TrainConfig, *, diffusion: DiffusionConfig = DiffusionConfig(),
                     teacher: nn.Module | None = None, eval_set=None, extra_config: dict | None = None,
                     resume=None, stop_at: int | None = None) -> dict[str, float]:
-    """Train a class-conditional diffusion model (DiT interface ``model(x, t, y)``); returns the final metrics.
+    """Train a class-conditional diffusion model; returns the final metrics.
 
-    A DiT's own label dropout (``y_embedder.dropout_prob``) is taken over by the task and set to
-    0 in the model while it trains, so the teacher sees the labels the student saw; the model's
-    value is restored afterwards, so a later call (resume, QAT of a copy) drops labels alike.
+    The model is called through its adapter (``bitlower.runtime.find_adapter``): bitlower's DiT as
+    ``model(x, t, y)``, diffusers' ``DiTTransformer2DModel`` as ``(hidden_states, timestep,
+    class_labels)``. The model's own label dropout (the adapter's ``label_dropout_modules``) is
+    taken over by the task and set to 0 in the model while it trains, so the teacher sees the
+    labels the student saw; the model's values are restored afterwards, so a later call (resume,
+    QAT of a copy) drops labels alike.
     """
-    embedder = getattr(model, "y_embedder", None)
-    label_dropout = float(getattr(embedder, "dropout_prob", 0.0))
-    cfg = model.config
-    task = DiffusionTask(diffusion, cfg.in_channels, cfg.num_classes, label_dropout, eval_set)
-    if embedder is not None:
-        embedder.dropout_prob = 0.0
+    adapter = find_adapter(model)
+    embedders = adapter.label_dropout_modules(model)
+    saved = [float(m.dropout_prob) for m in embedders]
+    label_dropout = max(saved, default=0.0)
+    noise_channels, num_classes = adapter.diffusion_io(model)
+    task = DiffusionTask(diffusion, noise_channels, num_classes, label_dropout, eval_set)
+    for m in embedders:
+        m.dropout_prob = 0.0
     try:
         trainer = Trainer(model, task, train_set, config, teacher=teacher, extra_config=extra_config)
         return trainer.run(resume=resume, stop_at=stop_at)
     finally:
-        if embedder is not None:
-            embedder.dropout_prob = label_dropout
+        for m, prob in zip(embedders, saved):
+            m.dropout_prob = prob

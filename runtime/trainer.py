@@ -5,8 +5,10 @@ What a task contributes (``tasks.py``): the loss of a batch and the evaluation. 
 """
 from __future__ import annotations
 
+import copy
 import logging
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +30,14 @@ AMP_MODES = ("auto", "bf16", "off")
 # Fields that may differ between a run and its resumption (they do not change the numbers).
 RESUME_FREE_FIELDS = ("eval_every", "checkpoint_every", "log_every", "out_dir", "progress")
 CHECKPOINT_NAME = "checkpoint.pt"
+# What 0 means for an interval field.
+INTERVAL_ZERO = {"eval_every": "at the end only", "checkpoint_every": "at the end only", "log_every": "never",
+                 "warmup_steps": "no warmup"}
+# Progress lines when the output is not a terminal (a bar's redraws would flood a log file).
+progress_log = logging.getLogger("bitlower.progress")
+# Types of a checkpoint's entries, checked before any is read.
+CONTAINER_TYPES = {"model": dict, "optimizer": dict, "scheduler": dict, "ema": (dict, type(None)), "data": dict,
+                   "rng": list, "config": dict, "step": int, "world_size": int}
 
 
 @dataclass(frozen=True)
@@ -45,7 +55,8 @@ class TrainConfig:
         ema_decay: keep an EMA of the weights (diffusion: 0.9999), or None.
         eval_every, checkpoint_every, log_every: in steps; 0 means only at the end.
         out_dir: folder of ``checkpoint.pt`` and ``metrics.jsonl``; None writes nothing.
-        progress: show a tqdm bar on the main process.
+        progress: report progress on the main process: a tqdm bar when stdout and stderr are
+            terminals, else one ``bitlower.progress`` log line (INFO) per ``log_every`` steps.
         compile_backend: ``torch.compile`` backend of the training model (e.g. ``"bitlower"``), or None.
         find_unused_parameters: DDP flag, for models where some parameters get no gradient.
         device: ``"cpu"``, ``"cuda"`` or None (CUDA when available).
@@ -79,6 +90,18 @@ class TrainConfig:
             raise ValueError(f"steps and batch_size must be positive, got {self.steps}, {self.batch_size}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
+        for name in ("eval_every", "checkpoint_every", "log_every", "warmup_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (0: {INTERVAL_ZERO.get(name, 'none')}), "
+                                 f"got {getattr(self, name)!r}")
+        if not self.lr > 0 or not self.weight_decay >= 0:
+            raise ValueError(f"need lr > 0 and weight_decay >= 0, got lr {self.lr}, weight_decay {self.weight_decay}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) or None, got {self.ema_decay}")
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -185,17 +208,22 @@ class Trainer:
         self._maybe_resume(resume)
         cfg = self.config
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.ctx.is_main),
+        interactive = sys.stdout.isatty() and sys.stderr.isatty()
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not (cfg.progress and self.ctx.is_main and interactive),
                    desc=self.task.name, dynamic_ncols=True)
+        lines = cfg.progress and self.ctx.is_main and not interactive
         start_step, start = self.step, time.perf_counter()
         result: dict[str, float] = {}
         while self.step < end:
             losses = self.train_step()
             bar.update(1)
-            if cfg.log_every and self.step % cfg.log_every == 0:
+            if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):  # the last step always
                 lr = self.scheduler.get_last_lr()[0]
                 self.metrics.write(self.step, "train", lr=lr, **losses)
                 bar.set_postfix(loss=f"{losses['loss']:.4f}")
+                if lines:
+                    progress_log.info("%s step %d/%d loss %.4f lr %.3g", self.task.name, self.step, cfg.steps,
+                                      losses["loss"], lr)
             if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < end:
                 result = self.evaluate()
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
@@ -245,13 +273,35 @@ class Trainer:
         return ck.save_checkpoint(Path(self.config.out_dir) / CHECKPOINT_NAME, state)
 
     def load(self, path: str | Path) -> None:
-        """Resume from a checkpoint: every part is checked before anything is changed.
+        """Resume from a checkpoint: every part is validated before anything is changed.
+
+        Validation covers the configuration, the world size, the model, optimizer, scheduler
+        and EMA state dicts (types, keys, shapes, dtypes), every random state (set on fresh
+        generators first), the step and the data position. Should applying still fail, the
+        state from before the call is put back, so the run is untouched either way.
 
         Raises:
-            CheckpointError: corrupt file, or a model/optimizer/config/world size that does not match.
+            CheckpointError: corrupt file, or any part that does not fit this run.
         """
         state = ck.read_checkpoint(path)
         self._check(state)
+        before = copy.deepcopy(self._applicable_state())
+        before["rng"] = [ck.capture_rng()] * self.ctx.world_size
+        try:
+            self._apply(state)
+        except Exception as err:
+            self._apply(before)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ck.CheckpointError(f"{path}: could not be applied ({first}); the run is unchanged") from err
+        self.metrics.truncate_after(self.step)
+        log.info("bitlower: resumed from %s at step %d", path, self.step)
+
+    def _applicable_state(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "ema": None if self.ema is None else self.ema.state_dict(),
+                "data": self.batches.state_dict(), "step": self.step}
+
+    def _apply(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -260,8 +310,6 @@ class Trainer:
         self.batches.load_state_dict(state["data"])
         ck.restore_rng(state["rng"][self.ctx.rank])
         self.step = int(state["step"])
-        self.metrics.truncate_after(self.step)
-        log.info("bitlower: resumed from %s at step %d", path, self.step)
 
     def _check(self, state: dict) -> None:
         try:
@@ -270,13 +318,18 @@ class Trainer:
             raise ck.CheckpointError(f"checkpoint lacks {err}") from err
 
     def _check_parts(self, state: dict) -> None:
+        for key, kind in CONTAINER_TYPES.items():
+            if not isinstance(state[key], kind):
+                raise ck.CheckpointError(f"checkpoint entry {key!r} is a {type(state[key]).__name__}, "
+                                         f"expected {kind.__name__ if isinstance(kind, type) else kind[0].__name__}")
         mine, theirs = _comparable(self.run_config), _comparable(state["config"])
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff:
             raise ck.CheckpointError("configuration differs from the checkpoint's: " + ", ".join(
                 f"{k}: {mine.get(k)!r} here, {theirs.get(k)!r} saved" for k in diff[:8]))
-        if state["world_size"] != self.ctx.world_size:
-            raise ck.CheckpointError(f"checkpoint of {state['world_size']} processes, this run has {self.ctx.world_size}")
+        if state["world_size"] != self.ctx.world_size or len(state["rng"]) != self.ctx.world_size:
+            raise ck.CheckpointError(f"checkpoint of {state['world_size']} processes ({len(state['rng'])} random "
+                                     f"states), this run has {self.ctx.world_size}")
         ck.check_state_dict("model", self.model.state_dict(), state["model"])
         ck.check_optimizer_state(self.optimizer, state["optimizer"])
         ck.check_state_dict("scheduler", self.scheduler.state_dict(), state["scheduler"])
@@ -288,10 +341,18 @@ class Trainer:
             ck.check_rng(rng)
         if not 0 <= int(state["step"]) <= self.config.steps:
             raise ck.CheckpointError(f"checkpoint step {state['step']} outside [0, {self.config.steps}]")
-        data = state["data"]
+        self._check_data(state["data"])
+
+    def _check_data(self, data: dict) -> None:
+        mine = self.batches.state_dict()
         for key in ("seed", "global_batch", "length"):
-            if data[key] != self.batches.state_dict()[key]:
-                raise ck.CheckpointError(f"data order: {key} is {self.batches.state_dict()[key]} here, {data[key]} saved")
+            if data[key] != mine[key]:
+                raise ck.CheckpointError(f"data order: {key} is {mine[key]} here, {data[key]} saved")
+        epoch, position = data["epoch"], data["position"]
+        if not (isinstance(epoch, int) and isinstance(position, int) and epoch >= 0
+                and 0 <= position < self.batches.per_epoch):
+            raise ck.CheckpointError(f"data position: epoch {epoch!r}, position {position!r}; need integers, "
+                                     f"epoch >= 0 and 0 <= position < {self.batches.per_epoch}")
 
 
 def _comparable(run_config: dict) -> dict:

@@ -81,14 +81,14 @@ def _geometry(name: str, module: nn.Module, handler: AttentionHandler, root: nn.
 def _plan(model: nn.Module, config: BinarizeConfig, filter_fn, report: BinarizeReport) -> list[_Planned]:
     plan = []
     for name, module in model.named_modules():
-        if isinstance(getattr(module, "binary", None), BinaryAttentionCore):
-            raise ValueError(f"{name or 'model'} is binarized already")
         handler = find_handler(module)
         if handler is None:
             continue
         if filter_fn is not None and not filter_fn(name, module):
             report.skipped.append(name)
             continue
+        if isinstance(getattr(module, "binary", None), BinaryAttentionCore):  # filtered-out ones may be
+            raise ValueError(f"{name or 'model'} is binarized already")
         reason = handler.unsupported(module)
         if reason is not None:
             report.unhandled.append((name, qualified_name(type(module)), reason))
@@ -158,6 +158,7 @@ def binarize_(model: nn.Module, config: BinarizeConfig | None = None, *,
         core = BinaryAttentionCore(item.geometry, config)
         if ref is not None:
             core.to(device=ref.device, dtype=ref.dtype if ref.is_floating_point() else None)
+        core.binarize_config = config  # read by bitlower.save (bitlower.json)
         item.module.binary = core
         item.handler.install(item.module)
         report.binarized[item.name] = item.handler.name

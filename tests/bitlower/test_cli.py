@@ -7,15 +7,15 @@ from importlib.metadata import entry_points
 import pytest
 import torch
 
-from bitlower.cli import attention_modules_without_sites, build_parser, main
-from bitlower.cli_train import build_model
+from bitlower.app.cli import attention_modules_without_sites, build_parser, main
+from bitlower.app.cli_train import build_model
 from bitlower.explain import explain
-from bitlower.demo import cpu_threads
+from bitlower.app.demo import cpu_threads
 from bitlower.runtime import read_checkpoint
 
 TINY_VIT = ["--model", "vit_tiny_patch8", "--image-size", "16", "--model-arg", "depth=1",
             "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2"]
-SUBCOMMANDS = ("demo", "train", "bench", "explain")
+SUBCOMMANDS = ("demo", "train", "export", "bench", "explain")
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +26,14 @@ def one_intra_op_thread():
 
 
 def run_cli(*args, timeout=120):
-    """``python -m bitlower.cli ARGS`` in a fresh interpreter."""
-    return subprocess.run([sys.executable, "-m", "bitlower.cli", *args], capture_output=True, text=True,
+    """``python -m bitlower.app.cli ARGS`` in a fresh interpreter."""
+    return subprocess.run([sys.executable, "-m", "bitlower.app.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
 def test_console_script_points_at_main():
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
-    assert scripts.get("bitlower") == "bitlower.cli:main"
+    assert scripts.get("bitlower") == "bitlower.app.cli:main"
 
 
 def test_demo_quick_end_to_end(tmp_path):
@@ -163,7 +163,7 @@ def test_attention_modules_the_trace_did_not_find_are_listed():
 def test_bench_without_gpu_says_so_and_times_cpu(capsys):
     assert main(["bench", "--shape", "1,2,16,16", "--repeats", "2"]) == 0
     text = capsys.readouterr().out
-    assert "needs a CUDA GPU" in text
+    assert "needs a source checkout of bitlower and a CUDA GPU" in text
     assert "(1, 2, 16, 16)" in text and "torch.compile" in text
 
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from bitlower.demo import DemoConfig, build_model, cpu_threads, digits_splits, post_training_binary, read_curves, run_demo
-from bitlower.demo_report import format_summary, plot_curves
-from bitlower.demo_timing import TimingRow, describe_measurement, format_timing, time_attention
+from bitlower.app.demo import DemoConfig, build_model, cpu_threads, digits_splits, post_training_binary, read_curves, run_demo
+from bitlower.app.demo_report import format_summary, plot_curves
+from bitlower.app.demo_timing import TimingRow, describe_measurement, format_timing, time_attention
 from bitlower.runtime import attention_cores, binarize_, preset
 
 NO_TIMING = dict(timing_shapes=(), progress=False, device="cpu")

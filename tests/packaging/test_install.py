@@ -8,7 +8,7 @@ import zipfile
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SUBPACKAGES = ("passes", "codegen", "runtime", "models")
+SUBPACKAGES = ("passes", "codegen", "runtime", "models", "app")
 
 
 def test_editable_install_maps_subpackages():

@@ -6,7 +6,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bitlower.demo_timing import format_timing
+from bitlower.app.demo_timing import format_timing
 
 LABELS = {
     "full_precision": "full precision",

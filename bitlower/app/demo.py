@@ -30,8 +30,8 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from bitlower.demo_report import plot_curves
-from bitlower.demo_timing import describe_measurement, time_attention
+from bitlower.app.demo_report import plot_curves
+from bitlower.app.demo_timing import describe_measurement, time_attention
 from bitlower.models import load_digits_tensors, vit_tiny
 from bitlower.runtime import DistillConfig, TrainConfig, binarize_, preset, train_classifier
 from bitlower.runtime.distributed import setup
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 RESULTS_NAME = "demo.json"
 PLOT_NAME = "demo_curves.png"
-RUN_FILES = ("metrics.jsonl", "checkpoint.pt")  # what each training run writes into its folder
+RUN_FILES = ("metrics.jsonl", "checkpoint.pt", "checkpoint.pt.integrity.json")  # what each training run writes
 PHASES = ("full_precision", "post_training_binary", "qat_distilled")
 
 

@@ -1,4 +1,4 @@
-"""The ``bitlower`` command: ``demo``, ``train``, ``bench`` and ``explain``.
+"""The ``bitlower`` command: ``demo``, ``train``, ``export``, ``bench`` and ``explain``.
 
 Every subcommand has ``--help``. A bad argument (unknown model, missing data path, unknown
 preset, a checkpoint that does not fit) ends the command with exit status 2 and one line on
@@ -9,30 +9,24 @@ from __future__ import annotations
 
 import argparse
 import logging
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-from bitlower.cli_train import (
-    DATA_FIELDS,
-    HelpFormatter,
-    UsageError,
-    add_model_args,
-    add_train_parser,
-    build_model,
-    example_inputs,
-    family,
-    key_value,
-    print_models,
-)
+import bitlower
 from bitlower.runtime.checkpoint import CheckpointError
+
+from .arguments import HelpFormatter, UsageError, device, key_value, non_negative_int, positive_int, writable_folder
+from .cli_train import add_train_parser
+from .export import add_export_parser
+from .model_args import add_model_args, build_model, example_inputs, print_models
+from .run_folder import saved_defaults
+from .train_tasks import get_train_task, task_for_model
 
 log = logging.getLogger(__name__)
 
 USAGE_ERROR = 2  # exit status of a bad argument (argparse's convention)
-BENCH_SCRIPT = Path("benchmarks") / "attention.py"
+BENCH_SUITE = "benchmarks/attention.py"  # in a source checkout; not part of the installed package
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,8 +50,8 @@ def _shape(text: str) -> tuple[int, int, int, int]:
 # ---------------------------------------------------------------- demo
 
 def _cmd_demo(args) -> int:
-    from bitlower.demo import DemoConfig, run_demo
-    from bitlower.demo_report import format_summary
+    from bitlower.app.demo import DemoConfig, run_demo
+    from bitlower.app.demo_report import format_summary
 
     changes = {k: v for k, v in dict(fp_steps=args.fp_steps, qat_steps=args.qat_steps, seed=args.seed,
                                      device=args.device, threads=args.threads).items() if v is not None}
@@ -65,7 +59,7 @@ def _cmd_demo(args) -> int:
         changes["threads"] = None  # torch's own setting
     changes["progress"] = not args.no_progress
     config = DemoConfig.quick(**changes) if args.quick else DemoConfig(**changes)
-    results = run_demo(config, args.out)
+    results = run_demo(config, writable_folder(args.out))
     print(format_summary(results))
     return 0
 
@@ -81,59 +75,39 @@ def _add_demo(sub) -> None:
         formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="seconds-long settings (one block, a few steps) for tests")
-    p.add_argument("--fp-steps", type=int, default=None, help="full-precision training steps (default: 600; quick: 6)")
-    p.add_argument("--qat-steps", type=int, default=None, help="QAT steps (default: 400; quick: 4)")
+    p.add_argument("--fp-steps", type=positive_int, default=None, help="full-precision training steps (default: 600; quick: 6)")
+    p.add_argument("--qat-steps", type=positive_int, default=None, help="QAT steps (default: 400; quick: 4)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: 0)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="device (default: CUDA when available)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads while the demo runs; 0 keeps torch's setting (default: 1, see DemoConfig)")
+    p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=non_negative_int, default=None, help="CPU threads while the demo runs; 0 keeps torch's setting (default: 1, see DemoConfig)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_demo)
 
 
 # ---------------------------------------------------------------- bench
 
-def _source_root() -> Path:
-    """The repository root when bitlower runs from a source tree (editable install)."""
-    return Path(__file__).resolve().parent.parent
-
-
 def _cmd_bench(args) -> int:
-    from bitlower.demo_timing import describe_measurement, format_timing, time_attention
+    from bitlower.app.demo_timing import describe_measurement, format_timing, time_attention
 
-    script = _source_root() / BENCH_SCRIPT
-    has_cuda = torch.cuda.is_available() and args.device != "cpu"
-    if script.is_file() and has_cuda:
-        command = [sys.executable, str(script), "--out", args.out]
-        if args.suite_shapes:
-            command += ["--shapes", args.suite_shapes]
-        print("running " + " ".join(command))
-        return subprocess.call(command)
-    if not script.is_file():
-        print(f"{BENCH_SCRIPT} is not here (bitlower runs from an installed package, not a source tree): "
-              "the benchmark suite needs a source checkout and a CUDA GPU.")
-    else:
-        print(f"{script} times the fused CUDA kernels and needs a CUDA GPU; "
-              f"{'none is available' if not torch.cuda.is_available() else '--device cpu was asked'}.")
-    print("Available here: the attention timing of `bitlower demo` (below).")
-    device = torch.device("cuda" if has_cuda else "cpu")
-    rows = time_attention(args.shape or None, device, repeats=args.repeats)
-    print(format_timing(describe_measurement(device, args.repeats), [r.to_dict() for r in rows]))
+    device_ = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    print(f"The full benchmark suite ({BENCH_SUITE}: binary attention vs SDPA, FlexAttention and others, "
+          "tables and plots) needs a source checkout of bitlower and a CUDA GPU: run it there with "
+          f"`python {BENCH_SUITE} --out DIR`. Here: the attention timing shipped with the package.")
+    rows = time_attention(args.shape or None, device_, repeats=args.repeats)
+    print(format_timing(describe_measurement(device_, args.repeats), [r.to_dict() for r in rows]))
     return 0
 
 
 def _add_bench(sub) -> None:
     p = sub.add_parser(
-        "bench", help="run the attention benchmark suite (CUDA), or the CPU timing where there is no GPU",
-        description=f"With a CUDA GPU and a source tree, runs {BENCH_SCRIPT} (binary attention vs SDPA, "
-                    "FlexAttention and others; writes attention.json/.md into --out). Otherwise says why "
-                    "not and runs the timing of `bitlower demo`: the compiled reference vs SDPA on CPU.",
+        "bench", help="time binary attention against SDPA (the timing of `bitlower demo`)",
+        description="Times binary attention against SDPA at a few shapes: on CUDA the fused kernels, on CPU "
+                    f"the compiled exact reference. The full suite is {BENCH_SUITE} in a source checkout.",
         formatter_class=HelpFormatter)
-    p.add_argument("--out", default="runs/bench", help="output folder of the benchmark suite")
-    p.add_argument("--suite-shapes", default=None, help="benchmark suite: comma-separated indices into its SHAPES")
     p.add_argument("--shape", type=_shape, action="append", default=[], metavar="B,H,N,D",
-                   help="CPU timing shape, repeatable (default: the demo's shapes)")
-    p.add_argument("--repeats", type=int, default=10, help="timed calls per CPU measurement")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="device (default: CUDA when available)")
+                   help="timing shape, repeatable (default: the demo's shapes)")
+    p.add_argument("--repeats", type=positive_int, default=10, help="timed calls per CPU measurement")
+    p.add_argument("--device", type=device, default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -159,7 +133,7 @@ def _cmd_explain(args) -> int:
     split_options(dict(args.option))  # an unknown or invalid option fails before the model is built
     model_args = list(args.model_arg)
     if args.image_size is not None:
-        model_args.insert(0, (DATA_FIELDS[family(args.model)][0], args.image_size))
+        model_args.insert(0, (get_train_task(task_for_model(args.model)).data_fields[0], args.image_size))
     model = build_model(args.model, model_args)
     model.train(args.train_mode)
     report = explain(model, *example_inputs(model, args.batch), options=dict(args.option))
@@ -179,7 +153,7 @@ def _add_explain(sub) -> None:
         formatter_class=HelpFormatter)
     add_model_args(p, "registered model name", "input side (default: the model's own)")
     p.set_defaults(model="vit_tiny_patch16_224")
-    p.add_argument("--batch", type=int, default=1, help="batch of the example inputs")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch of the example inputs")
     p.add_argument("--option", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="backend option, repeatable, e.g. min_seq_len=64 or skip=('blocks.0.*',)")
     p.add_argument("--train-mode", action="store_true", help="trace in training mode (default: eval)")
@@ -189,15 +163,40 @@ def _add_explain(sub) -> None:
 # ---------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``bitlower`` argument parser with its four subcommands."""
+    """The ``bitlower`` argument parser with its subcommands."""
     parser = _Parser(prog="bitlower", description="bitlower: 1-bit query/key attention for vision and diffusion "
                      "transformers. Start with `bitlower demo`.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO records (default: warnings only)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,bench,explain}",
+    parser.add_argument("--version", action="version", version=f"bitlower {bitlower.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,export,bench,explain}",
                                 parser_class=_Parser)
-    for add in (_add_demo, add_train_parser, _add_bench, _add_explain):
-        add(sub)
+    _add_demo(sub)
+    parser.train_parser = add_train_parser(sub)
+    add_export_parser(sub)
+    _add_bench(sub)
+    _add_explain(sub)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``train --resume`` parses again over the run's saved arguments."""
+    args = parser.parse_args(argv)
+    if args.command == "train" and args.resume is not None and not args.list_models:
+        parser.train_parser.set_defaults(**saved_defaults(args.out, args.resume))
+        args = parser.parse_args(argv)
+    return args
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    progress = logging.getLogger("bitlower.progress")  # progress lines of a run whose output is not a terminal
+    if not verbose and not progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,16 +206,18 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["explain", "--model", "vit_tiny_patch16_224", "--model-arg", "depth=1"])  # doctest: +SKIP
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    prog = f"bitlower {args.command}"
+    prog = "bitlower train" if argv and "train" in argv[:2] else "bitlower"
     try:
+        args = _parse(parser, argv)
+        prog = f"bitlower {args.command}"
+        _configure_logging(args.verbose)
         return args.func(args)
     except (UsageError, CheckpointError, FileNotFoundError) as err:
         message = str(err)
     except (KeyError, ValueError) as err:  # library argument checks: unknown names, bad values
         message = str(err.args[0]) if err.args else type(err).__name__
+    except OSError as err:  # a folder or file the run cannot use (permissions, disk full)
+        message = f"{err.strerror or err}: {err.filename}" if err.filename else str(err)
     sys.stderr.write(f"{prog}: error: {' '.join(message.split())}\n")
     return USAGE_ERROR
 
