@@ -25,6 +25,7 @@ from bitlower.runtime import (
     train_classifier,
     train_diffusion,
 )
+from bitlower.runtime.seg_cli import add_segmentation_args, run_segmentation
 
 DEFAULT_MODEL = "vit_tiny_patch8"
 # Digits are 8x8; `train` upsamples them to 32 so that the default patch-8 ViT sees a 4x4 grid.
@@ -63,8 +64,9 @@ def key_value(text: str) -> tuple[str, object]:
 # ---------------------------------------------------------------- models and data (train, explain)
 
 # Config fields that the data decides, by model family (registry name prefix; "" = the rest).
-DATA_FIELDS = {"dit_": ("input_size", "in_channels", "num_classes"), "": ("img_size", "in_chans", "num_classes")}
-TASKS = {"dit_": "diffusion", "": "classification"}
+DATA_FIELDS = {"dit_": ("input_size", "in_channels", "num_classes"), "seg_": ("img_size", "in_chans", "num_classes"),
+               "": ("img_size", "in_chans", "num_classes")}
+TASKS = {"dit_": "diffusion", "seg_": "segmentation", "": "classification"}
 
 
 def family(name: str) -> str:
@@ -178,7 +180,11 @@ def run_train(args) -> int:
     if args.list_models:
         return print_models()
     check_model_name(args.model)
-    task = TASKS[family(args.model)]
+    task = "segmentation" if args.task == "segmentation" else TASKS[family(args.model)]
+    if args.task not in ("auto", task):
+        raise UsageError(f"--task {args.task} does not fit model {args.model!r} (a {task} model)")
+    if task == "segmentation":
+        return run_segmentation(args)  # the segmentation task's one entry point (runtime/seg_cli.py)
     binarize = _binarize_config(args)  # the cheap checks first: names and paths
     resume = _resume_path(args)
     if args.init and not Path(args.init).is_file():
@@ -224,8 +230,11 @@ def add_train_parser(sub) -> None:
                     "--init starts from a full-precision checkpoint of this command (--preset none), which "
                     "then is the distillation teacher. Writes checkpoint.pt and metrics.jsonl into --out.",
         formatter_class=HelpFormatter)
-    add_model_args(p, "registered model name; dit_* models train as diffusion",
-                   "input side; default: the data's own size (digits: 32, upsampled from 8)")
+    add_model_args(p, "registered model name; dit_* models train as diffusion, seg_* as segmentation",
+                   "input side; default: the data's own size (digits: 32, upsampled from 8; segmentation: 256)")
+    p.add_argument("--task", choices=("auto", "classification", "diffusion", "segmentation"), default="auto",
+                   help="auto: from the model name; segmentation defaults to seg_vit_small_patch8 on digit "
+                        "canvases ('digits', 'digits:<train>,<test>', 'folder:<path>', 'nifti:<path>')")
     p.add_argument("--data", default="digits",
                    help="'digits' (bundled), 'cifar10:<path>', 'cifar100:<path>', 'imagefolder:<path>' or a folder")
     p.add_argument("--preset", default="binary_attention",
@@ -252,4 +261,5 @@ def add_train_parser(sub) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="device (default: CUDA when available)")
     p.add_argument("--out", default="runs/train", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_segmentation_args(p)
     p.set_defaults(func=run_train)
