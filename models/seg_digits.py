@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -29,9 +30,15 @@ MIN_SCALE = 3  # smallest upsampling factor: digits of 24 pixels
 INK_THRESHOLD = 0.25  # ink (0..1, i.e. digit value / 16) above which a pixel belongs to the digit
 NOISE_STD = 0.1  # Gaussian noise on the [0, 1] canvas
 DIGIT_MAX = 16.0  # bundled digits hold values 0..16
-SPLIT_OFFSETS = {"train": 0, "test": 1 << 20}  # disjoint generator seeds for the two splits
+SPLIT_IDS = {"train": 0, "test": 1}
 SEG_DIGIT_CLASSES = ["background"] + [f"digit {c}" for c in DIGITS_CLASSES]
 DEFAULT_LENGTHS = {"train": 1024, "test": 128}
+
+
+def canvas_seed(seed: int, split: str, index: int) -> int:
+    """The generator seed of one canvas: 32 bits mixed from ``(seed, split, index)`` by NumPy's
+    ``SeedSequence`` (torch's CPU generator keeps only 32 bits of a seed, so no plain arithmetic)."""
+    return int(np.random.SeedSequence([seed, SPLIT_IDS[split], index]).generate_state(1)[0])
 
 
 def _compose(digits: torch.Tensor, labels: torch.Tensor, size: int, gen: torch.Generator):
@@ -91,7 +98,7 @@ def digit_canvases(split: str = "train", size: int = 256, length: int | None = N
     images = torch.empty(length, 1, size, size, dtype=torch.uint8)
     masks = torch.empty(length, size, size, dtype=torch.uint8)
     for index in range(length):
-        gen = torch.Generator().manual_seed(seed * (1 << 32) + SPLIT_OFFSETS[split] + index)
+        gen = torch.Generator().manual_seed(canvas_seed(seed, split, index))
         ink, mask = _compose(digits, labels, size, gen)
         noisy = (ink + NOISE_STD * torch.randn(ink.shape, generator=gen)).clamp(0, 1)
         images[index, 0] = (noisy * 255).round().to(torch.uint8)
