@@ -25,7 +25,7 @@ from bitlower.runtime import (
     train_classifier,
     train_diffusion,
 )
-from bitlower.runtime.seg_cli import add_segmentation_args, run_segmentation
+from bitlower.runtime.seg_cli import DEFAULT_SEG_MODEL, add_segmentation_args, run_segmentation
 
 DEFAULT_MODEL = "vit_tiny_patch8"
 # Digits are 8x8; `train` upsamples them to 32 so that the default patch-8 ViT sees a 4x4 grid.
@@ -179,6 +179,8 @@ def run_train(args) -> int:
     """``bitlower train``: see ``add_train_parser``."""
     if args.list_models:
         return print_models()
+    if args.model is None:
+        args.model = DEFAULT_SEG_MODEL if args.task == "segmentation" else DEFAULT_MODEL
     check_model_name(args.model)
     task = "segmentation" if args.task == "segmentation" else TASKS[family(args.model)]
     if args.task not in ("auto", task):
@@ -230,8 +232,10 @@ def add_train_parser(sub) -> None:
                     "--init starts from a full-precision checkpoint of this command (--preset none), which "
                     "then is the distillation teacher. Writes checkpoint.pt and metrics.jsonl into --out.",
         formatter_class=HelpFormatter)
-    add_model_args(p, "registered model name; dit_* models train as diffusion, seg_* as segmentation",
+    add_model_args(p, f"registered model name (default: {DEFAULT_MODEL}, with --task segmentation "
+                      f"{DEFAULT_SEG_MODEL}); dit_* models train as diffusion, seg_* as segmentation",
                    "input side; default: the data's own size (digits: 32, upsampled from 8; segmentation: 256)")
+    p.set_defaults(model=None)  # resolved in run_train: the default depends on --task
     p.add_argument("--task", choices=("auto", "classification", "diffusion", "segmentation"), default="auto",
                    help="auto: from the model name; segmentation defaults to seg_vit_small_patch8 on digit "
                         "canvases ('digits', 'digits:<train>,<test>', 'folder:<path>', 'nifti:<path>')")

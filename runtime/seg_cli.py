@@ -66,10 +66,9 @@ def _datasets(args):
 
 def run_segmentation(args) -> int:
     """Train a segmentation model from ``bitlower train`` arguments; prints the result."""
-    from bitlower.cli_train import (DEFAULT_MODEL, UsageError, _binarize_config, _load_init, _resume_path,
-                                     build_model, check_model_name)
+    from bitlower.cli_train import UsageError, _binarize_config, _load_init, _resume_path, build_model, check_model_name
 
-    model_name = DEFAULT_SEG_MODEL if args.model == DEFAULT_MODEL else args.model  # --model not given
+    model_name = args.model
     if not model_name.startswith("seg_"):
         raise UsageError(f"--task segmentation needs a seg_* model (e.g. {DEFAULT_SEG_MODEL}), got {model_name!r}")
     check_model_name(model_name)

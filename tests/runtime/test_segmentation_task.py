@@ -163,10 +163,16 @@ def test_each_preset_trains_and_the_loss_falls(name, blobs):
     task = SegmentationTask(3, SegLossConfig(dice_weight=0.5, distill=distill))
     config = TrainConfig(steps=8, batch_size=8, lr=2e-3, weight_decay=0.0, min_lr_ratio=1.0, progress=False)
     trainer = Trainer(model, task, blobs, config, teacher=teacher)
+    qkv = model.encoder.blocks[0].attn.qkv.weight
+    before = qkv.detach().clone()
     losses = [trainer.train_step() for _ in range(8)]
     assert all(math.isfinite(v["loss"]) for v in losses)
-    print(name, [round(v["ce_loss"], 3) for v in losses])
+    # measured: CE 1.107 -> 0.849 (full precision) .. 0.858 (binary) over the 8 steps
     assert losses[-1]["ce_loss"] < losses[0]["ce_loss"] - 0.05, [v["ce_loss"] for v in losses]
+    dim = model.encoder.config.embed_dim
+    qk_moved = not torch.equal(qkv.detach()[:2 * dim], before[:2 * dim])
+    assert qk_moved == (name != "sign_stopgrad")  # stop-grad: no gradient reaches the q/k projections
+    assert not torch.equal(qkv.detach()[2 * dim:], before[2 * dim:])  # the value path always learns
     if teacher is not None:
         assert losses[0]["distill_loss"] > 0
 
