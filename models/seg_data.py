@@ -52,7 +52,8 @@ def detect_segmentation_format(root: Path) -> str:
     raise FileNotFoundError(f"{root} holds neither images/ + annotations/ (image folders) nor imagesTr/ (NIfTI)")
 
 
-def load_segmentation(spec: str, split: str = "train", image_size=None, seed: int = 0) -> Dataset:
+def load_segmentation(spec: str, split: str = "train", image_size=None, seed: int = 0,
+                      reduce_zero_label: bool = False) -> Dataset:
     """Build a segmentation dataset from a name or path (see the module docstring).
 
     Args:
@@ -61,6 +62,7 @@ def load_segmentation(spec: str, split: str = "train", image_size=None, seed: in
         split: ``"train"`` or ``"test"``.
         image_size: output side (int or pair; canvas side for digits); None: 256.
         seed: the digit canvases' seed (other datasets ignore it).
+        reduce_zero_label: image folders only: ADE20K's convention (label 0 ignored, the rest shifted down).
 
     Raises:
         ValueError: an unknown spec or split, malformed files (naming the file).
@@ -80,10 +82,11 @@ def load_segmentation(spec: str, split: str = "train", image_size=None, seed: in
             raise ValueError(f"digit canvases are square: image_size must be an int, got {size!r}")
         return digit_canvases(split, size, _digit_lengths(rest)[split], seed)
     if kind == "folder" and sep:
-        return SegmentationFolder(rest, split, size)
+        return SegmentationFolder(rest, split, size, reduce_zero_label=reduce_zero_label)
     if kind == "nifti" and sep:
         return nifti_slices(rest, split, size)
     if Path(spec).exists():
-        return load_segmentation(f"{detect_segmentation_format(Path(spec))}:{spec}", split, image_size, seed)
+        kind = detect_segmentation_format(Path(spec))
+        return load_segmentation(f"{kind}:{spec}", split, image_size, seed, reduce_zero_label)
     raise ValueError(f"unknown segmentation data {spec!r}: expected 'digits', 'digits:<train>,<test>', "
                      "'folder:<path>', 'nifti:<path>' or an existing folder")

@@ -35,6 +35,8 @@ def add_segmentation_args(p) -> None:
     g.add_argument("--reinit", choices=sorted(REINIT_CHOICES), default="seed",
                    help="after --encoder-init: re-initialise attention and the MLPs of blocks 4+ (seed), "
                         "attention only, or nothing")
+    g.add_argument("--reduce-zero-label", action="store_true",
+                   help="image folders: ADE20K's labels (0 = 'other' is ignored, 1..150 become 0..149)")
     g.add_argument("--ema-decay", type=float, default=None, help="keep an EMA of the weights and evaluate it")
 
 
@@ -59,7 +61,8 @@ def _datasets(args):
     from bitlower.models.seg_data import load_segmentation
 
     try:
-        return [load_segmentation(args.data, split, args.image_size, seed=0) for split in ("train", "test")]
+        return [load_segmentation(args.data, split, args.image_size, seed=0, reduce_zero_label=args.reduce_zero_label)
+                for split in ("train", "test")]
     except FileNotFoundError as err:
         raise UsageError(str(err)) from err
 
@@ -96,7 +99,7 @@ def run_segmentation(args) -> int:
     extra = {"model": model_name, "model_args": [[k, repr(v)] for k, v in args.model_arg], "data": args.data,
              "image_size": list(train.image_size), "preset": args.preset,
              "binarize": None if binarize is None else binarize.to_dict(), "init": args.init,
-             "encoder_init": args.encoder_init, "reinit": args.reinit}
+             "encoder_init": args.encoder_init, "reinit": args.reinit, "reduce_zero_label": args.reduce_zero_label}
     background = 0 if train.classes and train.classes[0] == "background" else None
     metrics = train_segmentation(model, train, config, num_classes=train.num_classes, loss=loss,
                                  teacher=teacher, eval_set=test, background=background, extra_config=extra,

@@ -79,3 +79,26 @@ def test_explain_rewrites_every_encoder_attention(capsys):
     out = capsys.readouterr().out
     assert "encoder.blocks.0.attn" in out and "encoder.blocks.1.attn" in out
     assert "found 2, rewritten 2, skipped 0" in out and "graph breaks 0" in out
+
+
+def test_train_on_an_ade20k_style_folder(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("training", "validation"):
+        for kind in ("images", "annotations"):
+            (tmp_path / "ade" / kind / split).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)).save(
+                tmp_path / "ade" / "images" / split / f"ADE_{i}.jpg")
+            mask = rng.integers(0, 4, (20, 18), dtype=np.uint8)
+            mask[0, 0] = 3  # labels 1..3 become 0..2 with --reduce-zero-label; 0 is ignored
+            Image.fromarray(mask).save(tmp_path / "ade" / "annotations" / split / f"ADE_{i}.png")
+    args = ["train", *TINY[:2], "--data", f"folder:{tmp_path / 'ade'}", "--image-size", "16", *TINY[6:],
+            "--reduce-zero-label", "--preset", "sign_ste", "--steps", "1", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    ev = _evals(tmp_path / "run")[-1]
+    assert len(ev["dice_per_class"]) == 3  # 3 classes, no background left out of mean_dice
+    state = read_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["config"]["task"]["background"] is None and state["config"]["task"]["ignore_index"] == 255
