@@ -169,4 +169,4 @@ class SegmentationFolder(Dataset):
         check_labels(labels, self.num_classes, self.ignore_index, str(mask_path))
         x = torch.from_numpy(pixels.astype(np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
         x = F.interpolate(x[None], size=self.image_size, mode="bilinear", align_corners=False)[0]  # (3, H', W')
-        return (x - self.mean) / self.std, resize_masks(labels[None], self.image_size)[0]
+        return (x - self.mean) / self.std, resize_masks(labels[None], self.image_size)[0]  # (3, H', W'), (H', W')
