@@ -201,16 +201,25 @@ def test_resume_is_exact_with_ema(blobs, tmp_path):
 
 DDP_EVAL_WORKER = """
 import json, sys, torch
-from bitlower.models import digit_canvases, seg_vit
-from bitlower.runtime import SegmentationTask
 from bitlower.runtime.distributed import setup
-torch.manual_seed(0)
-model = seg_vit("tiny", img_size=96, in_chans=1, num_classes=11, depth=1, embed_dim=32, num_heads=2, decoder_width=32)
+sys.path.insert(0, sys.argv[2])
+from test_segmentation_task import ddp_eval_case
+model, task = ddp_eval_case()
 ctx = setup("cpu")
-result = SegmentationTask(11, eval_set=digit_canvases("test", 96, 5), eval_batch=2).evaluate(model, ctx)
+result = task.evaluate(model, ctx)
 if ctx.rank == 0:
     open(sys.argv[1], "w").write(json.dumps(result))
 """
+
+
+def ddp_eval_case():
+    """A tiny model and a task over 5 test canvases (rank 0 of 2 evaluates 3, rank 1 evaluates 2)."""
+    from bitlower.models import digit_canvases
+
+    torch.manual_seed(0)
+    model = seg_vit("tiny", img_size=96, in_chans=1, num_classes=11, depth=1, embed_dim=32, num_heads=2,
+                    decoder_width=32)
+    return model, SegmentationTask(11, eval_set=digit_canvases("test", 96, 5), eval_batch=2)
 
 
 @pytest.mark.slow
@@ -220,23 +229,22 @@ def test_evaluation_sharded_over_two_processes_equals_one(tmp_path):
     import socket
     import subprocess
     import sys
+    from pathlib import Path
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    results = {}
-    for world in (1, 2):
-        out, procs = tmp_path / f"world{world}.json", []
-        for rank in range(world):
-            env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port + world), OMP_NUM_THREADS="1")
-            procs.append(subprocess.Popen([sys.executable, "-c", DDP_EVAL_WORKER, str(out)], env=env,
-                                          stderr=subprocess.PIPE))
-        for proc in procs:
-            _, err = proc.communicate(timeout=300)
-            assert proc.returncode == 0, err.decode()[-3000:]
-        results[world] = json.loads(out.read_text())
-    one, two = results[1], results[2]
-    # 5 canvases: rank 0 evaluates 3, rank 1 evaluates 2; confusion counts add exactly.
+    out, procs = tmp_path / "world2.json", []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-c", DDP_EVAL_WORKER, str(out), str(Path(__file__).parent)],
+                                      env=env, stderr=subprocess.PIPE))
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()[-3000:]
+    model, task = ddp_eval_case()
+    one, two = task.evaluate(model, DistContext()), json.loads(out.read_text())
+    # confusion counts add exactly over the shards
     assert one["dice_per_class"] == two["dice_per_class"] and one["miou"] == two["miou"]
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-9)
