@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -81,9 +82,55 @@ def _fit_pos_embed(table: torch.Tensor, target: torch.Tensor, prefix: int, grid:
     return resample_pos_embed(table, (side, side), grid, prefix)
 
 
+HF_TOP = {"embeddings.cls_token": "cls_token", "embeddings.position_embeddings": "pos_embed",
+          "embeddings.patch_embeddings.projection": "patch_embed.proj", "layernorm": "norm"}
+# Per-block names: checkpoint files of transformers 4 (``encoder.layer.i.attention.attention.query``) and
+# the module names of transformers 5 (``layers.i.attention.q_proj``); "q", "k", "v" are joined into qkv.
+HF_BLOCK = {"attention.attention.query": "q", "attention.attention.key": "k", "attention.attention.value": "v",
+            "attention.q_proj": "q", "attention.k_proj": "k", "attention.v_proj": "v",
+            "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj",
+            "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+            "layernorm_before": "norm1", "layernorm_after": "norm2"}
+HF_BLOCK_KEY = re.compile(r"^(?:encoder\.layer|layers)\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def from_hf_vit(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a Hugging Face ``ViTModel`` state dict (e.g. ``facebook/dino-vits8``) to timm's names.
+
+    Accepts transformers 4 checkpoint names and transformers 5 module names, bare or under a
+    classifier's ``vit.``; ``query``/``key``/``value`` are concatenated into ``qkv`` (rows q, k,
+    v, as timm stores them); the pooler and any classifier are dropped.
+
+    Raises:
+        ValueError: a key that is no ViTModel name.
+    """
+    out, qkv = {}, {}
+    for key, value in state_dict.items():
+        name = key[len("vit."):] if key.startswith("vit.") else key
+        if name.startswith(("pooler.", "classifier.")):
+            continue
+        stem, _, leaf = name.rpartition(".")
+        block = HF_BLOCK_KEY.match(name)
+        if block and block.group(2) in HF_BLOCK:
+            index, part, leaf = block.groups()
+            target = HF_BLOCK[part]
+            if target in ("q", "k", "v"):
+                qkv.setdefault((index, leaf), {})[target] = value
+            else:
+                out[f"blocks.{index}.{target}.{leaf}"] = value
+        elif name in HF_TOP or stem in HF_TOP:
+            out[HF_TOP[name] if name in HF_TOP else f"{HF_TOP[stem]}.{leaf}"] = value
+        else:
+            raise ValueError(f"{key!r} is no Hugging Face ViTModel parameter name")
+    for (index, leaf), parts in qkv.items():
+        out[f"blocks.{index}.attn.qkv.{leaf}"] = torch.cat([parts["q"], parts["k"], parts["v"]])  # (3C, ...)
+    return out
+
+
 def load_encoder(model: SegmentationViT, state_dict: dict[str, torch.Tensor],
                  reinit: ReinitConfig = SEED_REINIT) -> list[str]:
-    """Load a timm-named ViT state dict (e.g. DINO ViT-S/8) into ``model.encoder``, then re-initialise.
+    """Load a timm-named (or transformers-named) ViT state dict, e.g. DINO ViT-S/8, into ``model.encoder``,
+    then re-initialise.
 
     Key sets must match exactly (``head.*`` keys of a classifier are dropped). ``pos_embed`` is
     resampled bicubically when the checkpoint's grid differs. Attention weights whose shapes
@@ -106,6 +153,8 @@ def load_encoder(model: SegmentationViT, state_dict: dict[str, torch.Tensor],
     """
     encoder = model.encoder
     own = encoder.state_dict()
+    if any(k.startswith(("embeddings.", "vit.embeddings.")) for k in state_dict):
+        state_dict = from_hf_vit(state_dict)  # transformers' naming (the seed loads facebook/dino-vits8 so)
     given = {k: v for k, v in state_dict.items() if not k.startswith("head.")}
     missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
     if missing or unexpected:

@@ -166,3 +166,47 @@ def test_reinitialise_without_loading_changes_only_the_chosen_parts():
     after = model.encoder.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("blocks.2.mlp.") for k in changed)
+
+
+def hf_from_timm(state):
+    """The same tensors under transformers' ViTModel names (q, k, v split), plus a pooler."""
+    dim = state["cls_token"].shape[-1]
+    out = {"embeddings.cls_token": state["cls_token"], "embeddings.position_embeddings": state["pos_embed"],
+           "layernorm.weight": state["norm.weight"], "layernorm.bias": state["norm.bias"],
+           "pooler.dense.weight": torch.zeros(dim, dim), "pooler.dense.bias": torch.zeros(dim)}
+    for leaf in ("weight", "bias"):
+        out[f"embeddings.patch_embeddings.projection.{leaf}"] = state[f"patch_embed.proj.{leaf}"]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    names = {"attn.proj": "attention.output.dense", "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense",
+             "norm1": "layernorm_before", "norm2": "layernorm_after"}
+    for i in range(depth):
+        for leaf in ("weight", "bias"):
+            q, k, v = state[f"blocks.{i}.attn.qkv.{leaf}"].chunk(3)
+            for part, t in (("query", q), ("key", k), ("value", v)):
+                out[f"encoder.layer.{i}.attention.attention.{part}.{leaf}"] = t
+            for timm_name, hf_name in names.items():
+                out[f"encoder.layer.{i}.{hf_name}.{leaf}"] = state[f"blocks.{i}.{timm_name}.{leaf}"]
+    return out
+
+
+def test_transformers_named_dino_state_dict_loads_like_the_timm_one():
+    state = timm_vit_state_dict(2, 32, 4, 8)
+    model = seg_vit("tiny", img_size=32, num_classes=3, depth=2, embed_dim=32, num_heads=2, decoder_width=64)
+    load_encoder(model, hf_from_timm(state), NO_REINIT)
+    own = model.encoder.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in state.items())
+
+
+def test_a_transformers_vit_model_and_the_encoder_compute_the_same_tokens():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                 image_size=32, patch_size=8, layer_norm_eps=1e-6, qkv_bias=True)
+    torch.manual_seed(0)
+    hf = transformers.ViTModel(cfg).eval()
+    model = seg_vit("tiny", img_size=32, num_classes=3, depth=2, embed_dim=32, num_heads=2, decoder_width=64).eval()
+    load_encoder(model, hf.state_dict(), NO_REINIT)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = hf(pixel_values=x).last_hidden_state.double()
+        got = model.encoder.forward_features(x).double()
+    assert (got - expected).abs().max() < 1e-5
