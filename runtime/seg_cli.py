@@ -31,7 +31,8 @@ def add_segmentation_args(p) -> None:
     g = p.add_argument_group("segmentation (--task segmentation or a seg_vit_* model)")
     g.add_argument("--dice-weight", type=float, default=0.0, help="weight of the soft Dice loss added to cross-entropy")
     g.add_argument("--encoder-init", default=None,
-                   help="timm-named ViT state dict (.pt/.pth, e.g. DINO ViT-S/8) loaded into the encoder")
+                   help="ViT state dict (.pt/.pth; timm or transformers names, e.g. DINO ViT-S/8) loaded "
+                        "into the encoder")
     g.add_argument("--reinit", choices=sorted(REINIT_CHOICES), default="seed",
                    help="after --encoder-init: re-initialise attention and the MLPs of blocks 4+ (seed), "
                         "attention only, or nothing")
