@@ -109,7 +109,8 @@ def run_one(args, seed: int, method: str) -> dict:
     if method != "base":
         binarize_(model, preset(method, keep_teacher=False))
     backend = None if cfg["device"] == "cpu" else ("inductor" if method == "base" else "bitlower")
-    config = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=3e-4, warmup_steps=min(100, cfg["steps"] // 10),
+    warmup = min(100, cfg["steps"] // 10)  # 100 at the default 1200 steps
+    config = TrainConfig(steps=cfg["steps"], batch_size=cfg["batch_size"], lr=3e-4, warmup_steps=warmup,
                          seed=seed, progress=False, log_every=0, device=cfg["device"], compile_backend=backend)
     trainer = Trainer(model, SegmentationTask(train.num_classes, eval_set=test, eval_batch=16), train, config)
     bitlower.counters.clear()

@@ -64,7 +64,7 @@ def _datasets(args):
     try:
         return [load_segmentation(args.data, split, args.image_size, seed=0, reduce_zero_label=args.reduce_zero_label)
                 for split in ("train", "test")]
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ImportError) as err:  # ImportError: NIfTI data without nibabel
         raise UsageError(str(err)) from err
 
 

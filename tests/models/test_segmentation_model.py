@@ -33,7 +33,8 @@ def decoder_parameters(c, classes, width, levels):
         w = width // 2**i
         total += _pointwise(w // 4, w, w // 4) + _pointwise(w, w, w) + w * (w // 2) * 4 + w // 2
     last = width // 2**levels
-    return total + _pointwise(last, 2 * last, last, 3) + _pointwise(last, 2 * last, last) + _pointwise(last, last, classes)
+    refine = _pointwise(last, 2 * last, last, 3) + _pointwise(last, 2 * last, last)
+    return total + refine + _pointwise(last, last, classes)
 
 
 def encoder_parameters(c, depth, tokens, in_chans, patch, value_dim):
