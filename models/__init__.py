@@ -1,4 +1,4 @@
-"""Reference models (ViT/DeiT, DiT, pixel transformer) and datasets for bitlower.
+"""Reference models (ViT/DeiT, DiT, pixel transformer, segmentation ViT) and datasets for bitlower.
 
 Every model's attention is ``bitlower.models.attention.Attention``, whose math is one
 ``F.scaled_dot_product_attention`` call; see ``registry.py`` for the model names.
@@ -37,6 +37,14 @@ from .imagefolder import ImageFolderDataset
 from .layers import resample_pos_embed, sincos_2d_pos_embed
 from .pixel import PixelConfig, PixelTransformer, pixel_config, pixel_small, pixel_tiny
 from .registry import create_model, list_models, register_model
+from .seg_data import load_segmentation
+from .seg_dataset import SegmentationTensors
+from .seg_decoder import SegmentationDecoder
+from .seg_digits import digit_canvases
+from .seg_folder import SegmentationFolder
+from .seg_nifti import nifti_slices
+from .seg_pretrained import NO_REINIT, SEED_REINIT, ReinitConfig, load_encoder, reinitialise_
+from .segmentation import SegmentationConfig, SegmentationViT, seg_vit
 from .vit import (
     ViTConfig,
     VisionTransformer,
@@ -56,8 +64,16 @@ __all__ = [
     "DiTConfig",
     "ImageDataset",
     "ImageFolderDataset",
+    "NO_REINIT",
     "PixelConfig",
     "PixelTransformer",
+    "ReinitConfig",
+    "SEED_REINIT",
+    "SegmentationConfig",
+    "SegmentationDecoder",
+    "SegmentationFolder",
+    "SegmentationTensors",
+    "SegmentationViT",
     "ViTConfig",
     "VisionTransformer",
     "create_model",
@@ -65,6 +81,7 @@ __all__ = [
     "deit_small_distilled",
     "deit_tiny_distilled",
     "detect_format",
+    "digit_canvases",
     "digits_dataset",
     "dit_b_2",
     "dit_b_4",
@@ -83,12 +100,17 @@ __all__ = [
     "load_cifar",
     "load_dataset",
     "load_digits_tensors",
+    "load_encoder",
+    "load_segmentation",
+    "nifti_slices",
     "pixel_config",
     "pixel_small",
     "pixel_tiny",
     "register_model",
+    "reinitialise_",
     "resample_pos_embed",
     "set_attention_metadata",
+    "seg_vit",
     "sincos_2d_pos_embed",
     "vit_base",
     "vit_config",

@@ -2,7 +2,7 @@
 
 Names follow the published ones: ``vit_small_patch16_224``, ``vit_small_patch8`` (224px),
 ``deit_tiny_distilled_patch16_224``, ``deit_base_distilled_patch16_384``, ``dit_xl_2``,
-``pixel_tiny``. Keyword arguments to ``create_model`` override the config fields
+``pixel_tiny``, ``seg_vit_small_patch8`` (segmentation). Keyword arguments to ``create_model`` override the config fields
 (``num_classes``, ``img_size``, ``depth``, …).
 """
 
@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from . import dit, pixel, vit
+from . import dit, pixel, segmentation, vit
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -109,6 +109,15 @@ def _register_pixels() -> None:
     register_model("pixel_small", pixel.pixel_small)
 
 
+def _register_segmentation() -> None:
+    # seg_vit_<size>_patch<p>: ViT encoder + BinaryFormer decoder (value_reduction=4 for the seed's Dv = D/4).
+    for size in _VIT_SIZES:
+        for patch in (8, 16):
+            build = functools.partial(segmentation.seg_vit, size, patch)
+            register_model(f"seg_vit_{size}_patch{patch}", build)
+
+
 _register_vits()
 _register_dits()
 _register_pixels()
+_register_segmentation()

@@ -14,6 +14,9 @@ from .diffusion import DiffusionConfig, NoiseSchedule, ddim_sample
 from .distill import DistillConfig, classification_loss, diffusion_loss
 from .optim import EMA
 from .tasks import ClassificationTask, DiffusionTask, train_classifier, train_diffusion
+from .seg_loss import SegLossConfig, segmentation_loss
+from .seg_metrics import confusion_matrix, segmentation_metrics
+from .seg_task import SegmentationTask, train_segmentation
 from .trainer import TrainConfig, Trainer
 from .core import BinaryAttentionCore, Geometry
 from .registry import AttentionHandler, find_handler, register_attention, registered_types, unregister_attention
@@ -37,15 +40,21 @@ __all__ = [
     "Geometry",
     "NoiseSchedule",
     "PRESETS",
+    "SegLossConfig",
+    "SegmentationTask",
     "TrainConfig",
     "Trainer",
     "classification_loss",
+    "confusion_matrix",
     "ddim_sample",
     "diffusion_loss",
     "read_checkpoint",
     "save_checkpoint",
+    "segmentation_loss",
+    "segmentation_metrics",
     "train_classifier",
     "train_diffusion",
+    "train_segmentation",
     "attention_cores",
     "binarize_",
     "convert_",

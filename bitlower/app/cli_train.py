@@ -18,9 +18,10 @@ from bitlower.runtime.checkpoint import CheckpointError, check_state_dict
 
 from .arguments import (HelpFormatter, UsageError, check_compile_backend, device, non_negative_int, optional_float,
                         positive_int, writable_folder)
-from .model_args import add_model_args, build_model, check_model_name, normalized_model_args, print_models
+from .model_args import (DEFAULT_MODEL, add_model_args, build_model, check_model_name, normalized_model_args,
+                         print_models)
 from .run_folder import prepare_new_run, save_run_args
-from .train_tasks import TaskRun, get_train_task, task_for_model, task_names
+from .train_tasks import DEFAULT_TASK, TaskRun, get_train_task, registered_tasks, task_for_model, task_names
 
 TRAIN = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 DISTILL = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
@@ -62,12 +63,37 @@ def _train_config(args) -> TrainConfig:
                        progress=not args.no_progress, device=args.device, compile_backend=args.compile_backend)
 
 
+def _resolve_task(args):
+    """The run's ``TrainTask``; fills ``args.model`` from the task's default where it was not given."""
+    task = get_train_task(args.task) if args.task else None
+    if args.model is None:
+        args.model = (task.default_model if task else None) or DEFAULT_MODEL
+    by_model = task_for_model(args.model)
+    if task is None:
+        return get_train_task(by_model)
+    if by_model != task.name and by_model != DEFAULT_TASK:
+        raise UsageError(f"--task {task.name} does not fit model {args.model!r} (a {by_model} model)")
+    return task
+
+
+def _run_own_flow(task, args) -> int:
+    """A task with its own ``main``: the run folder is prepared here, as for every task."""
+    resume = _resume_path(args)
+    check_compile_backend(args.compile_backend)
+    folder = writable_folder(args.out) if resume else prepare_new_run(args.out)
+    if not resume:
+        save_run_args(folder, args)
+    return task.main(args, folder, resume)
+
+
 def run_train(args) -> int:
     """``bitlower train``: see ``add_train_parser``."""
     if args.list_models:
         return print_models()
+    task = _resolve_task(args)
+    if task.main is not None:
+        return _run_own_flow(task, args)
     check_model_name(args.model)
-    task = get_train_task(args.task or task_for_model(args.model))
     binarize = _binarize_config(args)  # the cheap checks first: names, paths, backend
     resume = _resume_path(args)
     if args.init and not Path(args.init).is_file():
@@ -150,7 +176,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                     "then is the distillation teacher. Writes checkpoint.pt, metrics.jsonl and run_args.json "
                     "into --out, which must be empty for a new run.",
         formatter_class=HelpFormatter)
-    add_model_args(p, "registered model name", "input side; default: the data's own size (digits: 32, upsampled from 8)")
+    add_model_args(p, f"registered model name; default: {DEFAULT_MODEL}, or the --task's own "
+                      "(segmentation: seg_vit_small_patch8)", "input side; default: the data's own size (digits: 32, upsampled from 8)")
     p.add_argument("--task", default=None, help=f"training task, one of {', '.join(task_names())} "
                    "(default: the model's, e.g. diffusion for dit_*)")
     p.add_argument("--data", default="digits",
@@ -166,5 +193,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=DISTILL["tau"], help="temperature of soft distillation")
     _add_optimisation(p)
     _add_schedule(p)
-    p.set_defaults(func=run_train)
+    for task in registered_tasks():
+        if task.add_arguments is not None:
+            task.add_arguments(p)
+    p.set_defaults(func=run_train, model=None)  # None: the task's default model (run_train)
     return p

@@ -56,18 +56,25 @@ class TrainTask:
     Attributes:
         name: the ``--task`` value.
         help: one line for ``--help``.
-        run: ``(TaskRun) -> metrics dict``: trains and returns the final metrics.
+        run: ``(TaskRun) -> metrics dict``: trains and returns the final metrics (None with ``main``).
         model_prefixes: registered model names starting so default to this task.
         data_fields: model config fields filled from ``load_data``'s info, in its order.
         load_data: ``(data spec, image size or None) -> ((train, eval), info tuple)``.
+        add_arguments: ``(parser) -> None``: the task's own options of ``bitlower train``, or None.
+        main: ``(args, folder, resume) -> exit status``: a task that builds its data and model itself
+            (``run`` and ``load_data`` unused); ``bitlower train`` has prepared the run folder.
+        default_model: the ``--model`` of ``--task NAME`` without ``--model`` (None: the command's).
     """
 
     name: str
     help: str
-    run: Callable[[TaskRun], dict]
+    run: Callable[[TaskRun], dict] | None = None
     model_prefixes: tuple[str, ...] = ()
     data_fields: tuple[str, ...] = ("img_size", "in_chans", "num_classes")
     load_data: Callable = field(default=image_datasets)
+    add_arguments: Callable | None = None
+    main: Callable | None = None
+    default_model: str | None = None
 
 
 def _run_classification(r: TaskRun) -> dict:
@@ -86,7 +93,23 @@ CLASSIFICATION = TrainTask("classification", "cross-entropy (+ distillation); ac
 DIFFUSION = TrainTask("diffusion", "DDPM noise prediction (+ MSE to the teacher); denoising MSE", _run_diffusion,
                       model_prefixes=("dit_",), data_fields=("input_size", "in_channels", "num_classes"))
 
-_TASKS: dict[str, TrainTask] = {t.name: t for t in (CLASSIFICATION, DIFFUSION)}
+def _run_segmentation(args, folder, resume) -> int:
+    from .task_segmentation import run_segmentation
+
+    return run_segmentation(args, folder, resume)
+
+
+def _segmentation_arguments(parser) -> None:
+    from .task_segmentation import add_segmentation_args
+
+    add_segmentation_args(parser)
+
+
+SEGMENTATION = TrainTask("segmentation", "per-pixel cross-entropy (+ Dice, + distillation); mean Dice and mIoU",
+                         model_prefixes=("seg_",), add_arguments=_segmentation_arguments,
+                         main=_run_segmentation, default_model="seg_vit_small_patch8")
+
+_TASKS: dict[str, TrainTask] = {t.name: t for t in (CLASSIFICATION, DIFFUSION, SEGMENTATION)}
 # Tasks imported when chosen: "NAME": "package.module:ATTRIBUTE" (a TrainTask).
 LAZY_TASKS: dict[str, str] = {}
 DEFAULT_TASK = "classification"
@@ -100,9 +123,16 @@ def register_train_task(task: TrainTask, overwrite: bool = False) -> None:
     """
     if not isinstance(task, TrainTask):
         raise TypeError(f"task must be a TrainTask, got {type(task).__name__}")
+    if (task.run is None) == (task.main is None):
+        raise ValueError(f"train task {task.name!r} needs exactly one of run and main")
     if (task.name in _TASKS or task.name in LAZY_TASKS) and not overwrite:
         raise ValueError(f"train task {task.name!r} is already registered")
     _TASKS[task.name] = task
+
+
+def registered_tasks() -> list[TrainTask]:
+    """The loaded tasks (lazy ones are not imported), in registration order."""
+    return list(_TASKS.values())
 
 
 def task_names() -> list[str]:

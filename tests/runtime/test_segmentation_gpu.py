@@ -1,0 +1,40 @@
+"""On CUDA: every preset trains the segmentation ViT at N = 1024 through the fused kernels, no fallback.
+
+Not run in CI (``gpu`` marker); written for the GPU machine alongside ``benchmarks/segmentation_digits.py``.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import bitlower
+from bitlower.models import digit_canvases, seg_vit
+from bitlower.runtime import PRESETS, SegmentationTask, TrainConfig, binarize_, preset
+from bitlower.runtime.trainer import Trainer
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def canvases():
+    return digit_canvases("train", 256, 16), digit_canvases("test", 256, 8)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_trains_at_n_1024_with_fused_kernels(name, canvases):
+    train, test = canvases
+    torch.manual_seed(0)
+    model = seg_vit("small", img_size=256, in_chans=1, num_classes=11, depth=2, value_reduction=4, decoder_width=256)
+    binarize_(model, preset(name, keep_teacher=False))
+    config = TrainConfig(steps=3, batch_size=4, lr=3e-4, progress=False, log_every=0, device="cuda",
+                         compile_backend="bitlower")
+    trainer = Trainer(model, SegmentationTask(11, eval_set=test), train, config)
+    bitlower.counters.clear()
+    losses = [trainer.train_step()["loss"] for _ in range(3)]
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(bitlower.counters["sites_rewritten"].values()) >= 1
+    assert not bitlower.counters["fallback"], dict(bitlower.counters["fallback"])
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["mean_dice"] <= 1.0
