@@ -8,8 +8,10 @@ The codebooks learn by EMA (van den Oord et al. 2017, appendix; Razavi et al. 20
 ``N_k <- g N_k + (1 - g) n_k`` and ``m_k <- g m_k + (1 - g) sum_{z -> k} z`` with ``n_k`` the batch's
 assignment counts; entries are ``e_k = m_k / N~_k`` with the Laplace-smoothed counts
 ``N~_k = (N_k + eps) / (sum N + K eps) * sum N``. This replaces the codebook-loss term of VQ-VAE;
-the encoder still gets the commitment loss ``beta |z - sg(e)|^2``. Optionally, entries whose count
-``N_k`` falls below ``restart_threshold`` are restarted at random encoder outputs of the batch.
+the encoder still gets the commitment loss ``beta |z - sg(e)|^2``. The first training batch places the
+entries on random encoder outputs, and entries whose EMA count ``N_k`` falls below
+``restart_threshold`` are restarted at random encoder outputs of the batch (Jukebox's restart; at 1.0
+an entry is restarted once it wins less than about one vector per batch).
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ class MultiHeadEMACodebook(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int = 8, size: int = 64, decay: float = 0.99, eps: float = 1e-5,
-                 beta: float = 0.25, restart_threshold: float = 0.0):
+                 beta: float = 0.25, restart_threshold: float = 1.0):
         super().__init__()
         if heads < 1 or dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}")
@@ -59,6 +61,7 @@ class MultiHeadEMACodebook(nn.Module):
         self.register_buffer("embedding", embedding)
         self.register_buffer("cluster_size", torch.ones(heads, size))
         self.register_buffer("embed_sum", embedding.clone())
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest-entry codes of vectors ``(M, C)`` -> ``(M, heads)`` (squared Euclidean distance)."""
@@ -89,11 +92,17 @@ class MultiHeadEMACodebook(nn.Module):
         smoothed = (self.cluster_size + self.eps) / (total + self.size * self.eps) * total  # (heads, K)
         self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(-1))
         if self.restart_threshold > 0:
-            self._restart(zh)
+            self._restart(zh, self.cluster_size < self.restart_threshold)
 
-    def _restart(self, zh: torch.Tensor) -> None:
-        """Move entries with counts below the threshold onto random batch vectors (global RNG)."""
-        dead = self.cluster_size < self.restart_threshold  # (heads, K)
+    @torch.no_grad()
+    def init_from(self, z: torch.Tensor) -> None:
+        """Put every entry on a random vector of ``z`` (M, C) (global RNG); counts become 1."""
+        zh = z.float().reshape(z.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (heads, M, d)
+        self._restart(zh, torch.ones_like(self.cluster_size, dtype=torch.bool))
+        self.initialized.fill_(True)
+
+    def _restart(self, zh: torch.Tensor, dead: torch.Tensor) -> None:
+        """Move the ``dead`` entries (heads, K) onto random batch vectors (global RNG)."""
         if not bool(dead.any()):
             return
         picks = torch.randint(0, zh.shape[1], dead.shape, device=zh.device)  # (heads, K)
@@ -108,6 +117,8 @@ class MultiHeadEMACodebook(nn.Module):
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Quantise vectors ``(M, C)``; in training mode the codebooks then take one EMA step.
 
+        The first training call puts the entries on random vectors of its batch (``init_from``).
+
         Returns:
             ``quantized`` (M, C) with the straight-through gradient ``z + sg(e - z)``, ``codes``
             (M, heads), ``commitment`` (scalar, ``beta * mean |z - sg(e)|^2``) and ``perplexity``
@@ -115,6 +126,8 @@ class MultiHeadEMACodebook(nn.Module):
         """
         with torch.autocast(device_type=z.device.type, enabled=False):
             zf = z.float()
+            if self.training and not bool(self.initialized):
+                self.init_from(zf)
             codes = self.quantize(zf)  # (M, heads)
             e = self.lookup(codes)  # (M, C), the entries that won (before this step's update)
             if self.training:

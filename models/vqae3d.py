@@ -49,7 +49,7 @@ class VQAE3DConfig:
     codebook_size: int = 64
     decay: float = 0.99
     beta: float = 0.25
-    restart_threshold: float = 0.1
+    restart_threshold: float = 1.0
 
     def __post_init__(self):
         factor = self.patch_size // max(self.latent_per_patch, 1)
