@@ -1,4 +1,4 @@
-"""The ``bitlower`` command: ``demo``, ``train``, ``bench`` and ``explain``.
+"""The ``bitlower`` command: ``demo``, ``train``, ``bench``, ``explain`` and ``sample3d``.
 
 Every subcommand has ``--help``. A bad argument (unknown model, missing data path, unknown
 preset, a checkpoint that does not fit) ends the command with exit status 2 and one line on
@@ -27,6 +27,7 @@ from bitlower.cli_train import (
     key_value,
     print_models,
 )
+from bitlower.cli_vq3d_sample import add_sample3d_parser
 from bitlower.runtime.checkpoint import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -193,10 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bitlower", description="bitlower: 1-bit query/key attention for vision and diffusion "
                      "transformers. Start with `bitlower demo`.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO records (default: warnings only)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,bench,explain}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,bench,explain,sample3d}",
                                 parser_class=_Parser)
     for add in (_add_demo, add_train_parser, _add_bench, _add_explain):
         add(sub)
+    add_sample3d_parser(sub, HelpFormatter)
     return parser
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import TensorDataset
 
+from bitlower.cli_vq3d import TRAIN_TASKS, add_vq3d_train_args, run_vq3d_task
 from bitlower.models import create_model, list_models, load_dataset
 from bitlower.runtime import (
     PRESETS,
@@ -177,6 +178,8 @@ def run_train(args) -> int:
     """``bitlower train``: see ``add_train_parser``."""
     if args.list_models:
         return print_models()
+    if args.task != "auto":
+        return run_vq3d_task(args, _resume_path(args))
     check_model_name(args.model)
     task = TASKS[family(args.model)]
     binarize = _binarize_config(args)  # the cheap checks first: names and paths
@@ -226,6 +229,9 @@ def add_train_parser(sub) -> None:
         formatter_class=HelpFormatter)
     add_model_args(p, "registered model name; dit_* models train as diffusion",
                    "input side; default: the data's own size (digits: 32, upsampled from 8)")
+    p.add_argument("--task", default="auto", choices=("auto", *TRAIN_TASKS),
+                   help="auto: by --model (dit_*: diffusion, else classification); vqae3d, absorbing: the 3D VQ "
+                        "diffusion tasks (see their options below)")
     p.add_argument("--data", default="digits",
                    help="'digits' (bundled), 'cifar10:<path>', 'cifar100:<path>', 'imagefolder:<path>' or a folder")
     p.add_argument("--preset", default="binary_attention",
@@ -252,4 +258,5 @@ def add_train_parser(sub) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="device (default: CUDA when available)")
     p.add_argument("--out", default="runs/train", help="output folder")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_vq3d_train_args(p)
     p.set_defaults(func=run_train)

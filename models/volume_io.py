@@ -152,3 +152,34 @@ def save_slice_grid(volumes: list[torch.Tensor], path: str | Path, zoom: int = 2
     path = Path(path)
     Image.fromarray(image, mode="L").save(path)
     return path
+
+
+class VolumePatches(Dataset):
+    """Non-overlapping ``patch``^3 boxes of in-memory volumes (a dataset of ``(volume (C, D, H, W),)``).
+
+    Item ``i`` is patch ``i % per_volume`` (row-major over the patch grid) of volume ``i // per_volume``,
+    as in ``PhantomPatches``.
+
+    Raises:
+        ValueError: ``patch`` does not divide the volumes' grid.
+    """
+
+    def __init__(self, volumes: Dataset, patch: int):
+        first = volumes[0][0]
+        if patch < 1 or any(s % patch for s in first.shape[1:]):
+            raise ValueError(f"patch {patch} must divide the volume grid {tuple(first.shape[1:])}")
+        self.volumes, self.patch = volumes, patch
+        self.grid = tuple(s // patch for s in first.shape[1:])
+        self.per_volume = self.grid[0] * self.grid[1] * self.grid[2]
+        self.length = len(volumes) * self.per_volume
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        volume, rest = divmod(int(i), self.per_volume)
+        a, rest = divmod(rest, self.grid[1] * self.grid[2])
+        b, c = divmod(rest, self.grid[2])
+        p = self.patch
+        v = self.volumes[volume][0]  # (C, D, H, W)
+        return (v[:, a * p:(a + 1) * p, b * p:(b + 1) * p, c * p:(c + 1) * p],)  # (C, P, P, P)

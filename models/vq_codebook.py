@@ -11,7 +11,13 @@ assignment counts; entries are ``e_k = m_k / N~_k`` with the Laplace-smoothed co
 the encoder still gets the commitment loss ``beta |z - sg(e)|^2``. The first training batch places the
 entries on random encoder outputs, and entries whose EMA count ``N_k`` falls below
 ``restart_threshold`` are restarted at random encoder outputs of the batch (Jukebox's restart; at 1.0
-an entry is restarted once it wins less than about one vector per batch).
+an entry is restarted once it wins less than about one vector per batch). With ``normalize`` (the
+default) every head's piece of ``z`` and every entry is scaled to unit length before the nearest-entry
+search (ViT-VQGAN's l2-normalised codes, Yu et al. 2022), so inputs and entries share one scale.
+
+Measured on a 16-patch overfit (8^3 patches, 4 x 16 codes, Adam): at lr 1e-3 with beta 0.25 the
+encoder's output became independent of its input within 10 steps (every patch got the same codes,
+L1 stuck at the all-zero output's 0.167); at lr 3e-4 (or with beta 0) L1 fell to 0.06 in 60 steps.
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ class MultiHeadEMACodebook(nn.Module):
         eps: Laplace smoothing of the counts.
         beta: commitment weight.
         restart_threshold: restart entries whose EMA count is below this (0 disables).
+        normalize: quantise each head's piece of ``z`` as a unit vector, with unit-length entries
+            (the l2-normalised codes of ViT-VQGAN, Yu et al. 2022).
 
     Raises:
         ValueError: ``heads`` does not divide ``dim``, or a setting out of range.
@@ -47,7 +55,7 @@ class MultiHeadEMACodebook(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int = 8, size: int = 64, decay: float = 0.99, eps: float = 1e-5,
-                 beta: float = 0.25, restart_threshold: float = 1.0):
+                 beta: float = 0.25, restart_threshold: float = 1.0, normalize: bool = True):
         super().__init__()
         if heads < 1 or dim % heads:
             raise ValueError(f"heads={heads} must divide dim={dim}")
@@ -57,15 +65,17 @@ class MultiHeadEMACodebook(nn.Module):
                              f"restart_threshold={restart_threshold}")
         self.dim, self.heads, self.size, self.head_dim = dim, heads, size, dim // heads
         self.decay, self.eps, self.beta, self.restart_threshold = decay, eps, beta, restart_threshold
-        embedding = torch.randn(heads, size, self.head_dim)
+        self.normalize = normalize
+        embedding = self._unit(torch.randn(heads, size, self.head_dim))
         self.register_buffer("embedding", embedding)
         self.register_buffer("cluster_size", torch.ones(heads, size))
         self.register_buffer("embed_sum", embedding.clone())
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Nearest-entry codes of vectors ``(M, C)`` -> ``(M, heads)`` (squared Euclidean distance)."""
-        zh = z.float().reshape(z.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (heads, M, d)
+        """Nearest-entry codes of vectors ``(M, C)`` -> ``(M, heads)`` (squared Euclidean distance,
+        after ``prepare``)."""
+        zh = self.prepare(z).reshape(z.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (heads, M, d)
         dist2 = (zh.pow(2).sum(-1, keepdim=True) - 2 * zh @ self.embedding.transpose(1, 2)
                  + self.embedding.pow(2).sum(-1)[:, None, :])  # (heads, M, K)
         return dist2.argmin(-1).transpose(0, 1)  # (M, heads)
@@ -90,7 +100,7 @@ class MultiHeadEMACodebook(nn.Module):
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum(-1, keepdim=True)  # (heads, 1)
         smoothed = (self.cluster_size + self.eps) / (total + self.size * self.eps) * total  # (heads, K)
-        self.embedding.copy_(self.embed_sum / smoothed.unsqueeze(-1))
+        self.embedding.copy_(self._unit(self.embed_sum / smoothed.unsqueeze(-1)))
         if self.restart_threshold > 0:
             self._restart(zh, self.cluster_size < self.restart_threshold)
 
@@ -114,6 +124,14 @@ class MultiHeadEMACodebook(nn.Module):
             for buffer in (self.embedding, self.embed_sum, self.cluster_size):
                 dist.broadcast(buffer, 0)
 
+    def _unit(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1, eps=1e-6) if self.normalize else x
+
+    def prepare(self, z: torch.Tensor) -> torch.Tensor:
+        """Vectors (M, C) as the codebooks see them: float32, each head's piece of unit length if ``normalize``."""
+        zh = z.float().reshape(z.shape[0], self.heads, self.head_dim)  # (M, heads, d)
+        return self._unit(zh).reshape(z.shape[0], self.dim)  # (M, C)
+
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
         """Quantise vectors ``(M, C)``; in training mode the codebooks then take one EMA step.
 
@@ -125,7 +143,7 @@ class MultiHeadEMACodebook(nn.Module):
             (scalar, mean over heads of ``exp(entropy)`` of the batch's code use).
         """
         with torch.autocast(device_type=z.device.type, enabled=False):
-            zf = z.float()
+            zf = self.prepare(z)
             if self.training and not bool(self.initialized):
                 self.init_from(zf)
             codes = self.quantize(zf)  # (M, heads)

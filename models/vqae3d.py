@@ -34,6 +34,7 @@ class VQAE3DConfig:
         embed_dim: C, the latent width.
         codebook_heads, codebook_size: sub-codebooks and entries per sub-codebook.
         decay, beta, restart_threshold: EMA decay, commitment weight and dead-entry restart level.
+        normalize_codes: unit-length code pieces and entries (``MultiHeadEMACodebook(normalize=...)``).
 
     Raises:
         ValueError: P / l is not a power of two, or ``codebook_heads`` does not divide C.
@@ -50,6 +51,7 @@ class VQAE3DConfig:
     decay: float = 0.99
     beta: float = 0.25
     restart_threshold: float = 1.0
+    normalize_codes: bool = True
 
     def __post_init__(self):
         factor = self.patch_size // max(self.latent_per_patch, 1)
@@ -171,7 +173,8 @@ class VQAutoEncoder3D(nn.Module):
         self.encoder = Encoder3D(config)
         self.codebook = MultiHeadEMACodebook(config.embed_dim, config.codebook_heads, config.codebook_size,
                                              config.decay, beta=config.beta,
-                                             restart_threshold=config.restart_threshold)
+                                             restart_threshold=config.restart_threshold,
+                                             normalize=config.normalize_codes)
         self.decoder = Decoder3D(config)
 
     def _quantize_latents(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
