@@ -27,6 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _work_dtype(z: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision and float32 inputs (distances are never taken in bf16), float64 for float64."""
+    return torch.promote_types(z.dtype, torch.float32)
+
+
 class MultiHeadEMACodebook(nn.Module):
     """``heads`` EMA codebooks of ``size`` entries over the pieces of a ``dim``-wide vector.
 
@@ -89,8 +94,8 @@ class MultiHeadEMACodebook(nn.Module):
     @torch.no_grad()
     def ema_update(self, z: torch.Tensor, codes: torch.Tensor) -> None:
         """One EMA step of every codebook from vectors ``(M, C)`` and their codes ``(M, heads)``."""
-        zh = z.float().reshape(z.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (heads, M, d)
-        onehot = F.one_hot(codes.transpose(0, 1), self.size).float()  # (heads, M, K)
+        zh = z.to(_work_dtype(z)).reshape(z.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (heads, M, d)
+        onehot = F.one_hot(codes.transpose(0, 1), self.size).to(zh.dtype)  # (heads, M, K)
         counts = onehot.sum(1)  # (heads, K)
         sums = onehot.transpose(1, 2) @ zh  # (heads, K, d)
         if dist.is_available() and dist.is_initialized():
@@ -106,16 +111,22 @@ class MultiHeadEMACodebook(nn.Module):
 
     @torch.no_grad()
     def init_from(self, z: torch.Tensor) -> None:
-        """Put every entry on a random vector of ``z`` (M, C) (global RNG); counts become 1."""
-        zh = z.float().reshape(z.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (heads, M, d)
-        self._restart(zh, torch.ones_like(self.cluster_size, dtype=torch.bool))
+        """Put every entry on a random vector of ``z`` (M, C), distinct ones when M >= K (global RNG);
+        counts become 1."""
+        zh = z.to(_work_dtype(z)).reshape(z.shape[0], self.heads, self.head_dim).transpose(0, 1)  # (heads, M, d)
+        picks = None
+        if zh.shape[1] >= self.size:  # distinct vectors per entry where the batch has enough
+            picks = torch.stack([torch.randperm(zh.shape[1], device=zh.device)[:self.size]
+                                 for _ in range(self.heads)])  # (heads, K)
+        self._restart(zh, torch.ones_like(self.cluster_size, dtype=torch.bool), picks)
         self.initialized.fill_(True)
 
-    def _restart(self, zh: torch.Tensor, dead: torch.Tensor) -> None:
-        """Move the ``dead`` entries (heads, K) onto random batch vectors (global RNG)."""
+    def _restart(self, zh: torch.Tensor, dead: torch.Tensor, picks: torch.Tensor | None = None) -> None:
+        """Move the ``dead`` entries (heads, K) onto batch vectors ``picks`` (default: random, global RNG)."""
         if not bool(dead.any()):
             return
-        picks = torch.randint(0, zh.shape[1], dead.shape, device=zh.device)  # (heads, K)
+        if picks is None:
+            picks = torch.randint(0, zh.shape[1], dead.shape, device=zh.device)  # (heads, K)
         fresh = torch.gather(zh, 1, picks.unsqueeze(-1).expand(-1, -1, self.head_dim))  # (heads, K, d)
         self.embedding.copy_(torch.where(dead.unsqueeze(-1), fresh, self.embedding))
         self.embed_sum.copy_(torch.where(dead.unsqueeze(-1), fresh, self.embed_sum))
@@ -129,7 +140,7 @@ class MultiHeadEMACodebook(nn.Module):
 
     def prepare(self, z: torch.Tensor) -> torch.Tensor:
         """Vectors (M, C) as the codebooks see them: float32, each head's piece of unit length if ``normalize``."""
-        zh = z.float().reshape(z.shape[0], self.heads, self.head_dim)  # (M, heads, d)
+        zh = z.to(_work_dtype(z)).reshape(z.shape[0], self.heads, self.head_dim)  # (M, heads, d)
         return self._unit(zh).reshape(z.shape[0], self.dim)  # (M, C)
 
     def forward(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
