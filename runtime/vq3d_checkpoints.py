@@ -18,11 +18,21 @@ from .config import BinarizeConfig
 from .transform import binarize_
 
 
-def _extra(state: dict, path, key: str) -> dict:
+def _extra(state: dict, path, key: str, absent: str | None = None) -> dict:
     extra = state.get("config", {}).get("extra", {})
     if key not in extra:
         raise CheckpointError(f"{path}: not a checkpoint of this task (its configuration has no {key!r})")
+    if absent is not None and absent in extra:
+        raise CheckpointError(f"{path}: not a checkpoint of this task (it holds a {absent!r} model)")
     return extra
+
+
+def _load_weights(model: nn.Module, state: dict, path) -> None:
+    try:
+        model.load_state_dict(_weights(state))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: the weights do not fit the stored configuration: {first}") from err
 
 
 def _weights(state: dict) -> dict:
@@ -36,9 +46,9 @@ def load_vqae(path) -> tuple[VQAutoEncoder3D, dict]:
         CheckpointError: a corrupt file or another task's checkpoint.
     """
     state = read_checkpoint(path)
-    extra = _extra(state, path, "vqae")
+    extra = _extra(state, path, "vqae", absent="transformer")
     model = VQAutoEncoder3D(VQAE3DConfig(**extra["vqae"]))
-    model.load_state_dict(_weights(state))
+    _load_weights(model, state, path)
     return model.eval(), extra
 
 
@@ -59,5 +69,5 @@ def load_absorbing(path) -> tuple[nn.Module, dict]:
     state = read_checkpoint(path)
     extra = _extra(state, path, "transformer")
     model = build_transformer(extra["transformer"], extra.get("binarize"))
-    model.load_state_dict(_weights(state))
+    _load_weights(model, state, path)
     return model.eval(), extra

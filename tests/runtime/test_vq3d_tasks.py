@@ -58,11 +58,12 @@ def test_each_preset_learns_masked_codes(name, tmp_path):
     model = binarized_transformer(name)
     task = AbsorbingTask(AbsorbingDiffusionConfig(steps=16, loss="mlm"), held_out)
     before = task.evaluate(model, DistContext())["eval_ce"]
-    config = TrainConfig(steps=40, batch_size=16, lr=3e-3, weight_decay=0.0, min_lr_ratio=1.0, log_every=1,
+    config = TrainConfig(steps=60, batch_size=16, lr=3e-3, weight_decay=0.0, min_lr_ratio=1.0, log_every=1,
                          out_dir=str(tmp_path), progress=False, device="cpu")
     result = train_absorbing(model, data, config, diffusion=AbsorbingDiffusionConfig(steps=16, loss="mlm"),
                              eval_set=held_out)
-    # chance is ln 4 = 1.39 nats per masked token; the shift makes masked tokens predictable from the rest
+    # Chance is ln 4 = 1.39 nats per masked token; the shift makes masked tokens predictable from the rest.
+    # Measured after 60 steps: 1.13 (sign) .. 1.29 (sign st.gr.), from 1.39.
     assert result["eval_ce"] < before - 0.1, (before, result["eval_ce"])
     assert all(torch.isfinite(torch.tensor(train_losses(tmp_path))))
 
