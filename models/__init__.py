@@ -11,6 +11,7 @@ Example:
     torch.Size([1, 10])
 """
 
+from .absorbing3d import AbsorbingConfig, AbsorbingTransformer3D, absorbing3d
 from .attention import Attention, set_attention_metadata
 from .cifar import load_cifar
 from .data import detect_format, load_dataset
@@ -35,8 +36,12 @@ from .dit import (
 from .image_dataset import ImageDataset
 from .imagefolder import ImageFolderDataset
 from .layers import resample_pos_embed, sincos_2d_pos_embed
+from .phantom3d import PhantomConfig, PhantomPatches, PhantomVolumes
 from .pixel import PixelConfig, PixelTransformer, pixel_config, pixel_small, pixel_tiny
 from .registry import create_model, list_models, register_model
+from .volume_io import NiftiVolumes, VolumePatches, load_nifti, save_nifti, save_slice_grid
+from .volume_metrics import psnr, ssim
+from .vqae3d import VQAE3DConfig, VQAutoEncoder3D, vqae3d
 from .vit import (
     ViTConfig,
     VisionTransformer,
@@ -51,6 +56,22 @@ from .vit import (
 )
 
 __all__ = [
+    "AbsorbingConfig",
+    "AbsorbingTransformer3D",
+    "NiftiVolumes",
+    "PhantomConfig",
+    "PhantomPatches",
+    "PhantomVolumes",
+    "VQAE3DConfig",
+    "VQAutoEncoder3D",
+    "VolumePatches",
+    "absorbing3d",
+    "load_nifti",
+    "psnr",
+    "save_nifti",
+    "save_slice_grid",
+    "ssim",
+    "vqae3d",
     "Attention",
     "DiT",
     "DiTConfig",
