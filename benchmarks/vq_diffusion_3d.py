@@ -158,7 +158,8 @@ def write_table(rows: dict, out: Path, args) -> None:
 
 
 def _decode(vqae, codes, grid, device) -> torch.Tensor:
-    return vqae.decode_codes(codes.reshape(1, *grid, -1).to(device)).float().clamp(0, 1)[0].cpu()
+    grid_codes = codes.reshape(1, *grid, -1)  # (1, N, G) -> (1, Ld, Lh, Lw, G)
+    return vqae.decode_codes(grid_codes.to(device)).float().clamp(0, 1)[0].cpu()  # (1, D, H, W)
 
 
 def main(argv=None) -> int:

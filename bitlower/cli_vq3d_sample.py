@@ -11,7 +11,6 @@ as PNG (and NIfTI).
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import torch
@@ -21,8 +20,6 @@ from bitlower.runtime.checkpoint import CheckpointError
 from bitlower.runtime.vq3d_checkpoints import load_absorbing, load_vqae
 from bitlower.runtime.vq3d_eval import DEFAULT_FRACTION, inpaint, synthesize
 from bitlower.runtime.vq3d_tasks import encode_volumes
-
-log = logging.getLogger(__name__)
 
 
 def _nifti_available() -> bool:
@@ -77,7 +74,7 @@ def _inpaint(args, transformer, extra, vqae, device, out: Path, nifti: bool) -> 
     for i in range(codes.shape[0]):
         grids = {"truth": codes[i:i + 1], "inpainted": result.codes[i:i + 1], "random": baseline.codes[i:i + 1]}
         decoded = {k: vqae.decode_codes(v.reshape(1, *grid, -1).to(device)).float().clamp(0, 1)[0].cpu()
-                   for k, v in grids.items()}
+                   for k, v in grids.items()}  # codes (1, N, G) -> (1, Ld, Lh, Lw, G) -> volume (1, D, H, W)
         masked = _masked_view(decoded["truth"], result.region, grid, voxels)
         views = {"truth": decoded["truth"], "masked": masked, "inpainted": decoded["inpainted"],
                  "random": decoded["random"]}
@@ -113,7 +110,8 @@ def run_sample3d(args) -> int:
         codes = synthesize(transformer, args.count, config, args.seed, args.batch, device)
         grid = transformer.config.latent_grid
         for i in range(codes.shape[0]):
-            vol = vqae.decode_codes(codes[i:i + 1].reshape(1, *grid, -1).to(device)).float().clamp(0, 1)[0]
+            grid_codes = codes[i:i + 1].reshape(1, *grid, -1)  # (1, N, G) -> (1, Ld, Lh, Lw, G)
+            vol = vqae.decode_codes(grid_codes.to(device)).float().clamp(0, 1)[0]  # (1, D, H, W)
             _write_volumes(out, f"sample_{i}", {"sample": vol.cpu()}, nifti)
         print(f"synthesised {codes.shape[0]} volumes")
     print(f"wrote {out}")
