@@ -82,8 +82,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, reduction: s
     """Peak signal-to-noise ratio ``10 log10(L^2 / MSE)`` in dB, per item (N,) or averaged over items.
 
     Example:
-        >>> float(psnr(torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.1)))
-        20.0
+        >>> round(float(psnr(torch.zeros(1, 1, 4, 4), torch.full((1, 1, 4, 4), 0.5))), 6)
+        6.0206
     """
     if x.shape != y.shape:
         raise ValueError(f"the two inputs must have one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
