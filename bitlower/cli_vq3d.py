@@ -27,6 +27,7 @@ from bitlower.runtime.vq3d_tasks import VQAELossConfig, encode_volumes, train_ab
 
 DEFAULT_PATCH = 16  # with SMALL_SHAPE (80 x 112 x 96): the seed's 10 x 14 x 12 latent grid
 PERCEPTUAL_KINDS = ("random", "ssim", "none")
+VQAE_SAFE_LR = 3e-4  # lr 1e-3 collapsed the codes of a 16-patch overfit; 3e-4 learned (models/vq_codebook.py)
 
 
 class VQ3DUsageError(ValueError):
@@ -192,6 +193,9 @@ def run_vq3d_task(args, resume: str | None) -> int:
         args.test_volumes = args.test_volumes or PhantomConfig.test_volumes
         if args.preset not in ("none", "binary_attention"):
             raise VQ3DUsageError("--task vqae3d has no attention to binarize; leave --preset out")
+        if args.lr > VQAE_SAFE_LR:
+            print(f"note: --lr {args.lr:g} is above {VQAE_SAFE_LR:g}; at 1e-3 the VQ-AE's codes collapsed in tests "
+                  "(see bitlower/models/vq_codebook.py)")
     metrics, what = TRAIN_TASKS[args.task](args, resume)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     print(f"{what}: {shown}")
