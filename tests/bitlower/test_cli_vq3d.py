@@ -5,10 +5,11 @@ import pytest
 
 from bitlower.cli import main
 
-VQ = ["--volume-shape", "16,16,16", "--patch-size", "8", "--train-volumes", "2", "--test-volumes", "1",
+VQ_BASE = ["--volume-shape", "16,16,16", "--patch-size", "8",
       "--model-arg", "base_channels=4", "--model-arg", "max_channels=8", "--model-arg", "embed_dim=8",
       "--model-arg", "codebook_heads=2", "--model-arg", "codebook_size=4", "--batch-size", "4", "--lr", "3e-4",
       "--no-progress", "--device", "cpu", "--preset", "none"]
+VQ = [*VQ_BASE, "--train-volumes", "2", "--test-volumes", "1"]
 TF = ["--model-arg", "width=16", "--model-arg", "depth=1", "--model-arg", "num_heads=2", "--batch-size", "2",
       "--no-progress", "--device", "cpu"]
 
@@ -69,3 +70,22 @@ def test_absorbing_refuses_a_checkpoint_of_another_task(vqae, tmp_path, capsys):
     assert main(["train", "--task", "absorbing", "--vqae", str(other / "checkpoint.pt"), "--out",
                  str(tmp_path / "b")]) == 2
     assert "not a checkpoint of this task" in capsys.readouterr().err
+
+
+def test_vqae_trains_on_a_folder_of_nifti_files(tmp_path, capsys):
+    nibabel = pytest.importorskip("nibabel", reason="nibabel (the optional NIfTI extra) is not installed")
+    import numpy as np
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(3):
+        data = np.random.default_rng(i).random((12, 20, 16)).astype(np.float32)
+        nibabel.save(nibabel.Nifti1Image(data, np.diag([1.5, 1.0, 1.2, 1.0])), str(folder / f"s{i}.nii.gz"))
+    argv = VQ_BASE
+    assert main(["train", "--task", "vqae3d", *argv, "--volumes", f"nifti:{folder}", "--steps", "1",
+                 "--out", str(tmp_path / "run")]) == 0
+    assert "vqae3d on nifti:" in capsys.readouterr().out
+    (folder / "s1.nii.gz").write_bytes(b"broken")
+    assert main(["train", "--task", "vqae3d", *argv, "--volumes", f"nifti:{folder}", "--steps", "1",
+                 "--out", str(tmp_path / "run2")]) == 2
+    assert "s1.nii.gz: cannot be read as NIfTI" in capsys.readouterr().err
