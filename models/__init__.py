@@ -11,6 +11,7 @@ Example:
     torch.Size([1, 10])
 """
 
+from .absorbing3d import AbsorbingConfig, AbsorbingTransformer3D, absorbing3d
 from .attention import Attention, set_attention_metadata
 from .cifar import load_cifar
 from .data import detect_format, load_dataset
@@ -35,6 +36,7 @@ from .dit import (
 from .image_dataset import ImageDataset
 from .imagefolder import ImageFolderDataset
 from .layers import resample_pos_embed, sincos_2d_pos_embed
+from .phantom3d import PhantomConfig, PhantomPatches, PhantomVolumes
 from .pixel import PixelConfig, PixelTransformer, pixel_config, pixel_small, pixel_tiny
 from .registry import create_model, list_models, register_model
 from .seg_data import load_segmentation
@@ -45,6 +47,9 @@ from .seg_folder import SegmentationFolder
 from .seg_nifti import nifti_slices
 from .seg_pretrained import NO_REINIT, SEED_REINIT, ReinitConfig, load_encoder, reinitialise_
 from .segmentation import SegmentationConfig, SegmentationViT, seg_vit
+from .volume_io import NiftiVolumes, VolumePatches, load_nifti, save_nifti, save_slice_grid
+from .volume_metrics import psnr, ssim
+from .vqae3d import VQAE3DConfig, VQAutoEncoder3D, vqae3d
 from .vit import (
     ViTConfig,
     VisionTransformer,
@@ -59,6 +64,22 @@ from .vit import (
 )
 
 __all__ = [
+    "AbsorbingConfig",
+    "AbsorbingTransformer3D",
+    "NiftiVolumes",
+    "PhantomConfig",
+    "PhantomPatches",
+    "PhantomVolumes",
+    "VQAE3DConfig",
+    "VQAutoEncoder3D",
+    "VolumePatches",
+    "absorbing3d",
+    "load_nifti",
+    "psnr",
+    "save_nifti",
+    "save_slice_grid",
+    "ssim",
+    "vqae3d",
     "Attention",
     "DiT",
     "DiTConfig",

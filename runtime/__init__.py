@@ -13,6 +13,10 @@ from .config import PRESETS, BinarizeConfig, preset
 from .diffusion import DiffusionConfig, NoiseSchedule, ddim_sample
 from .distill import DistillConfig, classification_loss, diffusion_loss
 from .optim import EMA
+from .absorbing import AbsorbingDiffusionConfig, sample_codes
+from .vq3d_checkpoints import load_absorbing, load_vqae
+from .vq3d_eval import inpaint, synthesize
+from .vq3d_tasks import AbsorbingTask, VQAE3DTask, VQAELossConfig, encode_volumes, train_absorbing, train_vqae3d
 from .tasks import ClassificationTask, DiffusionTask, train_classifier, train_diffusion
 from .seg_loss import SegLossConfig, segmentation_loss
 from .seg_metrics import confusion_matrix, segmentation_metrics
@@ -23,6 +27,18 @@ from .registry import AttentionHandler, find_handler, register_attention, regist
 from .transform import BinarizeReport, attention_cores, binarize_, convert_, make_teacher
 
 __all__ = [
+    "AbsorbingDiffusionConfig",
+    "AbsorbingTask",
+    "VQAE3DTask",
+    "VQAELossConfig",
+    "encode_volumes",
+    "inpaint",
+    "load_absorbing",
+    "load_vqae",
+    "sample_codes",
+    "synthesize",
+    "train_absorbing",
+    "train_vqae3d",
     "EMA",
     "ModelAdapter",
     "find_adapter",

@@ -1,4 +1,4 @@
-"""The ``bitlower`` command: ``demo``, ``train``, ``export``, ``bench`` and ``explain``.
+"""The ``bitlower`` command: ``demo``, ``train``, ``export``, ``bench``, ``explain`` and ``sample3d``.
 
 Every subcommand has ``--help``. A bad argument (unknown model, missing data path, unknown
 preset, a checkpoint that does not fit) ends the command with exit status 2 and one line on
@@ -21,6 +21,7 @@ from .cli_train import add_train_parser
 from .export import add_export_parser
 from .model_args import add_model_args, build_model, example_inputs, print_models
 from .run_folder import saved_defaults
+from .sample3d import add_sample3d_parser
 from .train_tasks import get_train_task, task_for_model
 
 log = logging.getLogger(__name__)
@@ -168,13 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "transformers. Start with `bitlower demo`.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO records (default: warnings only)")
     parser.add_argument("--version", action="version", version=f"bitlower {bitlower.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,export,bench,explain}",
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train,export,bench,explain,sample3d}",
                                 parser_class=_Parser)
     _add_demo(sub)
     parser.train_parser = add_train_parser(sub)
     add_export_parser(sub)
     _add_bench(sub)
     _add_explain(sub)
+    add_sample3d_parser(sub, HelpFormatter)
     return parser
 
 

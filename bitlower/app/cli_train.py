@@ -193,8 +193,10 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tau", type=float, default=DISTILL["tau"], help="temperature of soft distillation")
     _add_optimisation(p)
     _add_schedule(p)
+    added = []  # tasks may share one option group (vqae3d, absorbing)
     for task in registered_tasks():
-        if task.add_arguments is not None:
+        if task.add_arguments is not None and task.add_arguments not in added:
             task.add_arguments(p)
+            added.append(task.add_arguments)
     p.set_defaults(func=run_train, model=None)  # None: the task's default model (run_train)
     return p

@@ -109,7 +109,24 @@ SEGMENTATION = TrainTask("segmentation", "per-pixel cross-entropy (+ Dice, + dis
                          model_prefixes=("seg_",), add_arguments=_segmentation_arguments,
                          main=_run_segmentation, default_model="seg_vit_small_patch8")
 
-_TASKS: dict[str, TrainTask] = {t.name: t for t in (CLASSIFICATION, DIFFUSION, SEGMENTATION)}
+def _run_vq3d(args, folder, resume) -> int:
+    from .task_vq3d import run_vq3d_task
+
+    return run_vq3d_task(args, folder, resume)
+
+
+def _vq3d_arguments(parser) -> None:
+    from .task_vq3d import add_vq3d_train_args
+
+    add_vq3d_train_args(parser)
+
+
+VQAE3D = TrainTask("vqae3d", "3D VQ auto-encoder on volume patches; PSNR/SSIM of whole test volumes",
+                   add_arguments=_vq3d_arguments, main=_run_vq3d)
+ABSORBING = TrainTask("absorbing", "absorbing diffusion over a --vqae run's latent grid; masked-token accuracy",
+                      add_arguments=_vq3d_arguments, main=_run_vq3d)
+
+_TASKS: dict[str, TrainTask] = {t.name: t for t in (CLASSIFICATION, DIFFUSION, SEGMENTATION, VQAE3D, ABSORBING)}
 # Tasks imported when chosen: "NAME": "package.module:ATTRIBUTE" (a TrainTask).
 LAZY_TASKS: dict[str, str] = {}
 DEFAULT_TASK = "classification"
