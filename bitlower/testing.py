@@ -21,7 +21,8 @@ rewrites *their* attention code. Two pieces:
 
 Example (a property test of your own attention module)::
 
-    from hypothesis import given, settings
+    import torch
+    from hypothesis import given, settings, strategies as st
     import bitlower
     from bitlower.testing import check_rewrite
 

@@ -116,9 +116,6 @@ class _MyAttention:
         return (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1) @ v
 
 
-@pytest.mark.xfail(strict=True, reason="the bitlower.testing docstring example lacks `import torch` and "
-                   "`from hypothesis import strategies as st` (testing.py is another helper's file); "
-                   "remove this mark once they are added")
 def test_testing_docstring_example_runs():
     """Runs the docstring's code as written; only its placeholder class ``MyAttention`` is supplied."""
     code = _testing_docstring_example() + "\n\ntest_my_attention()\n"
