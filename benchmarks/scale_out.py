@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from bitlower.app.cli_train import key_value
+from bitlower.app.arguments import key_value
 from bitlower.models import create_model, load_digits_tensors
 from bitlower.runtime import DiffusionConfig, TrainConfig, binarize_, preset
 from bitlower.runtime.distributed import setup
