@@ -113,7 +113,7 @@ def hopper_forward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
     major, minor = device.capability
     if major != 9:
         return f"the Hopper forward needs compute capability 9.x, got {major}.{minor}"
-    reason = gluon_unavailable(triton_version)
+    reason = gluon_unavailable(triton_version or installed_triton())  # cached per version string
     if reason:
         return reason
     if call.dtype not in DTYPES:  # v's dtype: q and k share it (validation), the kernel reads only their signs
