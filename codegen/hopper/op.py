@@ -20,8 +20,7 @@ from bitlower.spec import CallSpec
 from .launcher import launch_hopper_forward
 
 
-@torch.library.custom_op("bitlower::hopper_fwd", mutates_args=(), device_types="cuda")
-def hopper_fwd(
+def run_flat(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -38,9 +37,15 @@ def hopper_fwd(
     save_bits: bool,
     static_max: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """``launch_hopper_forward`` on the spec of the flat arguments (``spec.OP_ARGS``, then save_bits)."""
+    """The op's (CUDA) implementation: ``launch_hopper_forward`` on the spec of the flat arguments.
+
+    The arguments after the tensors are ``spec.OP_ARGS``, then ``save_bits`` and ``static_max``.
+    """
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     return launch_hopper_forward(q, k, v, a, b, bias, spec, static_max=static_max)
+
+
+hopper_fwd = torch.library.custom_op("bitlower::hopper_fwd", run_flat, mutates_args=(), device_types="cuda")
 
 
 @hopper_fwd.register_fake
