@@ -3,11 +3,13 @@
 CPU: the fake implementation gives, for every output, the shape, dtype and strides of the real launcher
 (run on CPU tensors with its launches stubbed: the outputs stay uninitialised, their metadata is real)
 and the shapes and dtypes of the operator's contract (``bitlower::binary_attention_fwd``'s fake and the
-reference). GPU (``-m gpu``, not yet run): ``torch.compile(fullgraph=True)`` of ``binary_attention``
+reference); the operator body's hopper plan reaches the opaque op eagerly and in a ``fullgraph=True``
+graph (a CPU stand-in kernel of the op). GPU (``-m gpu``, not yet run): ``torch.compile(fullgraph=True)`` of ``binary_attention``
 with ``KernelOptions(forward="hopper")`` runs the Gluon kernel and matches eager.
 """
 from __future__ import annotations
 
+import dataclasses
 from unittest import mock
 
 import pytest
@@ -38,7 +40,7 @@ def _call(helpers, case):
     case = dict(case)
     save_bits, dim, dim_v = case.pop("save_bits"), case.pop("dim"), case.pop("dim_v")
     q, k, v, a, b, bias, spec = helpers.make_call(2, 3, 13, 13, dim, dim_v, dtype=torch.bfloat16, **case)
-    return q, k, v, a, b, bias, type(spec)(**{**spec.__dict__, "save_bits": save_bits})
+    return q, k, v, a, b, bias, dataclasses.replace(spec, save_bits=save_bits)
 
 
 class _NoLaunch:
@@ -112,6 +114,46 @@ def test_the_implementation_rebuilds_the_spec(helpers):
     with mock.patch.object(op, "launch_hopper_forward", record):
         out = op.run_flat(*call[:6], *spec.op_args(), spec.save_bits, False)
     assert seen == dict(spec=spec, static_max=False) and len(out) == 8
+
+
+_CPU_STUB = {"on": False}  # the test's CPU kernel of bitlower::hopper_fwd answers only while this is set
+
+
+def _cpu_stub(q, k, v, a, b, bias, *flat):
+    """A CPU stand-in for the op's CUDA kernel: the launcher's outputs (stubbed), out and lse the reference's."""
+    if not _CPU_STUB["on"]:
+        raise NotImplementedError("bitlower::hopper_fwd runs on CUDA tensors")
+    _CPU_STUB["calls"] += 1
+    spec = CallSpec.from_op_args(*flat[:8])
+    outputs = _launcher_outputs((q, k, v, a, b, bias, spec))
+    ref = reference.forward(q, k, v, a, b, bias, spec)
+    for t in outputs[2:]:
+        t.zero_()
+    return (outputs[0].copy_(ref[0]), outputs[1].copy_(ref[1]), *outputs[2:])
+
+
+def test_the_operator_routes_the_hopper_plan_through_the_opaque_op_when_compiled(helpers, monkeypatch):
+    """CPU simulation of the CUDA route: the op body's hopper plan reaches ``bitlower::hopper_fwd``, eagerly
+    and inside a ``fullgraph=True`` graph (one opaque node), and its outputs come back in place."""
+    if not _CPU_STUB.get("registered"):
+        op.hopper_fwd.register_kernel("cpu")(_cpu_stub)
+        _CPU_STUB["registered"] = True
+    plan = ForwardPlan("hopper", None, 2, True)
+    asked = ops._kernels_for
+    monkeypatch.setattr(ops, "_kernels_for", lambda check, *args, **kwargs: plan if check == "unsupported_reason"
+                        else asked(check, *args, **kwargs))
+    q, k, v, *_ = helpers.make_call(2, 3, 17, 17, 64, 48, dtype=torch.bfloat16)
+    attend = lambda q, k, v: bitlower.binary_attention(q, k, v, grad_mode="hamming")  # noqa: E731
+    _CPU_STUB.update(on=True, calls=0)
+    try:
+        eager = attend(q, k, v)
+        assert _CPU_STUB["calls"] == 1
+        compiled = torch.compile(attend, fullgraph=True)(q, k, v)
+    finally:
+        _CPU_STUB["on"] = False
+    assert _CPU_STUB["calls"] == 2  # the compiled graph ran the op once (tracing ran only its fake)
+    expected = reference.forward(q, k, v, None, None, None, CallSpec(scale=64 ** -0.5, grad_mode="hamming"))[0]
+    assert torch.equal(eager, expected) and torch.equal(compiled, expected)
 
 
 @pytest.mark.gpu
