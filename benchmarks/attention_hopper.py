@@ -19,7 +19,7 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bitlower import reference
-from bitlower.codegen.hopper import HopperConfig, hopper_forward_unsupported, launch_hopper_forward
+from bitlower.codegen.hopper import HopperConfig, hopper_tensors_unsupported, launch_hopper_forward
 from bitlower.spec import CallSpec
 
 SHAPES = [(256, 6, 197, 64), (64, 16, 256, 72), (32, 6, 1024, 64), (12, 6, 1680, 64), (8, 8, 4096, 64),
@@ -82,7 +82,7 @@ def bench_shape(shape, configs, rep: int):
     gen = torch.Generator(device="cuda").manual_seed(n * dim + bsz)
     q, k, v = (torch.randn(bsz, heads, n, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
     spec = CallSpec(scale=dim ** -0.5, weighting="mean_abs", save_bits=False)
-    reason = hopper_forward_unsupported(q, k, v, None, None, None, spec)
+    reason = hopper_tensors_unsupported(q, k, v, None, None, None, spec)
     times, notes = {}, {}
     rows = {} if reason else bitlower_rows(q, k, v, spec, configs)
     if reason:

@@ -205,7 +205,6 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="compile processes")
     parser.add_argument("--quick", action="store_true", help="the main variants and one tl.dot shape only")
     args = parser.parse_args()
-    os.environ.pop("TRITON_INTERPRET", None)  # the GPU tile tables, not the interpreter's
     start = time.time()
     print(f"Triton {triton.__version__} ({triton.__file__})", flush=True)
     WORK[:] = jobs(args.quick)

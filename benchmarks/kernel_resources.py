@@ -23,6 +23,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from bitlower.codegen.configs import TileConfig
+from bitlower.codegen.plan import CallFacts, DeviceFacts, KernelOptions, plan_backward, plan_forward
 from bitlower.spec import CallSpec
 
 SHAPES = [(256, 6, 197, 64), (64, 16, 256, 72), (32, 6, 1024, 64), (12, 6, 1680, 64), (8, 8, 4096, 64),
@@ -30,6 +31,7 @@ SHAPES = [(256, 6, 197, 64), (64, 16, 256, 72), (32, 6, 1024, 64), (12, 6, 1680,
 POINTER_TYPES = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.int32: "*i32",
                  torch.int8: "*i8", torch.uint8: "*u8", torch.int64: "*i64", torch.bool: "*i1"}
 TARGET = GPUTarget("cuda", 90, 32)
+GPU = DeviceFacts(cuda=True, capability=(9, 0))  # the device the launches are planned for
 
 
 class Recorder:
@@ -126,7 +128,11 @@ def write_listings(compiled, cubin: str, bin_dir: str, folder: str, name: str) -
 
 def record_call(shape, mode: str, weighting: str, backward: bool, variant: str | None, config=None,
                 bwd_config=None):
-    """The launches of one forward (and backward) of bitlower at ``shape`` on uninitialised CPU tensors."""
+    """The launches of one forward (and backward) of bitlower at ``shape`` on uninitialised CPU tensors.
+
+    The plans are made for an sm_90 device (``GPU``), so the recorded launches carry the GPU tile tables
+    and bf16 dots, not the interpreter's tiles that CPU tensors would get from their own device.
+    """
     from bitlower.codegen.backward import backward as run_backward
     from bitlower.codegen.forward import forward as run_forward
 
@@ -137,15 +143,25 @@ def record_call(shape, mode: str, weighting: str, backward: bool, variant: str |
     a = b = None
     if weighting == "token":
         a, b = torch.ones(bsz, heads, n), torch.ones(bsz, heads, n)
+    call = CallFacts.of(q, k, v)
+    options = KernelOptions(forward=variant or "auto", forward_tiles=config.text if config else "",
+                            backward_tiles=bwd_config.text if bwd_config else "")
+    plan = _planned(plan_forward(call, spec, GPU, options))
     Recorder.launches = []
     with mock.patch("torch.library.wrap_triton", Recorder):
-        out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = run_forward(q, k, v, a, b, None, spec,
-                                                                         variant=variant, config=config)
+        out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = run_forward(q, k, v, a, b, None, spec, plan=plan)
         if backward:
             needs = (True, True, True, a is not None, b is not None, False)
             run_backward(torch.empty_like(out), v, None, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, spec,
-                         dim, needs, config=bwd_config, out=out)
+                         dim, needs, out=out, kernel_plan=_planned(plan_backward(call, spec, GPU, options)))
     return Recorder.launches
+
+
+def _planned(plan):
+    """The plan, or a ValueError with the plan's reason (an uncovered shape or option)."""
+    if isinstance(plan, str):
+        raise ValueError(f"the kernels cannot run this call on sm_90: {plan}")
+    return plan
 
 
 def main() -> None:
@@ -154,13 +170,12 @@ def main() -> None:
     parser.add_argument("--mode", default="hamming", choices=("hamming", "ste", "stopgrad"))
     parser.add_argument("--weighting", default="mean_abs", choices=("mean_abs", "token", "none"))
     parser.add_argument("--forward-only", action="store_true")
-    parser.add_argument("--variant", default=None, help="forward variant (auto, v1, v2)")
+    parser.add_argument("--variant", default=None, choices=("auto", "v1", "v2"), help="forward kernel")
     parser.add_argument("--config", default=None, metavar="BNxBMxWxS",
                         help="forward tiles: block_n x block_m x warps x stages (default: the table)")
     parser.add_argument("--bwd-config", default=None, metavar="BNxBMxWxS", help="backward tiles, as --config")
     parser.add_argument("--dump", default=None, metavar="DIR", help="also write TTGIR, PTX and SASS here")
     args = parser.parse_args()
-    os.environ.pop("TRITON_INTERPRET", None)  # the H100 tile table, not the interpreter's
     print(f"Triton {triton.__version__}, target sm_90; mode {args.mode}, weighting {args.weighting}")
     config, bwd_config = (TileConfig(*map(int, text.split("x"))) if text else None
                           for text in (args.config, args.bwd_config))

@@ -196,13 +196,13 @@ def auto_forward(call: CallFacts, spec) -> str:
 
 
 def _hopper_reason(call: CallFacts, spec, device: DeviceFacts) -> str | None:
-    """Why the Gluon Hopper forward cannot run this call (``codegen.hopper.hopper_forward_unsupported``)."""
-    if device.capability is None or device.capability[0] != 9:
-        return f"the hopper forward needs compute capability 9.x, got {device.capability}"
-    try:
-        from .hopper import hopper_forward_unsupported
-    except ImportError:
-        return "the hopper forward is not built (codegen/hopper)"
+    """Why the Gluon Hopper forward cannot run this call (``codegen.hopper.support.hopper_forward_unsupported``).
+
+    Imported here, not at module level: ``codegen/hopper`` imports this module (``CallFacts``). The
+    answer is final: what the facts cannot show (v's TMA alignment) the hopper launcher repairs.
+    """
+    from .hopper.support import hopper_forward_unsupported
+
     return hopper_forward_unsupported(call, spec, device)
 
 

@@ -6,7 +6,7 @@ no run has checked it against the float64 reference yet (``tests/codegen/test_gp
 Partitions: none (no warp specialisation). ``num_warps = BLOCK_N // 16``: 4 warps (one warpgroup) own
 a 64-row query tile, 8 warps (two warpgroups) a 128-row tile; the same warps issue the TMA loads
 (one elected thread), the int8 and the bf16/fp16 wgmma and the softmax. Several CTAs share an SM.
-Chosen on compute capability 9.x by the kernel plan (``support.hopper_forward_unsupported``).
+Run on compute capability 9.x when ``KernelOptions(forward="hopper")`` asks and the plan accepts the call.
 Program ``(pid_n, bh)``: query rows ``[pid_n * BLOCK_N, +BLOCK_N)`` of batch*head ``bh``.
 
 Shared-memory ring (bytes for BLOCK_N 64, BLOCK_M 64, D = Dv = 64, STAGES 2, bf16; 28.8 KB in all):

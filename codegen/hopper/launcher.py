@@ -3,11 +3,12 @@
 Same operands and outputs as ``codegen.forward_v2.forward_v2`` (``pv_quant == "none"``): the stats
 pass (``codegen.stats.head_stats``) writes the int8 sign tensors, the mean_abs sums or the per-token
 scalars and their maxima (and the packed bits when ``spec.save_bits``); this module describes the
-sign tensors and v to TMA and launches ``kernel_sage._binary_attn_fwd_sm90_kernel``. Ask
+sign tensors and v to TMA (v itself, or a contiguous copy where its strides or data pointer do not
+suit TMA: ``support.tma_readable``) and launches ``kernel_sage._binary_attn_fwd_sm90_kernel``. Ask
 ``support.hopper_forward_unsupported`` first. Numerically unverified (see ``kernel_sage``).
 
 The Gluon kernel is launched directly (``kernel[grid](...)``), not through
-``torch.library.wrap_triton``: under ``torch.compile`` call this from an opaque custom op.
+``torch.library.wrap_triton``: under ``torch.compile`` it runs inside the opaque custom op of ``op.py``.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from ..operands import bias_operand
 from ..stats import head_stats
 from ..tiles import BIAS_CODES, LOG2E
 from .config import HopperConfig, hopper_config, sign_chunks, value_width
+from .support import tma_readable
 
 GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int8: "int8"}
 
@@ -41,7 +43,7 @@ def _dense_beta_max(bias: torch.Tensor, heads: int) -> torch.Tensor:
     """``(H,)`` float32 max over finite ``|beta|`` per head in log2 units (-inf entries only zero p)."""
     x = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))  # (B', H', N', M'), broadcastable
     mag = torch.where(torch.isfinite(x), x.abs(), torch.zeros((), dtype=x.dtype, device=x.device))
-    return (mag.to(torch.float32).amax(dim=(0, 2, 3)) * LOG2E).expand(heads).contiguous()  # (H,)
+    return (mag.to(torch.float32).amax(dim=(0, 2, 3)) * LOG2E.value).expand(heads).contiguous()  # (H,)
 
 
 def hopper_bias(bias, spec, shape4):
@@ -53,7 +55,7 @@ def hopper_bias(bias, spec, shape4):
     """
     bsz, heads, n, m = shape4
     if spec.bias_kind == "table":
-        beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E).contiguous()  # (H,)
+        beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E.value).contiguous()  # (H,)
         view = dense_table(bias, spec.grid, n).expand(shape4)  # (B, H, N, M), stride 0 on B
         return BIAS_CODES["dense"], view, tuple(view.stride()), beta_max, True
     operand = bias_operand(bias, spec, shape4)
@@ -69,8 +71,8 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     """Fused forward on sm_90 through the Gluon kernel (contract of ``codegen.forward_v2.forward_v2``).
 
     Args:
-        q, k, v: ``(B, H, N, D)``, ``(B, H, M, D)``, ``(B, H, M, Dv)`` float16/bfloat16; q and k any
-            strides, v TMA-readable (``hopper_forward_unsupported`` checks).
+        q, k, v: ``(B, H, N, D)``, ``(B, H, M, D)``, ``(B, H, M, Dv)`` float16/bfloat16, any strides
+            (v is copied where TMA cannot read it: ``support.tma_readable``).
         a, b: ``(B, H, N)`` / ``(B, H, M)`` scalars for ``token`` weighting, else None.
         bias: the bias of ``spec.bias_kind`` (none, head, dense, mask, table).
         spec: the call's ``CallSpec`` (``pv_quant == "none"``).
@@ -92,6 +94,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     code, beta, strides, beta_max, static_ok = hopper_bias(bias, spec, (bsz, heads, n, m))
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
     lse = torch.empty(bsz, heads, n, **f32)
+    v = tma_readable(v)
     cfg = config or hopper_config(n, dim, dim_v)
     kc, nkc = sign_chunks(dim)
     dp = q_signs.shape[-1]
@@ -103,7 +106,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     from .kernel_sage import _binary_attn_fwd_sm90_kernel
 
     args = (q_desc, k_desc, v_desc, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max), pick(beta),
-            pick(beta_max), *strides, heads, n, m, spec.scale * LOG2E,
+            pick(beta_max), *strides, heads, n, m, spec.scale * LOG2E.value,
             1.0 / (n * dim), 1.0 / (m * dim))
     kwargs = dict(D=dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, MEAN_ABS=mean_abs, BIAS=code,
                   BETA_MAX=beta_max is not None, STATIC_MAX=static_max and static_ok, LIMIT=limit,

@@ -1,4 +1,11 @@
-"""Which calls the Hopper Gluon forward covers: one pure predicate, a reason string or None.
+"""Which calls the Hopper Gluon forward covers: pure predicates, a reason string or None.
+
+``hopper_forward_unsupported(call, spec, device)`` is the kernel plan's question (``codegen.plan``): it
+reads only ``CallFacts`` (shapes, dtype, sizes), the spec, the compute capability and the Triton
+version, so its answer holds for real and fake tensors alike and is final. What the plan cannot see,
+v's data pointer and strides (TMA reads v over its own strides), the launcher repairs instead of
+refusing: ``tma_readable`` gives v itself or a contiguous copy. ``hopper_tensors_unsupported`` asks the
+same question of tensors (tests, benchmarks).
 
 The kernel is written against the Gluon API of Triton 3.6 (``warpgroup_mma``/``warpgroup_mma_wait``,
 ``tma.async_copy_global_to_shared``, host ``TensorDescriptor``); later Triton releases rename parts
@@ -11,6 +18,7 @@ import importlib
 
 import torch
 
+from ..plan import CallFacts, DeviceFacts
 from .config import MAX_HEAD_DIM
 
 GLUON_TRITON = (3, 6)  # the Triton release whose Gluon API the kernel is written against
@@ -33,14 +41,21 @@ def _version_tuple(text: str) -> tuple[int, int]:
     return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
 
 
-@functools.lru_cache(maxsize=None)
-def gluon_unavailable(triton_version: str | None = None) -> str | None:
-    """Why the installed Triton cannot build the Gluon kernel (version, missing API), or None."""
+def installed_triton() -> str | None:
+    """The installed Triton's version string, or None without Triton."""
     try:
         import triton
     except ImportError:
+        return None
+    return triton.__version__
+
+
+@functools.lru_cache(maxsize=None)
+def gluon_unavailable(triton_version: str | None = None) -> str | None:
+    """Why Triton ``triton_version`` (None: the installed one) cannot build the Gluon kernel, or None."""
+    version = triton_version or installed_triton()
+    if version is None:
         return "the Hopper forward needs Triton (not installed)"
-    version = triton_version or triton.__version__
     if _version_tuple(version) != GLUON_TRITON:
         return f"the Hopper forward is written against Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}'s Gluon, found {version}"
     for module, names in _GLUON_SYMBOLS.items():
@@ -68,46 +83,81 @@ def _tma_reason(name: str, x: torch.Tensor) -> str | None:
     return None
 
 
-def hopper_forward_unsupported(q, k, v, a, b, bias, spec, *, capability: tuple[int, int] | None = None,
+def tma_readable(v: torch.Tensor) -> torch.Tensor:
+    """``v`` itself when TMA can read it over its own strides, else a fresh contiguous copy.
+
+    The copy is TMA-readable for every call the predicate accepts: a fresh allocation is 16-byte
+    aligned and contiguous rows of ``Dv % 8 == 0`` half-precision values are multiples of 16 bytes.
+    ``clone`` (not ``contiguous``): a contiguous v at a misaligned storage offset must be copied too.
+    """
+    if _tma_reason("v", v) is None:
+        return v
+    return v.clone(memory_format=torch.contiguous_format)
+
+
+def hopper_forward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
                                triton_version: str | None = None) -> str | None:
-    """Why ``launch_hopper_forward`` cannot run this call, or None when it can.
+    """Why ``launch_hopper_forward`` cannot run this call, or None when it can (the plan's question).
 
     Args:
-        q, k, v, a, b, bias, spec: the operator's operands (as ``codegen.forward``).
-        capability: the device's compute capability; None reads it from q's CUDA device.
+        call: the operands' ``CallFacts`` (real or fake tensors).
+        spec: the call's ``CallSpec``.
+        device: where the tensors live and the compute capability.
         triton_version: the Triton version to judge; None takes the installed one.
 
     Returns:
         A reason string naming the operand and the constraint, or None.
     """
-    if capability is None:
-        if not q.is_cuda:
-            return "the Hopper forward needs CUDA tensors"
-        capability = torch.cuda.get_device_capability(q.device)
-    if capability[0] != 9:
-        return f"the Hopper forward needs compute capability 9.x, got {capability[0]}.{capability[1]}"
-    reason = gluon_unavailable(triton_version)
+    if not device.cuda or device.capability is None:
+        return "the Hopper forward needs CUDA tensors"
+    major, minor = device.capability
+    if major != 9:
+        return f"the Hopper forward needs compute capability 9.x, got {major}.{minor}"
+    reason = gluon_unavailable(triton_version or installed_triton())  # cached per version string
     if reason:
         return reason
-    if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        return f"the Hopper forward takes float16/bfloat16 q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if call.dtype not in DTYPES:  # v's dtype: q and k share it (validation), the kernel reads only their signs
+        return f"the Hopper forward takes float16/bfloat16 q, k, v, got {call.dtype}"
     if spec.weighting not in WEIGHTINGS:
         return f"the Hopper forward covers weighting {WEIGHTINGS}, got {spec.weighting!r}"
     if spec.pv_quant != "none":
         return f"the Hopper forward covers pv_quant 'none', got {spec.pv_quant!r}"
     if spec.bias_kind not in BIAS_KINDS:
         return f"the Hopper forward covers bias kinds {BIAS_KINDS}, got {spec.bias_kind!r}"
-    dim, dim_v = q.shape[-1], v.shape[-1]
-    if not MIN_DIM <= dim <= MAX_HEAD_DIM:
-        return f"the Hopper forward needs D in [{MIN_DIM}, {MAX_HEAD_DIM}], got {dim}"
-    if not MIN_DIM <= dim_v <= MAX_HEAD_DIM or dim_v % 8:
-        return f"the Hopper forward needs Dv in [{MIN_DIM}, {MAX_HEAD_DIM}] and a multiple of 8 (16-byte V rows), got {dim_v}"
-    if spec.bias_kind == "table" and q.shape[2] != k.shape[2]:
+    return _shape_reason(call, spec)
+
+
+def _shape_reason(call: CallFacts, spec) -> str | None:
+    if not MIN_DIM <= call.dim <= MAX_HEAD_DIM:
+        return f"the Hopper forward needs D in [{MIN_DIM}, {MAX_HEAD_DIM}], got {call.dim}"
+    if not MIN_DIM <= call.dim_v <= MAX_HEAD_DIM or call.dim_v % 8:
+        return (f"the Hopper forward needs Dv in [{MIN_DIM}, {MAX_HEAD_DIM}] and a multiple of 8 (16-byte V rows), "
+                f"got {call.dim_v}")
+    if spec.bias_kind == "table" and call.n != call.m:
         return "the Hopper forward's table bias needs self-attention (N == M)"
-    if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
+    if call.batch * call.heads > MAX_BATCH_HEADS:
         return f"the Hopper forward takes at most {MAX_BATCH_HEADS} batch*heads"
-    if spec.bias_kind in ("dense", "mask", "table") and q.shape[2] * k.shape[2] > MAX_TILE_OFFSET:
+    if spec.bias_kind in ("dense", "mask", "table") and call.n * call.m > MAX_TILE_OFFSET:
         return "the Hopper forward indexes one head's (N, M) bias with int32: N * M must be < 2**31"
-    if any(t is not None and t.numel() == 0 for t in (q, k, v, bias)):
+    if call.empty:
         return "the Hopper forward needs non-empty tensors"
-    return _tma_reason("v", v)
+    return None
+
+
+def hopper_tensors_unsupported(q, k, v, a, b, bias, spec, *, capability: tuple[int, int] | None = None,
+                               triton_version: str | None = None) -> str | None:
+    """``hopper_forward_unsupported`` asked of tensors (tests, benchmarks calling the launcher directly).
+
+    Args:
+        q, k, v, a, b, bias, spec: the operator's operands (as ``codegen.forward``).
+        capability: the device's compute capability; None reads it from q's CUDA device.
+        triton_version: the Triton version to judge; None takes the installed one.
+    """
+    if capability is None:
+        if not q.is_cuda:
+            return "the Hopper forward needs CUDA tensors"
+        capability = torch.cuda.get_device_capability(q.device)
+    if not q.dtype == k.dtype == v.dtype:
+        return f"the Hopper forward takes q, k, v of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+    return hopper_forward_unsupported(CallFacts.of(q, k, v, bias), spec, DeviceFacts(True, tuple(capability)),
+                                      triton_version=triton_version)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bitlower import reference
-from bitlower.codegen.hopper import HopperConfig, hopper_forward_unsupported, launch_hopper_forward
+from bitlower.codegen.hopper import HopperConfig, hopper_tensors_unsupported, launch_hopper_forward
 from bitlower.spec import CallSpec
 
 pytestmark = pytest.mark.gpu
@@ -59,7 +59,7 @@ def _rel(x, ref):
 
 def _check(call, config=None, static_max=True):
     q, k, v, a, b, bias, spec = call
-    reason = hopper_forward_unsupported(q, k, v, a, b, bias, spec)
+    reason = hopper_tensors_unsupported(q, k, v, a, b, bias, spec)
     if reason:
         pytest.skip(reason)
     _poison()
@@ -119,7 +119,7 @@ def test_integer_scores_bit_for_bit():
     k = torch.randn(1, 2, n, dim, device="cuda").to(torch.bfloat16)
     v = torch.eye(n, device="cuda").to(torch.bfloat16).expand(1, 2, n, n).contiguous()
     spec = CallSpec(scale=0.05, weighting="none", save_bits=True)
-    reason = hopper_forward_unsupported(q, k, v, None, None, None, spec)
+    reason = hopper_tensors_unsupported(q, k, v, None, None, None, spec)
     if reason:
         pytest.skip(reason)
     out, _, qbits, kbits, *_ = launch_hopper_forward(q, k, v, None, None, None, spec)

@@ -1,4 +1,4 @@
-"""CPU checks of the Hopper forward's host side: the predicate, the operand widths, the build-check list.
+"""CPU checks of the Hopper forward's host side: the predicates, v's TMA repair, the operand widths, the build list.
 
 Runs in CI's main pytest (Triton 3.9): nothing here compiles or skips; the sm_90 compile itself is the
 separate CI step ``benchmarks/hopper_build.py`` under Triton 3.6.
@@ -32,22 +32,36 @@ def gluon_ok(monkeypatch):
 
 
 def test_accepts_a_plain_call(gluon_ok):
-    assert support.hopper_forward_unsupported(*_call(), capability=SM90) is None
+    assert support.hopper_tensors_unsupported(*_call(), capability=SM90) is None
 
 
 @pytest.mark.parametrize("capability", [(8, 0), (10, 0), (12, 0)])
 def test_refuses_other_capabilities(capability, gluon_ok):
-    reason = support.hopper_forward_unsupported(*_call(), capability=capability)
+    reason = support.hopper_tensors_unsupported(*_call(), capability=capability)
     assert "compute capability 9.x" in reason
 
 
 def test_refuses_other_triton_versions():
-    reason = support.hopper_forward_unsupported(*_call(), capability=SM90, triton_version="3.9.0")
+    reason = support.hopper_tensors_unsupported(*_call(), capability=SM90, triton_version="3.9.0")
     assert "Triton 3.6" in reason and "3.9.0" in reason
 
 
 def test_refuses_cpu_tensors_without_a_capability():
-    assert "CUDA" in support.hopper_forward_unsupported(*_call())
+    assert "CUDA" in support.hopper_tensors_unsupported(*_call())
+
+
+def test_refuses_mixed_dtypes(gluon_ok):
+    q, k, v, a, b, bias, spec = _call()
+    assert "one dtype" in support.hopper_tensors_unsupported(q.float(), k, v, a, b, bias, spec, capability=SM90)
+
+
+def test_kernel_bias_codes_are_the_launchers():
+    """kernel_sage spells the bias codes itself (Gluon constexprs); they must be tiles.BIAS_CODES'."""
+    from bitlower.codegen.hopper import kernel_sage
+    from bitlower.codegen.tiles import BIAS_CODES
+
+    for kind in ("none", "head", "dense", "mask"):
+        assert getattr(kernel_sage, f"BIAS_{kind.upper()}").value == BIAS_CODES[kind], kind
 
 
 @pytest.mark.parametrize("change, words", [
@@ -61,26 +75,28 @@ def test_refuses_cpu_tensors_without_a_capability():
 ])
 def test_refuses_uncovered_calls(change, words, gluon_ok):
     shape = {key: change.pop(key) for key in ("dtype", "dim", "dim_v") if key in change}
-    reason = support.hopper_forward_unsupported(*_call(**shape, **change), capability=SM90)
+    reason = support.hopper_tensors_unsupported(*_call(**shape, **change), capability=SM90)
     assert reason is not None and words in reason, reason
 
 
-def test_refuses_v_that_tma_cannot_read(gluon_ok):
+def test_v_that_tma_cannot_read_is_copied_not_refused(gluon_ok):
     q, k, v, a, b, bias, spec = _call()
-    offset = torch.empty(v.numel() + 1, dtype=v.dtype)[1:].view(v.shape)  # 2-byte storage offset
-    assert "aligned" in support.hopper_forward_unsupported(q, k, offset, a, b, bias, spec, capability=SM90)
+    offset = torch.empty(v.numel() + 1, dtype=v.dtype)[1:].view(v.shape).copy_(v)  # 2-byte storage offset
     channels_first = v.transpose(-1, -2).contiguous().transpose(-1, -2)  # last-dim stride N
-    assert "contiguous" in support.hopper_forward_unsupported(q, k, channels_first, a, b, bias, spec,
-                                                              capability=SM90)
-    odd_rows = torch.empty(2, 3, 197, 68, dtype=v.dtype)[..., :64]  # rows of 136 bytes
-    assert "multiple of 16" in support.hopper_forward_unsupported(q, k, odd_rows, a, b, bias, spec,
-                                                                  capability=SM90)
+    odd_rows = torch.randn(2, 3, 197, 68).to(v.dtype)[..., :64]  # rows of 136 bytes
+    for bad, words in ((offset, "aligned"), (channels_first, "contiguous"), (odd_rows, "multiple of 16")):
+        assert words in support._tma_reason("v", bad)
+        assert support.hopper_tensors_unsupported(q, k, bad, a, b, bias, spec, capability=SM90) is None
+        fixed = support.tma_readable(bad)
+        assert fixed.data_ptr() != bad.data_ptr() and support._tma_reason("v", fixed) is None
+        assert torch.equal(fixed, bad)
 
 
 def test_accepts_permuted_but_aligned_v(gluon_ok):
     q, k, v, a, b, bias, spec = _call()
     packed = torch.randn(2, 197, 3, 64).to(torch.bfloat16).transpose(1, 2)  # (B, H, N, D) of a (B, N, H, D)
-    assert support.hopper_forward_unsupported(q, k, packed, a, b, bias, spec, capability=SM90) is None
+    assert support.hopper_tensors_unsupported(q, k, packed, a, b, bias, spec, capability=SM90) is None
+    assert support.tma_readable(packed) is packed  # no copy
 
 
 def test_table_bias_needs_self_attention(gluon_ok):
@@ -88,7 +104,7 @@ def test_table_bias_needs_self_attention(gluon_ok):
     spec = CallSpec(scale=0.125, bias_kind="table", grid=(14, 14, 1))
     k_short = k[:, :, :100]
     v_short = v[:, :, :100]
-    assert "N == M" in support.hopper_forward_unsupported(q, k_short, v_short, a, b, torch.zeros(731, 3), spec,
+    assert "N == M" in support.hopper_tensors_unsupported(q, k_short, v_short, a, b, torch.zeros(731, 3), spec,
                                                           capability=SM90)
 
 
@@ -134,4 +150,4 @@ def test_build_check_covers_the_issue_list():
 def test_build_check_variants_are_supported_calls(gluon_ok):
     for v in _build_module().VARIANTS:
         call = _call(n=v.shape[2], dim=v.shape[3], dim_v=v.shape[4], dtype=v.dtype, weighting=v.weighting)
-        assert support.hopper_forward_unsupported(*call, capability=SM90) is None, v.name
+        assert support.hopper_tensors_unsupported(*call, capability=SM90) is None, v.name

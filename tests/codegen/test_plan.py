@@ -37,13 +37,29 @@ def test_interpreter_tiles_come_from_the_device_not_the_environment(monkeypatch)
     assert not hasattr(configs, "FORWARD_VARIANT") and not hasattr(configs, "interpreting")
 
 
-def test_hopper_forward_is_asked_for_and_gated_by_capability():
-    spec = CallSpec(scale=0.125)
-    assert plan_forward(_call(64), spec, H100).kernel != "hopper"  # never the default
-    reason = plan_forward(_call(64), spec, A100, KernelOptions(forward="hopper"))
-    assert isinstance(reason, str) and "9.x" in reason
-    got = plan_forward(_call(64), spec, H100, KernelOptions(forward="hopper"))
-    assert isinstance(got, str) or got.kernel == "hopper"  # a reason until codegen/hopper accepts the call
+def test_hopper_forward_is_asked_for_and_gated_by_capability(monkeypatch):
+    from bitlower.codegen.hopper import support
+
+    spec, hopper = CallSpec(scale=0.125), KernelOptions(forward="hopper")
+    monkeypatch.setattr(support, "installed_triton", lambda: "3.6.0")
+    monkeypatch.setattr(support, "gluon_unavailable", lambda version=None: None if version == "3.6.0" else "?")
+    got = plan_forward(_call(64), spec, H100, hopper)  # its tiles (the tl.dot table's) are not read
+    assert (got.kernel, got.dot, got.static_max) == ("hopper", configs.DOT_BF16, True)
+    for call in (_call(64), _call(72), _call(128, 64)):
+        assert plan_forward(call, spec, H100).kernel in ("v1", "v2")  # never the default
+    assert plan_forward(_call(64), spec, A100, hopper) == "the Hopper forward needs compute capability 9.x, got 8.0"
+    assert plan_forward(_call(64), spec, DeviceFacts(cuda=False), hopper) == "the Hopper forward needs CUDA tensors"
+    assert "multiple of 8" in plan_forward(_call(64, 20), spec, H100, hopper)
+    assert "float16/bfloat16" in plan_forward(_call(64, dtype=torch.float32), spec, H100, hopper)
+    assert "pv_quant" in plan_forward(_call(64), CallSpec(scale=0.1, pv_quant="int8"), H100, hopper)
+
+
+def test_hopper_forward_refuses_other_tritons(monkeypatch):
+    from bitlower.codegen.hopper import support
+
+    monkeypatch.setattr(support, "installed_triton", lambda: "3.9.0")  # CI's Triton
+    reason = plan_forward(_call(64), CallSpec(scale=0.125), H100, KernelOptions(forward="hopper"))
+    assert reason == "the Hopper forward is written against Triton 3.6's Gluon, found 3.9.0"
 
 
 @pytest.mark.parametrize("options", [KernelOptions(), KernelOptions(forward="v1", static_max=False),

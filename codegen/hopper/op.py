@@ -1,0 +1,88 @@
+"""The Hopper Gluon forward as an opaque operator, ``bitlower::hopper_fwd``, and the plan's adapter.
+
+The Gluon kernel is launched directly (host ``TensorDescriptor``s, ``kernel[grid](...)``), not through
+``torch.library.wrap_triton``, so it cannot run on the fake tensors of the ``triton_op`` body that
+Inductor traces (``bitlower::binary_attention_fwd``). ``hopper_fwd`` is a ``torch.library.custom_op``:
+traced, it is one opaque node whose fake implementation gives the launcher's output metadata; run, it
+calls ``launcher.launch_hopper_forward``. The call spec crosses as the op's flat arguments
+(``CallSpec.op_args`` / ``CallSpec.from_op_args``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from bitlower.packing import num_words
+from bitlower.spec import CallSpec
+
+from .launcher import launch_hopper_forward
+
+
+def run_flat(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    a: Optional[Tensor],
+    b: Optional[Tensor],
+    bias: Optional[Tensor],
+    scale: float,
+    weighting: str,
+    bias_kind: str,
+    grid: list[int],
+    grad_mode: str,
+    pv_quant: str,
+    ste_clip: float,
+    save_bits: bool,
+    static_max: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The op's (CUDA) implementation: ``launch_hopper_forward`` on the spec of the flat arguments.
+
+    The arguments after the tensors are ``spec.OP_ARGS``, then ``save_bits`` and ``static_max``.
+    """
+    spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
+    return launch_hopper_forward(q, k, v, a, b, bias, spec, static_max=static_max)
+
+
+hopper_fwd = torch.library.custom_op("bitlower::hopper_fwd", run_flat, mutates_args=(), device_types="cuda")
+
+
+@hopper_fwd.register_fake
+def _hopper_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip,
+                     save_bits, static_max):
+    """The launcher's outputs, all fresh contiguous tensors (``launch_hopper_forward``, ``stats.head_stats``).
+
+    out ``(B, H, N, Dv)`` in v's dtype; lse ``(B, H, N)`` float32; bits ``(B, H, L, 1, W)`` int32 with
+    ``W = num_words(D)`` when ``save_bits`` else 0, clip bits ``W`` words only for ``ste``; a_eff / b_eff
+    ``(B, H, L, 1)`` float32.
+    """
+    spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
+    bsz, heads, n, dim = q.shape
+    m = k.shape[2]
+    words = num_words(dim) if save_bits else 0
+    clip_words = words if spec.saves_clip_bits else 0
+    f32, i32 = dict(dtype=torch.float32), dict(dtype=torch.int32)
+    return (
+        v.new_empty(bsz, heads, n, v.shape[-1]),
+        q.new_empty(bsz, heads, n, **f32),
+        q.new_empty(bsz, heads, n, 1, words, **i32),
+        q.new_empty(bsz, heads, m, 1, words, **i32),
+        q.new_empty(bsz, heads, n, 1, clip_words, **i32),
+        q.new_empty(bsz, heads, m, 1, clip_words, **i32),
+        q.new_empty(bsz, heads, n, 1, **f32),
+        q.new_empty(bsz, heads, m, 1, **f32),
+    )
+
+
+def hopper_forward(q, k, v, a, b, bias, spec, plan):
+    """``codegen.forward``'s ``"hopper"`` branch: the plan accepted the call (``support.hopper_forward_unsupported``).
+
+    ``plan.static_max`` crosses as the op's ``static_max``; ``plan.tiles`` (the tl.dot table's) are not
+    the Gluon kernel's: its tiles come from ``config.hopper_config``.
+
+    Returns:
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` (bits with 0 words unless ``spec.save_bits``).
+    """
+    return tuple(torch.ops.bitlower.hopper_fwd(q, k, v, a, b, bias, *spec.op_args(), spec.save_bits,
+                                               plan.static_max))
