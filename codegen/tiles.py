@@ -26,6 +26,10 @@ MAGIC_INT = tl.constexpr(0x4B400000)
 MAGIC_FLOAT = tl.constexpr(12582912.0)
 LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln(2); host code reads LOG2E.value
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2)
+FLT_MAX = tl.constexpr(3.4028234663852886e38)  # torch.finfo(torch.float32).max
+# |beta| * 2**-64 < 2**65 is below half an ulp of FLT_MAX (2**103), so ``beta * TINY - FLT_MAX`` is
+# -FLT_MAX for finite beta, -inf for beta = -inf, +inf for +inf and NaN for NaN.
+TINY = tl.constexpr(5.421010862427522e-20)  # 2**-64
 
 
 @triton.jit
@@ -115,7 +119,9 @@ def bias_tile(
         beta = tl.load(bias_ptr + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=mask, other=0.0)
         beta = beta.to(tl.float32)
         if LOG2_UNITS:
-            beta = beta * LOG2E
+            # beta * log2(e) overflows to -inf below -FLT_MAX * ln 2 (finfo(float32).min padding fills):
+            # keep such a finite fill finite at -FLT_MAX and an -inf fill -inf (2 instructions per element)
+            beta = tl.maximum(beta * LOG2E, beta * TINY - FLT_MAX)
         return beta
     else:
         return 0.0
