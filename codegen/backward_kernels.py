@@ -20,8 +20,8 @@ Two kernels, both recomputing ``h`` with the int8 tensor-core dot:
   total ``sum_i da_i`` (``NEED_DA_COLS``: all the ``mean_abs`` chain needs) and scatters ``dS``
   into table or dense bias gradients with atomics. Needs ``delta``.
 
-A row without a kept key has ``lse = -inf``; both kernels read it as ``lse2 = +inf`` (``_live_lse2``),
-so ``p = exp2(s2 - inf) = 0`` there (``-inf - -inf`` would be NaN) and the row adds nothing, as in
+A row without a kept key has ``lse = -inf``; both kernels read it as ``lse2 = -FLT_MAX`` (``_live_lse2``),
+so ``p = exp2(-inf + FLT_MAX) = 0`` there (``-inf - -inf`` would be NaN) and the row adds nothing, as in
 the reference.
 """
 from __future__ import annotations
@@ -29,14 +29,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, LOG2E, bias_tile, fdot, int_to_float, load_bits,
-                    load_signs, mask_keep, round_half_even, table_index)
+from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, FLT_MAX, LOG2E, add_dense_bias, bias_tile, fdot,
+                    int_to_float, load_bits, load_signs, mask_keep, round_half_even, table_index)
 
 
 @triton.jit
 def _live_lse2(lse2):
-    """``lse2`` with -inf (a row without a kept key) as +inf: ``exp2(s2 - lse2)`` is then 0, not NaN."""
-    return tl.where(lse2 == float("-inf"), float("inf"), lse2)
+    """``lse2`` at least -FLT_MAX: on a row without a kept key (every ``s2`` and ``lse2`` -inf),
+    ``exp2(s2 - lse2) = exp2(-inf) = 0``, not NaN (one max per element; other rows have ``lse2 >= max s2``)."""
+    return tl.maximum(lse2, -FLT_MAX)
 
 
 @triton.jit
@@ -57,8 +58,8 @@ def _probs(h, w_rows, w_cols, lse2, bias_base, rows, cols, row_mask, col_mask, s
                               grid_h, grid_w, prefix, HAS_PREFIX)
         s += tl.load(bias_base + idx)
     if BIAS == BIAS_DENSE:
-        s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
-                       BIAS, HAS_PREFIX, True)
+        s = add_dense_bias(s, bias_tile(bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
+                                        BIAS, HAS_PREFIX, False))
     if BIAS == BIAS_MASK:
         s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_r, s_c), s, float("-inf"))
     if MASK_COLS:
@@ -173,7 +174,7 @@ def _binary_attn_bwd_q_kernel(
     bias_base = bias_ptr
     if BIAS == BIAS_HEAD:
         lse2 = lse2 - tl.load(bias_ptr + h) * LOG2E  # a head bias only shifts the row
-    lse2 = _live_lse2(lse2)  # once per program: (BLOCK_N,) compare and select
+    lse2 = _live_lse2(lse2)  # once per program
     if BIAS == BIAS_TABLE:
         bias_base = bias_ptr + h * table_rows
     if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:

@@ -119,12 +119,21 @@ def bias_tile(
         beta = tl.load(bias_ptr + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=mask, other=0.0)
         beta = beta.to(tl.float32)
         if LOG2_UNITS:
-            # beta * log2(e) overflows to -inf below -FLT_MAX * ln 2 (finfo(float32).min padding fills):
-            # keep such a finite fill finite at -FLT_MAX and an -inf fill -inf (2 instructions per element)
-            beta = tl.maximum(beta * LOG2E, beta * TINY - FLT_MAX)
+            beta = beta * LOG2E
         return beta
     else:
         return 0.0
+
+
+@triton.jit
+def add_dense_bias(s2, beta):
+    """``s2 + beta log2(e)`` for a dense bias tile ``beta`` in natural units, finite for finite ``beta``.
+
+    ``beta log2(e)`` overflows to -inf below -FLT_MAX ln 2 (a finfo(float32).min padding fill), which
+    would make a fully padded row keep no key; the max keeps such a score at -FLT_MAX and an -inf fill
+    -inf (``TINY``). Two instructions per element beside the fused multiply-add.
+    """
+    return tl.maximum(s2 + beta * LOG2E, beta * TINY - FLT_MAX)
 
 
 @triton.jit
