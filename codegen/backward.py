@@ -97,12 +97,12 @@ def _with_chain(grad, d_own, signs, length: int, dim: int, spec, need: bool):
     return grad
 
 
-def _row_dots(out, grad_out):
-    """delta ``(B, H, N)`` float32: ``dO_i . O_i`` per query row."""
+def _row_dots(out, grad_out, lse):
+    """delta ``(B, H, N)`` float32: ``dO_i . O_i`` per query row (0 where ``lse`` is -inf)."""
     bsz, heads, n, dim_v = out.shape
     delta = torch.empty(bsz, heads, n, dtype=torch.float32, device=out.device)
     torch.library.wrap_triton(_row_dot_kernel)[(triton.cdiv(n, PROLOGUE_ROWS), bsz * heads)](
-        out, grad_out, delta, heads, n, *out.stride(), *grad_out.stride(),
+        out, grad_out, lse, delta, heads, n, *out.stride(), *grad_out.stride(),
         DV=dim_v, DVP=padded_dim(dim_v), BLOCK_N=PROLOGUE_ROWS, num_warps=4,
     )
     return delta
@@ -148,7 +148,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     k_signs = unpack_signs(kbits, head_dim)  # (B, H, M, DP) int8
     dev = v.device
     f32 = dict(dtype=torch.float32, device=dev)
-    delta = _row_dots(out, grad_out) if plan.delta_given else torch.empty(bsz, heads, n, **f32)
+    delta = _row_dots(out, grad_out, lse) if plan.delta_given else torch.empty(bsz, heads, n, **f32)
     da = torch.empty(bsz, heads, n, 1, **f32) if plan.da_rows else None
     da_cols = torch.empty(bsz, heads, m, 1, **f32) if plan.da_by_keys else None
     db = torch.empty(bsz, heads, m, 1, **f32) if plan.db else None

@@ -19,14 +19,25 @@ Two kernels, both recomputing ``h`` with the int8 tensor-core dot:
   are held transposed, keys x queries). Writes ``dV``, ``db``, ``dk``, the per-key parts of the
   total ``sum_i da_i`` (``NEED_DA_COLS``: all the ``mean_abs`` chain needs) and scatters ``dS``
   into table or dense bias gradients with atomics. Needs ``delta``.
+
+A row without a kept key has ``lse = -inf``; both kernels read it as ``lse2 = -FLT_MAX`` (``_live_lse2``),
+so ``p = exp2(-inf + FLT_MAX) = 0`` there (``-inf - -inf`` would be NaN) and the row adds nothing, as in
+the reference.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, LOG2E, bias_tile, fdot, int_to_float, load_bits,
-                    load_signs, mask_keep, round_half_even, table_index)
+from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, FLT_MAX, LOG2E, add_dense_bias, bias_tile, fdot,
+                    int_to_float, load_bits, load_signs, mask_keep, round_half_even, table_index)
+
+
+@triton.jit
+def _live_lse2(lse2):
+    """``lse2`` at least -FLT_MAX: on a row without a kept key (every ``s2`` and ``lse2`` -inf),
+    ``exp2(s2 - lse2) = exp2(-inf) = 0``, not NaN (one max per element; other rows have ``lse2 >= max s2``)."""
+    return tl.maximum(lse2, -FLT_MAX)
 
 
 @triton.jit
@@ -47,8 +58,8 @@ def _probs(h, w_rows, w_cols, lse2, bias_base, rows, cols, row_mask, col_mask, s
                               grid_h, grid_w, prefix, HAS_PREFIX)
         s += tl.load(bias_base + idx)
     if BIAS == BIAS_DENSE:
-        s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
-                       BIAS, HAS_PREFIX, True)
+        s = add_dense_bias(s, bias_tile(bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
+                                        BIAS, HAS_PREFIX, False))
     if BIAS == BIAS_MASK:
         s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_r, s_c), s, float("-inf"))
     if MASK_COLS:
@@ -69,9 +80,12 @@ def _load_values(v_base, rows, row_mask, s_vm, s_vd, vscale, vstep, DV: tl.const
 
 
 @triton.jit
-def _row_dot_kernel(out_ptr, do_ptr, delta_ptr, H, N, s_ob, s_oh, s_on, s_od, s_db, s_dh, s_dn, s_dd,
+def _row_dot_kernel(out_ptr, do_ptr, lse_ptr, delta_ptr, H, N, s_ob, s_oh, s_on, s_od, s_db, s_dh, s_dn, s_dd,
                     DV: tl.constexpr, DVP: tl.constexpr, BLOCK_N: tl.constexpr):
-    """delta_i = dO_i . O_i in float32 over ``(B, H, N, DV)`` of any strides; program = (row block, b*h)."""
+    """delta_i = dO_i . O_i in float32 over ``(B, H, N, DV)`` of any strides; program = (row block, b*h).
+
+    A row without a kept key (``lse = -inf``, NaN output) takes ``delta = sum_j p_ij dp_ij = 0``.
+    """
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
     h64 = (bh % H).to(tl.int64)
@@ -81,6 +95,8 @@ def _row_dot_kernel(out_ptr, do_ptr, delta_ptr, H, N, s_ob, s_oh, s_on, s_od, s_
     o = tl.load(out_ptr + b64 * s_ob + h64 * s_oh + rows[:, None] * s_on + dv[None, :] * s_od, mask=mask, other=0.0)
     do = tl.load(do_ptr + b64 * s_db + h64 * s_dh + rows[:, None] * s_dn + dv[None, :] * s_dd, mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    lse = tl.load(lse_ptr + bh.to(tl.int64) * N + rows, mask=rows < N, other=0.0)
+    delta = tl.where(lse == float("-inf"), 0.0, delta)
     tl.store(delta_ptr + bh.to(tl.int64) * N + rows, delta, mask=rows < N)
 
 
@@ -158,6 +174,7 @@ def _binary_attn_bwd_q_kernel(
     bias_base = bias_ptr
     if BIAS == BIAS_HEAD:
         lse2 = lse2 - tl.load(bias_ptr + h) * LOG2E  # a head bias only shifts the row
+    lse2 = _live_lse2(lse2)  # once per program
     if BIAS == BIAS_TABLE:
         bias_base = bias_ptr + h * table_rows
     if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
@@ -236,7 +253,7 @@ def _k_tiles(
         row_mask = rows < N
         qs = load_signs(qs_base, rows, row_mask, s_qs_n, D, DP, False)  # (BLOCK_N, DP)
         a_i = tl.load(a_base + rows, mask=row_mask, other=0.0)
-        lse2 = tl.load(lse_base + rows, mask=row_mask, other=float("inf")) * LOG2E - head_shift2
+        lse2 = _live_lse2(tl.load(lse_base + rows, mask=row_mask, other=float("inf")) * LOG2E - head_shift2)
         pt, hf = _probs(tl.dot(ks, tl.trans(qs), out_dtype=tl.int32), bj_w, a_i * scale_log2, lse2[None, :],
                         bias_base, cols, rows, col_mask, row_mask, s_bm, s_bn, grid_h, grid_w, prefix,
                         BIAS, HAS_PREFIX, True, MASK_N)  # (BLOCK_M, BLOCK_N)

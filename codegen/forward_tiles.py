@@ -22,10 +22,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, LN2, LOG2E, bias_tile, fdot, int_to_float,
-                    load_signs, mask_keep, round_half_even)
+from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, LN2, LOG2E, add_dense_bias, bias_tile, fdot,
+                    int_to_float, load_signs, mask_keep, round_half_even)
 
-NEG_INIT = tl.constexpr(-1.0e30)  # running-max start: finite, so fully masked tiles give no NaN
+# running-max start: finite, so fully masked tiles give p = exp2(-inf - m) = 0, no NaN; the lowest
+# finite float32, so a row whose every score is a finite fill at -FLT_MAX (``add_dense_bias``) takes
+# m = -FLT_MAX and p = exp2(0) = 1 on every key: the uniform average the reference gives
+NEG_INIT = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX
 STAGE_FUSED = tl.constexpr(0)  # softmax + P.V
 STAGE_SUM = tl.constexpr(1)  # (m, l) only: the first pass of the 8-bit P.V
 STAGE_PV_INT8 = tl.constexpr(2)  # quantised P.V with the final 1 / l
@@ -43,9 +46,12 @@ def score_tile(
     else:
         bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
         s = (hf * bj[None, :]) * c_rows[:, None]
-    if BIAS == BIAS_TABLE or BIAS == BIAS_DENSE:
+    if BIAS == BIAS_TABLE:
         s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
-                       BIAS, HAS_PREFIX, True)
+                       BIAS, HAS_PREFIX, False)  # the launcher's table is in log2 units
+    if BIAS == BIAS_DENSE:
+        s = add_dense_bias(s, bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w,
+                                        prefix, BIAS, HAS_PREFIX, False))
     if BIAS == BIAS_MASK:
         s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm), s, float("-inf"))
     if MASK_M:

@@ -26,6 +26,10 @@ MAGIC_INT = tl.constexpr(0x4B400000)
 MAGIC_FLOAT = tl.constexpr(12582912.0)
 LOG2E = tl.constexpr(1.4426950408889634)  # 1 / ln(2); host code reads LOG2E.value
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2)
+FLT_MAX = tl.constexpr(3.4028234663852886e38)  # torch.finfo(torch.float32).max
+# |beta| * 2**-64 < 2**65 is below half an ulp of FLT_MAX (2**103), so ``beta * TINY - FLT_MAX`` is
+# -FLT_MAX for finite beta, -inf for beta = -inf, +inf for +inf and NaN for NaN.
+TINY = tl.constexpr(5.421010862427522e-20)  # 2**-64
 
 
 @triton.jit
@@ -119,6 +123,17 @@ def bias_tile(
         return beta
     else:
         return 0.0
+
+
+@triton.jit
+def add_dense_bias(s2, beta):
+    """``s2 + beta log2(e)`` for a dense bias tile ``beta`` in natural units, finite for finite ``beta``.
+
+    ``beta log2(e)`` overflows to -inf below -FLT_MAX ln 2 (a finfo(float32).min padding fill), which
+    would make a fully padded row keep no key; the max keeps such a score at -FLT_MAX and an -inf fill
+    -inf (``TINY``). Two instructions per element beside the fused multiply-add.
+    """
+    return tl.maximum(s2 + beta * LOG2E, beta * TINY - FLT_MAX)
 
 
 @triton.jit
