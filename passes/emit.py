@@ -66,3 +66,8 @@ class Emitter:
     def method(self, name: str, *args, **kwargs) -> Node:
         """A ``call_method`` node (``args[0]`` is ``self``)."""
         return self._create("call_method", name, args, kwargs)
+
+    def copy(self, node: Node, replace: dict) -> Node:
+        """A node like ``node`` reading ``replace[x]`` in place of each input ``x`` it lists."""
+        args, kwargs = map_arg((node.args, node.kwargs), lambda x: replace.get(x, x))
+        return self._create(node.op, node.target, args, kwargs)

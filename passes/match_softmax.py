@@ -10,6 +10,7 @@ canonicalised later (``scale_chain``), so the matcher only records the steps.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable, Iterator
 
@@ -17,6 +18,7 @@ import torch
 from torch.fx import Node
 
 from bitlower.passes import einsum_forms
+from bitlower.passes.match_blend import match_blend
 from bitlower.passes.op_table import Role, is_number, is_tensor, normalize_dim, role_of, tensor_rank, value_of
 from bitlower.passes.site import AttentionSite, Reshaped, ScoreOp, module_path
 
@@ -244,7 +246,7 @@ def feeds_pv_blended(x: Node) -> bool:
     """Whether ``x`` reaches a P·V product as (part of) its P operand through any steps.
 
     ConViT's gated attention blends two softmaxes, ``(1 - g) * softmax(q kᵀ) + g * softmax(pos)``,
-    renormalises, then multiplies by v: attention whose probabilities the operator cannot return.
+    renormalises, then multiplies by v (``match_blend`` decides whether the rewrite keeps it exact).
     """
     queue, seen = [x], set()
     while queue and len(seen) < BLEND_STEPS:
@@ -339,15 +341,19 @@ def match_softmax_attention(node: Node) -> AttentionSite | None:
     k_ops, k_bypass = scales_to_bypass(k)
     site = AttentionSite("softmax_attention", "", "", anchor=node, q=q, k=k, k_cols=k_cols)
     site.skip(softmax_axis_reason(role))
-    if blended:  # the operator returns P·V, not P: the blend would need the probabilities
-        site.skip("probabilities_blended")
-        site.v, site.erase, site.spelling = None, [], "softmax>blend>matmul"
-        site.module_path = module_path(node)
-        return site
     site.score_ops = q_ops + k_ops + product_ops + ops
     site.bypass = q_bypass + k_bypass
     site.scores_chain = list(reversed(chain))  # product first
-    probs = walk_probabilities(node, site)
+    if blended:
+        blend, blend_nodes, last = match_blend(node, site)
+        if blend is None:  # a form the blend rewrite cannot keep exact: site.reason names it
+            site.v, site.erase, site.spelling = None, [], "softmax>blend>matmul"
+            site.module_path = module_path(node)
+            return site
+        probs = blend_nodes[:-1] + walk_probabilities(last, site)
+        site.blend = dataclasses.replace(blend, pv_input=probs[-1])
+    else:
+        probs = walk_probabilities(node, site)
     site.erase = site.scores_chain + probs + ([site.anchor] if site.anchor is not node else [])
     site.module_path = module_path(site.anchor)
     site.spelling = ">".join(_spelling(n) for n in site.erase)

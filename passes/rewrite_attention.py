@@ -153,6 +153,27 @@ def _rows_without_keys(emit: Emitter, site: AttentionSite, v: Node, bias, kind: 
     return emit.call(torch.where, dead, 0.0, out)
 
 
+def _weighted(emit: Emitter, weight, x: Node) -> Node:
+    return x if isinstance(weight, (int, float)) and weight == 1 else emit.call(operator.mul, weight, x)
+
+
+def _blended(emit: Emitter, site: AttentionSite, out: Node) -> Node:
+    """The blend kept around the operator's output ``out`` (= P·V, rows of P summing to 1):
+    ``(w1 out + w2 (R @ v)) / (w1 + w2 rowsum(R))``, without the division when the site has none."""
+    blend = site.blend
+    other = blend.other
+    want = value_of(blend.pv_input).dtype
+    if value_of(other).dtype != want:
+        other = emit.method("to", other, want)
+    other_pv = emit.copy(site.anchor, {blend.pv_input: other})  # the site's own P·V product, R for P
+    num = emit.call(operator.add, _weighted(emit, blend.weight, out), _weighted(emit, blend.other_weight, other_pv))
+    if not blend.renormalised:
+        return num
+    rows = emit.method("sum", blend.other, -1, keepdim=True)  # (.., N, 1)
+    den = emit.call(operator.add, blend.weight, _weighted(emit, blend.other_weight, rows))  # w1 * rowsum(P) = w1
+    return emit.call(operator.truediv, num, den)
+
+
 def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) -> None:
     """Replace one accepted site by the operator (see the module docstring)."""
     emit = Emitter(gm.graph, site.anchor)
@@ -169,6 +190,8 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     want = value_of(site.anchor).dtype
     if value_of(out).dtype != want:
         out = emit.method("to", out, want)
+    if site.blend is not None:
+        out = _blended(emit, site, out)
     site.anchor.replace_all_uses_with(out)
     site.details["bias_kind"] = kind
     fallbacks = call_fallback_reasons(call)  # counted by the backend (``count_kernel_fallbacks``), not here

@@ -109,6 +109,8 @@ class AttentionSite:
             rewrite makes their users read their input.
         scores_chain: nodes between Q·Kᵀ and the softmax input, which must have one user each.
         canonical: the ``CanonicalScores`` of ``score_ops`` once the decision computed it.
+        blend: a ``match_blend.Blend`` when the probabilities are blended before P·V (the
+            rewrite keeps the blend around the operator's output), else None.
         reason: why the site is not rewritten; None while it may be.
         status: ``REWRITTEN`` or ``SKIPPED`` once decided.
         details: facts for reports (shapes, scale, bias kind).
@@ -130,6 +132,7 @@ class AttentionSite:
     bypass: list[Node] = field(default_factory=list)
     scores_chain: list[Node] = field(default_factory=list)
     canonical: Any = None
+    blend: Any = None
     reason: str | None = None
     status: str | None = None
     details: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""ConViT's gated attention is skipped by name; softmaxes over a product that no site claims are
+"""ConViT's gated attention is rewritten (its blend kept around the operator); softmaxes over a product that no site claims are
 counted in ``sites_unmatched`` and shown by ``explain`` (issue 21).
 
 ``GPSA`` re-creates timm's ConViT ``GPSA`` (gated positional self-attention) shape for shape; timm
@@ -53,13 +53,15 @@ class GPSA(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
-def test_gated_positional_attention_is_skipped_by_name_not_left_out():
+def test_gated_positional_attention_is_rewritten_not_left_out():
+    """Exactness of the rewrite: ``test_gated_attention.py``."""
     torch.manual_seed(0)
     torch._dynamo.reset()
     reset()
     report = explain(GPSA().eval(), torch.randn(2, 16, 32))
-    assert [(s.status, s.reason) for s in report.sites] == [("skipped", "probabilities_blended")]
-    assert report.unmatched == [] and counters["sites_skipped"]["probabilities_blended"] == 1
+    assert [(s.status, s.reason) for s in report.sites] == [("rewritten", None)]
+    assert report.unmatched == [] and counters["sites_rewritten"]["softmax_attention"] == 1
+    assert counters["sites_skipped"].total() == 0
 
 
 def test_softmax_over_a_product_no_site_claims_is_counted_and_explained():
