@@ -143,7 +143,7 @@ def magnitude_grads(t: dict, kwargs: dict) -> dict:
 
     spec = _spec(t, kwargs)
     q, k, v, do = t["q"], t["k"], t["v"], t["do"]
-    _, lse, qbits, kbits, _, _, a, b = reference.forward(q, k, v, t.get("a"), t.get("b"), t.get("bias"), spec)
+    _, lse, qbits, kbits, _, _, a, b, _ = reference.forward(q, k, v, t.get("a"), t.get("b"), t.get("bias"), spec)
     h = reference.integer_scores(qbits, kbits, q.shape[-1], torch.float64)  # (B, H, N, M, 1, 1)
     s = reference.scores(h, a, b, reference.dense_bias(t.get("bias"), spec, torch.float64), spec.scale)
     p = torch.exp(s - lse.unsqueeze(-1))  # (B, H, N, M)

@@ -149,10 +149,10 @@ def record_call(shape, mode: str, weighting: str, backward: bool, variant: str |
     plan = _planned(plan_forward(call, spec, GPU, options))
     Recorder.launches = []
     with mock.patch("torch.library.wrap_triton", Recorder):
-        out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = run_forward(q, k, v, a, b, None, spec, plan=plan)
+        out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, state = run_forward(q, k, v, a, b, None, spec, plan=plan)
         if backward:
             needs = (True, True, True, a is not None, b is not None, False)
-            run_backward(torch.empty_like(out), v, None, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, spec,
+            run_backward(torch.empty_like(out), v, None, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, state, spec,
                          dim, needs, out=out, kernel_plan=_planned(plan_backward(call, spec, GPU, options)))
     return Recorder.launches
 

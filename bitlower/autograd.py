@@ -1,7 +1,7 @@
 """Autograd of ``bitlower::binary_attention_fwd``; ``bitlower.ops`` registers it with the operator.
 
 Saved for backward: v, the bias, the output, the log-sum-exp, packed sign bits, packed STE clip
-bits and the effective scalars — never the float q and k.
+bits, the effective scalars and the row state — never the float q and k.
 """
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ _INPUTS = _KERNEL_OPTIONS + 1
 
 def _setup_context(ctx, inputs, output):
     q, k, v, a, b, bias = inputs[:6]
-    out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = output
+    out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state = output
     ctx.static = inputs[_STATIC]
     ctx.saved_bits = len(inputs) <= _SAVE_BITS or bool(inputs[_SAVE_BITS])
     ctx.kernel_options = inputs[_KERNEL_OPTIONS] if len(inputs) > _KERNEL_OPTIONS else ""
     ctx.head_dim = q.shape[-1]
     ctx.q_dtype, ctx.k_dtype = q.dtype, k.dtype
     ctx.has_bias = bias is not None
-    ctx.save_for_backward(v, bias, out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)
+    ctx.save_for_backward(v, bias, out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)
     ctx.a_shape = None if a is None else a.shape
     ctx.b_shape = None if b is None else b.shape
     ctx.a_dtype = None if a is None else a.dtype
@@ -34,7 +34,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_out, *unused_grads):
-    v, bias, out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff = ctx.saved_tensors
+    v, bias, out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state = ctx.saved_tensors
     needs = [bool(x) for x in ctx.needs_input_grad[:6]]
     needs[_BIAS] = needs[_BIAS] and ctx.has_bias
     if grad_out is None or not any(needs):
@@ -43,7 +43,8 @@ def _backward(ctx, grad_out, *unused_grads):
         raise RuntimeError("binary_attention_fwd ran with save_bits=False, so it kept nothing for a backward; "
                            "call it with save_bits=True when gradients are needed")
     grads = torch.ops.bitlower.binary_attention_bwd(
-        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, *ctx.static, ctx.head_dim, needs, out,
+        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state, *ctx.static, ctx.head_dim,
+        needs, out,
         ctx.kernel_options,
     )
     dq, dk, dv, da, db, dbias = (g if need and g.numel() else None for g, need in zip(grads, needs))

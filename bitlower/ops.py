@@ -15,7 +15,8 @@ Fallback counting (``bitlower.counters["fallback"][reason]``, one key for every 
 - under another backend a traced body still counts, once per trace: a cache hit skips the trace.
 
 The forward returns, besides the output, what the backward needs: the log-sum-exp, the
-packed sign bits, the packed STE clip bits and the effective weighting scalars. The
+packed sign bits, the packed STE clip bits, the effective weighting scalars and the row state
+(row maximum and log2 of the row sum, apart: ``bitlower.reference.row_state``). The
 backward recomputes the scores from those bits; it never sees the float q and k.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from bitlower.spec import CallSpec
 
 log = logging.getLogger(__name__)
 
-FWD_OUTPUTS = ("out", "lse", "qbits", "kbits", "qclip", "kclip", "a", "b")
+FWD_OUTPUTS = ("out", "lse", "qbits", "kbits", "qclip", "kclip", "a", "b", "row_state")
 
 
 make_spec = CallSpec.from_op_args  # the one conversion from the operators' flat arguments
@@ -46,9 +47,9 @@ def _drop_bits(outputs, spec: CallSpec):
     """With ``save_bits`` False the four packed outputs have 0 words (fresh tensors, no aliasing)."""
     if spec.save_bits:
         return outputs
-    out, lse, qbits, kbits, qclip, kclip, a, b = outputs
+    out, lse, qbits, kbits, qclip, kclip, a, b, row_state = outputs
     empty = [x.new_empty(*x.shape[:-1], 0) for x in (qbits, kbits, qclip, kclip)]
-    return (out, lse, *empty, a, b)
+    return (out, lse, *empty, a, b, row_state)
 
 
 _COUNTED_BY_BACKEND = contextvars.ContextVar("bitlower_fallbacks_counted_by_backend", default=False)
@@ -122,7 +123,7 @@ def binary_attention_fwd(
     ste_clip: float,
     save_bits: bool = True,
     kernel_options: str = "",
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Binary attention forward; see ``bitlower.reference.forward`` for the outputs.
 
     ``kernel_options``: overrides of the kernel plan (``codegen.plan.KernelOptions.encode()``); an
@@ -154,6 +155,7 @@ def _binary_attention_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind,
         q.new_empty(bsz, heads, m, planes, clip_words, dtype=torch.int32),
         q.new_empty(bsz, heads, n, planes, dtype=acc),
         q.new_empty(bsz, heads, m, planes, dtype=acc),
+        q.new_empty(bsz, heads, n, 2, dtype=acc),
     )
 
 
@@ -169,6 +171,7 @@ def binary_attention_bwd(
     kclip: Tensor,
     a: Tensor,
     b: Tensor,
+    row_state: Tensor,
     scale: float,
     weighting: str,
     bias_kind: str,
@@ -186,7 +189,7 @@ def binary_attention_bwd(
     ``out``: the forward's output; the kernels then take ``delta_i = dO_i . O_i`` from it.
     """
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
-    saved = (lse, qbits, kbits, qclip, kclip, a, b)
+    saved = (lse, qbits, kbits, qclip, kclip, a, b, row_state)
     plan = _kernels_for("unsupported_backward_reason", (grad_out, v, bias) + saved, spec, kernel_options,
                         head_dim=head_dim)
     if plan is not None:
@@ -199,7 +202,7 @@ def binary_attention_bwd(
 
 
 @binary_attention_bwd.register_fake
-def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, scale, weighting,
+def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, scale, weighting,
                                bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs, out=None,
                                kernel_options=""):
     bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]

@@ -15,6 +15,8 @@ same contract the Triton kernels keep.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bitlower.packing import hamming_dot, num_words, pack_mask, pack_signs, sgn, unpack_bits, unpack_signs
@@ -111,12 +113,27 @@ def softmax_rows(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (no kept key) gets ``P = 0`` and ``lse = -inf``: the backward sees no contribution from it,
     and the forward writes NaN into its output, as a softmax over -inf does.
     """
+    probs, lse, _ = softmax_parts(s)
+    return probs, lse
+
+
+def softmax_parts(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(P, lse, row_state)`` of scores ``(B, H, N, M)``: ``softmax_rows`` and the row state.
+
+    ``row_state`` ``(B, H, N, 2)``: ``m log2 e`` and ``log2 l`` apart (the row maximum and the row sum
+    of ``exp(s - m)`` in log2 units), what the fused backward forms ``p = exp2((s2 - m2) - log2 l)``
+    from: ``m + log(l)`` rounds to ``m`` at |s| ~ 1e7, the two apart do not. A row without a kept key
+    has ``log2 l = -inf``. The kernels' own forward writes the same quantities from its own ``s2``
+    (bit-identical to the backward's recomputation); this one agrees with it to float32 rounding of
+    ``m log2 e``, which at |s| ~ 1e7 is an ulp of ~1 in the exponent.
+    """
     m = s.amax(dim=-1, keepdim=True)  # (B, H, N, 1)
     m = torch.where(torch.isneginf(m), 0.0, m)  # rows without a kept key: exp(-inf - 0) = 0
     e = torch.exp(s - m)
     total = e.sum(dim=-1, keepdim=True)
     probs = e / torch.where(total > 0, total, 1.0)
-    return probs, (m + torch.log(total)).squeeze(-1)  # (B, H, N, M), (B, H, N)
+    state = torch.cat([m * math.log2(math.e), torch.log2(total)], dim=-1)  # (B, H, N, 2)
+    return probs, (m + torch.log(total)).squeeze(-1), state  # (B, H, N, M), (B, H, N), (B, H, N, 2)
 
 
 def quantize_probs(p: torch.Tensor) -> torch.Tensor:
@@ -135,9 +152,10 @@ def forward(q, k, v, a_in, b_in, bias, spec: CallSpec):
     """Reference forward.
 
     Returns:
-        ``(out, lse, qbits, kbits, qclip, kclip, a, b)``: ``out`` ``(B, H, N, Dv)`` in v's
+        ``(out, lse, qbits, kbits, qclip, kclip, a, b, row_state)``: ``out`` ``(B, H, N, Dv)`` in v's
         dtype; ``lse`` ``(B, H, N)``; packed bits ``(B, H, L, P, W)`` int32 (clip bits have
-        ``W = 0`` unless ``grad_mode == "ste"``); scalars ``(B, H, L, P)``.
+        ``W = 0`` unless ``grad_mode == "ste"``); scalars ``(B, H, L, P)``; ``row_state``
+        ``(B, H, N, 2)`` (``softmax_parts``).
     """
     acc = compute_dtype(q.dtype)
     head_dim = q.shape[-1]
@@ -148,13 +166,13 @@ def forward(q, k, v, a_in, b_in, bias, spec: CallSpec):
     b = effective_scalars(k, b_in, spec)
     h = integer_scores(qbits, kbits, head_dim, acc)
     s = scores(h, a, b, dense_bias(bias, spec, acc), spec.scale)
-    probs, lse = softmax_rows(s)
+    probs, lse, state = softmax_parts(s)
     vv = v.to(acc)
     if spec.pv_quant == "int8":
         probs, vv = quantize_probs(probs), quantize_values(vv)
     out = probs @ vv  # (B, H, N, Dv)
     out = torch.where(torch.isneginf(lse).unsqueeze(-1), float("nan"), out)  # rows without a kept key
-    return out.to(v.dtype), lse, qbits, kbits, qclip, kclip, a, b
+    return out.to(v.dtype), lse, qbits, kbits, qclip, kclip, a, b, state
 
 
 def clip_bits(x: torch.Tensor, spec: CallSpec) -> torch.Tensor:

@@ -32,13 +32,15 @@ from bitlower.relpos import dense_to_table_grad
 from bitlower.spec import CallSpec
 
 
-def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec: CallSpec, head_dim: int, needs):
+def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec: CallSpec, head_dim: int,
+             needs):
     """Gradients ``(dq, dk, dv, da, db, dbias)``; an entry is None where ``needs`` says so.
 
     Args:
         grad_out: ``(B, H, N, Dv)``.
         v, bias: the forward's inputs.
-        lse, qbits, kbits, qclip, kclip, a, b: what the forward saved.
+        lse, qbits, kbits, qclip, kclip, a, b, row_state: what the forward saved (lse and row_state
+            unused: P is recomputed).
         spec: the call's static description.
         head_dim: ``D``.
         needs: six booleans for ``(q, k, v, a_in, b_in, bias)``.

@@ -12,6 +12,7 @@ from .configs import PROLOGUE_ROWS, padded_dim
 from .operands import bias_operand, value_scales
 from .plan import BackwardPlan, CallFacts, DeviceFacts, KernelOptions, plan_backward
 from .prologue import unpack_signs
+from .tiles import LOG2E
 
 
 @dataclass(frozen=True)
@@ -124,13 +125,14 @@ def backward_plan(grad_out, v, bias, head_dim: int, m: int, spec, options: Kerne
     return plan
 
 
-def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, head_dim, needs,
+def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim, needs,
              options: KernelOptions | None = None, *, config=None, out=None, kernel_plan: BackwardPlan | None = None):
     """Fused backward with the contract of ``bitlower.reference_backward.backward``.
 
     Args:
         grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip,
-            a, b: what the forward saved; spec: the ``CallSpec``; head_dim: ``D``; needs: six bools
+            a, b, row_state: what the forward saved (the kernels form ``p`` from ``row_state``);
+            spec: the ``CallSpec``; head_dim: ``D``; needs: six bools
             for ``(q, k, v, a_in, b_in, bias)``; options: the call's ``KernelOptions``; config: a
             ``TileConfig`` (shorthand for ``KernelOptions(backward_tiles=config.text)``); kernel_plan: a
             ``BackwardPlan`` already made (else made here from ``options``).
@@ -172,22 +174,22 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec, hea
     sign_strides = (n * dp, dp, m * dp, dp)
     if plan.query_side:
         torch.library.wrap_triton(_binary_attn_bwd_q_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
-            q_signs, k_signs, v, grad_out, lse, a, b, bias_t, vscale, vstep, qclip if plan.dq else delta,
+            q_signs, k_signs, v, grad_out, row_state, a, b, bias_t, vscale, vstep, qclip if plan.dq else delta,
             delta, da if plan.da_rows else delta, dq if plan.dq else delta,
             rows_sum if rows_sum is not None else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, qclip.shape[-1],
-            heads, n, m, spec.scale, beta.rows, *beta.grid,
+            heads, n, m, spec.scale, spec.scale * LOG2E.value, beta.rows, *beta.grid,
             NEED_DA=plan.da_rows, NEED_DQ=plan.dq, HEAD_DBIAS=plan.bias_grad == 1, DELTA_GIVEN=plan.delta_given,
             **common,
         )
     gbias, gstrides = _bias_grad_buffer(bias, beta, plan, (bsz, heads, n, m))
     if plan.key_side:
         torch.library.wrap_triton(_binary_attn_bwd_k_kernel)[(triton.cdiv(m, cfg.block_m), bsz * heads)](
-            q_signs, k_signs, v, grad_out, lse, delta, a, b, bias_t, gbias if gbias is not None else delta,
+            q_signs, k_signs, v, grad_out, row_state, delta, a, b, bias_t, gbias if gbias is not None else delta,
             vscale, vstep, kclip if plan.dk else delta, dv if plan.dv else delta, dk if plan.dk else delta,
             db if plan.db else delta, da_cols if plan.da_by_keys else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, *gstrides, kclip.shape[-1],
-            heads, n, m, spec.scale, beta.rows, *beta.grid,
+            heads, n, m, spec.scale, spec.scale * LOG2E.value, beta.rows, *beta.grid,
             NEED_DV=plan.dv, NEED_DB=plan.db, NEED_DK=plan.dk, BIAS_GRAD=plan.bias_grad if plan.bias_grad >= 2 else 0,
             NEED_DA_COLS=plan.da_by_keys, **common,
         )

@@ -1,7 +1,9 @@
 """Fused binary-attention backward kernels (one source, specialised by constexpr flags).
 
 Notation (SPEC §4, natural units unless named ``*2``): scores are recomputed from the saved
-signs, ``s2_ij = h_ij * a_i * b_j * scale * log2 e + beta2_ij``, ``p_ij = exp2(s2_ij - lse2_i)``,
+signs, ``s2_ij = h_ij * a_i * b_j * scale * log2 e + beta2_ij``, ``p_ij = exp2((s2_ij - m2_i) - l2_i)``
+with the forward's row state (``m2_i`` the row maximum, ``l2_i = log2 l_i``, saved apart: at |s2| ~ 1e7
+``m2 + l2`` rounds to ``m2`` in float32),
 
     dp_ij = dO_i . V_j      delta_i = sum_j p_ij dp_ij      dS_ij = p_ij (dp_ij - delta_i)
     dV_j  = sum_i p_ij dO_i         da_i = scale sum_j dS_ij h_ij b_j     db_j likewise
@@ -20,9 +22,9 @@ Two kernels, both recomputing ``h`` with the int8 tensor-core dot:
   total ``sum_i da_i`` (``NEED_DA_COLS``: all the ``mean_abs`` chain needs) and scatters ``dS``
   into table or dense bias gradients with atomics. Needs ``delta``.
 
-A row without a kept key has ``lse = -inf``; both kernels read it as ``lse2 = -FLT_MAX`` (``_live_lse2``),
-so ``p = exp2(-inf + FLT_MAX) = 0`` there (``-inf - -inf`` would be NaN) and the row adds nothing, as in
-the reference.
+A row without a kept key has ``l2 = -inf``; both kernels read ``m2`` and ``l2`` as at least -FLT_MAX
+(``_row_state``), so ``p = exp2(-inf + FLT_MAX) = 0`` there (``-inf - -inf`` would be NaN) and the row adds
+nothing, as in the reference.
 """
 from __future__ import annotations
 
@@ -34,21 +36,28 @@ from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, FLT_MAX, LOG2E
 
 
 @triton.jit
-def _live_lse2(lse2):
-    """``lse2`` at least -FLT_MAX: on a row without a kept key (every ``s2`` and ``lse2`` -inf),
-    ``exp2(s2 - lse2) = exp2(-inf) = 0``, not NaN (one max per element; other rows have ``lse2 >= max s2``)."""
-    return tl.maximum(lse2, -FLT_MAX)
+def _row_state(state_base, rows, row_mask, head_shift2):
+    """``(m2, l2)`` of the rows from the forward's row state ``(.., N, 2)``: the row maximum (less a head
+    shift) and ``log2(l)``, each at least -FLT_MAX. On a row without a kept key (every ``s2`` -inf,
+    ``l2 = -inf``) ``exp2((s2 - m2) - l2) = exp2(-inf) = 0``, not NaN; other rows have ``l2 >= 0`` or
+    (static bound) a finite ``l2``, untouched. Masked rows read ``m2 = +inf``: ``p = 0``."""
+    m2 = tl.load(state_base + 2 * rows, mask=row_mask, other=float("inf")) - head_shift2
+    l2 = tl.load(state_base + 2 * rows + 1, mask=row_mask, other=0.0)
+    return tl.maximum(m2, -FLT_MAX), tl.maximum(l2, -FLT_MAX)
 
 
 @triton.jit
-def _probs(h, w_rows, w_cols, lse2, bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
+def _probs(h, w_rows, w_cols, m2, l2, bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
            BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, TRANS: tl.constexpr, MASK_COLS: tl.constexpr):
     """``(p, hf)`` of a score tile: rows x cols are queries x keys, or keys x queries when TRANS.
 
-    ``w_rows * w_cols`` is ``a * b * scale * log2 e``; ``lse2`` broadcasts against the tile.
+    ``w_rows * w_cols`` is ``a * b * scale * log2 e``; ``m2`` and ``l2`` (the row maximum and
+    ``log2(l)``, apart: ``m2 + l2`` rounds to ``m2`` at |s2| ~ 1e7) broadcast against the tile.
     """
     hf = int_to_float(h)
-    s = (hf * w_rows[:, None]) * w_cols[None, :]
+    # the forward's s2 bit for bit (``score_tile``: ``hf * c`` with ``c = (a scale log2 e) b``), so the row
+    # maximum it saved is exact here: at |s2| ~ 1e7 one ulp of difference is a factor 2 in p
+    s = hf * (w_rows[:, None] * w_cols[None, :])
     if BIAS == BIAS_TABLE:
         if TRANS:
             idx = tl.trans(table_index(tl.where(col_mask, cols, 0), tl.where(row_mask, rows, 0),
@@ -64,7 +73,7 @@ def _probs(h, w_rows, w_cols, lse2, bias_base, rows, cols, row_mask, col_mask, s
         s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_r, s_c), s, float("-inf"))
     if MASK_COLS:
         s = tl.where(col_mask[None, :], s, float("-inf"))
-    return tl.exp2(s - lse2), hf
+    return tl.exp2((s - m2) - l2), hf
 
 
 @triton.jit
@@ -102,7 +111,7 @@ def _row_dot_kernel(out_ptr, do_ptr, lse_ptr, delta_ptr, H, N, s_ob, s_oh, s_on,
 
 @triton.jit
 def _q_tiles(
-    acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, lo, hi,
+    acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, m2, l2, rows, row_mask, lo, hi,
     ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_M: tl.constexpr,
     BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, PV_INT8: tl.constexpr,
@@ -115,7 +124,7 @@ def _q_tiles(
         col_mask = cols < M
         ks = load_signs(ks_base, cols, col_mask, s_ks_m, D, DP, False)  # (BLOCK_M, DP)
         bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
-        p, hf = _probs(tl.dot(qs, tl.trans(ks), out_dtype=tl.int32), c_rows, bj, lse2[:, None], bias_base,
+        p, hf = _probs(tl.dot(qs, tl.trans(ks), out_dtype=tl.int32), c_rows, bj, m2[:, None], l2[:, None], bias_base,
                        rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
                        BIAS, HAS_PREFIX, False, MASK_M)
         v, _ = _load_values(v_base, cols, col_mask, s_vm, s_vd, vscale, vstep, DV, DVP, PV_INT8)
@@ -142,11 +151,11 @@ def _q_tiles(
 
 @triton.jit
 def _binary_attn_bwd_q_kernel(
-    qs_ptr, ks_ptr, v_ptr, do_ptr, lse_ptr, a_ptr, b_ptr, bias_ptr, vscale_ptr, vstep_ptr, qclip_ptr,
+    qs_ptr, ks_ptr, v_ptr, do_ptr, state_ptr, a_ptr, b_ptr, bias_ptr, vscale_ptr, vstep_ptr, qclip_ptr,
     delta_ptr, da_ptr, dq_ptr, dbias_rows_ptr,
     s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_dob, s_doh, s_don, s_dod,
     s_bias_b, s_bias_h, s_bn, s_bm, s_clip_n,
-    H, N, M, scale, table_rows, grid_h, grid_w, prefix,
+    H, N, M, scale, scale_log2, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
     PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
@@ -166,15 +175,15 @@ def _binary_attn_bwd_q_kernel(
     do = tl.load(do_ptr + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh + rows[:, None] * s_don + dv[None, :] * s_dod,
                  mask=row_mask[:, None] & (dv < DV)[None, :], other=0.0).to(tl.float32)
     a_rows = tl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0)
-    c_rows = a_rows * (scale * LOG2E)  # a_i * scale * log2(e)
-    lse2 = tl.load(lse_ptr + bh64 * N + rows, mask=row_mask, other=float("inf")) * LOG2E
+    c_rows = a_rows * scale_log2  # a_i * scale * log2(e), the forward's scale_log2 argument
     ks_base = ks_ptr + bh64 * s_ks_bh
     v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
     b_base = b_ptr + bh64 * M
     bias_base = bias_ptr
+    head_shift2 = 0.0
     if BIAS == BIAS_HEAD:
-        lse2 = lse2 - tl.load(bias_ptr + h) * LOG2E  # a head bias only shifts the row
-    lse2 = _live_lse2(lse2)  # once per program
+        head_shift2 = tl.load(bias_ptr + h) * LOG2E  # a head bias only shifts the row
+    m2, l2 = _row_state(state_ptr + bh64 * N * 2, rows, row_mask, head_shift2)  # once per program
     if BIAS == BIAS_TABLE:
         bias_base = bias_ptr + h * table_rows
     if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
@@ -192,12 +201,12 @@ def _binary_attn_bwd_q_kernel(
         pass_ds: tl.constexpr = 2 if NEED_DQ else 3
         delta = tl.load(delta_ptr + out_rows, mask=row_mask, other=0.0)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
-            acc, delta, zero, zero, zero, zero, zero, qs, do, c_rows, lse2, rows, row_mask, 0, m_full, ks_base,
+            acc, delta, zero, zero, zero, zero, zero, qs, do, c_rows, m2, l2, rows, row_mask, 0, m_full, ks_base,
             s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
             D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, False, pass_ds, NEED_DA,
             HEAD_DBIAS)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
-            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, m_full, M,
+            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, m2, l2, rows, row_mask, m_full, M,
             ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
             prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, pass_ds,
             NEED_DA, HEAD_DBIAS)
@@ -205,19 +214,19 @@ def _binary_attn_bwd_q_kernel(
         one_pass_da: tl.constexpr = NEED_DA and not NEED_DQ
         head_pass1: tl.constexpr = HEAD_DBIAS and not NEED_DQ
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
-            acc, zero, zero, zero, zero, zero, zero, qs, do, c_rows, lse2, rows, row_mask, 0, m_full, ks_base,
+            acc, zero, zero, zero, zero, zero, zero, qs, do, c_rows, m2, l2, rows, row_mask, 0, m_full, ks_base,
             s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
             D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, False, 1, one_pass_da,
             head_pass1)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
-            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, m_full, M,
+            acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, m2, l2, rows, row_mask, m_full, M,
             ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
             prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, 1, one_pass_da,
             head_pass1)
         tl.store(delta_ptr + out_rows, delta, mask=row_mask)
         if NEED_DQ:
             acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
-                acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, lse2, rows, row_mask, 0, M,
+                acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, m2, l2, rows, row_mask, 0, M,
                 ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h,
                 grid_w, prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, 2,
                 NEED_DA, HEAD_DBIAS)
@@ -239,7 +248,7 @@ def _binary_attn_bwd_q_kernel(
 @triton.jit
 def _k_tiles(
     dv_acc, dk_acc, db_acc, da_acc, ks, v, bj_w, lo, hi, cols, col_mask, qs_base, s_qs_n, do_base, s_don, s_dod,
-    a_base, lse_base, delta_base, bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale_log2,
+    a_base, state_base, delta_base, bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale_log2,
     grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr, BLOCK_N: tl.constexpr,
     BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr, PV_INT8: tl.constexpr,
@@ -253,8 +262,8 @@ def _k_tiles(
         row_mask = rows < N
         qs = load_signs(qs_base, rows, row_mask, s_qs_n, D, DP, False)  # (BLOCK_N, DP)
         a_i = tl.load(a_base + rows, mask=row_mask, other=0.0)
-        lse2 = _live_lse2(tl.load(lse_base + rows, mask=row_mask, other=float("inf")) * LOG2E - head_shift2)
-        pt, hf = _probs(tl.dot(ks, tl.trans(qs), out_dtype=tl.int32), bj_w, a_i * scale_log2, lse2[None, :],
+        m2, l2 = _row_state(state_base, rows, row_mask, head_shift2)
+        pt, hf = _probs(tl.dot(ks, tl.trans(qs), out_dtype=tl.int32), bj_w, a_i * scale_log2, m2[None, :], l2[None, :],
                         bias_base, cols, rows, col_mask, row_mask, s_bm, s_bn, grid_h, grid_w, prefix,
                         BIAS, HAS_PREFIX, True, MASK_N)  # (BLOCK_M, BLOCK_N)
         do = tl.load(do_base + rows[:, None] * s_don + dvr[None, :] * s_dod,
@@ -285,11 +294,11 @@ def _k_tiles(
 
 @triton.jit
 def _binary_attn_bwd_k_kernel(
-    qs_ptr, ks_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr, vscale_ptr, vstep_ptr,
+    qs_ptr, ks_ptr, v_ptr, do_ptr, state_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr, vscale_ptr, vstep_ptr,
     kclip_ptr, dv_ptr, dk_ptr, db_ptr, da_cols_ptr,
     s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_dob, s_doh, s_don, s_dod,
     s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, s_clip_m,
-    H, N, M, scale, table_rows, grid_h, grid_w, prefix,
+    H, N, M, scale, scale_log2, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
     PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
@@ -341,8 +350,8 @@ def _binary_attn_bwd_k_kernel(
         hi = n_full if lo_hi == 0 else N
         dv_acc, dk_acc, db_acc, da_acc = _k_tiles(
             dv_acc, dk_acc, db_acc, da_acc, ks, v, b_j, lo, hi, cols, col_mask, qs_ptr + bh64 * s_qs_bh, s_qs_n,
-            do_base, s_don, s_dod, a_ptr + bh64 * N, lse_ptr + bh64 * N, delta_ptr + bh64 * N, bias_base,
-            gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale * LOG2E, grid_h, grid_w, prefix,
+            do_base, s_don, s_dod, a_ptr + bh64 * N, state_ptr + bh64 * N * 2, delta_ptr + bh64 * N, bias_base,
+            gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale_log2, grid_h, grid_w, prefix,
             D, DP, DV, DVP, BLOCK_N, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, need_ds, NEED_DB,
             NEED_DK, BIAS_GRAD, NEED_DA_COLS, lo_hi == 1)
     out_rows = bh64 * M + cols

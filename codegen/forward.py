@@ -34,7 +34,7 @@ def forward(q, k, v, a, b, bias, spec, options: KernelOptions | None = None, *, 
             forward_tiles=config.text, static_max=static_max)`` (tests, benchmarks).
 
     Returns:
-        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference (v2: bits with 0 words
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` as the reference (v2: bits with 0 words
         unless ``spec.save_bits``).
     """
     if plan is None:
@@ -59,6 +59,7 @@ def _forward_v1(q, k, v, a, b, bias, spec, plan: ForwardPlan):
     kbits, kclip, ks, b_eff, k_sums = sign_pack(k, b, spec, signs=True)
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
     lse = torch.empty(bsz, heads, n, dtype=torch.float32, device=q.device)
+    row_state = torch.empty(bsz, heads, n, 2, dtype=torch.float32, device=q.device)  # (m2, log2 l) per row
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
     cfg = plan.tiles
     pv_int8 = spec.pv_quant == "int8"
@@ -67,7 +68,7 @@ def _forward_v1(q, k, v, a, b, bias, spec, plan: ForwardPlan):
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     grid = (triton.cdiv(n, cfg.block_n), bsz * heads)
     torch.library.wrap_triton(_binary_attn_fwd_kernel)[grid](
-        q_signs, ks, v, out, lse, a_eff, b_eff, q_sums, k_sums,
+        q_signs, ks, v, out, lse, row_state, a_eff, b_eff, q_sums, k_sums,
         beta.tensor if beta.tensor is not None else lse, vscale, vstep,
         n * q_signs.shape[-1], q_signs.shape[-1], m * ks.shape[-1], ks.shape[-1],
         *v.stride(), *beta.strides,
@@ -78,4 +79,4 @@ def _forward_v1(q, k, v, a, b, bias, spec, plan: ForwardPlan):
         PV_INT8=pv_int8, DOT=plan.dot,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff
+    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state

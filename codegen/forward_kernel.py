@@ -29,7 +29,8 @@ def _scale_rows(eff_ptr, value, length, start, step, BLOCK: tl.constexpr):
 
 @triton.jit
 def _binary_attn_fwd_kernel(
-    qs_ptr, ks_ptr, v_ptr, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bias_ptr, vscale_ptr, vstep_ptr,
+    qs_ptr, ks_ptr, v_ptr, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bias_ptr, vscale_ptr,
+    vstep_ptr,
     s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_bias_b, s_bias_h, s_bn, s_bm,
     H, N, M, scale_log2, inv_nd, inv_md, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
@@ -81,5 +82,5 @@ def _binary_attn_fwd_kernel(
         bound, qs, c, c_rows, rows, row_mask, ks_base, s_ks_m, 1, v_base, s_vm, s_vd, b_base, bias_base,
         s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
         HAS_PREFIX, DOT, STATIC_MAX, LIMIT, P_OFFSET, PV_INT8)
-    store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, scale_out, DV, DVP,
+    store_rows(out_ptr, lse_ptr, state_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, scale_out, DV, DVP,
                PV_INT8)

@@ -45,7 +45,7 @@ def score_tile(
         s = hf * c
     else:
         bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
-        s = (hf * bj[None, :]) * c_rows[:, None]
+        s = hf * (c_rows[:, None] * bj[None, :])  # the backward's expression (``_probs``), bit for bit
     if BIAS == BIAS_TABLE:
         s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
                        BIAS, HAS_PREFIX, False)  # the launcher's table is in log2 units
@@ -183,9 +183,11 @@ def bias_rows(bias_ptr, b64, h64, table_rows, s_bias_b, s_bias_h, BIAS: tl.const
 
 
 @triton.jit
-def store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, out_rows, row_mask, scale_out,
+def store_rows(out_ptr, lse_ptr, state_ptr, acc, l_i, m_i, row_shift, out_rows, row_mask, scale_out,
                DV: tl.constexpr, DVP: tl.constexpr, PV_INT8: tl.constexpr):
-    """out = acc / l (or acc * step for the 8-bit P.V) and the natural-log lse of the rows."""
+    """out = acc / l (or acc * step for the 8-bit P.V), the natural-log lse of the rows, and the row
+    state ``(B, H, N, 2)``: ``m + row_shift`` and ``log2(l)`` apart, so the backward's
+    ``exp2((s2 - m) - log2 l)`` keeps ``log2 l`` where ``m + log2 l`` rounds to ``m`` (|s2| ~ 1e7)."""
     dv = tl.arange(0, DVP)
     if PV_INT8:
         out = acc * scale_out[None, :]
@@ -195,3 +197,5 @@ def store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, out_rows, row_mask, s
              mask=row_mask[:, None] & (dv < DV)[None, :])
     lse = (m_i + tl.log2(l_i) + row_shift) * LN2  # back to natural log
     tl.store(lse_ptr + out_rows, lse, mask=row_mask)
+    tl.store(state_ptr + 2 * out_rows, m_i + row_shift, mask=row_mask)
+    tl.store(state_ptr + 2 * out_rows + 1, tl.log2(l_i), mask=row_mask)

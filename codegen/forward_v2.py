@@ -73,7 +73,7 @@ def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, table_dense: bool | None
         static_max, config: without ``plan``, ``KernelOptions(static_max=..., forward_tiles=config.text)``.
 
     Returns:
-        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference (bits with 0 words
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` as the reference (bits with 0 words
         unless ``spec.save_bits``).
 
     Raises:
@@ -95,12 +95,13 @@ def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, table_dense: bool | None
     beta, beta_max = _bias(bias, spec, (bsz, heads, n, m), table_dense)
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
     lse = torch.empty(bsz, heads, n, **f32)
+    row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
     dp, dvp = padded_dim(dim), padded_dim(dim_v)
     cfg = plan.tiles
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     torch.library.wrap_triton(_binary_attn_fwd_v2_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
-        q_signs, k_signs, v, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
+        q_signs, k_signs, v, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
         pick(beta.tensor), pick(beta_max),
         *v.stride(), *beta.strides,
         heads, n, m, spec.scale * LOG2E.value, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
@@ -109,4 +110,4 @@ def forward_v2(q, k, v, a, b, bias, spec, plan=None, *, table_dense: bool | None
         STATIC_MAX=plan.static_max, LIMIT=limit, P_OFFSET=offset, DOT=plan.dot,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff
+    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state

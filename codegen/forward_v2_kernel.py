@@ -30,7 +30,7 @@ def _fill_rows(ptr, value, length, start, step, BLOCK: tl.constexpr):
 
 @triton.jit
 def _binary_attn_fwd_v2_kernel(
-    qs_ptr, ks_ptr, v_ptr, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
+    qs_ptr, ks_ptr, v_ptr, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
     beta_max_ptr,
     s_vb, s_vh, s_vm, s_vd, s_bias_b, s_bias_h, s_bn, s_bm,
     H, N, M, scale_log2, inv_nd, inv_md, table_rows, grid_h, grid_w, prefix,
@@ -78,4 +78,4 @@ def _binary_attn_fwd_v2_kernel(
         bound, qs, c, c_rows, rows, row_mask, k_signs, s_ksm, s_ksd, v_base, s_vm, s_vd, b_base, bias_base,
         s_bn, s_bm, bound, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M, MEAN_ABS, BIAS,
         HAS_PREFIX, DOT, STATIC_MAX, LIMIT, P_OFFSET, False)
-    store_rows(out_ptr, lse_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, bound, DV, DVP, False)
+    store_rows(out_ptr, lse_ptr, state_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, bound, DV, DVP, False)

@@ -15,7 +15,7 @@ def forward_plan_for(q, k, v, a, b, bias, spec, options: KernelOptions = KernelO
     return plan_forward(CallFacts.of(q, k, v, bias), spec, DeviceFacts.of(q.device), options)
 
 
-def backward_plan_for(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, spec,
+def backward_plan_for(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec,
                       options: KernelOptions = KernelOptions(), head_dim: int | None = None) -> BackwardPlan | str:
     """The backward plan of this call, or why the kernels cannot run it (tensors may be fake).
 

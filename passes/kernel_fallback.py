@@ -87,7 +87,7 @@ def call_fallback_reasons(node: Node) -> list[str]:
     options = args["kernel_options"]
     reasons = [ops.fallback_reason("unsupported_reason", (q, k, v, a, b, bias), spec, options)]
     if spec.save_bits and outputs is not None:  # differentiated: the backward operator runs too
-        out, *saved = (_concrete(x, mode) for x in outputs)  # (out, lse, qbits, kbits, qclip, kclip, a, b)
+        out, *saved = (_concrete(x, mode) for x in outputs)  # (out, lse, qbits, kbits, qclip, kclip, a, b, row_state)
         grad_out = out  # the gradient of ``out`` has its shape, dtype and device
         reasons.append(ops.fallback_reason("unsupported_backward_reason", (grad_out, v, bias, *saved), spec, options,
                                            head_dim=int(q.shape[-1])))

@@ -291,7 +291,7 @@ def _row_scalars(a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_
 
 @gluon.jit
 def _binary_attn_fwd_sm90_kernel(
-    q_desc, k_desc, v_desc, out_ptr, lse_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
+    q_desc, k_desc, v_desc, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
     beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
@@ -358,14 +358,15 @@ def _binary_attn_fwd_sm90_kernel(
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bar.index(i))
         mbarrier.invalidate(v_bar.index(i))
-    _store(out_ptr, lse_ptr, o, l_i, m_i, row_shift, bh64 * N, rows, row_mask, pid_n * BLOCK_N, N, DV,
+    _store(out_ptr, lse_ptr, state_ptr, o, l_i, m_i, row_shift, bh64 * N, rows, row_mask, pid_n * BLOCK_N, N, DV,
            BLOCK_N, DVP, o_layout)
 
 
 @gluon.jit
-def _store(out_ptr, lse_ptr, o, l_i, m_i, row_shift, row0, rows, row_mask, start, N, DV: gl.constexpr,
+def _store(out_ptr, lse_ptr, state_ptr, o, l_i, m_i, row_shift, row0, rows, row_mask, start, N, DV: gl.constexpr,
            BLOCK_N: gl.constexpr, DVP: gl.constexpr, o_layout: gl.constexpr):
-    """out ``(B, H, N, DV)`` contiguous = o / l; lse ``(B, H, N)`` natural log."""
+    """out ``(B, H, N, DV)`` contiguous = o / l; lse ``(B, H, N)`` natural log; row state ``(B, H, N, 2)``:
+    ``m + row_shift`` and ``log2(l)`` apart (the backward's ``exp2((s2 - m) - log2 l)``)."""
     o_rows = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, o_layout))
     o_cols = gl.arange(0, DVP, layout=gl.SliceLayout(0, o_layout))
     out = o / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
@@ -373,3 +374,5 @@ def _store(out_ptr, lse_ptr, o, l_i, m_i, row_shift, row0, rows, row_mask, start
     gl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=(o_rows < N)[:, None] & (o_cols < DV)[None, :])
     lse = (m_i + gl.log2(l_i) + row_shift) * LN2
     gl.store(lse_ptr + row0 + rows, lse, mask=row_mask)
+    gl.store(state_ptr + 2 * (row0 + rows), m_i + row_shift, mask=row_mask)
+    gl.store(state_ptr + 2 * (row0 + rows) + 1, gl.log2(l_i), mask=row_mask)

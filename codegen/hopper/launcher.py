@@ -80,7 +80,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
         config: a ``HopperConfig`` overriding ``hopper_config`` (sweeps).
 
     Returns:
-        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` as the reference (bits with 0 words
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` as the reference (bits with 0 words
         unless ``spec.save_bits``).
     """
     bsz, heads, n, dim = q.shape
@@ -94,6 +94,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     code, beta, strides, beta_max, static_ok = hopper_bias(bias, spec, (bsz, heads, n, m))
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
     lse = torch.empty(bsz, heads, n, **f32)
+    row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
     v = tma_readable(v)
     cfg = config or hopper_config(n, dim, dim_v)
     kc, nkc = sign_chunks(dim)
@@ -105,12 +106,12 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     from .kernel_sage import _binary_attn_fwd_sm90_kernel
 
-    args = (q_desc, k_desc, v_desc, out, lse, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max), pick(beta),
-            pick(beta_max), *strides, heads, n, m, spec.scale * LOG2E.value,
+    args = (q_desc, k_desc, v_desc, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
+            pick(beta), pick(beta_max), *strides, heads, n, m, spec.scale * LOG2E.value,
             1.0 / (n * dim), 1.0 / (m * dim))
     kwargs = dict(D=dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, MEAN_ABS=mean_abs, BIAS=code,
                   BETA_MAX=beta_max is not None, STATIC_MAX=static_max and static_ok, LIMIT=limit,
                   P_OFFSET=offset, PEEL=cfg.peel, num_warps=cfg.num_warps)
     _launch(_binary_attn_fwd_sm90_kernel, (-(-n // cfg.block_n), bsz * heads), args, kwargs)
-    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff
+    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state
 

@@ -36,7 +36,7 @@ def run_flat(
     ste_clip: float,
     save_bits: bool,
     static_max: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The op's (CUDA) implementation: ``launch_hopper_forward`` on the spec of the flat arguments.
 
     The arguments after the tensors are ``spec.OP_ARGS``, then ``save_bits`` and ``static_max``.
@@ -55,7 +55,7 @@ def _hopper_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, gra
 
     out ``(B, H, N, Dv)`` in v's dtype; lse ``(B, H, N)`` float32; bits ``(B, H, L, 1, W)`` int32 with
     ``W = num_words(D)`` when ``save_bits`` else 0, clip bits ``W`` words only for ``ste``; a_eff / b_eff
-    ``(B, H, L, 1)`` float32.
+    ``(B, H, L, 1)`` float32; row_state ``(B, H, N, 2)`` float32.
     """
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     bsz, heads, n, dim = q.shape
@@ -72,6 +72,7 @@ def _hopper_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, gra
         q.new_empty(bsz, heads, m, 1, clip_words, **i32),
         q.new_empty(bsz, heads, n, 1, **f32),
         q.new_empty(bsz, heads, m, 1, **f32),
+        q.new_empty(bsz, heads, n, 2, **f32),
     )
 
 
@@ -82,7 +83,8 @@ def hopper_forward(q, k, v, a, b, bias, spec, plan):
     the Gluon kernel's: its tiles come from ``config.hopper_config``.
 
     Returns:
-        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff)`` (bits with 0 words unless ``spec.save_bits``).
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` (bits with 0 words unless
+        ``spec.save_bits``).
     """
     return tuple(torch.ops.bitlower.hopper_fwd(q, k, v, a, b, bias, *spec.op_args(), spec.save_bits,
                                                plan.static_max))

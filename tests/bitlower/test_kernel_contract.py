@@ -8,6 +8,8 @@ needs (its owner makes it; the marker then goes, as a strict xfail that passes f
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -30,10 +32,17 @@ def _rel(x, ref):
     return float((x.double() - ref.double()).norm() / ref.double().norm())
 
 
-def _backward(call, kernels: bool, with_out: bool = False):
-    """Gradients of q, k, v; ``with_out``: the kernels take ``delta = dO . O`` from the output."""
+def _backward(call, kernels: bool, with_out: bool = False, variant=None):
+    """Gradients of q, k, v; ``with_out``: the kernels take ``delta = dO . O`` from the output.
+
+    Each backward takes what its own forward saved, as the operator pairs them: the kernels' row state
+    ``(m2, log2 l)`` comes from the scores the kernels recompute bit for bit.
+    """
     q, k, v, a, b, bias, spec = call
-    out, *saved = reference.forward(q, k, v, a, b, bias, spec)
+    if kernels:
+        out, *saved = forward(q, k, v, a, b, bias, spec, variant=variant)
+    else:
+        out, *saved = reference.forward(q, k, v, a, b, bias, spec)
     do = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     args = (do, v, bias, *saved, spec, q.shape[-1], NEEDS)
     if kernels:
@@ -84,10 +93,8 @@ def test_backward_of_a_row_without_kept_keys_is_finite_like_the_reference(fill, 
         assert torch.isfinite(g).all() and _rel(g, w) <= 1e-5, name
 
 
-@pytest.mark.xfail(strict=True, reason="codegen backward: the row max of a finfo.min row (-FLT_MAX in log2 units) "
-                                       "absorbs log2(l) in the saved lse, so p = exp2(s2 - lse2) is not 1/M there; "
-                                       "needs the row max saved apart from log2(l) (issue 20 item 4)")
 def test_backward_of_a_dense_finfo_min_row_matches_the_reference():
+    """A finfo.min row (m2 = -FLT_MAX in log2 units) keeps log2(l) apart: p = 1/M per key, as the reference."""
     call = _call(*_dead_row(FINFO_MIN))
     want, got = _backward(call, kernels=False), _backward(call, kernels=True)
     for name, g, w in zip("qkv", got[:3], want[:3]):
@@ -102,9 +109,12 @@ def test_forward_rows_are_convex_at_huge_scale():
     assert torch.allclose(got, torch.ones_like(got), atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="codegen backward: p = exp2(s2 - lse2) with lse2 = m + log2(l) rounded to "
-                                       "m at |s2| ~ 1e7, so dv = P^T dO is not normalised (the reference recomputes P)")
-def test_backward_at_huge_scale_matches_the_reference():
-    call = _call(scale=1e7)
-    want, got = _backward(call, kernels=False), _backward(call, kernels=True)
+@pytest.mark.parametrize("variant", ["v1", "v2"])
+@pytest.mark.parametrize("weighting", ["mean_abs", "none"])
+def test_backward_at_huge_scale_matches_the_reference(weighting, variant):
+    """At scale 1e7 (|s2| ~ 1e7, float32 ulp 1) dv = P^T dO stays normalised: the backward forms
+    p = exp2((s2 - m2) - log2 l) from the forward's row state and the forward's s2 bit for bit."""
+    q, k, v, a, b, bias, spec = _call(scale=1e7)
+    call = (q, k, v, a, b, bias, dataclasses.replace(spec, weighting=weighting))
+    want, got = _backward(call, kernels=False), _backward(call, kernels=True, variant=variant)
     assert _rel(got[2], want[2]) <= 1e-5

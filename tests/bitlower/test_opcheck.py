@@ -49,10 +49,10 @@ def test_aot_subset_covers_every_value():
 def test_opcheck_backward(case_factory, weighting, bias_kind, grad_mode, pv_quant):
     case = case_factory(weighting, bias_kind, dtype=torch.float32, n=7, m=7, d=40, dv=8)
     args = _fwd_args(case, grad_mode, pv_quant)
-    out, lse, qbits, kbits, qclip, kclip, a, b = torch.ops.bitlower.binary_attention_fwd(*args)
+    out, lse, qbits, kbits, qclip, kclip, a, b, row_state = torch.ops.bitlower.binary_attention_fwd(*args)
     needs = [weighting != "bilinear", weighting != "bilinear", True, weighting in ("token", "bilinear"),
              weighting in ("token", "bilinear"), bias_kind not in ("none", "mask")]
-    bwd_args = (torch.randn_like(out), case["v"], case.get("bias"), lse, qbits, kbits, qclip, kclip, a, b,
+    bwd_args = (torch.randn_like(out), case["v"], case.get("bias"), lse, qbits, kbits, qclip, kclip, a, b, row_state,
                 *args[6:13], case["q"].shape[-1], needs, out)  # the output, as autograd passes it
     torch.library.opcheck(torch.ops.bitlower.binary_attention_bwd.default, bwd_args)
 

@@ -91,7 +91,7 @@ def test_fake_outputs_are_the_launchers_and_the_contracts(case, helpers):
         contract = torch.ops.bitlower.binary_attention_fwd(*fake_call, *spec.op_args(), spec.save_bits)
     (args,) = recorded.seen
     assert CallSpec.from_op_args(*args[6:14]) == spec and args[14] is static_max
-    assert len(fake) == len(real) == 8
+    assert len(fake) == len(real) == 9
     assert _meta(fake) == _meta(real)
     assert all(t.is_contiguous() for t in fake)
     assert [(tuple(t.shape), t.dtype) for t in fake] == [(tuple(t.shape), t.dtype) for t in contract]
@@ -113,7 +113,7 @@ def test_the_implementation_rebuilds_the_spec(helpers):
 
     with mock.patch.object(op, "launch_hopper_forward", record):
         out = op.run_flat(*call[:6], *spec.op_args(), spec.save_bits, False)
-    assert seen == dict(spec=spec, static_max=False) and len(out) == 8
+    assert seen == dict(spec=spec, static_max=False) and len(out) == 9
 
 
 _CPU_STUB = {"on": False}  # the test's CPU kernel of bitlower::hopper_fwd answers only while this is set
