@@ -55,7 +55,9 @@ MAGIC_INT = gl.constexpr(0x4B400000)  # 1.5 * 2**23 as float32 bits: see codegen
 MAGIC_FLOAT = gl.constexpr(12582912.0)  # 1.5 * 2**23
 LOG2E = gl.constexpr(1.4426950408889634)  # 1 / ln(2)
 LN2 = gl.constexpr(0.6931471805599453)  # ln(2)
-NEG_INIT = gl.constexpr(-1.0e30)  # running-max start: finite, so a fully masked tile gives no NaN
+NEG_INIT = gl.constexpr(-3.4028234663852886e38)  # running-max start -FLT_MAX: finite, as the tl.dot kernels'
+# (a row whose every score is -FLT_MAX, a finfo.min padding fill, then averages uniformly, as the reference)
+TINY = gl.constexpr(5.421010862427522e-20)  # 2**-64: beta * TINY - FLT_MAX is -FLT_MAX for finite beta, -inf for -inf
 BIAS_NONE = gl.constexpr(0)
 BIAS_HEAD = gl.constexpr(1)
 BIAS_DENSE = gl.constexpr(3)  # also the table bias, materialised densely by the launcher
@@ -126,7 +128,8 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
     if BIAS == BIAS_DENSE:
         keep = row_mask[:, None] & (cols < M)[None, :]
         beta = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=0.0)
-        shift = beta.to(gl.float32) * LOG2E
+        beta = beta.to(gl.float32)
+        shift = gl.maximum(beta * LOG2E, beta * TINY + NEG_INIT)  # finfo.min * log2(e) stays finite
     alpha = l_i  # unused unless ONLINE
     if ONLINE:
         s = gl.fma(f, scale, gl.zeros_like(f) + shift)
