@@ -50,11 +50,8 @@ def bitlower_rows(q, k, v, spec, configs):
         cfg = HopperConfig(*map(int, text.split("x")))
         rows[f"gluon@{text}"] = lambda cfg=cfg: launch_hopper_forward(q, k, v, None, None, None, spec, config=cfg)
     rows["gluon_online"] = lambda: launch_hopper_forward(q, k, v, None, None, None, spec, static_max=False)
-    try:
-        from bitlower.codegen.forward_v2 import forward_v2
-        rows["tl_dot_v2"] = lambda: forward_v2(q, k, v, None, None, None, spec)
-    except ImportError:  # the plan may have moved it: the row is left out
-        pass
+    from bitlower.codegen import forward
+    rows["tl_dot_v2"] = lambda: forward(q, k, v, None, None, None, spec, variant="v2")  # the plan's v2 row
     return rows
 
 
