@@ -17,6 +17,7 @@ import triton.language as tl
 from bitlower.packing import num_words
 
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
+from .launch import launch
 from .prologue import round_to_dtype
 
 
@@ -35,7 +36,7 @@ def _stats_kernel(
     H, L, clip,
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
     WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
-    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr,
+    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr,
 ):
     """Stats of one operand.
 
@@ -61,8 +62,9 @@ def _stats_kernel(
     if WRITE_CLIP:
         words = _pack_words(((tl.abs(x) <= clip) & ch_mask[None, :]).to(tl.int32), DP, BLOCK_L)
         tl.store(clip_ptr + out_row[:, None] * W + w[None, :], words, mask=word_mask)
-    if WRITE_SIGNS:  # NaN -> -1 like packing.sgn
-        signs = tl.where(ch_mask[None, :], tl.where(x >= 0, 1, -1), 0).to(tl.int8)
+    if WRITE_SIGNS:  # NaN -> -1 like packing.sgn; bytes +-SIGN_ONE (1: int8, 0x38: float8 e4m3 +-1.0)
+        minus: tl.constexpr = -1 if SIGN_ONE == 1 else SIGN_ONE - 128  # float8: the sign bit set (0xB8)
+        signs = tl.where(ch_mask[None, :], tl.where(x >= 0, SIGN_ONE, minus), 0).to(tl.int8)
         tl.store(signs_ptr + out_row[:, None] * DP + d[None, :], signs, mask=row_mask[:, None])
     if SUM_ABS:
         tl.atomic_add(sums_ptr + bh, tl.sum(tl.sum(tl.abs(x), axis=1), axis=0))
@@ -76,7 +78,11 @@ def _stats_kernel(
         tl.atomic_max(max_ptr + bh, tl.max(tl.where(row_mask & (eff == eff), tl.abs(eff), 0.0), axis=0))
 
 
-def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, signs: bool = False):
+FP8_ONE = 0x38  # float8 e4m3 1.0 (exponent 7 = bias, mantissa 0); 0xB8 is -1.0, 0x00 is +0.0
+
+
+def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, signs: bool = False,
+               fp8_signs: bool = False):
     """Run the stats pass on ``x`` ``(B, H, L, D)``.
 
     Args:
@@ -85,11 +91,13 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         spec: the call's ``CallSpec``; ``spec.save_bits`` asks for packed bits (and clip bits for ste).
         eff: write the per-token scalars and their per-(batch, head) max (``token``/``none``).
         signs: write the int8 ``+-1`` sign tensor ``(B, H, L, DP)``.
+        fp8_signs: write it as float8 e4m3 ``+-1.0`` instead (``torch.float8_e4m3fn``; 0 past ``D``),
+            the operand of a float8 tensor-core product (exact: integer sums of +-1 below 2**8).
 
     Returns:
         ``(bits, clip, eff_rows, sums, maxes, signs)``: bits/clip ``(B, H, L, 1, W)`` int32 (``W = 0``
         when not written); eff_rows ``(B, H, L, 1)`` float32 or None; sums ``(B, H)`` of ``|x|`` or None;
-        maxes ``(B, H)`` max ``|eff|`` or None; signs int8 or None.
+        maxes ``(B, H)`` max ``|eff|`` or None; signs int8 (float8 e4m3 with ``fp8_signs``) or None.
     """
     bsz, heads, length, dim = x.shape
     dev = x.device
@@ -108,7 +116,7 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
     fdummy = torch.empty(1, **f32)
     given_t = given.to(torch.float32).contiguous() if given is not None else fdummy
     grid = (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads)
-    torch.library.wrap_triton(_stats_kernel)[grid](
+    launch(_stats_kernel, grid,
         x, *x.stride(),
         bits if words else dummy, clip if clip_words else dummy, sign_t if signs else dummy,
         eff_rows if eff else fdummy, given_t,
@@ -116,6 +124,8 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         heads, length, round_to_dtype(spec.ste_clip, x.dtype),
         D=dim, DP=padded_dim(dim), W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
         WRITE_BITS=words > 0, WRITE_CLIP=clip_words > 0, WRITE_SIGNS=signs, WRITE_EFF=eff, GIVEN=given is not None,
-        SUM_ABS=sum_abs, num_warps=PROLOGUE_WARPS,
+        SUM_ABS=sum_abs, SIGN_ONE=FP8_ONE if fp8_signs else 1, num_warps=PROLOGUE_WARPS,
     )
+    if signs and fp8_signs:
+        sign_t = sign_t.view(torch.float8_e4m3fn)
     return bits, clip, eff_rows, sums, maxes, sign_t

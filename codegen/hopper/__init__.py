@@ -1,13 +1,13 @@
 """Hopper (compute capability 9.x) forward written in Gluon (Triton 3.6): the sm_90 kernel family.
 
-Run only when asked for, ``KernelOptions(forward="hopper")`` (numerically unverified: the default plan
-never picks it), and when the plan's ``hopper_forward_unsupported(call, spec, device)`` returns None;
-the tl.dot kernels (``codegen/forward*.py``) stay the portable path (Ampere, other GPUs, the interpreter).
+Run only when asked for, ``KernelOptions(forward="hopper")`` (the default plan does not pick it
+yet: its host cost per call is still ~0.4 ms, ``benchmarks/kernel_notes.md`` session 6), and when
+the plan's ``hopper_forward_unsupported(call, spec, device)`` returns None; the tl.dot kernels
+(``codegen/forward*.py``) stay the portable path (Ampere, other GPUs, the interpreter).
 Files: ``support`` (the predicates, TMA repair of v), ``config`` (tiles, operand widths), ``launcher``
 (host side), ``op`` (the opaque ``bitlower::hopper_fwd`` operator and ``hopper_forward``, the adapter
 ``codegen.forward`` calls), ``kernel_sage`` (the Gluon kernel, imported only at launch: Gluon's API is
-Triton-version specific). Numerically unverified until a GPU session runs
-``tests/codegen/test_gpu_hopper.py``.
+Triton-version specific). Checked on the H200 by ``tests/codegen/test_gpu_hopper.py``.
 """
 from __future__ import annotations
 

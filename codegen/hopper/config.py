@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-INT8_K = 32  # K of one int8 wgmma instruction: the sign operand is padded to a multiple of it
+INT8_K = 32  # K of one 8-bit (float8/int8) wgmma instruction: the sign operand is padded to a multiple of it
 MAX_HEAD_DIM = 128  # O (DVP/2 float32) + S double buffer must fit 255 registers at 64 rows per warpgroup
 
 
@@ -18,7 +18,7 @@ class HopperConfig:
 
     Attributes:
         block_n: query rows per CTA (64: one warpgroup, 128: two warpgroups).
-        block_m: keys per tile (the N of the int8 wgmma, the K of the P.V wgmma).
+        block_m: keys per tile (the N of the float8 wgmma, the K of the P.V wgmma).
         stages: K-sign and V tiles in the shared-memory ring.
         peel: peel the last key tile so only it masks columns >= M (311 instead of 346 instructions per
             tile at D 64, but 157 registers instead of 125: 3 CTAs per SM instead of 4).
@@ -45,9 +45,9 @@ class HopperConfig:
 
 
 def sign_chunks(dim: int) -> tuple[int, int]:
-    """``(KC, NKC)``: the int8 sign operand as NKC TMA boxes of KC channels, KC * NKC >= dim.
+    """``(KC, NKC)``: the 8-bit sign operand as NKC TMA boxes of KC channels, KC * NKC >= dim.
 
-    The K of the int8 wgmma is padded to a multiple of 32 (D 72 -> 96, not the 128 of the tl.dot
+    The K of the float8 wgmma is padded to a multiple of 32 (D 72 -> 96, not the 128 of the tl.dot
     kernels); TMA boxes must be powers of two, so a non-power-of-two multiple is split in 32s.
     """
     padded = -(-dim // INT8_K) * INT8_K

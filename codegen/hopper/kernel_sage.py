@@ -1,17 +1,17 @@
 """Hopper (sm_90) binary-attention forward in Gluon, structure (a): one warpgroup per 64 query rows.
 
-UNVERIFIED NUMERICALLY: written and compiled offline (Triton 3.6, sm_90, no GPU in that session);
-no run has checked it against the float64 reference yet (``tests/codegen/test_gpu_hopper.py`` does).
+Checked on the H200 (Triton 3.6) against the float64 reference by ``tests/codegen/test_gpu_hopper.py``
+(50 cases, integer scores bit for bit); speed in ``benchmarks/kernel_notes.md`` (session 6).
 
 Partitions: none (no warp specialisation). ``num_warps = BLOCK_N // 16``: 4 warps (one warpgroup) own
 a 64-row query tile, 8 warps (two warpgroups) a 128-row tile; the same warps issue the TMA loads
-(one elected thread), the int8 and the bf16/fp16 wgmma and the softmax. Several CTAs share an SM.
+(one elected thread), the float8 and the bf16/fp16 wgmma and the softmax. Several CTAs share an SM.
 Run on compute capability 9.x when ``KernelOptions(forward="hopper")`` asks and the plan accepts the call.
 Program ``(pid_n, bh)``: query rows ``[pid_n * BLOCK_N, +BLOCK_N)`` of batch*head ``bh``.
 
 Shared-memory ring (bytes for BLOCK_N 64, BLOCK_M 64, D = Dv = 64, STAGES 2, bf16; 28.8 KB in all):
-    q_s   [NKC, BLOCK_N, KC]          int8 Q signs, loaded once                4 KB
-    k_s   [STAGES * NKC, BLOCK_M, KC]  int8 K-sign tiles (K-major B operand)    2 x 4 KB
+    q_s   [NKC, BLOCK_N, KC]          float8 Q signs (+-1.0), loaded once       4 KB
+    k_s   [STAGES * NKC, BLOCK_M, KC]  float8 K-sign tiles (K-major B operand)  2 x 4 KB
     v_s   [STAGES, BLOCK_M, DVP]       V tiles (MN-major B operand)             2 x 8 KB
     q_bar [1], k_bar [STAGES], v_bar [STAGES]  mbarriers (expect-tx, TMA completes them)
 Tile t of K/V lives in slot ``t % STAGES``; its barrier phase is ``(t // STAGES) & 1``. No "empty"
@@ -19,15 +19,15 @@ barriers: the issuing warps refill a slot right after the wgmma wait that retire
 TMA descriptors: signs ``(B*H, L, DP)`` with boxes ``[1, BLOCK, KC]``, v ``(B, H, M, Dv)`` over its
 own strides with box ``[1, 1, BLOCK_M, DVP]``: rows past L and channels past Dv read as zero per head.
 
-Per key tile (``h`` int32 from the int8 wgmma, scores in log2 units); iteration j enters with the
+Per key tile (``h`` float32 integers from the float8 wgmma, scores in log2 units); iteration j enters with the
 float32 probabilities of tile j in registers and the P.V of tile j-1 in flight:
-    issue   S_{j+1} = Q . K_{j+1}^T          (int8 async wgmma, NKC chunks of KC channels)
+    issue   S_{j+1} = Q . K_{j+1}^T          (float8 e4m3 async wgmma, NKC chunks of KC channels)
     wait    P.V_{j-1} retired                 (``warpgroup_mma_wait(NKC)``; S_{j+1} stays in flight)
     refill  V slot of tile j-1 with tile j-1+STAGES (TMA)
     issue   O += bf16(p_j) . V_j             (P from registers, DotOperandLayout A operand, async)
     wait    S_{j+1} retired                   (``warpgroup_mma_wait(1)``; P.V_j stays in flight)
     refill  K slot of tile j+1 with tile j+1+STAGES
-    probs   f = bitcast(h + 0x4B400000) - 1.5*2**23 (exact int->float, no I2F)
+    probs   f = h (integer sums of +-1.0 below 2**8: exact in the float32 accumulator)
             x = f * c - m (mean_abs; c = scale a b log2 e per (b, h))  or  (f * b_j) * c_i - m_i
             x += beta2 (dense tile) / x = -inf where the mask is False; p = exp2(x); l += rowsum p
 so tile j+1's exp2 runs on the MUFU while P.V_j runs on the tensor cores (SASS, sm_90, ptxas of
@@ -35,13 +35,13 @@ Triton 3.6: 8 back-to-back HGMMA, then ``WARPGROUP.DEPBAR.LE gsb0, 0x1``, then t
 Row maximum: static ``m_i = bound_i - P_OFFSET`` with ``bound_i = |c_i| max|b| D + max|beta2|``
 (SPEC §6; ``forward_tiles``' guard) where ``2 max(bound) <= LIMIT``; otherwise the same loop with the
 running maximum (``ONLINE``: O rescaled after a full wait). The last tile alone masks columns ``>= M``
-(a uniform flag, which ptxas if-converts into an FSEL per score on every tile; ``PEEL`` moves the last
-step out of the loop instead).
+(a uniform flag, which ptxas if-converts into an FSEL per score on every tile; none when ``EVEN_M``,
+M a multiple of BLOCK_M; ``PEEL`` moves the last step out of the loop instead).
 
 Registers (ptxas, per thread, 4 warps, BLOCK_N 64, bf16, static + online loops in one kernel): S
-BLOCK_M/2 int32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32. At BLOCK_M 64:
-125 (D 64; 4 CTAs per SM), 164 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 219 (2 CTAs); PEEL: 157 at
-D 64; no spills.
+BLOCK_M/2 float32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32. At BLOCK_M 64:
+123 (D 64, float8 QK; 4 CTAs per SM), 163 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 219 (2 CTAs, int8
+QK); PEEL: 157 at D 64 (int8 QK); no spills.
 ``benchmarks/hopper_build.py`` prints them per variant.
 """
 from __future__ import annotations
@@ -51,8 +51,6 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
                                                               warpgroup_mma_wait)
 
-MAGIC_INT = gl.constexpr(0x4B400000)  # 1.5 * 2**23 as float32 bits: see codegen/tiles.py int_to_float
-MAGIC_FLOAT = gl.constexpr(12582912.0)  # 1.5 * 2**23
 LOG2E = gl.constexpr(1.4426950408889634)  # 1 / ln(2)
 LN2 = gl.constexpr(0.6931471805599453)  # ln(2)
 NEG_INIT = gl.constexpr(-3.4028234663852886e38)  # running-max start -FLT_MAX: finite, as the tl.dot kernels'
@@ -88,7 +86,7 @@ def _load_v(v_desc, v_s, v_bar, b, h, tile, pred, BLOCK_M: gl.constexpr, STAGES:
 
 @gluon.jit
 def _issue_qk(q_s, k_s, k_bar, tile, s_acc, NKC: gl.constexpr, STAGES: gl.constexpr):
-    """Wait for K tile ``tile`` and issue ``S = Q . K^T`` as NKC async int8 wgmma groups into ``s_acc``."""
+    """Wait for K tile ``tile`` and issue ``S = Q . K^T`` as NKC async float8 wgmma groups into ``s_acc``."""
     slot = tile % STAGES
     mbarrier.wait(k_bar.index(slot), (tile // STAGES) & 1)
     for c in gl.static_range(NKC):
@@ -98,26 +96,29 @@ def _issue_qk(q_s, k_s, k_bar, tile, s_acc, NKC: gl.constexpr, STAGES: gl.conste
 
 
 @gluon.jit
-def _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS: gl.constexpr):
-    """-inf where the boolean mask is False (BIAS_MASK) and, on the last tile, past column ``M``."""
+def _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS: gl.constexpr,
+                 EVEN_M: gl.constexpr):
+    """-inf where the boolean mask is False (BIAS_MASK) and, on the last tile, past column ``M``
+    (never when ``EVEN_M``: M is a multiple of BLOCK_M)."""
     if BIAS == BIAS_MASK:
         keep = row_mask[:, None] & (cols < M)[None, :]
         allowed = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=1)
         x = gl.where(allowed != 0, x, float("-inf"))
-    if is_last:
-        x = gl.where((cols < M)[None, :], x, float("-inf"))
+    if not EVEN_M:
+        if is_last:
+            x = gl.where((cols < M)[None, :], x, float("-inf"))
     return x
 
 
 @gluon.jit
 def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
-           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr):
-    """``(p, m, l, alpha)`` of one score tile ``h`` (int32): p = exp2(s2 - m) float32.
+           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr):
+    """``(p, m, l, alpha)`` of one score tile ``h`` (float32 integers): p = exp2(s2 - m) float32.
 
     ``is_last`` (a uniform runtime flag): the tile may hold columns ``>= M`` (zero-filled K rows), set
     to -inf here only, so full tiles pay no column mask.
     """
-    f = (h + MAGIC_INT).to(gl.float32, bitcast=True) - MAGIC_FLOAT
+    f = h  # float32 integer scores from the float8 +-1 product (exact)
     if MEAN_ABS:
         scale = gl.zeros_like(f) + c
     else:
@@ -133,7 +134,7 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
     alpha = l_i  # unused unless ONLINE
     if ONLINE:
         s = gl.fma(f, scale, gl.zeros_like(f) + shift)
-        s = _mask_scores(s, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS)
+        s = _mask_scores(s, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS, EVEN_M)
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
         alpha = gl.exp2(m_i - m_new)
         l_i = l_i * alpha
@@ -141,7 +142,7 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
         x = s - m_i[:, None]
     else:  # one FFMA per score: f * c - m (+ beta2)
         x = gl.fma(f, scale, gl.zeros_like(f) + shift - m_i[:, None])
-        x = _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS)
+        x = _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS, EVEN_M)
     p = gl.exp2(x)
     l_i = l_i + gl.sum(p, axis=1)
     return p, m_i, l_i, alpha
@@ -158,9 +159,9 @@ def _rescale(o, alpha, o_layout: gl.constexpr, ONLINE: gl.constexpr):
 @gluon.jit
 def _step(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
           b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
-          MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, BLOCK_M: gl.constexpr,
-          KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, o_layout: gl.constexpr,
-          p_layout: gl.constexpr):
+          MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
+          BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr,
+          o_layout: gl.constexpr, p_layout: gl.constexpr):
     """Iteration ``j``: enters with tile j's probabilities ``pf`` and P.V_{j-1} in flight; leaves with
     tile j+1's probabilities and P.V_j in flight (``LAST``, constexpr or a uniform flag: tile j+1 is the
     last, its columns ``>= M`` masked)."""
@@ -178,7 +179,7 @@ def _step(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, 
     s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # retires S_{j+1}; P.V_j stays in flight
     _load_k(k_desc, k_s, k_bar, bh, j + 1 + STAGES, j + 1 + STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
-                                 (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE)
+                                 (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE, EVEN_M)
     return s, o, p, pf, m_i, l_i, alpha
 
 
@@ -199,8 +200,8 @@ def _last_pv(v_s, v_bar, last, o, p, pf, alpha, STAGES: gl.constexpr, ONLINE: gl
 @gluon.jit
 def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm,
             rows, row_mask, bh, b, h, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
-            BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
-            DVP: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr, s_layout: gl.constexpr,
+            EVEN_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr,
+            NKC: gl.constexpr, DVP: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr, s_layout: gl.constexpr,
             o_layout: gl.constexpr):
     """All key tiles of the program: ``(o, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised).
 
@@ -213,11 +214,11 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
     n_tiles = gl.cdiv(M, BLOCK_M)
     col_base = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
     l_i = gl.zeros([BLOCK_N], gl.float32, gl.SliceLayout(1, s_layout))
-    s = _issue_qk(q_s, k_s, k_bar, 0, gl.zeros([BLOCK_N, BLOCK_M], gl.int32, s_layout), NKC, STAGES)
+    s = _issue_qk(q_s, k_s, k_bar, 0, gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout), NKC, STAGES)
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
     _load_k(k_desc, k_s, k_bar, bh, STAGES, STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base,
-                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE)
+                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE, EVEN_M)
     p = gl.zeros([BLOCK_N, BLOCK_M], pdt, p_layout)
     o = warpgroup_mma_init(gl.zeros([BLOCK_N, DVP], gl.float32, o_layout))  # loop-carried as an async result
     if PEEL:  # the last tile's probabilities peeled: only it masks columns >= M (ptxas: more registers)
@@ -225,12 +226,12 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
             s, o, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
                 b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False, MEAN_ABS, BIAS, ONLINE,
-                BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+                EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
         if n_tiles >= 2:
             s, o, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, n_tiles - 2, n_tiles, s, o, p, pf, m_i, l_i, alpha,
                 c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, True, MEAN_ABS,
-                BIAS, ONLINE, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
             o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
         else:
             o_done = _last_pv(v_s, v_bar, 0, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
@@ -239,7 +240,7 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
             s, o, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
                 b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, j + 2 == n_tiles, MEAN_ABS,
-                BIAS, ONLINE, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
         o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
     return o_done, l_i, m_i
 
@@ -298,7 +299,7 @@ def _binary_attn_fwd_sm90_kernel(
     beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
-    P_OFFSET: gl.constexpr, PEEL: gl.constexpr, num_warps: gl.constexpr,
+    P_OFFSET: gl.constexpr, PEEL: gl.constexpr, EVEN_M: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Binary attention forward of one (query tile, batch*head); see the module notation."""
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
@@ -317,10 +318,10 @@ def _binary_attn_fwd_sm90_kernel(
     bh64 = bh.to(gl.int64)
     n_tiles = gl.cdiv(M, BLOCK_M)
 
-    q_s = gl.allocate_shared_memory(gl.int8, [NKC, BLOCK_N, KC],
-                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, KC], gl.int8))
-    k_s = gl.allocate_shared_memory(gl.int8, [STAGES * NKC, BLOCK_M, KC],
-                                    gl.NVMMASharedLayout.get_default_for([BLOCK_M, KC], gl.int8))
+    q_s = gl.allocate_shared_memory(q_desc.dtype, [NKC, BLOCK_N, KC],
+                                    gl.NVMMASharedLayout.get_default_for([BLOCK_N, KC], q_desc.dtype))
+    k_s = gl.allocate_shared_memory(k_desc.dtype, [STAGES * NKC, BLOCK_M, KC],
+                                    gl.NVMMASharedLayout.get_default_for([BLOCK_M, KC], k_desc.dtype))
     v_s = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_M, DVP],
                                     gl.NVMMASharedLayout.get_default_for([BLOCK_M, DVP], v_desc.dtype))
     q_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
@@ -348,15 +349,15 @@ def _binary_attn_fwd_sm90_kernel(
         if gl.max(bound, axis=0) * 2.0 <= LIMIT:
             o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                                  False, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+                                  False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
         else:
             o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                                  True, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+                                  True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
     else:
         o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                               b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                              True, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+                              True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
     mbarrier.invalidate(q_bar.index(0))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bar.index(i))

@@ -1,11 +1,11 @@
 """Host side of the Hopper Gluon forward: stats pass, bias operand, TMA descriptors, grid, config.
 
 Same operands and outputs as ``codegen.forward_v2.forward_v2`` (``pv_quant == "none"``): the stats
-pass (``codegen.stats.head_stats``) writes the int8 sign tensors, the mean_abs sums or the per-token
-scalars and their maxima (and the packed bits when ``spec.save_bits``); this module describes the
-sign tensors and v to TMA (v itself, or a contiguous copy where its strides or data pointer do not
-suit TMA: ``support.tma_readable``) and launches ``kernel_sage._binary_attn_fwd_sm90_kernel``. Ask
-``support.hopper_forward_unsupported`` first. Numerically unverified (see ``kernel_sage``).
+pass (``codegen.stats.head_stats``) writes the float8 e4m3 sign tensors (+-1.0), the mean_abs sums
+or the per-token scalars and their maxima (and the packed bits when ``spec.save_bits``); this module
+describes the sign tensors and v to TMA (v itself, or a contiguous copy where its strides or data
+pointer do not suit TMA: ``support.tma_readable``) and launches
+``kernel_sage._binary_attn_fwd_sm90_kernel``. Ask ``support.hopper_forward_unsupported`` first.
 
 The Gluon kernel is launched directly (``kernel[grid](...)``), not through
 ``torch.library.wrap_triton``: under ``torch.compile`` it runs inside the opaque custom op of ``op.py``.
@@ -22,7 +22,8 @@ from ..tiles import BIAS_CODES, LOG2E
 from .config import HopperConfig, hopper_config, sign_chunks, value_width
 from .support import tma_readable
 
-GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int8: "int8"}
+GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int8: "int8",
+             torch.float8_e4m3fn: "float8e4nv"}
 
 
 def _launch(kernel, grid, args, kwargs) -> None:
@@ -86,8 +87,10 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     bsz, heads, n, dim = q.shape
     m, dim_v = k.shape[2], v.shape[-1]
     mean_abs = spec.weighting == "mean_abs"
-    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, eff=not mean_abs, signs=True)
-    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, eff=not mean_abs, signs=True)
+    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, eff=not mean_abs, signs=True,
+                                                                fp8_signs=True)
+    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, eff=not mean_abs, signs=True,
+                                                                 fp8_signs=True)
     f32 = dict(dtype=torch.float32, device=q.device)
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else b_rows
@@ -111,7 +114,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
             1.0 / (n * dim), 1.0 / (m * dim))
     kwargs = dict(D=dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, MEAN_ABS=mean_abs, BIAS=code,
                   BETA_MAX=beta_max is not None, STATIC_MAX=static_max and static_ok, LIMIT=limit,
-                  P_OFFSET=offset, PEEL=cfg.peel, num_warps=cfg.num_warps)
+                  P_OFFSET=offset, PEEL=cfg.peel, EVEN_M=m % cfg.block_m == 0, num_warps=cfg.num_warps)
     _launch(_binary_attn_fwd_sm90_kernel, (-(-n // cfg.block_n), bsz * heads), args, kwargs)
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state
 

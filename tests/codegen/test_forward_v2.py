@@ -189,6 +189,9 @@ def test_stats_pass_bits_scalars_and_maxima(dim, dtype, helpers):
     ref_eff = reference.effective_scalars(x, given, spec)
     assert torch.allclose(eff, ref_eff, rtol=0, atol=0, equal_nan=True) and sums is None
     assert torch.equal(maxes, ref_eff.nan_to_num(0.0).abs().amax(dim=(2, 3)))
+    fp8 = head_stats(x, given, spec, eff=True, signs=True, fp8_signs=True)[5]  # the Hopper kernel's operand
+    assert fp8.dtype == torch.float8_e4m3fn
+    assert torch.equal(fp8.float()[..., :dim], expected_signs.float()) and not fp8.float()[..., dim:].any()
     bits, clip, eff, sums, maxes, signs = head_stats(x, None, _with(spec, weighting="mean_abs", save_bits=False),
                                                      eff=False)
     assert bits.shape[-1] == 0 and clip.shape[-1] == 0 and eff is None and maxes is None and signs is None

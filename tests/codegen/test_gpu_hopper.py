@@ -1,8 +1,9 @@
 """GPU checks of the Hopper Gluon forward against a float64 reference (H200/H100, ``pytest -m gpu``).
 
-Written in a session without a GPU: not yet run. Bounds as ``test_gpu.py``: output error
-``<= 3 * err(reference at the working dtype)`` (the kernel also rounds P to the P.V operand type and
-uses ex2.approx), lse ``<= 1e-5`` relative. Outputs are NaN-poisoned before each launch.
+Bounds as ``test_gpu.py``: output error ``<= 3 * err(reference at the working dtype)`` (the kernel
+also rounds P to the P.V operand type and uses ex2.approx), or one unit roundoff of the P.V
+operand where that is larger (at N = 1 the reference is exact), lse ``<= 1e-5`` relative.
+Outputs are NaN-poisoned before each launch. 50 of 50 passed on the H200 (session 6).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ pytestmark = pytest.mark.gpu
 
 SHAPES = [(2, 3, 1, 64, 64), (2, 3, 17, 64, 64), (2, 3, 197, 64, 64), (1, 2, 1000, 64, 64), (2, 2, 197, 128, 128),
           (2, 2, 256, 72, 72), (1, 2, 333, 80, 80), (1, 2, 130, 96, 96), (1, 2, 1000, 128, 64)]
+ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}  # unit roundoff (half an ulp of 1)
 CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3)]
 
 
@@ -70,7 +72,9 @@ def _check(call, config=None, static_max=True):
     ref64 = reference.forward(q.double(), k.double(), v.double(), up(a), up(b), up(bias), spec)
     ref_lp = reference.forward(q, k, v, a, b, bias, spec)
     err = _rel(out, ref64[0])
-    assert err <= 3 * _rel(ref_lp[0], ref64[0]) + 1e-6, err
+    # 3x the working-dtype reference's error, or one unit roundoff of the P.V operand where that is
+    # larger: at M = 1 the reference returns v exactly (error 0); the kernel rounds p = exp2(s2 - m) to it
+    assert err <= max(3 * _rel(ref_lp[0], ref64[0]), ROUNDOFF[v.dtype]), err
     assert _rel(lse, ref64[1]) <= 1e-5
     assert torch.equal(qbits, ref64[2]) and torch.equal(kbits, ref64[3])
     assert torch.equal(qclip, ref64[4]) and torch.equal(kclip, ref64[5])
