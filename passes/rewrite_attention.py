@@ -31,8 +31,9 @@ from bitlower.passes.emit import Emitter
 from bitlower.passes.find_attention import find_attention
 from bitlower.passes.kernel_fallback import call_fallback_reasons
 from bitlower.passes.op_table import role_of, value_of
-from bitlower.passes.unmatched import find_unmatched
+from bitlower.passes.reasons import SkipReason
 from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite, Reshaped, SizePower
+from bitlower.passes.unmatched import find_unmatched
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ def _rewrite_or_skip(gm: GraphModule, site: AttentionSite, config: BackendConfig
         for node in reversed(new):
             gm.graph.erase_node(node)
         log.warning("bitlower: rewrite failed at %r, site left as it is: %s", site.module_path, err)
-        site.reason = "rewrite_error"
+        site.reason = SkipReason.REWRITE_ERROR
         site.details["error"] = f"{type(err).__name__}: {err}"
 
 
@@ -246,7 +247,7 @@ def _record(sites: list[AttentionSite]) -> None:
             counters["sites_rewritten"][site.pattern] += 1
             log.info("bitlower: rewrote %s at %r (%s)", site.pattern, site.module_path, site.spelling)
         else:
-            counters["sites_skipped"][site.reason] += 1
+            counters["sites_skipped"][site.reason.value] += 1  # the plain string: keys users read
             log.info("bitlower: skipped %s at %r: %s", site.pattern, site.module_path, site.reason)
 
 
