@@ -133,7 +133,7 @@ def _check_scores(site, config):
     reason = _check_factor_axes(site, canon) or _check_operands_keep_dtype(site, canon)
     if reason is not None:
         return reason
-    if canon.q_factors and config.weighting != "mean_abs":
+    if canon.q_factors and config.attention.weighting != "mean_abs":
         return SkipReason.RUNTIME_SCALE_NEEDS_MEAN_ABS  # sgn(q * s) drops s; only mean|q * s| keeps it
     if (canon.bias_terms or canon.masks) and config.masks == "skip":
         return SkipReason.MASK_BY_CONFIG
