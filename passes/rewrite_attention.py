@@ -17,6 +17,7 @@ The operator's schema types ``scale`` as ``float``, so its trace specializes a s
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 
@@ -24,7 +25,7 @@ import sympy
 import torch
 from torch.fx import GraphModule, Node
 
-from bitlower import ops as _ops  # noqa: F401  (defines the operator and its autograd)
+from bitlower import ops
 from bitlower.backend_config import BackendConfig
 from bitlower.counters import counters
 from bitlower.passes.emit import Emitter
@@ -37,7 +38,7 @@ from bitlower.passes.unmatched import find_unmatched
 
 log = logging.getLogger(__name__)
 
-OPERATOR = torch.ops.bitlower.binary_attention_fwd.default
+OPERATOR = ops.FWD_OPERATOR
 SITES_META_KEY = "bitlower_sites"
 UNMATCHED_META_KEY = "bitlower_unmatched"
 FACTORIES = (torch.empty, torch.zeros, torch.ones, torch.empty_like, torch.zeros_like)
@@ -182,8 +183,8 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     bias, kind = _bias(emit, site, q, k, flat)
     save_bits = bool(value_of(site.anchor).requires_grad)  # traced under grad mode with grad-requiring inputs
     scale = _times_powers(emit, site.canonical.scale, site.canonical.scale_factors)  # a float or a SymFloat node
-    spec = config.attention.call_spec(1.0, bias_kind=kind)  # scale: a graph value, set below
-    call = emit.call(OPERATOR, q, k, v, None, None, bias, scale, *spec.op_args()[1:], save_bits)
+    spec = dataclasses.replace(config.attention.call_spec(1.0, bias_kind=kind), save_bits=save_bits)
+    call = emit.call(OPERATOR, *spec.fwd_args(q, k, v, None, None, bias, scale=scale))  # scale: a float or a node
     out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
     out = _rows_without_keys(emit, site, v, bias, kind, flat, out)
     if flat:
