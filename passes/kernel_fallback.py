@@ -34,6 +34,7 @@ from bitlower.spec import FWD_TENSORS, bind_fwd_args, spec_of_fwd_args
 log = logging.getLogger(__name__)
 
 OPERATOR = ops.FWD_OPERATOR
+REASONS_META_KEY = "bitlower_kernel_fallback"
 
 
 def _hint(d) -> int:
@@ -60,7 +61,9 @@ def call_fallback_reasons(node: Node) -> list[str]:
     """Why one ``binary_attention_fwd`` call will run the reference: forward first, then backward.
 
     Empty when the kernels cover the call, when it runs on CPU (the reference is the CPU path,
-    not a fallback), or when the graph carries no example values (``symbolic_trace``).
+    not a fallback), or when the graph carries no example values (``symbolic_trace``). Asked once per
+    call node: the answer is kept in ``node.meta[REASONS_META_KEY]``, so the rewrite's site report and
+    ``count_kernel_fallbacks`` read the same plan query.
 
     Example:
         >>> import torch.fx
@@ -73,6 +76,13 @@ def call_fallback_reasons(node: Node) -> list[str]:
         >>> call_fallback_reasons(call)
         ['codegen kernels need D in [16, 256], got 8']
     """
+    if REASONS_META_KEY not in node.meta:
+        node.meta[REASONS_META_KEY] = tuple(_reasons(node))
+    return list(node.meta[REASONS_META_KEY])
+
+
+def _reasons(node: Node) -> list[str]:
+    """``call_fallback_reasons`` computed: ``bitlower.ops.fallback_reason`` (the plan) for the forward and backward."""
     args = _bound(node)
     outputs = value_of(node)
     if not isinstance(args["q"], torch.Tensor):

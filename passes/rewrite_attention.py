@@ -196,7 +196,7 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
         out = _blended(emit, site, out)
     site.anchor.replace_all_uses_with(out)
     site.details["bias_kind"] = kind
-    fallbacks = call_fallback_reasons(call)  # counted by the backend (``count_kernel_fallbacks``), not here
+    fallbacks = call_fallback_reasons(call)  # kept on the node; the backend's count_kernel_fallbacks counts it
     if fallbacks:
         site.details["kernel_fallback"] = fallbacks
     _erase_dead(gm, site.erase)
