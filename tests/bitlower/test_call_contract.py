@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from bitlower import ops, reference
-from bitlower.functional import binary_attention
-from bitlower.runtime.core import BinaryAttentionCore, Geometry
-from bitlower.runtime.config import BinarizeConfig
 from bitlower.config import AttentionConfig
-from bitlower.spec import (FWD_PARAMS, GRAD_MODES, WEIGHTINGS, CallSpec, bind_fwd_args, fwd_op_args,
-                           spec_of_fwd_args)
+from bitlower.functional import binary_attention
+from bitlower.runtime.config import BinarizeConfig
+from bitlower.runtime.core import BinaryAttentionCore, Geometry
+from bitlower.spec import FWD_PARAMS, GRAD_MODES, WEIGHTINGS, CallSpec, bind_fwd_args, spec_of_fwd_args
 from bitlower.weighting import stratified_planes
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
