@@ -101,7 +101,7 @@ def _scores_value(site):
     return value_of(site.scores_chain[0]) if site.scores_chain else None
 
 
-def _check_operands_keep_dtype(site, canon) -> str | None:
+def _check_operands_keep_dtype(site, canon) -> SkipReason | None:
     """Factors and biases must not promote the scores' dtype (eager's softmax would run in another one)."""
     scores = _scores_value(site)
     if not isinstance(scores, torch.Tensor):
@@ -113,7 +113,7 @@ def _check_operands_keep_dtype(site, canon) -> str | None:
     return None
 
 
-def _check_factor_axes(site, canon) -> str | None:
+def _check_factor_axes(site, canon) -> SkipReason | None:
     scores = _scores_value(site)
     for node, _ in canon.q_factors:
         value = value_of(node)

@@ -50,7 +50,7 @@ class Blend:
     pv_input: Node | None = None
 
 
-def _weight_reason(weight, scores_shape: tuple) -> str | None:
+def _weight_reason(weight, scores_shape: tuple) -> SkipReason | None:
     if is_number(weight):
         return None
     if not is_tensor(weight):
@@ -156,7 +156,7 @@ def match_blend(probs: Node, site) -> tuple[Blend | None, list[Node], Node]:
     return Blend(weight, other_weight, other, renorm is not None), chain, last
 
 
-def _other_reason(other, site, add: Node, probs: Node) -> str | None:
+def _other_reason(other, site, add: Node, probs: Node) -> SkipReason | None:
     if not is_tensor(other) or tuple(value_of(add).shape) != tuple(value_of(probs).shape):
         return SkipReason.BLEND_SHAPE  # the blend must keep the probabilities' shape
     if value_of(add).dtype != value_of(probs).dtype:

@@ -295,7 +295,7 @@ def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
         x = user
 
 
-def softmax_axis_reason(role: Role) -> str | None:
+def softmax_axis_reason(role: Role) -> SkipReason | None:
     """None when the softmax runs over the scores' last dim (the keys), else a skip reason.
 
     ``dim=-1`` and ``dim=rank-1`` are the key axis in every spelling (method, ``torch.softmax``,
