@@ -7,22 +7,15 @@ from __future__ import annotations
 
 import torch
 
-from bitlower.spec import OP_ARGS
-
-# Positions in binary_attention_fwd's schema: the six tensors, OP_ARGS, save_bits, kernel_options.
-_Q, _K, _V, _A, _B, _BIAS = range(6)
-_STATIC = slice(6, 6 + len(OP_ARGS))
-_SAVE_BITS = 6 + len(OP_ARGS)
-_KERNEL_OPTIONS = _SAVE_BITS + 1
-_INPUTS = _KERNEL_OPTIONS + 1
+from bitlower.spec import FWD_PARAMS, FWD_TENSORS, bind_fwd_args, spec_of_fwd_args
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, a, b, bias = inputs[:6]
+    bound = bind_fwd_args(inputs)
+    q, k, v, a, b, bias = (bound[name] for name in FWD_TENSORS)
     out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state = output
-    ctx.static = inputs[_STATIC]
-    ctx.saved_bits = len(inputs) <= _SAVE_BITS or bool(inputs[_SAVE_BITS])
-    ctx.kernel_options = inputs[_KERNEL_OPTIONS] if len(inputs) > _KERNEL_OPTIONS else ""
+    ctx.spec = spec_of_fwd_args(bound)
+    ctx.kernel_options = bound["kernel_options"]
     ctx.head_dim = q.shape[-1]
     ctx.q_dtype, ctx.k_dtype = q.dtype, k.dtype
     ctx.has_bias = bias is not None
@@ -35,17 +28,17 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_out, *unused_grads):
     v, bias, out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state = ctx.saved_tensors
-    needs = [bool(x) for x in ctx.needs_input_grad[:6]]
-    needs[_BIAS] = needs[_BIAS] and ctx.has_bias
+    needs = [bool(x) for x in ctx.needs_input_grad[:len(FWD_TENSORS)]]
+    needs[-1] = needs[-1] and ctx.has_bias  # the bias
+    nothing_else = (None,) * (len(FWD_PARAMS) - len(FWD_TENSORS))
     if grad_out is None or not any(needs):
-        return (None,) * _INPUTS
-    if not ctx.saved_bits:
+        return (None,) * len(FWD_TENSORS) + nothing_else
+    if not ctx.spec.save_bits:
         raise RuntimeError("binary_attention_fwd ran with save_bits=False, so it kept nothing for a backward; "
                            "call it with save_bits=True when gradients are needed")
     grads = torch.ops.bitlower.binary_attention_bwd(
-        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state, *ctx.static, ctx.head_dim,
-        needs, out,
-        ctx.kernel_options,
+        grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state, *ctx.spec.op_args(),
+        ctx.head_dim, needs, out, ctx.kernel_options,
     )
     dq, dk, dv, da, db, dbias = (g if need and g.numel() else None for g, need in zip(grads, needs))
     if dq is not None:
@@ -56,7 +49,7 @@ def _backward(ctx, grad_out, *unused_grads):
         da = da.reshape(ctx.a_shape).to(ctx.a_dtype)
     if db is not None:
         db = db.reshape(ctx.b_shape).to(ctx.b_dtype)
-    return (dq, dk, dv, da, db, dbias) + (None,) * (_INPUTS - 6)
+    return (dq, dk, dv, da, db, dbias) + nothing_else
 
 
 def register(forward_op) -> None:

@@ -16,15 +16,22 @@ CAUSAL_HANDLING = ("mask", "skip")
 GQA_HANDLING = ("repeat", "skip")
 
 
-@dataclass(frozen=True)
+# The options that configure the binary math: ``AttentionConfig``'s fields, given flat.
+ATTENTION_OPTIONS = tuple(f.name for f in fields(AttentionConfig))
+
+
+@dataclass(frozen=True, init=False)
 class BackendConfig:
     """What the bitlower backend rewrites and how (SPEC §3 "a model nobody prepared").
 
+    The binary math of every rewritten site is one ``AttentionConfig`` (``attention``), which
+    checks the modes; its fields are also taken, and read, flat (``BackendConfig(grad_mode="stopgrad")``,
+    ``config.grad_mode``), as the ``torch.compile`` option keys are.
+
     Args:
-        weighting: ``"mean_abs"`` (per batch and head, the default) or ``"none"``.
-        grad_mode: ``"ste"``, ``"stopgrad"`` or ``"hamming"`` (SPEC §4).
-        pv_quant: ``"none"`` or ``"int8"``.
-        ste_clip: the STE passes gradient where ``|x| <= ste_clip``.
+        attention: the ``AttentionConfig``; flat ``weighting`` / ``grad_mode`` / ``pv_quant`` /
+            ``ste_clip`` keywords override its fields. Its weighting must be ``"mean_abs"`` (per
+            batch and head, the default) or ``"none"`` (``BACKEND_WEIGHTINGS``).
         masks: ``"carry"``: a mask or additive bias the model applies to the scores becomes
             the operator's bias; ``"skip"``: such sites are left alone.
         causal: ``"mask"``: SDPA ``is_causal`` becomes a bool mask; ``"skip"``: left alone.
@@ -36,48 +43,65 @@ class BackendConfig:
 
     Raises:
         ValueError: an unknown mode name, a negative ``min_seq_len``, patterns not strings.
+        TypeError: an unknown keyword, an ``attention`` that is not an ``AttentionConfig``.
 
     Example:
         >>> BackendConfig(skip=("head.*",), min_seq_len=64).weighting
         'mean_abs'
-        >>> BackendConfig.from_options({"grad_mode": "hamming"}).grad_mode
-        'hamming'
+        >>> BackendConfig.from_options({"grad_mode": "hamming"}).attention
+        AttentionConfig(weighting='mean_abs', grad_mode='hamming', pv_quant='none', ste_clip=1.0)
     """
 
-    weighting: str = "mean_abs"
-    grad_mode: str = "ste"
-    pv_quant: str = "none"
-    ste_clip: float = 1.0
+    attention: AttentionConfig
     masks: str = "carry"
     causal: str = "mask"
     gqa: str = "repeat"
     skip: tuple[str, ...] = ()
     min_seq_len: int = 0
 
-    def __post_init__(self):
-        check_choice("weighting", self.weighting, BACKEND_WEIGHTINGS)
-        self.attention  # noqa: B018 - the modes are checked in one place: AttentionConfig
-        check_choice("masks", self.masks, MASK_HANDLING)
-        check_choice("causal", self.causal, CAUSAL_HANDLING)
-        check_choice("gqa", self.gqa, GQA_HANDLING)
-        if not isinstance(self.skip, (str, list, tuple, set, frozenset)):
-            raise ValueError(f"skip must be a module-path pattern or a sequence of them (strings), got {self.skip!r}")
-        skip = (self.skip,) if isinstance(self.skip, str) else tuple(self.skip)
-        if not all(isinstance(p, str) for p in skip):
-            raise ValueError(f"skip must be module-path patterns (strings), got {self.skip!r}")
-        object.__setattr__(self, "skip", skip)
-        if isinstance(self.min_seq_len, bool) or not isinstance(self.min_seq_len, int) or self.min_seq_len < 0:
-            raise ValueError(f"min_seq_len must be a non-negative int, got {self.min_seq_len!r}")
+    def __init__(self, attention: AttentionConfig | None = None, *, masks: str = "carry", causal: str = "mask",
+                 gqa: str = "repeat", skip=(), min_seq_len: int = 0, **attention_options):
+        unknown = sorted(set(attention_options) - set(ATTENTION_OPTIONS))
+        if unknown:
+            raise TypeError(f"BackendConfig got unknown keyword argument(s) {unknown}")
+        if attention is None:
+            attention = AttentionConfig()
+        if not isinstance(attention, AttentionConfig):
+            raise TypeError(f"attention must be a bitlower.AttentionConfig, got {type(attention).__name__}")
+        check_choice("weighting", attention_options.get("weighting", attention.weighting), BACKEND_WEIGHTINGS)
+        attention = dataclasses.replace(attention, **attention_options)  # AttentionConfig checks the modes
+        check_choice("masks", masks, MASK_HANDLING)
+        check_choice("causal", causal, CAUSAL_HANDLING)
+        check_choice("gqa", gqa, GQA_HANDLING)
+        for name, value in (("attention", attention), ("masks", masks), ("causal", causal), ("gqa", gqa),
+                            ("skip", _patterns(skip)), ("min_seq_len", _min_seq_len(min_seq_len))):
+            object.__setattr__(self, name, value)
 
     @property
-    def attention(self) -> AttentionConfig:
-        """The binary math of every rewritten site (``weighting``, ``grad_mode``, ``pv_quant``, ``ste_clip``)."""
-        return AttentionConfig(self.weighting, self.grad_mode, self.pv_quant, self.ste_clip)
+    def weighting(self) -> str:
+        """``attention.weighting``."""
+        return self.attention.weighting
+
+    @property
+    def grad_mode(self) -> str:
+        """``attention.grad_mode``."""
+        return self.attention.grad_mode
+
+    @property
+    def pv_quant(self) -> str:
+        """``attention.pv_quant``."""
+        return self.attention.pv_quant
+
+    @property
+    def ste_clip(self) -> float:
+        """``attention.ste_clip``."""
+        return self.attention.ste_clip
 
     @classmethod
     def option_names(cls) -> tuple[str, ...]:
-        """The option keys ``torch.compile(..., options=...)`` takes for bitlower."""
-        return tuple(f.name for f in fields(cls))
+        """The option keys ``torch.compile(..., options=...)`` takes for bitlower: the flat
+        ``AttentionConfig`` fields, then the fields of this class (``attention`` among them)."""
+        return ATTENTION_OPTIONS + tuple(f.name for f in fields(cls))
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any] | None) -> "BackendConfig":
@@ -93,5 +117,21 @@ class BackendConfig:
         return cls(**options)
 
     def replace(self, **changes) -> "BackendConfig":
-        """A copy with ``changes`` applied (and validated)."""
+        """A copy with ``changes`` applied (and validated); flat attention keys change ``attention``."""
         return dataclasses.replace(self, **changes)
+
+
+def _patterns(skip) -> tuple[str, ...]:
+    """``skip`` as a tuple of ``fnmatch`` patterns (one string is one pattern)."""
+    if not isinstance(skip, (str, list, tuple, set, frozenset)):
+        raise ValueError(f"skip must be a module-path pattern or a sequence of them (strings), got {skip!r}")
+    patterns = (skip,) if isinstance(skip, str) else tuple(skip)
+    if not all(isinstance(p, str) for p in patterns):
+        raise ValueError(f"skip must be module-path patterns (strings), got {skip!r}")
+    return patterns
+
+
+def _min_seq_len(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"min_seq_len must be a non-negative int, got {value!r}")
+    return value

@@ -5,7 +5,8 @@ import torch
 
 from bitlower import validation
 from bitlower.ops import binary_attention_fwd
-from bitlower.weighting import bilinear_planes
+from bitlower.spec import fwd_op_args
+from bitlower.weighting import BILINEAR_PLANES, bilinear_planes, stratified_planes
 
 
 def binary_attention(
@@ -24,6 +25,7 @@ def binary_attention(
     pv_quant: str = "none",
     ste_clip: float = 1.0,
     generator: torch.Generator | None = None,
+    planes: str = "sampled",
     kernel_options=None,
 ) -> torch.Tensor:
     """``softmax(scale * a_i * b_j * <sgn q_i, sgn k_j> + beta) @ v`` (SPEC §3).
@@ -44,6 +46,9 @@ def binary_attention(
         pv_quant: ``"none"`` or ``"int8"``.
         ste_clip: STE window ``|x| <= ste_clip``.
         generator: random source of the bilinear samples.
+        planes: how the bilinear weighting draws its two sign planes: ``"sampled"`` (Bernoulli
+            draws from ``generator``) or ``"stratified"`` (the fixed quantiles
+            ``bitlower.weighting.STRATIFIED_QUANTILES``: deterministic, for eval and converted models).
         kernel_options: a ``bitlower.codegen.KernelOptions`` overriding the kernel plan (a forward
             kernel, tile configs); None for the measured defaults. Part of the operator call, so
             ``torch.compile`` caches key it.
@@ -55,7 +60,8 @@ def binary_attention(
         TypeError: non-tensor or non-floating inputs, mixed dtypes, a non-bool mask, a ``scale`` that
             is not a real number, a ``grid`` that is not three ints.
         ValueError: mismatched shapes, ``D`` out of range, a bias of the wrong shape, devices
-            that differ, unknown mode names.
+            that differ, unknown mode names, ``a``/``b`` without weighting ``"token"``, ``planes``
+            other than ``"sampled"`` without weighting ``"bilinear"``.
 
     Example:
         >>> q, k, v = (torch.randn(2, 4, 16, 32) for _ in range(3))
@@ -70,21 +76,34 @@ def binary_attention(
     if grid is not None:
         validation.check_grid(grid)
     validation.check_bias(bias, bias_kind, grid, q, k)
-    if weighting == "bilinear":
-        q, a = bilinear_planes(q, generator)
-        k, b = bilinear_planes(k, generator)
-        q, k = q.detach(), k.detach()
-    elif weighting == "token":
+    q, k, a, b = _weighted_operands(q, k, a, b, weighting, planes, generator)
+    args = fwd_op_args(
+        q, k, v, a, b, bias, scale=scale, weighting=weighting, bias_kind=bias_kind,
+        grid=grid if bias_kind == "table" else (), grad_mode=grad_mode, pv_quant=pv_quant, ste_clip=ste_clip,
+        save_bits=needs_backward(q, k, v, a, b, bias),
+        kernel_options="" if kernel_options is None else kernel_options.encode())
+    return binary_attention_fwd(*args)[0]
+
+
+def _weighted_operands(q, k, a, b, weighting: str, planes: str, generator):
+    """``(q, k, a, b)`` as the operator takes them: bilinear sign planes ``(B, H, L, 2, D)`` with their
+    weights ``(B, H, L, 2)``, the checked ``token`` scalars, or q and k with no scalars."""
+    validation.check_choice("planes", planes, BILINEAR_PLANES)
+    if planes != "sampled" and weighting != "bilinear":
+        raise ValueError(f"planes is only taken with weighting 'bilinear', got weighting {weighting!r}")
+    if weighting == "token":
         validation.check_scalars("a", a, q, q.shape[2], 1)
         validation.check_scalars("b", b, k, k.shape[2], 1)
-    elif a is not None or b is not None:
+        return q, k, a, b
+    if a is not None or b is not None:
         raise ValueError(f"a and b are only taken with weighting 'token', got weighting {weighting!r}")
-    grid_list = list(grid) if bias_kind == "table" else []
-    out = binary_attention_fwd(
-        q, k, v, a, b, bias, scale, weighting, bias_kind, grid_list, grad_mode, pv_quant, float(ste_clip),
-        needs_backward(q, k, v, a, b, bias), "" if kernel_options is None else kernel_options.encode(),
-    )[0]
-    return out
+    if weighting != "bilinear":
+        return q, k, None, None
+    if planes == "stratified":
+        (q, a), (k, b) = stratified_planes(q), stratified_planes(k)
+    else:
+        (q, a), (k, b) = bilinear_planes(q, generator), bilinear_planes(k, generator)
+    return q.detach(), k.detach(), a, b
 
 
 def needs_backward(*tensors) -> bool:

@@ -207,8 +207,8 @@ def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kcli
                                kernel_options=""):
     bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]
     acc = a.dtype
-    qk_grad = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip).qk_grad
-    bias_grad = bias is not None and bias_kind not in ("none", "mask")
+    spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
+    qk_grad, bias_grad = spec.qk_grad, bias is not None and spec.bias_grad
     wanted = (
         ((bsz, heads, n, head_dim), acc, needs[0] and qk_grad),
         ((bsz, heads, m, head_dim), acc, needs[1] and qk_grad),
@@ -223,3 +223,7 @@ def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kcli
 
 
 autograd.register(binary_attention_fwd)  # the backward lives with the operator: no import elsewhere registers it
+
+# The overloads graph passes insert and look for (``bitlower.passes``): importing this module defines them.
+FWD_OPERATOR = torch.ops.bitlower.binary_attention_fwd.default
+BWD_OPERATOR = torch.ops.bitlower.binary_attention_bwd.default

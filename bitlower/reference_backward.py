@@ -64,9 +64,9 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
     da = torch.einsum("bhnm,bhnmpr,bhmr->bhnp", g, h, b)  # (B, H, N, P)
     db = torch.einsum("bhnm,bhnmpr,bhnp->bhmr", g, h, a)  # (B, H, M, P)
     dq = dk = None
-    if needs[0] and spec.grad_mode != "stopgrad":
+    if needs[0] and spec.qk_grad:
         dq = _input_grad(g, a, b, kbits, qbits, qclip, da, spec, head_dim)
-    if needs[1] and spec.grad_mode != "stopgrad":
+    if needs[1] and spec.qk_grad:
         dk = _input_grad(g.transpose(-1, -2), b, a, qbits, kbits, kclip, db, spec, head_dim)
     dbias = _bias_grad(ds, bias, spec) if needs[5] else None
     return (
@@ -89,7 +89,7 @@ def _input_grad(g, own, other, other_bits, own_bits, own_clip, d_own, spec, head
         d_sign = d_sign * own[..., 0:1]
         clip = unpack_bits(own_clip[:, :, :, 0], head_dim).to(acc)
         grad = grad + d_sign * clip
-    if spec.weighting == "mean_abs":
+    if spec.mean_abs_chain:
         length = own_bits.shape[2]
         total = d_own.sum(dim=(2, 3), keepdim=True)  # (B, H, 1, 1)
         own_signs = unpack_signs(own_bits[:, :, :, 0], head_dim, acc)
@@ -100,7 +100,7 @@ def _input_grad(g, own, other, other_bits, own_bits, own_clip, d_own, spec, head
 def _bias_grad(ds, bias, spec: CallSpec):
     """``dS`` reduced to the bias's shape; None for boolean masks."""
     kind = spec.bias_kind
-    if kind in ("none", "mask"):
+    if not spec.bias_grad:
         return None
     if kind == "head":
         return ds.sum(dim=(0, 2, 3)).to(bias.dtype)  # (H,)

@@ -10,6 +10,11 @@ from torch import nn
 from bitlower.packing import sgn
 
 BILINEAR_EPS = 1e-6  # keeps w1 = w2 = 1/2 where both samples match p exactly (d1 = d2 = 0)
+# How the bilinear weighting draws its two sign planes (``bitlower.binary_attention(planes=...)``).
+BILINEAR_PLANES = ("sampled", "stratified")
+# Deterministic bilinear planes (eval and converted models): y_s = 1[u_s < p] with the fixed
+# quantiles u = (1/4, 3/4) in place of two uniform draws, so each plane is a stratified sample.
+STRATIFIED_QUANTILES = (0.25, 0.75)
 
 
 def squash(x: torch.Tensor) -> torch.Tensor:
@@ -94,3 +99,23 @@ def bilinear_planes(x: torch.Tensor, generator: torch.Generator | None = None):
     weights = torch.stack([(d2 + BILINEAR_EPS) / total, (d1 + BILINEAR_EPS) / total], dim=-1)  # (B, H, L, 2)
     planes = torch.stack([2 * y1 - 1, 2 * y2 - 1], dim=-2)  # (B, H, L, 2, D)
     return planes.to(x.dtype), weights
+
+
+def stratified_planes(x: torch.Tensor):
+    """Two deterministic sign planes of ``x`` and their bilinear weights.
+
+    The same weights as ``bilinear_planes`` (``d_s = mean_D |p - y_s|``, ``w1 = d2/(d1+d2)``,
+    ``w2 = d1/(d1+d2)``), with ``y_s = 1[u_s < p]`` at the fixed quantiles ``STRATIFIED_QUANTILES``
+    instead of Bernoulli draws.
+
+    Returns:
+        planes ``(B, H, L, 2, D)`` of ``2 y - 1`` (no gradient) and weights ``(B, H, L, 2)``.
+    """
+    p = (squash(x) / 2 + 0.5).clamp(0.0, 1.0)  # (B, H, L, D)
+    y1, y2 = ((p.detach() > u).to(p.dtype) for u in STRATIFIED_QUANTILES)
+    d1 = (p - y1).abs().mean(-1)  # (B, H, L)
+    d2 = (p - y2).abs().mean(-1)
+    total = d1 + d2 + 2 * BILINEAR_EPS
+    weights = torch.stack([(d2 + BILINEAR_EPS) / total, (d1 + BILINEAR_EPS) / total], dim=-1)  # (B, H, L, 2)
+    planes = torch.stack([2 * y1 - 1, 2 * y2 - 1], dim=-2)  # (B, H, L, 2, D)
+    return planes.to(x.dtype), weights.to(x.dtype)

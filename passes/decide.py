@@ -15,6 +15,7 @@ import torch
 from bitlower import validation
 from bitlower.backend_config import BackendConfig
 from bitlower.passes.op_table import is_tensor, value_of
+from bitlower.passes.reasons import SkipReason
 from bitlower.passes.scale_chain import Unsupported, canonicalize
 from bitlower.passes.site import AttentionSite, Reshaped
 
@@ -43,31 +44,31 @@ def logical_shapes(site: AttentionSite):
 def _check_exclusive(site, config):
     """The scores feed only the softmax: nothing else sees the values the rewrite changes."""
     if any(len(n.users) != 1 for n in site.scores_chain):
-        return "scores_reused"
+        return SkipReason.SCORES_REUSED
     return None
 
 
 def _check_config_skip(site, config):
     if any(fnmatch.fnmatchcase(site.module_path, p) for p in config.skip):
-        return "skipped_by_config"
+        return SkipReason.SKIPPED_BY_CONFIG
     return None
 
 
 def _check_tensors(site, config):
     if not all(is_tensor(x) for x in (site.q, site.k, site.v)):
-        return "operands_not_tensors"
+        return SkipReason.OPERANDS_NOT_TENSORS
     q, k, v = logical_shapes(site)
     if not (len(q) == len(k) == len(v)) or len(q) not in (3, 4):
-        return "rank"
+        return SkipReason.RANK
     if q[:-2] != k[:-2] or q[:-2] != v[:-2]:
         if not (site.gqa and len(q) == 4 and k[:-2] == v[:-2] and q[0] == k[0] and q[1] % k[1] == 0):
-            return "broadcast_batch"
+            return SkipReason.BROADCAST_BATCH
         if config.gqa == "skip":
-            return "gqa_by_config"
+            return SkipReason.GQA_BY_CONFIG
     if len({value_of(x).dtype for x in (site.q, site.k, site.v)}) != 1:
-        return "mixed_dtypes"
+        return SkipReason.MIXED_DTYPES
     if q[-2] < config.min_seq_len:
-        return "short_sequence"
+        return SkipReason.SHORT_SEQUENCE
     return None
 
 
@@ -92,15 +93,15 @@ def factor_axes(shape: tuple[int, ...], scores: tuple[int, ...]) -> str:
 # (f q) kᵀ = f (q kᵀ) exactly, and mean_abs keeps f (sgn(f q) = sgn(f) sgn(q), mean|f q| = |f| mean|q|).
 # A per-key factor does not commute with q at all; a per-query one would need a per-token
 # weighting a_i = f_i mean|q| (mean_abs has one a per (batch, head)); a per-score one is no scale.
-FACTOR_REASONS = {"query": "score_factor_per_query", "key": "score_factor_per_key",
-                  "score": "score_factor_shape", "grows": "score_factor_shape"}
+FACTOR_REASONS = {"query": SkipReason.SCORE_FACTOR_PER_QUERY, "key": SkipReason.SCORE_FACTOR_PER_KEY,
+                  "score": SkipReason.SCORE_FACTOR_SHAPE, "grows": SkipReason.SCORE_FACTOR_SHAPE}
 
 
 def _scores_value(site):
     return value_of(site.scores_chain[0]) if site.scores_chain else None
 
 
-def _check_operands_keep_dtype(site, canon) -> str | None:
+def _check_operands_keep_dtype(site, canon) -> SkipReason | None:
     """Factors and biases must not promote the scores' dtype (eager's softmax would run in another one)."""
     scores = _scores_value(site)
     if not isinstance(scores, torch.Tensor):
@@ -108,11 +109,11 @@ def _check_operands_keep_dtype(site, canon) -> str | None:
     for node in [n for n, _ in canon.q_factors] + [n for n, _ in canon.bias_terms]:
         value = value_of(node.node if isinstance(node, Reshaped) else node)
         if isinstance(value, torch.Tensor) and torch.result_type(scores, value) != scores.dtype:
-            return "score_operand_dtype"
+            return SkipReason.SCORE_OPERAND_DTYPE
     return None
 
 
-def _check_factor_axes(site, canon) -> str | None:
+def _check_factor_axes(site, canon) -> SkipReason | None:
     scores = _scores_value(site)
     for node, _ in canon.q_factors:
         value = value_of(node)
@@ -132,12 +133,12 @@ def _check_scores(site, config):
     reason = _check_factor_axes(site, canon) or _check_operands_keep_dtype(site, canon)
     if reason is not None:
         return reason
-    if canon.q_factors and config.weighting != "mean_abs":
-        return "runtime_scale_needs_mean_abs"  # sgn(q * s) drops s; only mean|q * s| keeps it
+    if canon.q_factors and config.attention.weighting != "mean_abs":
+        return SkipReason.RUNTIME_SCALE_NEEDS_MEAN_ABS  # sgn(q * s) drops s; only mean|q * s| keeps it
     if (canon.bias_terms or canon.masks) and config.masks == "skip":
-        return "mask_by_config"
+        return SkipReason.MASK_BY_CONFIG
     if site.causal and config.causal == "skip":
-        return "causal_by_config"
+        return SkipReason.CAUSAL_BY_CONFIG
     return None
 
 
@@ -170,7 +171,7 @@ def _check_operator(site, config):
             validation.check_bias(bias, kind, None, *meta[:2])
     except (ValueError, TypeError, RuntimeError) as err:
         site.details["operator_error"] = str(err)
-        return "operator_rejects"
+        return SkipReason.OPERATOR_REJECTS
     site.details.update(shape=tuple(meta[0].shape[:3]) + (meta[1].shape[2], q[-1], v[-1]), dtype=str(dtype),
                         scale=site.canonical.scale_for_report())
     return None
@@ -186,5 +187,5 @@ def decide(site: AttentionSite, config: BackendConfig) -> AttentionSite:
             break
         site.skip(check(site, config))
     if site.reason is None and not math.isfinite(site.canonical.scale):
-        site.skip("scale_not_finite")
+        site.skip(SkipReason.SCALE_NOT_FINITE)
     return site

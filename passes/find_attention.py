@@ -9,6 +9,7 @@ from bitlower.backend_config import BackendConfig
 from bitlower.passes.decide import decide
 from bitlower.passes.match_sdpa import match_fused_attention
 from bitlower.passes.match_softmax import match_softmax_attention
+from bitlower.passes.reasons import SkipReason
 from bitlower.passes.site import AttentionSite, module_path
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def _match(node: Node, config: BackendConfig) -> AttentionSite | None:
         log.warning("bitlower: attention analysis failed at %s (%s): %s", node.name, node.target, err)
         if site is None:
             site = AttentionSite("unknown", str(node.target), module_path(node), anchor=node)
-        site.reason = "analysis_error"
+        site.reason = SkipReason.ANALYSIS_ERROR
         site.details["error"] = f"{type(err).__name__}: {err}"
         return site
     return None

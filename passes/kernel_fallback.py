@@ -29,12 +29,12 @@ from bitlower import ops
 from bitlower.counters import counters
 from bitlower.passes.op_table import value_of
 from bitlower.passes.site import module_path
-from bitlower.spec import OP_ARGS
+from bitlower.spec import FWD_TENSORS, bind_fwd_args, spec_of_fwd_args
 
 log = logging.getLogger(__name__)
 
-OPERATOR = torch.ops.bitlower.binary_attention_fwd.default
-_PARAMS = tuple(a.name for a in OPERATOR._schema.arguments)  # q, k, v, a, b, bias, scale, ..., save_bits
+OPERATOR = ops.FWD_OPERATOR
+REASONS_META_KEY = "bitlower_kernel_fallback"
 
 
 def _hint(d) -> int:
@@ -53,10 +53,7 @@ def _concrete(x, mode: FakeTensorMode):
 
 def _bound(node: Node) -> dict:
     """The call's arguments by parameter name, as example values (fake tensors, numbers, lists)."""
-    args = dict(zip(_PARAMS, node.args))
-    args.update(node.kwargs)
-    args.setdefault("save_bits", True)
-    args.setdefault("kernel_options", "")
+    args = bind_fwd_args(node.args, node.kwargs)
     return {name: value_of(x) if isinstance(x, Node) else x for name, x in args.items()}
 
 
@@ -64,7 +61,9 @@ def call_fallback_reasons(node: Node) -> list[str]:
     """Why one ``binary_attention_fwd`` call will run the reference: forward first, then backward.
 
     Empty when the kernels cover the call, when it runs on CPU (the reference is the CPU path,
-    not a fallback), or when the graph carries no example values (``symbolic_trace``).
+    not a fallback), or when the graph carries no example values (``symbolic_trace``). Asked once per
+    call node: the answer is kept in ``node.meta[REASONS_META_KEY]``, so the rewrite's site report and
+    ``count_kernel_fallbacks`` read the same plan query.
 
     Example:
         >>> import torch.fx
@@ -77,13 +76,20 @@ def call_fallback_reasons(node: Node) -> list[str]:
         >>> call_fallback_reasons(call)
         ['codegen kernels need D in [16, 256], got 8']
     """
+    if REASONS_META_KEY not in node.meta:
+        node.meta[REASONS_META_KEY] = tuple(_reasons(node))
+    return list(node.meta[REASONS_META_KEY])
+
+
+def _reasons(node: Node) -> list[str]:
+    """``call_fallback_reasons`` computed: ``bitlower.ops.fallback_reason`` (the plan) for the forward and backward."""
     args = _bound(node)
     outputs = value_of(node)
     if not isinstance(args["q"], torch.Tensor):
         return []
     mode = FakeTensorMode()
-    q, k, v, a, b, bias = (_concrete(args[name], mode) for name in ("q", "k", "v", "a", "b", "bias"))
-    spec = ops.make_spec(*(args[name] for name in OP_ARGS), save_bits=bool(args["save_bits"]))
+    q, k, v, a, b, bias = (_concrete(args[name], mode) for name in FWD_TENSORS)
+    spec = spec_of_fwd_args(args)
     options = args["kernel_options"]
     reasons = [ops.fallback_reason("unsupported_reason", (q, k, v, a, b, bias), spec, options)]
     if spec.save_bits and outputs is not None:  # differentiated: the backward operator runs too

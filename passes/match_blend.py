@@ -21,10 +21,11 @@ from torch.fx import Node
 
 from bitlower.passes.decide import factor_axes
 from bitlower.passes.op_table import is_number, is_tensor, normalize_dim, role_of, tensor_rank, value_of
+from bitlower.passes.reasons import SkipReason
 
 # how a blend weight that is not one number per (batch, head) is reported
-WEIGHT_REASONS = {"query": "blend_weight_per_query", "key": "blend_weight_per_key",
-                  "score": "blend_weight_shape", "grows": "blend_weight_shape"}
+WEIGHT_REASONS = {"query": SkipReason.BLEND_WEIGHT_PER_QUERY, "key": SkipReason.BLEND_WEIGHT_PER_KEY,
+                  "score": SkipReason.BLEND_WEIGHT_SHAPE, "grows": SkipReason.BLEND_WEIGHT_SHAPE}
 DIVISIONS = (operator.truediv, operator.itruediv, torch.div, torch.true_divide)
 SUMS = (torch.sum,)
 DEPENDENCY_LIMIT = 10_000  # ancestors of R visited when checking that it does not read q or k
@@ -49,11 +50,11 @@ class Blend:
     pv_input: Node | None = None
 
 
-def _weight_reason(weight, scores_shape: tuple) -> str | None:
+def _weight_reason(weight, scores_shape: tuple) -> SkipReason | None:
     if is_number(weight):
         return None
     if not is_tensor(weight):
-        return "blend_weight_shape"
+        return SkipReason.BLEND_WEIGHT_SHAPE
     shape = tuple(int(d) for d in value_of(weight).shape)
     return WEIGHT_REASONS.get(factor_axes(shape, scores_shape))
 
@@ -120,7 +121,7 @@ def match_blend(probs: Node, site) -> tuple[Blend | None, list[Node], Node]:
     form it cannot rewrite exactly, ``site.skip`` names why and ``blend`` is None."""
     scores_shape = tuple(int(d) for d in value_of(probs).shape)
     if len(probs.users) != 1:
-        site.skip("probabilities_reused")
+        site.skip(SkipReason.PROBABILITIES_REUSED)
         return None, [probs], probs
     first = next(iter(probs.users))
     role = role_of(first)
@@ -135,7 +136,7 @@ def match_blend(probs: Node, site) -> tuple[Blend | None, list[Node], Node]:
     add = next(iter(term.users)) if len(term.users) == 1 else None
     add_role = role_of(add)
     if add_role is None or add_role.name != "add" or add_role.args.get("alpha", 1) != 1:
-        site.skip("probabilities_blended")
+        site.skip(SkipReason.PROBABILITIES_BLENDED)
         return None, chain, term
     second = add_role.args["other"] if add_role.args["input"] is term else add_role.args["input"]
     other_weight, other = _mul_split(second, scores_shape)
@@ -146,7 +147,7 @@ def match_blend(probs: Node, site) -> tuple[Blend | None, list[Node], Node]:
         return None, chain, add
     renorm = _renormalisation(add) if len(add.users) == 2 else None
     if len(add.users) != 1 and renorm is None:
-        site.skip("blend_reused")
+        site.skip(SkipReason.BLEND_REUSED)
         return None, chain, add
     last = add
     if renorm is not None:
@@ -155,11 +156,11 @@ def match_blend(probs: Node, site) -> tuple[Blend | None, list[Node], Node]:
     return Blend(weight, other_weight, other, renorm is not None), chain, last
 
 
-def _other_reason(other, site, add: Node, probs: Node) -> str | None:
+def _other_reason(other, site, add: Node, probs: Node) -> SkipReason | None:
     if not is_tensor(other) or tuple(value_of(add).shape) != tuple(value_of(probs).shape):
-        return "blend_shape"  # the blend must keep the probabilities' shape
+        return SkipReason.BLEND_SHAPE  # the blend must keep the probabilities' shape
     if value_of(add).dtype != value_of(probs).dtype:
-        return "blend_dtype"
+        return SkipReason.BLEND_DTYPE
     if _depends_on(other, {site.q, site.k}):
-        return "blend_other_reads_qk"
+        return SkipReason.BLEND_OTHER_READS_QK
     return None

@@ -15,6 +15,7 @@ from torch.fx import Node
 
 from bitlower.passes.match_softmax import _is_dropout_active
 from bitlower.passes.op_table import Role, is_number, role_of, value_of
+from bitlower.passes.reasons import SkipReason
 from bitlower.passes.site import AttentionSite, ScoreOp, SizePower, module_path
 
 
@@ -34,18 +35,18 @@ def _sdpa_site(role: Role) -> AttentionSite:
         site.score_ops.append(ScoreOp("mask", mask, keep=True) if is_bool else ScoreOp("bias", mask))
     site.causal = role.args["is_causal"] is True
     if not is_number(role.args["is_causal"]) and not isinstance(role.args["is_causal"], bool):
-        site.skip("symbolic_is_causal")
+        site.skip(SkipReason.SYMBOLIC_IS_CAUSAL)
     site.gqa = role.args["enable_gqa"] is True
     dropout = Role("dropout", node, {"p": role.args["dropout_p"], "training": True})
     if _is_dropout_active(dropout):
-        site.skip("active_dropout")
+        site.skip(SkipReason.ACTIVE_DROPOUT)
     return site
 
 
 def _mha_site(role: Role) -> AttentionSite:
     node = role.node
     site = AttentionSite("multi_head_attention", "multi_head_attention_forward", module_path(node), anchor=node)
-    site.skip("multi_head_attention_opaque")
+    site.skip(SkipReason.MULTI_HEAD_ATTENTION_OPAQUE)
     return site
 
 

@@ -20,6 +20,7 @@ from torch.fx import Node
 from bitlower.passes import einsum_forms
 from bitlower.passes.match_blend import match_blend
 from bitlower.passes.op_table import Role, is_number, is_tensor, normalize_dim, role_of, tensor_rank, value_of
+from bitlower.passes.reasons import SkipReason
 from bitlower.passes.site import AttentionSite, Reshaped, ScoreOp, module_path
 
 # float16's most negative finite value: a fill at or below it makes exp() underflow to
@@ -59,7 +60,7 @@ def _add_steps(role: Role) -> Iterator[Step]:
 def _masked_fill_steps(role: Role) -> Iterator[Step]:
     fill = role.args["value"]
     op = ScoreOp("mask", role.args["mask"], keep=False, fill=float(fill)) if _fill_is_mask(fill) else \
-        ScoreOp("unsupported", "masked_fill_value")
+        ScoreOp("unsupported", SkipReason.MASKED_FILL_VALUE)
     yield role.args["input"], [op]
 
 
@@ -127,7 +128,7 @@ def _inside(op: ScoreOp, inner: tuple, outer: tuple) -> ScoreOp:
     if op.kind in ("bias", "mask") and isinstance(op.operand, Node):
         return ScoreOp(op.kind, Reshaped(op.operand, inner, outer), op.power, op.coef, op.keep, op.fill)
     if op.kind == "scale" and not is_number(op.operand):
-        return ScoreOp("unsupported", "factor_in_shape_round_trip")
+        return ScoreOp("unsupported", SkipReason.FACTOR_IN_SHAPE_ROUND_TRIP)
     return op
 
 
@@ -271,14 +272,14 @@ def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
     while True:
         chain.append(x)
         if len(x.users) != 1:
-            site.skip("probabilities_reused" if len(x.users) > 1 else "probabilities_unused")
+            site.skip(SkipReason.PROBABILITIES_REUSED if len(x.users) > 1 else SkipReason.PROBABILITIES_UNUSED)
             return chain
         user = next(iter(x.users))
         role = role_of(user)
         name = role.name if role else None
         if name == "dropout" and role.args["input"] is x:
             if _is_dropout_active(role):
-                site.skip("active_dropout")
+                site.skip(SkipReason.ACTIVE_DROPOUT)
         elif name == "cast" and role.args["input"] is x:
             pass
         elif _is_pv_product(user, x) and name == "matmul":
@@ -289,12 +290,12 @@ def walk_probabilities(softmax: Node, site: AttentionSite) -> list[Node]:
             site.v_cols = einsum_forms.output_form(role.args["equation"])
             return chain
         else:
-            site.skip("probabilities_not_multiplied_by_v")
+            site.skip(SkipReason.PROBABILITIES_NOT_MULTIPLIED_BY_V)
             return chain
         x = user
 
 
-def softmax_axis_reason(role: Role) -> str | None:
+def softmax_axis_reason(role: Role) -> SkipReason | None:
     """None when the softmax runs over the scores' last dim (the keys), else a skip reason.
 
     ``dim=-1`` and ``dim=rank-1`` are the key axis in every spelling (method, ``torch.softmax``,
@@ -303,12 +304,12 @@ def softmax_axis_reason(role: Role) -> str | None:
     """
     dim = role.args.get("dim")
     if dim is None:
-        return "softmax_dim_implicit"
+        return SkipReason.SOFTMAX_DIM_IMPLICIT
     if not isinstance(dim, int) or isinstance(dim, bool):
-        return "softmax_dim_not_constant"
+        return SkipReason.SOFTMAX_DIM_NOT_CONSTANT
     rank = tensor_rank(role.args["input"])
     if normalize_dim(dim, rank) != rank - 1:
-        return "softmax_not_over_keys"
+        return SkipReason.SOFTMAX_NOT_OVER_KEYS
     return None
 
 

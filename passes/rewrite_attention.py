@@ -17,6 +17,7 @@ The operator's schema types ``scale`` as ``float``, so its trace specializes a s
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import operator
 
@@ -24,19 +25,20 @@ import sympy
 import torch
 from torch.fx import GraphModule, Node
 
-from bitlower import ops as _ops  # noqa: F401  (defines the operator and its autograd)
+from bitlower import ops
 from bitlower.backend_config import BackendConfig
 from bitlower.counters import counters
 from bitlower.passes.emit import Emitter
 from bitlower.passes.find_attention import find_attention
 from bitlower.passes.kernel_fallback import call_fallback_reasons
 from bitlower.passes.op_table import role_of, value_of
-from bitlower.passes.unmatched import find_unmatched
+from bitlower.passes.reasons import SkipReason
 from bitlower.passes.site import REWRITTEN, SKIPPED, AttentionSite, Reshaped, SizePower
+from bitlower.passes.unmatched import find_unmatched
 
 log = logging.getLogger(__name__)
 
-OPERATOR = torch.ops.bitlower.binary_attention_fwd.default
+OPERATOR = ops.FWD_OPERATOR
 SITES_META_KEY = "bitlower_sites"
 UNMATCHED_META_KEY = "bitlower_unmatched"
 FACTORIES = (torch.empty, torch.zeros, torch.ones, torch.empty_like, torch.zeros_like)
@@ -181,8 +183,8 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     bias, kind = _bias(emit, site, q, k, flat)
     save_bits = bool(value_of(site.anchor).requires_grad)  # traced under grad mode with grad-requiring inputs
     scale = _times_powers(emit, site.canonical.scale, site.canonical.scale_factors)  # a float or a SymFloat node
-    spec = config.attention.call_spec(1.0, bias_kind=kind)  # scale: a graph value, set below
-    call = emit.call(OPERATOR, q, k, v, None, None, bias, scale, *spec.op_args()[1:], save_bits)
+    spec = dataclasses.replace(config.attention.call_spec(1.0, bias_kind=kind), save_bits=save_bits)
+    call = emit.call(OPERATOR, *spec.fwd_args(q, k, v, None, None, bias, scale=scale))  # scale: a float or a node
     out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
     out = _rows_without_keys(emit, site, v, bias, kind, flat, out)
     if flat:
@@ -194,7 +196,7 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
         out = _blended(emit, site, out)
     site.anchor.replace_all_uses_with(out)
     site.details["bias_kind"] = kind
-    fallbacks = call_fallback_reasons(call)  # counted by the backend (``count_kernel_fallbacks``), not here
+    fallbacks = call_fallback_reasons(call)  # kept on the node; the backend's count_kernel_fallbacks counts it
     if fallbacks:
         site.details["kernel_fallback"] = fallbacks
     _erase_dead(gm, site.erase)
@@ -235,7 +237,7 @@ def _rewrite_or_skip(gm: GraphModule, site: AttentionSite, config: BackendConfig
         for node in reversed(new):
             gm.graph.erase_node(node)
         log.warning("bitlower: rewrite failed at %r, site left as it is: %s", site.module_path, err)
-        site.reason = "rewrite_error"
+        site.reason = SkipReason.REWRITE_ERROR
         site.details["error"] = f"{type(err).__name__}: {err}"
 
 
@@ -246,7 +248,7 @@ def _record(sites: list[AttentionSite]) -> None:
             counters["sites_rewritten"][site.pattern] += 1
             log.info("bitlower: rewrote %s at %r (%s)", site.pattern, site.module_path, site.spelling)
         else:
-            counters["sites_skipped"][site.reason] += 1
+            counters["sites_skipped"][site.reason.value] += 1  # the plain string: keys users read
             log.info("bitlower: skipped %s at %r: %s", site.pattern, site.module_path, site.reason)
 
 

@@ -25,6 +25,7 @@ import torch
 from torch.fx import Node
 
 from bitlower.passes.op_table import is_number, value_of
+from bitlower.passes.reasons import SkipReason
 from bitlower.passes.site import Reshaped, ScoreOp, SizePower
 
 QK = sympy.Symbol("QK")
@@ -33,7 +34,7 @@ QK = sympy.Symbol("QK")
 class Unsupported(Exception):
     """The score chain cannot be expressed as the operator's scale, bias and mask."""
 
-    def __init__(self, reason: str):
+    def __init__(self, reason: SkipReason):
         super().__init__(reason)
         self.reason = reason
 
@@ -92,7 +93,7 @@ class _Symbols:
         if is_number(x):
             return _number(x)
         if not isinstance(x, (Node, SizePower, Reshaped)):  # e.g. a SymFloat no graph node holds
-            raise Unsupported("opaque_scale_operand")
+            raise Unsupported(SkipReason.OPAQUE_SCALE_OPERAND)
         if x not in self.by_node:
             self.by_node[x] = sympy.Symbol(f"n_{x.name}")
         return self.by_node[x]
@@ -107,19 +108,19 @@ def _replay(ops: list[ScoreOp], symbols: _Symbols):
         if op.kind == "scale":
             keeps_neg_inf = is_number(op.operand) and op.operand > 0
             if masks and not keeps_neg_inf:
-                raise Unsupported("mask_then_scale")
+                raise Unsupported(SkipReason.MASK_THEN_SCALE)
             if is_number(op.operand) and op.operand == 0:
-                raise Unsupported("zero_scale")
+                raise Unsupported(SkipReason.ZERO_SCALE)
             expr = expr * symbols.of(op.operand) ** op.power
         elif op.kind == "bias":
             if any(m.fill != -math.inf for m in masks):
-                raise Unsupported("bias_after_finite_fill")  # masked scores would not all equal the fill
+                raise Unsupported(SkipReason.BIAS_AFTER_FINITE_FILL)  # masked scores would not all equal the fill
             biases.append(symbols.of(op.operand))
             expr = expr + symbols.of(op.coef) * biases[-1]
         elif op.kind == "mask":
             masks.append(op)
     if len(masks) > 1 and any(m.fill != -math.inf for m in masks):
-        raise Unsupported("finite_fill_with_other_masks")  # fully masked rows would mix fills
+        raise Unsupported(SkipReason.FINITE_FILL_WITH_OTHER_MASKS)  # fully masked rows would mix fills
     return expr, biases, masks
 
 
@@ -140,25 +141,25 @@ def canonicalize(ops: list[ScoreOp]) -> CanonicalScores:
     qk_coeff = expanded.coeff(QK, 1)
     remainder = sympy.expand(expanded - qk_coeff * QK)
     if qk_coeff.has(QK) or remainder.has(QK) or qk_coeff == 0:
-        raise Unsupported("nonlinear_scores")
+        raise Unsupported(SkipReason.NONLINEAR_SCORES)
     number, runtime = qk_coeff.as_coeff_Mul()
     node_of = {sym: node for node, sym in symbols.by_node.items()}
     q_factors, scale_factors = [], []
     for base, power in ({} if runtime == 1 else runtime.as_powers_dict()).items():
         if base not in node_of or base in biases or not power.is_integer:
-            raise Unsupported("score_factor_form")
+            raise Unsupported(SkipReason.SCORE_FACTOR_FORM)
         factors = scale_factors if is_symbolic_number(node_of[base]) else q_factors
         factors.append((node_of[base], int(power)))
     bias_terms = []
     for sym in dict.fromkeys(biases):
         coef = remainder.coeff(sym, 1)
         if any(coef.has(b) for b in biases):
-            raise Unsupported("nonlinear_bias")
+            raise Unsupported(SkipReason.NONLINEAR_BIAS)
         bias_terms.append((node_of[sym], coef))
     canonical = number * runtime * QK + sum((c * node_of_sym for node_of_sym, c in
                                              ((symbols.of(n), c) for n, c in bias_terms)), sympy.Integer(0))
     if sympy.simplify(expr - canonical) != 0:
-        raise Unsupported("scale_chain_not_proven")
+        raise Unsupported(SkipReason.SCALE_CHAIN_NOT_PROVEN)
     finite = [(m.operand, m.keep, m.fill) for m in masks if m.fill != -math.inf]
     return CanonicalScores(float(number), q_factors, bias_terms, [(m.operand, m.keep) for m in masks], node_of,
                            f"{expr} == {canonical}", scale_factors, finite[0] if finite else None)

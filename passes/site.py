@@ -8,6 +8,8 @@ from typing import Any
 
 from torch.fx import Node
 
+from bitlower.passes.reasons import SkipReason
+
 # Status names used in reports and counters.
 REWRITTEN = "rewritten"
 SKIPPED = "skipped"
@@ -21,7 +23,7 @@ class ScoreOp:
         kind: ``"scale"`` (``operand ** power`` multiplies the scores), ``"bias"`` (``coef *
             operand`` is added), ``"mask"`` (a bool ``operand`` keeps scores where it equals
             ``keep`` and sets the rest to ``fill``) or ``"unsupported"`` (``operand`` is the reason).
-        operand: a Python number, a graph node, a ``SizePower``, or the reason string.
+        operand: a Python number, a graph node, a ``SizePower``, or the ``SkipReason``.
         power: +1 or -1 for ``"scale"``.
         coef: the number multiplying a ``"bias"`` operand.
         keep: for ``"mask"``, the mask value that keeps a score.
@@ -111,7 +113,7 @@ class AttentionSite:
         canonical: the ``CanonicalScores`` of ``score_ops`` once the decision computed it.
         blend: a ``match_blend.Blend`` when the probabilities are blended before P·V (the
             rewrite keeps the blend around the operator's output), else None.
-        reason: why the site is not rewritten; None while it may be.
+        reason: why the site is not rewritten (a ``SkipReason``); None while it may be.
         status: ``REWRITTEN`` or ``SKIPPED`` once decided.
         details: facts for reports (shapes, scale, bias kind).
     """
@@ -133,16 +135,23 @@ class AttentionSite:
     scores_chain: list[Node] = field(default_factory=list)
     canonical: Any = None
     blend: Any = None
-    reason: str | None = None
+    reason: SkipReason | None = None
     status: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def report(self) -> SiteReport:
         """A ``SiteReport`` of this site."""
-        return SiteReport(self.module_path, self.pattern, self.spelling, self.status, self.reason, dict(self.details))
+        reason = None if self.reason is None else self.reason.value  # the plain string users read
+        return SiteReport(self.module_path, self.pattern, self.spelling, self.status, reason, dict(self.details))
 
-    def skip(self, reason: str | None) -> None:
-        """Mark the site skipped with ``reason`` (the first reason wins; None changes nothing)."""
+    def skip(self, reason: SkipReason | None) -> None:
+        """Mark the site skipped with ``reason`` (the first reason wins; None changes nothing).
+
+        Raises:
+            TypeError: ``reason`` is not a ``SkipReason`` (every reason is a member, listed in the README).
+        """
+        if reason is not None and not isinstance(reason, SkipReason):
+            raise TypeError(f"reason must be a SkipReason member, got {type(reason).__name__} {reason!r}")
         if self.reason is None:
             self.reason = reason
 
@@ -156,7 +165,8 @@ class SiteReport:
         pattern: ``"sdpa"``, ``"softmax_attention"`` or ``"multi_head_attention"``.
         spelling: the roles met along the site.
         status: ``"rewritten"`` or ``"skipped"``.
-        reason: why it was skipped, None when rewritten.
+        reason: why it was skipped (a ``SkipReason`` value), None when rewritten; for an unmatched
+            softmax, a sentence.
         details: shape ``(B, H, N, M, D, Dv)``, dtype, scale, bias kind where known;
             ``kernel_fallback``: why a rewritten CUDA site will run the reference (forward, backward).
     """

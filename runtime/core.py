@@ -11,15 +11,10 @@ import torch
 from torch import nn
 
 from bitlower.functional import binary_attention
-from bitlower.ops import binary_attention_fwd
 from bitlower.relpos import gather_table_bias, table_rows
-from bitlower.weighting import BILINEAR_EPS, TokenWeighting, squash
+from bitlower.weighting import TokenWeighting
 
 from .config import BinarizeConfig
-
-# Deterministic bilinear planes (eval and converted models): y_s = 1[u_s < p] with the fixed
-# quantiles u = (1/4, 3/4) in place of two uniform draws, so each plane is a stratified sample.
-STRATIFIED_QUANTILES = (0.25, 0.75)
 
 
 @dataclass(frozen=True)
@@ -113,21 +108,12 @@ class BinaryAttentionCore(nn.Module):
         cfg = self.attention
         common = dict(grad_mode=cfg.grad_mode, pv_quant=cfg.pv_quant, ste_clip=cfg.ste_clip)
         if cfg.weighting == "bilinear" and (self.converted or not self.training):
-            return self._stratified_bilinear(q, k, v, bias, kind, grid, scale)
+            common["planes"] = "stratified"  # deterministic planes in eval and converted models
         a = b = None
         if cfg.weighting == "token":
             a, b = self.theta_q(q).to(q.dtype), self.theta_k(k).to(k.dtype)  # (B, H, N), (B, H, M)
         return binary_attention(q, k, v, bias=bias, bias_kind=kind, grid=grid, scale=scale,
                                 weighting=cfg.weighting, a=a, b=b, **common)
-
-    def _stratified_bilinear(self, q, k, v, bias, kind, grid, scale) -> torch.Tensor:
-        """Bilinear weighting with the deterministic planes of ``stratified_planes``."""
-        q_planes, a = stratified_planes(q)
-        k_planes, b = stratified_planes(k)
-        cfg = self.attention
-        grid_list = list(grid) if kind == "table" else []
-        return binary_attention_fwd(q_planes, k_planes, v, a, b, bias, float(scale), "bilinear", kind,
-                                    grid_list, cfg.grad_mode, cfg.pv_quant, float(cfg.ste_clip))[0]
 
     def convert(self) -> None:
         """Freeze the learned parts for deployment; bilinear planes become deterministic."""
@@ -139,23 +125,3 @@ class BinaryAttentionCore(nn.Module):
         return (f"heads={self.geometry.heads}, head_dim={self.geometry.head_dim}, grid={self.geometry.grid}, "
                 f"weighting={cfg.weighting}, bias={self.bias_kind}, grad_mode={cfg.grad_mode}, "
                 f"pv_quant={cfg.pv_quant}, converted={self.converted}")
-
-
-def stratified_planes(x: torch.Tensor):
-    """Two deterministic sign planes of ``x`` and their bilinear weights.
-
-    The same weights as ``bitlower.bilinear_planes`` (``d_s = mean_D |p - y_s|``,
-    ``w1 = d2/(d1+d2)``, ``w2 = d1/(d1+d2)``), with ``y_s = 1[u_s < p]`` at the fixed quantiles
-    ``STRATIFIED_QUANTILES`` instead of Bernoulli draws.
-
-    Returns:
-        planes ``(B, H, L, 2, D)`` of ``2 y - 1`` (no gradient) and weights ``(B, H, L, 2)``.
-    """
-    p = (squash(x) / 2 + 0.5).clamp(0.0, 1.0)  # (B, H, L, D)
-    y1, y2 = ((p.detach() > u).to(p.dtype) for u in STRATIFIED_QUANTILES)
-    d1 = (p - y1).abs().mean(-1)  # (B, H, L)
-    d2 = (p - y2).abs().mean(-1)
-    total = d1 + d2 + 2 * BILINEAR_EPS
-    weights = torch.stack([(d2 + BILINEAR_EPS) / total, (d1 + BILINEAR_EPS) / total], dim=-1)  # (B, H, L, 2)
-    planes = torch.stack([2 * y1 - 1, 2 * y2 - 1], dim=-2)  # (B, H, L, 2, D)
-    return planes.to(x.dtype), weights.to(x.dtype)

@@ -5,7 +5,7 @@ import torch
 import bitlower
 from bitlower.models import vit_tiny
 from bitlower.runtime import attention_cores, binarize_, convert_, preset
-from bitlower.runtime.core import stratified_planes
+from bitlower.weighting import stratified_planes
 
 
 def trained_like(name, depth=2):
