@@ -154,7 +154,7 @@ def record():
     return out
 
 
-LOC = re.compile(r"\s*loc\((#loc\d*|\"[^\"]*\"(:\d+:\d+)?|unknown)\)")
+LOC = re.compile(r"\s*loc\((#loc\d*|\"[^\"]*\"(:\d+:\d+)?(\(#loc\d*\))?|unknown)\)")
 VALUE = re.compile(r"%[A-Za-z0-9_.$#-]+")
 
 
@@ -184,6 +184,8 @@ def mask_ttir(text: str, kernel, signature) -> tuple[str, str]:
 
     def rename(match):
         token = match.group(0)
+        if token[1:] in kernel.arg_names:  # Triton names the kernel's arguments after its parameters
+            return token
         arg = re.fullmatch(r"%arg(\d+)", token)
         if arg and int(arg.group(1)) < len(runtime):
             return "%" + runtime[int(arg.group(1))]
@@ -210,6 +212,7 @@ def dataflow_hash(text: str, kernel, signature) -> str:
     """
     runtime = [name for name in kernel.arg_names if signature.get(name) != "constexpr"]
     names = {f"%arg{i}": "%" + name for i, name in enumerate(runtime)}
+    names.update({"%" + name: "%" + name for name in kernel.arg_names})
     stack, items = [""], []
     for raw in text.splitlines():
         line = LOC.sub("", raw).strip()
@@ -223,8 +226,12 @@ def dataflow_hash(text: str, kernel, signature) -> str:
             line = line[1:].strip()
             if not line:
                 continue
-        defs = DEF.findall(line)
-        struct = DEF.sub("%d = ", line)
+        if line.startswith("^bb"):  # a region's block arguments (reductions): defined here, typed
+            defs = re.findall(r"(%[A-Za-z0-9_.$-]+):", line)
+            struct = "^bb(" + ", ".join(re.findall(r"%[A-Za-z0-9_.$-]+: ([^ ,)]+)", line)) + ")"
+        else:
+            defs = DEF.findall(line)
+            struct = DEF.sub("<def> = ", line)
 
         def use(match):
             token = match.group(0)
@@ -235,9 +242,11 @@ def dataflow_hash(text: str, kernel, signature) -> str:
         key = hashlib.sha256((stack[-1] + "|" + struct).encode()).hexdigest()[:20]
         for index, token in enumerate(defs):
             names[token] = f"%{key}.{index}"
-        items.append(key)
+        items.append(key if not os.environ.get("KERNEL_IDENTITY_ITEMS") else (key, stack[-1][:6], struct))
         if line.endswith("{"):
             stack.append(key)
+    if os.environ.get("KERNEL_IDENTITY_ITEMS"):  # debugging: the structures behind the hash
+        return items
     return hashlib.sha256("\n".join(sorted(items)).encode()).hexdigest()[:16]
 
 

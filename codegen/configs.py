@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tiles import DOT_BF16 as _BF16, DOT_FP16 as _FP16, DOT_FP32 as _FP32
+
 # v2 table bias: materialise the dense (H, N, M) bias in the table's dtype when it has at most this
 # many elements, else gather in-kernel. H100: dense beats the gather at every measured size
 # (N 1680 H 6: 0.332 vs 1.472 ms; N 4096 H 16 = 2**28 elements: 2.49 vs 5.70 ms); the cap bounds the
@@ -102,4 +104,4 @@ def backward_table(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype) 
     return TileConfig(64, 64, 4, 3)
 
 
-DOT_FP32, DOT_FP16, DOT_BF16 = 0, 1, 2  # constexpr codes of the floating dot operand type (tiles.fdot)
+DOT_FP32, DOT_FP16, DOT_BF16 = _FP32.value, _FP16.value, _BF16.value  # tiles.fdot's operand-type codes

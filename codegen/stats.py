@@ -1,14 +1,16 @@
-"""Stats pass of the round-2 forward: one tile-wide read of q (or k) before the main kernel.
+"""Stats pass of the tl.dot forward (both option sets) and of the Hopper forward: one read of q (or k).
 
 Writes only what the call needs: the per-(batch, head) sum of ``|x|`` (``mean_abs``, by atomics),
 the per-token scalars ``eff = given * (1 or NaN)`` and their per-(batch, head) maximum ``|eff|``
 (the static row bound of ``token``/``none`` weighting), and, when a backward will run
-(``spec.save_bits``), the packed sign bits and STE clip bits, and the int8 ``+-1`` sign tensor
-that the main kernel's tensor-core dot reads (``signs=True``). Unlike the v1 prologue
-(``prologue.py``), it loads a whole ``(BLOCK_L, DP)`` tile per step (16-byte vectors on
-contiguous rows).
+(``spec.save_bits``), the packed sign bits and STE clip bits, and the ``+-1`` sign tensor that the
+main kernel's tensor-core dot reads (``signs=True``; int8, or float8 e4m3 bytes for the Hopper
+kernel). Parallelised over (row block, batch*head): each program loads one ``(BLOCK_L, DP)`` tile
+(16-byte vectors on contiguous rows); programs meet only in the atomics of the per-head sums and maxima.
 """
 from __future__ import annotations
+
+import struct
 
 import torch
 import triton
@@ -18,7 +20,16 @@ from bitlower.packing import num_words
 
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .launch import launch
-from .prologue import round_to_dtype
+
+
+def round_to_dtype(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (nearest even), in plain Python so tracing sees a constant."""
+    if dtype == torch.float16:
+        return struct.unpack("<e", struct.pack("<e", value))[0]
+    bits32 = struct.unpack("<I", struct.pack("<f", value))[0]
+    if dtype == torch.bfloat16:  # keep the top 16 bits of the float32 pattern, ties to even
+        bits32 = ((bits32 + 0x7FFF + ((bits32 >> 16) & 1)) >> 16) << 16
+    return struct.unpack("<f", struct.pack("<I", bits32 & 0xFFFFFFFF))[0]
 
 
 @triton.jit
@@ -36,7 +47,7 @@ def _stats_kernel(
     H, L, clip,
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
     WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
-    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr,
+    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr, HEAD_MAX: tl.constexpr,
 ):
     """Stats of one operand.
 
@@ -74,15 +85,15 @@ def _stats_kernel(
         if GIVEN:
             eff = eff * tl.load(given_ptr + out_row, mask=row_mask, other=1.0)
         tl.store(eff_ptr + out_row, eff, mask=row_mask)
-        # max |eff| for the static bound; a NaN row makes the whole output NaN anyway
-        tl.atomic_max(max_ptr + bh, tl.max(tl.where(row_mask & (eff == eff), tl.abs(eff), 0.0), axis=0))
+        if HEAD_MAX:  # max |eff| for the static bound; a NaN row makes the whole output NaN anyway
+            tl.atomic_max(max_ptr + bh, tl.max(tl.where(row_mask & (eff == eff), tl.abs(eff), 0.0), axis=0))
 
 
 FP8_ONE = 0x38  # float8 e4m3 1.0 (exponent 7 = bias, mantissa 0); 0xB8 is -1.0, 0x00 is +0.0
 
 
 def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, signs: bool = False,
-               fp8_signs: bool = False):
+               fp8_signs: bool = False, head_max: bool | None = None):
     """Run the stats pass on ``x`` ``(B, H, L, D)``.
 
     Args:
@@ -93,6 +104,7 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         signs: write the int8 ``+-1`` sign tensor ``(B, H, L, DP)``.
         fp8_signs: write it as float8 e4m3 ``+-1.0`` instead (``torch.float8_e4m3fn``; 0 past ``D``),
             the operand of a float8 tensor-core product (exact: integer sums of +-1 below 2**8).
+        head_max: reduce the per-(batch, head) max ``|eff|`` (None: whenever ``eff``; needs ``eff``).
 
     Returns:
         ``(bits, clip, eff_rows, sums, maxes, signs)``: bits/clip ``(B, H, L, 1, W)`` int32 (``W = 0``
@@ -109,7 +121,10 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
     eff_rows = torch.empty(bsz, heads, length, 1, **f32) if eff else None
     sum_abs = spec.weighting == "mean_abs"
     sums = torch.zeros(bsz, heads, **f32) if sum_abs else None
-    maxes = torch.zeros(bsz, heads, **f32) if eff else None
+    head_max = eff if head_max is None else head_max
+    if head_max and not eff:
+        raise ValueError("head_stats: head_max=True needs eff=True (the maximum is of the eff rows)")
+    maxes = torch.zeros(bsz, heads, **f32) if head_max else None
     sign_shape = (bsz, heads, length, padded_dim(dim))
     sign_t = torch.empty(sign_shape, dtype=torch.int8, device=dev) if signs else None
     dummy = bits if words else torch.empty(1, dtype=torch.int32, device=dev)
@@ -120,11 +135,11 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         x, *x.stride(),
         bits if words else dummy, clip if clip_words else dummy, sign_t if signs else dummy,
         eff_rows if eff else fdummy, given_t,
-        sums if sum_abs else fdummy, maxes if eff else fdummy,
+        sums if sum_abs else fdummy, maxes if head_max else fdummy,
         heads, length, round_to_dtype(spec.ste_clip, x.dtype),
         D=dim, DP=padded_dim(dim), W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
         WRITE_BITS=words > 0, WRITE_CLIP=clip_words > 0, WRITE_SIGNS=signs, WRITE_EFF=eff, GIVEN=given is not None,
-        SUM_ABS=sum_abs, SIGN_ONE=FP8_ONE if fp8_signs else 1, num_warps=PROLOGUE_WARPS,
+        SUM_ABS=sum_abs, SIGN_ONE=FP8_ONE if fp8_signs else 1, HEAD_MAX=head_max, num_warps=PROLOGUE_WARPS,
     )
     if signs and fp8_signs:
         sign_t = sign_t.view(torch.float8_e4m3fn)

@@ -18,6 +18,8 @@ import triton.language as tl
 BIAS_NONE, BIAS_HEAD, BIAS_TABLE, BIAS_DENSE, BIAS_MASK = (tl.constexpr(code) for code in range(5))
 BIAS_CODES = {"none": BIAS_NONE.value, "head": BIAS_HEAD.value, "table": BIAS_TABLE.value,
               "dense": BIAS_DENSE.value, "mask": BIAS_MASK.value}  # spec.bias_kind -> constexpr BIAS
+# operand type of the floating tensor-core dots (``fdot``); host code reads them as ``configs.DOT_*``
+DOT_FP32, DOT_FP16, DOT_BF16 = (tl.constexpr(code) for code in range(3))
 
 # 12582912.0 = 1.5 * 2**23: adding it to a small integer puts the integer in the low mantissa
 # bits, so ``bitcast(h + 0x4B400000) - 12582912.0`` is the exact float32 of ``h`` for |h| < 2**22
@@ -157,10 +159,10 @@ def abs_max(ptr, length, BLOCK: tl.constexpr):
 
 @triton.jit
 def fdot(a, b, acc, DOT: tl.constexpr):
-    """``acc + a @ b`` on floating tensor cores; DOT 0 float32 (IEEE), 1 float16, 2 bfloat16."""
-    if DOT == 0:
+    """``acc + a @ b`` on floating tensor cores: ``DOT_FP32`` (IEEE), ``DOT_FP16`` or ``DOT_BF16`` operands."""
+    if DOT == DOT_FP32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    elif DOT == 1:
+    elif DOT == DOT_FP16:
         return tl.dot(a.to(tl.float16), b.to(tl.float16), acc)
     else:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
