@@ -154,7 +154,7 @@ def record():
     return out
 
 
-LOC = re.compile(r"\s*loc\((#loc\d*|\"[^\"]*\"(:\d+:\d+)?(\(#loc\d*\))?|unknown)\)")
+LOC = re.compile(r"\s*loc\((#loc\d*|\"[^\"]*\"(:\d+:\d+)?(\(#loc\d*\))?|callsite\(#loc\d* at #loc\d*\)|unknown)\)")
 VALUE = re.compile(r"%[A-Za-z0-9_.$#-]+")
 
 

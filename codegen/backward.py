@@ -1,4 +1,10 @@
-"""Launcher of the binary-attention backward: which kernels run, strides, grids, gradient assembly."""
+"""Launcher of the binary-attention backward: which kernels run, strides, grids, gradient assembly.
+
+Kernels here (the two attention kernels are in ``backward_kernels``): ``_unpack_rows_kernel`` turns
+the saved packed bits into int8 signs, one program per ``PROLOGUE_ROWS`` rows of ``(B*H*L)``;
+``_sign_chain_kernel`` adds the ``mean_abs`` chain term, program = (row block, batch*head). Neither
+communicates between programs.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +17,7 @@ from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kern
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .operands import bias_operand, value_scales
 from .plan import BackwardPlan, CallFacts, DeviceFacts, KernelOptions, plan_backward
-from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, load_signs
+from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, unpack_sign_bits
 
 _NONE, _HEAD, _TABLE, _DENSE = BIAS_NONE.value, BIAS_HEAD.value, BIAS_TABLE.value, BIAS_DENSE.value
 
@@ -83,7 +89,7 @@ def _unpack_rows_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr,
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     row_mask = rows < total_rows
     rows64 = rows.to(tl.int64)
-    signs = load_signs(bits_ptr, rows64, row_mask, words, D, DP, FROM_BITS=True)
+    signs = unpack_sign_bits(bits_ptr, rows64, row_mask, words, D, DP)
     d = tl.arange(0, DP)
     tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], signs, mask=row_mask[:, None])
 

@@ -128,7 +128,7 @@ def _q_tiles(
     for start in range(lo, hi, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         col_mask = cols < M
-        ks = load_signs(ks_base, cols, col_mask, s_ks_m, D=D, DP=DP, FROM_BITS=False)  # (BLOCK_M, DP)
+        ks = load_signs(ks_base, cols, col_mask, s_ks_m, DP)  # (BLOCK_M, DP)
         bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
         p, hf = _probs(
             tl.dot(qs, tl.trans(ks), out_dtype=tl.int32), c_rows, bj, m2[:, None], l2[:, None], bias_base, rows, cols,
@@ -177,7 +177,7 @@ def _binary_attn_bwd_q_kernel(
     bh64 = bh.to(tl.int64)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
-    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, D=D, DP=DP, FROM_BITS=False)
+    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, DP)
     dv = tl.arange(0, DVP)
     do = tl.load(do_ptr + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh + rows[:, None] * s_don + dv[None, :] * s_dod,
                  mask=row_mask[:, None] & (dv < DV)[None, :], other=0.0).to(tl.float32)
@@ -268,7 +268,7 @@ def _k_tiles(
     for start in range(lo, hi, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)  # query indices
         row_mask = rows < N
-        qs = load_signs(qs_base, rows, row_mask, s_qs_n, D=D, DP=DP, FROM_BITS=False)  # (BLOCK_N, DP)
+        qs = load_signs(qs_base, rows, row_mask, s_qs_n, DP)  # (BLOCK_N, DP)
         a_i = tl.load(a_base + rows, mask=row_mask, other=0.0)
         m2, l2 = _row_state(state_base, rows, row_mask, head_shift2)
         pt, hf = _probs(
@@ -326,7 +326,7 @@ def _binary_attn_bwd_k_kernel(
     bh64 = bh.to(tl.int64)
     cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # key indices (the tile rows)
     col_mask = cols < M
-    ks = load_signs(ks_ptr + bh64 * s_ks_bh, cols, col_mask, s_ks_m, D=D, DP=DP, FROM_BITS=False)  # (BLOCK_M, DP)
+    ks = load_signs(ks_ptr + bh64 * s_ks_bh, cols, col_mask, s_ks_m, DP)  # (BLOCK_M, DP)
     b_j = tl.load(b_ptr + bh64 * M + cols, mask=col_mask, other=0.0)
     dvr = tl.arange(0, DVP)
     vscale = tl.zeros([DVP], dtype=tl.float32)

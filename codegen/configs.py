@@ -22,7 +22,7 @@ DENSE_TABLE_MAX_ELEMENTS = 2**28
 # so it shifts p up by 2**15 and allows a 2**-24 spread (the largest p stays >= 2**-9).
 STATIC_LIMIT = {torch.float16: (24.0, 15.0)}
 DEFAULT_LIMIT = (100.0, 0.0)
-PROLOGUE_ROWS = 64  # rows per prologue program (memory-bound: 64 x D elements in flight)
+PROLOGUE_ROWS = 64  # rows per stats-pass (and sign-unpack) program (memory-bound: 64 x D elements in flight)
 PROLOGUE_WARPS = 4
 
 

@@ -77,10 +77,10 @@ def _binary_attn_fwd_kernel(
     # Q signs from the int8 tensor: a loaded operand stays in shared memory for the tensor-core dot;
     # signs computed in registers are re-read from shared memory byte by byte in every key tile.
     if SIGN_STRIDES:
-        qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, D=D, DP=DP, FROM_BITS=False)  # (BLOCK_N, DP)
+        qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, DP)  # (BLOCK_N, DP)
         k_signs, s_ksm, s_ksd = ks_ptr + bh64 * s_ks_bh, s_ks_m, 1
     else:
-        qs = load_signs(qs_ptr + bh64 * N * DP, rows, row_mask, DP, D=D, DP=DP, FROM_BITS=False)  # (BLOCK_N, DP)
+        qs = load_signs(qs_ptr + bh64 * N * DP, rows, row_mask, DP, DP)  # (BLOCK_N, DP)
         k_signs, s_ksm, s_ksd = ks_ptr + bh64 * M * DP, DP, 1
     b_base = b_ptr + bh64 * M
     c = 0.0

@@ -1,14 +1,14 @@
-"""The key-tile loop shared by both forward kernels: scores, softmax, P.V (one source of truth).
+"""The key-tile loop of the tl.dot forward kernel (``forward_kernel``): scores, softmax, P.V.
 
-Notation (``forward_kernel``): a program holds ``BLOCK_N`` query rows and walks key tiles of
-``BLOCK_M`` columns; scores are in log2 units,
+Parallelisation (``forward_kernel``): a program holds ``BLOCK_N`` query rows of one batch*head and
+walks every key tile of ``BLOCK_M`` columns in order, alone; scores are in log2 units,
 
     h_ij  = int8 dot of +-1 signs (int32, exact)           -> float32 by the magic-number add
     s2_ij = h_ij * c + beta2_ij                              (mean_abs: c one scalar per (b, h))
     s2_ij = h_ij * c_i * b_j + beta2_ij                      (token / none: c_i = scale a_i log2 e)
     p_ij  = exp2(s2_ij - m_i),  l_i += sum_j p_ij,  acc_i += p_ij V_j
 
-Q and K signs are int8 ``+-1`` tensors written by the prologue (v1) or the stats pass (v2): a loaded
+Q and K signs are int8 ``+-1`` tensors written by the stats pass (``stats.py``): a loaded
 operand stays in shared memory for the tensor-core dot (K from packed bits per tile: 5-9x slower,
 benchmarks/kernel_notes.md attempt 1).
 
@@ -75,7 +75,7 @@ def fwd_tiles(
     for start in range(lo, hi, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         col_mask = cols < M
-        ks = load_signs(k_base, cols, col_mask, s_km, D=D, DP=DP, FROM_BITS=False)  # (BLOCK_M, DP) int8
+        ks = load_signs(k_base, cols, col_mask, s_km, DP)  # (BLOCK_M, DP) int8
         s = score_tile(
             qs, ks, c, c_rows, cols, col_mask, rows, row_mask, b_base, bias_base, s_bn, s_bm, grid_h, grid_w, prefix,
             MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, MASK_M=MASK_M)

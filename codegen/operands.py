@@ -1,4 +1,8 @@
-"""Preparation of the kernels' bias and value-quantisation operands (host code and the dense-table copy kernel)."""
+"""Preparation of the kernels' bias and value-quantisation operands.
+
+Host code, and one kernel: ``_table_dense_kernel`` copies a relative-position table into a dense
+``(H, N, M)`` bias, program = (64-row block, 64-column block, head), no communication.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -47,24 +47,26 @@ def round_half_even(x):
 
 
 @triton.jit
-def load_signs(ptr, rows, row_mask, stride_row, D: tl.constexpr, DP: tl.constexpr, FROM_BITS: tl.constexpr):
-    """int8 ``+-1`` signs ``(R, DP)`` of ``rows``, 0 past ``D``.
+def load_signs(ptr, rows, row_mask, stride_row, DP: tl.constexpr):
+    """int8 ``+-1`` signs ``(R, DP)`` of ``rows`` from an int8 sign tensor (channel stride 1; 0 past ``D``)."""
+    d = tl.arange(0, DP)
+    return tl.load(ptr + rows[:, None] * stride_row + d[None, :], mask=row_mask[:, None], other=0)
 
-    ``FROM_BITS``: ``ptr`` holds packed int32 words (word stride 1, bit ``b`` of word ``w`` is
-    channel ``32w + b``), unpacked here; else ``ptr`` holds an int8 sign tensor (channel stride 1).
+
+@triton.jit
+def unpack_sign_bits(ptr, rows, row_mask, stride_row, D: tl.constexpr, DP: tl.constexpr):
+    """int8 ``+-1`` signs ``(R, DP)`` of ``rows`` from packed int32 words, 0 past ``D``.
+
+    Word stride 1; bit ``b`` of word ``w`` is channel ``32w + b`` (``bitlower.packing``).
     """
     d = tl.arange(0, DP)
-    if FROM_BITS:
-        words = tl.load(
-            ptr + rows[:, None] * stride_row + (d // 32)[None, :],
-            mask=row_mask[:, None] & (d < D)[None, :],
-            other=0,
-        )  # (R, DP), each word read by its 32 channels
-        bit = (words >> (d % 32)[None, :]) & 1
-        signs = tl.where((d < D)[None, :], bit * 2 - 1, 0).to(tl.int8)
-    else:
-        signs = tl.load(ptr + rows[:, None] * stride_row + d[None, :], mask=row_mask[:, None], other=0)
-    return signs
+    words = tl.load(
+        ptr + rows[:, None] * stride_row + (d // 32)[None, :],
+        mask=row_mask[:, None] & (d < D)[None, :],
+        other=0,
+    )  # (R, DP), each word read by its 32 channels
+    bit = (words >> (d % 32)[None, :]) & 1
+    return tl.where((d < D)[None, :], bit * 2 - 1, 0).to(tl.int8)
 
 
 @triton.jit
