@@ -126,12 +126,11 @@ def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
 
 
 def _kernel_resources() -> list:
-    """Registers, spills and shared memory of every compiled forward kernel (v1 and v2), for the log."""
+    """Registers, spills and shared memory of every compiled tl.dot forward kernel (option sets v1 and v2)."""
     from bitlower.codegen.forward_kernel import _binary_attn_fwd_kernel
-    from bitlower.codegen.forward_v2_kernel import _binary_attn_fwd_v2_kernel
 
     found = []
-    for fn in (_binary_attn_fwd_kernel, _binary_attn_fwd_v2_kernel):
+    for fn in (_binary_attn_fwd_kernel,):
         try:
             for caches in fn.device_caches.values():
                 for compiled in caches[0].values():
