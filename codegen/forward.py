@@ -29,18 +29,21 @@ class OptionSet:
         sign_strides: the sign tensors' strides are kernel arguments (else compile-time).
         dense_table: a table bias may be materialised as a dense tile (``operands.uses_dense_table``).
         pv_int8: covers ``pv_quant == "int8"``.
+        word_loads: the stats pass reads 32-channel words (``stats.LOAD_WORDS``; bits always written),
+            else whole ``(rows, DP)`` tiles (bits only for ``spec.save_bits``).
     """
 
     scalars: int
     sign_strides: bool
     dense_table: bool
     pv_int8: bool
+    word_loads: bool
 
 
 # measured per shape in benchmarks/kernel_notes.md (rounds 2 and 4); ``plan.auto_forward`` picks the name
 OPTION_SETS = {
-    "v1": OptionSet(SCALARS_IN_KERNEL.value, sign_strides=True, dense_table=False, pv_int8=True),
-    "v2": OptionSet(SCALARS_GIVEN.value, sign_strides=False, dense_table=True, pv_int8=False),
+    "v1": OptionSet(SCALARS_IN_KERNEL.value, sign_strides=True, dense_table=False, pv_int8=True, word_loads=True),
+    "v2": OptionSet(SCALARS_GIVEN.value, sign_strides=False, dense_table=True, pv_int8=False, word_loads=False),
 }
 
 
@@ -62,7 +65,8 @@ def forward(q, k, v, a, b, bias, spec, options: KernelOptions | None = None, *, 
 
     Returns:
         ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` as the reference, except that
-        the four packed outputs have 0 words unless ``spec.save_bits`` (the operator drops them then).
+        with "v2" the four packed outputs have 0 words unless ``spec.save_bits`` (the operator drops
+        them then; "v1" writes them always).
     """
     if plan is None:
         if options is None:
@@ -106,9 +110,10 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
     given = opts.scalars == SCALARS_GIVEN
     f32 = dict(dtype=torch.float32, device=q.device)
     eff = not (given and mean_abs)  # SCALARS_IN_KERNEL scales eff (1 or NaN) by the head mean
-    head_max = None if given else False  # max |eff| of q and k with eff (only k's is read); none in v1
-    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, eff=eff, signs=True, head_max=head_max)
-    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, eff=eff, signs=True, head_max=head_max)
+    # v2: max |eff| of q and k whenever eff (only k's is read); v1 reduces max |b| in the kernel
+    stats = dict(eff=eff, signs=True, word_loads=opts.word_loads)
+    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, **stats)
+    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, **stats)
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if a_rows is None else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if b_rows is None else b_rows
     beta, beta_max = _bias(bias, spec, (bsz, heads, n, m), opts, table_dense)

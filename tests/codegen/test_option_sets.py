@@ -13,7 +13,7 @@ import torch
 from bitlower.codegen import forward_kernel
 from bitlower.codegen.forward import OPTION_SETS, forward
 from bitlower.codegen.plan import CallFacts, DeviceFacts, KernelOptions, plan_forward
-from bitlower.codegen.stats import _stats_kernel
+from bitlower.codegen.stats import LOAD_TILE, LOAD_WORDS, _stats_kernel
 from bitlower.spec import CallSpec
 
 GPU = DeviceFacts(cuda=True, capability=(9, 0))
@@ -56,6 +56,7 @@ def test_one_stats_kernel_and_one_forward_kernel(variant, weighting):
     # v1 finalises the mean_abs scalars from eff rows (1 or NaN) and reduces max |b| itself: no head maxima
     assert q_stats["WRITE_EFF"] == k_stats["WRITE_EFF"] == (not given or weighting != "mean_abs")
     assert q_stats["HEAD_MAX"] == k_stats["HEAD_MAX"] == (given and weighting != "mean_abs")
+    assert q_stats["LOAD"] == k_stats["LOAD"] == (LOAD_TILE if given else LOAD_WORDS)  # the measured load forms
 
 
 def test_v2_refuses_pv_int8_and_the_plan_routes_it_to_v1():

@@ -17,14 +17,32 @@ from bitlower.spec import CallSpec
 
 
 @pytest.mark.parametrize("dim", [16, 40, 72, 256])
-def test_unpack_inverts_the_packed_bits(dim, helpers):
-    x = helpers.strided(torch.randn(2, 3, 21, dim))
-    x[0, 1, 3, 5] = float("nan")  # NaN -> sign bit 0 -> -1
-    spec = CallSpec(scale=1.0, weighting="none")
-    bits, _, _, _, _, signs = head_stats(x, None, spec, eff=True, signs=True)
-    assert torch.equal(bits, reference.pack_signs(reference.with_planes(x, spec)))
-    assert torch.equal(unpack_signs(bits, dim), signs)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("word_loads", [False, True], ids=["tile", "words"])
+def test_both_load_forms_and_the_unpack(dim, dtype, word_loads, helpers):
+    x = helpers.strided(torch.randn(2, 3, 21, dim).to(dtype))
+    x[0, 1, 3, 5] = float("nan")  # a NaN channel: sign bit 0 (-1), NaN scalar on that row
+    x[1, 0, 2, :7] = -0.0  # -0.0 counts as >= 0
+    x[1, 2, 4, 1] = 0.3  # exactly on a rounded clip threshold
+    spec = CallSpec(scale=1.0, weighting="mean_abs", ste_clip=0.3)
+    bits, clip, eff, sums, maxes, signs = head_stats(x, None, spec, eff=True, signs=True, head_max=False,
+                                                     word_loads=word_loads)
+    xp = reference.with_planes(x, spec)
+    assert torch.equal(bits, reference.pack_signs(xp)) and torch.equal(clip, reference.clip_bits(xp, spec))
+    assert torch.equal(eff.isnan(), reference.effective_scalars(x, None, CallSpec(scale=1.0, weighting="none")).isnan())
+    assert torch.equal(eff.nan_to_num(2.0).unique(), torch.tensor([1.0, 2.0])) and maxes is None
+    torch.testing.assert_close(sums, x.float().abs().sum(dim=(2, 3)), rtol=1e-6, atol=0, equal_nan=True)
+    assert torch.equal(unpack_signs(bits, dim), signs) and not signs[..., dim:].any()
     assert torch.equal(signs[..., :dim].float(), reference.sgn(x.float()).nan_to_num(-1.0))
+
+
+def test_word_loads_write_bits_without_save_bits():
+    x = torch.randn(1, 2, 9, 40)
+    spec = CallSpec(scale=1.0, save_bits=False, grad_mode="hamming")
+    assert head_stats(x, None, spec, eff=True, word_loads=True)[0].shape[-1] == 2  # "v1": bits always
+    assert head_stats(x, None, spec, eff=True)[0].shape[-1] == 0
+    with pytest.raises(ValueError, match="word_loads writes eff rows"):
+        head_stats(x, None, spec, eff=True, head_max=True, word_loads=True)
 
 
 def test_mean_abs_sums_token_seed_and_head_max(helpers):
