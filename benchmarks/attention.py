@@ -92,7 +92,7 @@ def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
     import bitlower
     from bitlower.codegen.plan import KernelOptions
     from bitlower.codegen.configs import TileConfig
-    from bitlower.codegen.forward_v2 import forward_v2
+    from bitlower.codegen.forward import forward
     from bitlower.spec import CallSpec
 
     bsz, heads, n, dim = shape
@@ -109,8 +109,8 @@ def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
     def direct(spec, **kw):
         def run(q, k, v, a, b, table):
             bias = table if spec.bias_kind == "table" else None
-            return forward_v2(q, k, v, a if spec.weighting == "token" else None,
-                              b if spec.weighting == "token" else None, bias, spec, **kw)[0]
+            return forward(q, k, v, a if spec.weighting == "token" else None,
+                           b if spec.weighting == "token" else None, bias, spec, variant="v2", **kw)[0]
         return run
 
     _variant(rows, checks, "bitlower_v2", op_v2, shape, infer, bench_args=args)
@@ -126,12 +126,11 @@ def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
 
 
 def _kernel_resources() -> list:
-    """Registers, spills and shared memory of every compiled forward kernel (v1 and v2), for the log."""
+    """Registers, spills and shared memory of every compiled tl.dot forward kernel (option sets v1 and v2)."""
     from bitlower.codegen.forward_kernel import _binary_attn_fwd_kernel
-    from bitlower.codegen.forward_v2_kernel import _binary_attn_fwd_v2_kernel
 
     found = []
-    for fn in (_binary_attn_fwd_kernel, _binary_attn_fwd_v2_kernel):
+    for fn in (_binary_attn_fwd_kernel,):
         try:
             for caches in fn.device_caches.values():
                 for compiled in caches[0].values():

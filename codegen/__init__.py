@@ -3,11 +3,12 @@
 ``bitlower/ops.py`` asks :func:`unsupported_reason` / :func:`unsupported_backward_reason` (both
 answered by ``plan``: the one pure kernel-plan function) and runs :func:`forward` / :func:`backward`
 when they return None (the reference otherwise). Layers: ``plan`` (which kernels, tiles, or why
-not), ``tiles`` (device helpers), ``prologue`` / ``stats`` (sign + pack + scalars),
-``forward_tiles`` (the key-tile loop both forward kernels share), ``forward_kernel`` /
-``forward_v2_kernel`` / ``backward_kernels`` (the ``@triton.jit`` kernels), ``forward`` /
-``forward_v2`` / ``backward`` (launchers that own strides, grid and config choice), ``configs``
-(the measured tile table).
+not), ``tiles`` (device helpers), ``stats`` (the sign + pack + scalars pass of every forward),
+``forward_tiles`` (the forward's key-tile loop), ``forward_kernel`` (the tl.dot forward, option sets
+"v1"/"v2") / ``backward_kernels`` (the ``@triton.jit`` kernels), ``forward`` / ``backward``
+(launchers that own strides, grid and option choice), ``operands`` (bias and value operands),
+``configs`` (the measured tile table), ``hopper`` (the sm_90 Gluon forward); ``forward_v2`` keeps the
+former round-2 names.
 """
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""Launcher of the binary-attention backward: which kernels run, strides, grids, gradient assembly."""
+"""Launcher of the binary-attention backward: which kernels run, strides, grids, gradient assembly.
+
+Kernels here (the two attention kernels are in ``backward_kernels``): ``_unpack_rows_kernel`` turns
+the saved packed bits into int8 signs, one program per ``PROLOGUE_ROWS`` rows of ``(B*H*L)``;
+``_sign_chain_kernel`` adds the ``mean_abs`` chain term, program = (row block, batch*head). Neither
+communicates between programs.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,11 +14,12 @@ import triton
 import triton.language as tl
 
 from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel, _row_dot_kernel
-from .configs import PROLOGUE_ROWS, padded_dim
+from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .operands import bias_operand, value_scales
 from .plan import BackwardPlan, CallFacts, DeviceFacts, KernelOptions, plan_backward
-from .prologue import unpack_signs
-from .tiles import LOG2E
+from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, unpack_sign_bits
+
+_NONE, _HEAD, _TABLE, _DENSE = BIAS_NONE.value, BIAS_HEAD.value, BIAS_TABLE.value, BIAS_DENSE.value
 
 
 @dataclass(frozen=True)
@@ -24,7 +31,7 @@ class _Plan:
     da: bool  # also for the mean_abs chain into dq
     db: bool
     dv: bool
-    bias_grad: int  # 0 none, 1 head (per-row sums), 2 table, 3 dense
+    bias_grad: int  # bias code (tiles.BIAS_CODES) of the gradient formed: head (row sums), table, dense or none
     delta_given: bool  # delta_i = dO_i . O_i from the output, not from the query kernel
     da_by_keys: bool  # only sum_i da_i is needed (mean_abs chain): the key kernel forms it per key
 
@@ -33,21 +40,32 @@ class _Plan:
         return self.da and not self.da_by_keys
 
     @property
+    def head_dbias(self) -> bool:
+        """The query kernel sums dS per row (a head bias's gradient)."""
+        return self.bias_grad == _HEAD
+
+    @property
+    def scattered_dbias(self) -> int:
+        """``BIAS_GRAD`` of the key kernel: the table or dense code whose gradient it scatters, else none."""
+        return self.bias_grad if self.bias_grad in (_TABLE, _DENSE) else _NONE
+
+    @property
     def key_side(self) -> bool:
-        return self.dv or self.db or self.dk or self.bias_grad >= 2 or self.da_by_keys
+        return self.dv or self.db or self.dk or self.scattered_dbias != _NONE or self.da_by_keys
 
     @property
     def query_side(self) -> bool:
         if self.delta_given:
-            return self.dq or self.da_rows or self.bias_grad == 1
-        return self.dq or self.da or self.bias_grad == 1 or self.db or self.dk or self.bias_grad >= 2
+            return self.dq or self.da_rows or self.head_dbias
+        return (self.dq or self.da or self.head_dbias or self.db or self.dk
+                or self.scattered_dbias != _NONE)
 
 
 def _plan(spec, needs, has_out: bool) -> _Plan:
     ste = spec.grad_mode == "ste"
     chain = spec.mean_abs_chain
     kind = spec.bias_kind
-    bias_grad = {"head": 1, "table": 2, "dense": 3}.get(kind, 0) if needs[5] else 0
+    bias_grad = BIAS_CODES[kind] if needs[5] and kind in ("head", "table", "dense") else _NONE
     dq = ste and needs[0]
     da = needs[3] or (chain and needs[0])
     delta_given = has_out and spec.pv_quant == "none"  # 8-bit P.V: O is not sum_j p_ij V_j
@@ -60,8 +78,32 @@ def _plan(spec, needs, has_out: bool) -> _Plan:
         bias_grad=bias_grad,
         delta_given=delta_given,
         da_by_keys=(delta_given and da and not dq and not needs[3] and spec.weighting == "mean_abs"
-                    and bias_grad != 1),  # a head bias runs the query kernel anyway
+                    and bias_grad != _HEAD),  # a head bias runs the query kernel anyway
     )
+
+
+@triton.jit
+def _unpack_rows_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
+                        BLOCK_L: tl.constexpr):
+    """Packed words ``(R, W)`` -> int8 signs ``(R, DP)``; parallelised over row blocks, no communication."""
+    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    row_mask = rows < total_rows
+    rows64 = rows.to(tl.int64)
+    signs = unpack_sign_bits(bits_ptr, rows64, row_mask, words, D, DP)
+    d = tl.arange(0, DP)
+    tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], signs, mask=row_mask[:, None])
+
+
+def unpack_signs(bits: torch.Tensor, dim: int) -> torch.Tensor:
+    """int8 ``(B, H, L, DP)`` ``+-1`` signs (0 past ``dim``) from packed ``(B, H, L, 1, W)`` bits."""
+    bsz, heads, length = bits.shape[:3]
+    dp = padded_dim(dim)
+    out = torch.empty(bsz, heads, length, dp, dtype=torch.int8, device=bits.device)
+    rows = bsz * heads * length
+    torch.library.wrap_triton(_unpack_rows_kernel)[(triton.cdiv(rows, PROLOGUE_ROWS),)](
+        bits, out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, num_warps=PROLOGUE_WARPS,
+    )
+    return out
 
 
 @triton.jit
@@ -170,7 +212,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
         DS_DOT=kplan.ds_dot, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     bias_t = beta.tensor if beta.tensor is not None else delta
-    rows_sum = torch.empty(bsz, heads, n, **f32) if plan.bias_grad == 1 else None
+    rows_sum = torch.empty(bsz, heads, n, **f32) if plan.head_dbias else None
     sign_strides = (n * dp, dp, m * dp, dp)
     if plan.query_side:
         torch.library.wrap_triton(_binary_attn_bwd_q_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
@@ -179,7 +221,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
             rows_sum if rows_sum is not None else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, qclip.shape[-1],
             heads, n, m, spec.scale, spec.scale * LOG2E.value, beta.rows, *beta.grid,
-            NEED_DA=plan.da_rows, NEED_DQ=plan.dq, HEAD_DBIAS=plan.bias_grad == 1, DELTA_GIVEN=plan.delta_given,
+            NEED_DA=plan.da_rows, NEED_DQ=plan.dq, HEAD_DBIAS=plan.head_dbias, DELTA_GIVEN=plan.delta_given,
             **common,
         )
     gbias, gstrides = _bias_grad_buffer(bias, beta, plan, (bsz, heads, n, m))
@@ -190,7 +232,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
             db if plan.db else delta, da_cols if plan.da_by_keys else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, *gstrides, kclip.shape[-1],
             heads, n, m, spec.scale, spec.scale * LOG2E.value, beta.rows, *beta.grid,
-            NEED_DV=plan.dv, NEED_DB=plan.db, NEED_DK=plan.dk, BIAS_GRAD=plan.bias_grad if plan.bias_grad >= 2 else 0,
+            NEED_DV=plan.dv, NEED_DB=plan.db, NEED_DK=plan.dk, BIAS_GRAD=plan.scattered_dbias,
             NEED_DA_COLS=plan.da_by_keys, **common,
         )
     dq = _with_chain(dq, da_cols if plan.da_by_keys else da, q_signs, n, head_dim, spec, needs[0])
@@ -201,9 +243,9 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
 
 def _bias_grad_buffer(bias, beta, plan: _Plan, shape4):
     """float32 accumulation buffer of the bias gradient and its ``(B, H, N, M)`` strides."""
-    if plan.bias_grad == 2:
+    if plan.bias_grad == _TABLE:
         return torch.zeros_like(beta.tensor), (0, 0, 0, 0)  # (H, rows), like the kernel's table
-    if plan.bias_grad == 3:
+    if plan.bias_grad == _DENSE:
         buf = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
         return buf, tuple(buf.expand(shape4).stride())
     return None, (0, 0, 0, 0)
@@ -211,10 +253,10 @@ def _bias_grad_buffer(bias, beta, plan: _Plan, shape4):
 
 def _finish_bias_grad(bias, plan: _Plan, gbias, rows_sum):
     """The bias gradient in the bias's shape and dtype."""
-    if plan.bias_grad == 1:
+    if plan.bias_grad == _HEAD:
         return rows_sum.sum(dim=(0, 2)).to(bias.dtype)  # (H,)
-    if plan.bias_grad == 2:
+    if plan.bias_grad == _TABLE:
         return gbias.t().to(bias.dtype).contiguous()  # (rows, H)
-    if plan.bias_grad == 3:
+    if plan.bias_grad == _DENSE:
         return gbias.to(bias.dtype)
     return None

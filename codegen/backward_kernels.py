@@ -31,9 +31,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, FLT_MAX, LOG2E, add_dense_bias, bias_tile, fdot,
-                    int_to_float, load_bits, load_signs, mask_keep, round_half_even, table_index)
+from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_NONE, BIAS_TABLE, FLT_MAX, LOG2E, add_dense_bias,
+                    bias_tile, fdot, int_to_float, load_bits, load_signs, mask_keep, round_half_even, table_index)
 
+
+# passes of the query kernel's key loop (``_q_tiles``)
+PASS_DELTA = tl.constexpr(1)  # delta_i = sum_j p dp (and the one-pass da, the head bias's sum_j p)
+PASS_DS_DQ = tl.constexpr(2)  # dS from delta: dq, da, the head bias's sum_j dS
+PASS_DS = tl.constexpr(3)  # dS from delta without dq: da, the head bias's sum_j dS
 
 @triton.jit
 def _row_state(state_base, rows, row_mask, head_shift2):
@@ -67,8 +72,9 @@ def _probs(h, w_rows, w_cols, m2, l2, bias_base, rows, cols, row_mask, col_mask,
                               grid_h, grid_w, prefix, HAS_PREFIX)
         s += tl.load(bias_base + idx)
     if BIAS == BIAS_DENSE:
-        s = add_dense_bias(s, bias_tile(bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix,
-                                        BIAS, HAS_PREFIX, False))
+        s = add_dense_bias(s, bias_tile(
+            bias_base, rows, cols, row_mask, col_mask, s_r, s_c, grid_h, grid_w, prefix, BIAS=BIAS,
+            HAS_PREFIX=HAS_PREFIX, LOG2_UNITS=False))
     if BIAS == BIAS_MASK:
         s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_r, s_c), s, float("-inf"))
     if MASK_COLS:
@@ -118,18 +124,19 @@ def _q_tiles(
     DOT: tl.constexpr, DS_DOT: tl.constexpr, MASK_M: tl.constexpr, PASS: tl.constexpr,
     NEED_DA: tl.constexpr, HEAD_DBIAS: tl.constexpr,
 ):
-    """Key tiles ``[lo, hi)`` of the query kernel. PASS 1: delta (and one-pass da); 2: dS, dq, da; 3: dS, da."""
+    """Key tiles ``[lo, hi)`` of the query kernel at pass ``PASS`` (module constants ``PASS_*``)."""
     for start in range(lo, hi, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         col_mask = cols < M
-        ks = load_signs(ks_base, cols, col_mask, s_ks_m, D, DP, False)  # (BLOCK_M, DP)
+        ks = load_signs(ks_base, cols, col_mask, s_ks_m, DP)  # (BLOCK_M, DP)
         bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
-        p, hf = _probs(tl.dot(qs, tl.trans(ks), out_dtype=tl.int32), c_rows, bj, m2[:, None], l2[:, None], bias_base,
-                       rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
-                       BIAS, HAS_PREFIX, False, MASK_M)
-        v, _ = _load_values(v_base, cols, col_mask, s_vm, s_vd, vscale, vstep, DV, DVP, PV_INT8)
+        p, hf = _probs(
+            tl.dot(qs, tl.trans(ks), out_dtype=tl.int32), c_rows, bj, m2[:, None], l2[:, None], bias_base, rows, cols,
+            row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, TRANS=False,
+            MASK_COLS=MASK_M)
+        v, _ = _load_values(v_base, cols, col_mask, s_vm, s_vd, vscale, vstep, DV=DV, DVP=DVP, PV_INT8=PV_INT8)
         dp = fdot(do, tl.trans(v), tl.zeros(p.shape, dtype=tl.float32), DOT)  # (BLOCK_N, BLOCK_M)
-        if PASS == 1:
+        if PASS == PASS_DELTA:
             pdp = p * dp
             delta += tl.sum(pdp, axis=1)
             if NEED_DA:
@@ -144,7 +151,7 @@ def _q_tiles(
                 da_acc += tl.sum(ds * hf * bj[None, :], axis=1)
             if HEAD_DBIAS:
                 ds_sum += tl.sum(ds, axis=1)
-            if PASS == 2:
+            if PASS == PASS_DS_DQ:
                 acc = fdot(ds * bj[None, :], ks, acc, DS_DOT)  # (BLOCK_N, DP)
     return acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc
 
@@ -170,7 +177,7 @@ def _binary_attn_bwd_q_kernel(
     bh64 = bh.to(tl.int64)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
-    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, D, DP, False)
+    qs = load_signs(qs_ptr + bh64 * s_qs_bh, rows, row_mask, s_qs_n, DP)
     dv = tl.arange(0, DVP)
     do = tl.load(do_ptr + b.to(tl.int64) * s_dob + h.to(tl.int64) * s_doh + rows[:, None] * s_don + dv[None, :] * s_dod,
                  mask=row_mask[:, None] & (dv < DV)[None, :], other=0.0).to(tl.float32)
@@ -198,44 +205,45 @@ def _binary_attn_bwd_q_kernel(
     m_full = (M // BLOCK_M) * BLOCK_M
     out_rows = bh64 * N + rows
     if DELTA_GIVEN:  # one pass: dS exactly from the given delta
-        pass_ds: tl.constexpr = 2 if NEED_DQ else 3
+        pass_ds: tl.constexpr = PASS_DS_DQ if NEED_DQ else PASS_DS
         delta = tl.load(delta_ptr + out_rows, mask=row_mask, other=0.0)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
             acc, delta, zero, zero, zero, zero, zero, qs, do, c_rows, m2, l2, rows, row_mask, 0, m_full, ks_base,
-            s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
-            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, False, pass_ds, NEED_DA,
-            HEAD_DBIAS)
+            s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix, D=D,
+            DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, PV_INT8=PV_INT8, DOT=DOT,
+            DS_DOT=DS_DOT, MASK_M=False, PASS=pass_ds, NEED_DA=NEED_DA, HEAD_DBIAS=HEAD_DBIAS)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
             acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, m2, l2, rows, row_mask, m_full, M,
             ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
-            prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, pass_ds,
-            NEED_DA, HEAD_DBIAS)
+            prefix, D=D, DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, PV_INT8=PV_INT8,
+            DOT=DOT, DS_DOT=DS_DOT, MASK_M=True, PASS=pass_ds, NEED_DA=NEED_DA, HEAD_DBIAS=HEAD_DBIAS)
     else:
         one_pass_da: tl.constexpr = NEED_DA and not NEED_DQ
         head_pass1: tl.constexpr = HEAD_DBIAS and not NEED_DQ
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
             acc, zero, zero, zero, zero, zero, zero, qs, do, c_rows, m2, l2, rows, row_mask, 0, m_full, ks_base,
-            s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix,
-            D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, False, 1, one_pass_da,
-            head_pass1)
+            s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w, prefix, D=D,
+            DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, PV_INT8=PV_INT8, DOT=DOT,
+            DS_DOT=DS_DOT, MASK_M=False, PASS=PASS_DELTA, NEED_DA=one_pass_da, HEAD_DBIAS=head_pass1)
         acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
             acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, m2, l2, rows, row_mask, m_full, M,
             ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
-            prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, 1, one_pass_da,
-            head_pass1)
+            prefix, D=D, DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, PV_INT8=PV_INT8,
+            DOT=DOT, DS_DOT=DS_DOT, MASK_M=True, PASS=PASS_DELTA, NEED_DA=one_pass_da, HEAD_DBIAS=head_pass1)
         tl.store(delta_ptr + out_rows, delta, mask=row_mask)
         if NEED_DQ:
             acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc = _q_tiles(
                 acc, delta, x_sum, y_sum, p_sum, ds_sum, da_acc, qs, do, c_rows, m2, l2, rows, row_mask, 0, M,
-                ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h,
-                grid_w, prefix, D, DP, DV, DVP, BLOCK_M, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, True, 2,
-                NEED_DA, HEAD_DBIAS)
+                ks_base, s_ks_m, v_base, s_vm, s_vd, b_base, bias_base, s_bn, s_bm, vscale, vstep, M, grid_h, grid_w,
+                prefix, D=D, DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX,
+                PV_INT8=PV_INT8, DOT=DOT, DS_DOT=DS_DOT, MASK_M=True, PASS=PASS_DS_DQ, NEED_DA=NEED_DA,
+                HEAD_DBIAS=HEAD_DBIAS)
         elif NEED_DA:
             da_acc = x_sum - delta * y_sum
         elif HEAD_DBIAS:
             ds_sum = delta * (1.0 - p_sum)
     if NEED_DQ:
-        clip = load_bits(qclip_ptr + bh64 * N * s_clip_n, rows, row_mask, s_clip_n, D, DP)
+        clip = load_bits(qclip_ptr + bh64 * N * s_clip_n, rows, row_mask, s_clip_n, D=D, DP=DP)
         dq = acc * clip * (scale * a_rows)[:, None]
         d = tl.arange(0, DP)
         tl.store(dq_ptr + out_rows[:, None] * D + d[None, :], dq, mask=row_mask[:, None] & (d < D)[None, :])
@@ -260,12 +268,13 @@ def _k_tiles(
     for start in range(lo, hi, BLOCK_N):
         rows = start + tl.arange(0, BLOCK_N)  # query indices
         row_mask = rows < N
-        qs = load_signs(qs_base, rows, row_mask, s_qs_n, D, DP, False)  # (BLOCK_N, DP)
+        qs = load_signs(qs_base, rows, row_mask, s_qs_n, DP)  # (BLOCK_N, DP)
         a_i = tl.load(a_base + rows, mask=row_mask, other=0.0)
         m2, l2 = _row_state(state_base, rows, row_mask, head_shift2)
-        pt, hf = _probs(tl.dot(ks, tl.trans(qs), out_dtype=tl.int32), bj_w, a_i * scale_log2, m2[None, :], l2[None, :],
-                        bias_base, cols, rows, col_mask, row_mask, s_bm, s_bn, grid_h, grid_w, prefix,
-                        BIAS, HAS_PREFIX, True, MASK_N)  # (BLOCK_M, BLOCK_N)
+        pt, hf = _probs(
+            tl.dot(ks, tl.trans(qs), out_dtype=tl.int32), bj_w, a_i * scale_log2, m2[None, :], l2[None, :], bias_base,
+            cols, rows, col_mask, row_mask, s_bm, s_bn, grid_h, grid_w, prefix, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX,
+            TRANS=True, MASK_COLS=MASK_N)  # (BLOCK_M, BLOCK_N)
         do = tl.load(do_base + rows[:, None] * s_don + dvr[None, :] * s_dod,
                      mask=row_mask[:, None] & (dvr < DV)[None, :], other=0.0)
         if PV_INT8:
@@ -317,7 +326,7 @@ def _binary_attn_bwd_k_kernel(
     bh64 = bh.to(tl.int64)
     cols = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # key indices (the tile rows)
     col_mask = cols < M
-    ks = load_signs(ks_ptr + bh64 * s_ks_bh, cols, col_mask, s_ks_m, D, DP, False)  # (BLOCK_M, DP)
+    ks = load_signs(ks_ptr + bh64 * s_ks_bh, cols, col_mask, s_ks_m, DP)  # (BLOCK_M, DP)
     b_j = tl.load(b_ptr + bh64 * M + cols, mask=col_mask, other=0.0)
     dvr = tl.arange(0, DVP)
     vscale = tl.zeros([DVP], dtype=tl.float32)
@@ -326,7 +335,7 @@ def _binary_attn_bwd_k_kernel(
         vscale = tl.load(vscale_ptr + bh64 * DV + dvr, mask=dvr < DV, other=0.0)
         vstep = tl.load(vstep_ptr + bh64 * DV + dvr, mask=dvr < DV, other=0.0)
     v_base = v_ptr + b.to(tl.int64) * s_vb + h.to(tl.int64) * s_vh
-    v, v_raw = _load_values(v_base, cols, col_mask, s_vm, s_vd, vscale, vstep, DV, DVP, PV_INT8)
+    v, v_raw = _load_values(v_base, cols, col_mask, s_vm, s_vd, vscale, vstep, DV=DV, DVP=DVP, PV_INT8=PV_INT8)
     head_shift2 = 0.0
     bias_base = bias_ptr
     gbias_base = gbias_ptr
@@ -338,7 +347,7 @@ def _binary_attn_bwd_k_kernel(
     if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
         bias_base = bias_ptr + b.to(tl.int64) * s_bias_b + h.to(tl.int64) * s_bias_h
         gbias_base = gbias_ptr + b.to(tl.int64) * s_gb + h.to(tl.int64) * s_gh
-    need_ds: tl.constexpr = NEED_DB or NEED_DK or BIAS_GRAD >= 2 or NEED_DA_COLS
+    need_ds: tl.constexpr = NEED_DB or NEED_DK or BIAS_GRAD != BIAS_NONE or NEED_DA_COLS
     dv_acc = tl.zeros([BLOCK_M, DVP], dtype=tl.float32)
     dk_acc = tl.zeros([BLOCK_M, DP], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -351,9 +360,10 @@ def _binary_attn_bwd_k_kernel(
         dv_acc, dk_acc, db_acc, da_acc = _k_tiles(
             dv_acc, dk_acc, db_acc, da_acc, ks, v, b_j, lo, hi, cols, col_mask, qs_ptr + bh64 * s_qs_bh, s_qs_n,
             do_base, s_don, s_dod, a_ptr + bh64 * N, state_ptr + bh64 * N * 2, delta_ptr + bh64 * N, bias_base,
-            gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale_log2, grid_h, grid_w, prefix,
-            D, DP, DV, DVP, BLOCK_N, BIAS, HAS_PREFIX, PV_INT8, DOT, DS_DOT, need_ds, NEED_DB,
-            NEED_DK, BIAS_GRAD, NEED_DA_COLS, lo_hi == 1)
+            gbias_base, s_bn, s_bm, s_gn, s_gm, head_shift2, N, scale_log2, grid_h, grid_w, prefix, D=D, DP=DP, DV=DV,
+            DVP=DVP, BLOCK_N=BLOCK_N, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, PV_INT8=PV_INT8, DOT=DOT, DS_DOT=DS_DOT,
+            NEED_DS=need_ds, NEED_DB=NEED_DB, NEED_DK=NEED_DK, BIAS_GRAD=BIAS_GRAD, NEED_DA_COLS=NEED_DA_COLS,
+            MASK_N=lo_hi == 1)
     out_rows = bh64 * M + cols
     if NEED_DV:
         if PV_INT8:
@@ -365,7 +375,7 @@ def _binary_attn_bwd_k_kernel(
     if NEED_DA_COLS:
         tl.store(da_cols_ptr + out_rows, scale * b_j * da_acc, mask=col_mask)
     if NEED_DK:
-        clip = load_bits(kclip_ptr + bh64 * M * s_clip_m, cols, col_mask, s_clip_m, D, DP)
+        clip = load_bits(kclip_ptr + bh64 * M * s_clip_m, cols, col_mask, s_clip_m, D=D, DP=DP)
         dk = dk_acc * clip * (scale * b_j)[:, None]
         d = tl.arange(0, DP)
         tl.store(dk_ptr + out_rows[:, None] * D + d[None, :], dk, mask=col_mask[:, None] & (d < D)[None, :])

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tiles import DOT_BF16 as _BF16, DOT_FP16 as _FP16, DOT_FP32 as _FP32
+
 # v2 table bias: materialise the dense (H, N, M) bias in the table's dtype when it has at most this
 # many elements, else gather in-kernel. H100: dense beats the gather at every measured size
 # (N 1680 H 6: 0.332 vs 1.472 ms; N 4096 H 16 = 2**28 elements: 2.49 vs 5.70 ms); the cap bounds the
@@ -20,7 +22,7 @@ DENSE_TABLE_MAX_ELEMENTS = 2**28
 # so it shifts p up by 2**15 and allows a 2**-24 spread (the largest p stays >= 2**-9).
 STATIC_LIMIT = {torch.float16: (24.0, 15.0)}
 DEFAULT_LIMIT = (100.0, 0.0)
-PROLOGUE_ROWS = 64  # rows per prologue program (memory-bound: 64 x D elements in flight)
+PROLOGUE_ROWS = 64  # rows per stats-pass (and sign-unpack) program (memory-bound: 64 x D elements in flight)
 PROLOGUE_WARPS = 4
 
 
@@ -102,4 +104,4 @@ def backward_table(n: int, m: int, dim_p: int, dim_vp: int, dtype: torch.dtype) 
     return TileConfig(64, 64, 4, 3)
 
 
-DOT_FP32, DOT_FP16, DOT_BF16 = 0, 1, 2  # constexpr codes of the floating dot operand type (tiles.fdot)
+DOT_FP32, DOT_FP16, DOT_BF16 = _FP32.value, _FP16.value, _BF16.value  # tiles.fdot's operand-type codes

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .configs import padded_dim
-from .tiles import load_signs
+from .tiles import load_signs, unpack_sign_bits
 
 
 class OutOfBounds(RuntimeError):
@@ -84,8 +84,12 @@ def _integer_scores_kernel(qb_ptr, kb_ptr, h_ptr, N, M, s_q, s_k, D: tl.constexp
     bh = tl.program_id(2).to(tl.int64)
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    qs = load_signs(qb_ptr + bh * N * s_q, rows, rows < N, s_q, D, DP, FROM_BITS)
-    ks = load_signs(kb_ptr + bh * M * s_k, cols, cols < M, s_k, D, DP, FROM_BITS)
+    if FROM_BITS:
+        qs = unpack_sign_bits(qb_ptr + bh * N * s_q, rows, rows < N, s_q, D, DP)
+        ks = unpack_sign_bits(kb_ptr + bh * M * s_k, cols, cols < M, s_k, D, DP)
+    else:
+        qs = load_signs(qb_ptr + bh * N * s_q, rows, rows < N, s_q, DP)
+        ks = load_signs(kb_ptr + bh * M * s_k, cols, cols < M, s_k, DP)
     h = tl.dot(qs, tl.trans(ks), out_dtype=tl.int32)
     tl.store(h_ptr + bh * N * M + rows[:, None] * M + cols[None, :], h, mask=(rows < N)[:, None] & (cols < M)[None, :])
 

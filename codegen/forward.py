@@ -1,25 +1,54 @@
-"""Launcher of the binary-attention forward: asks the plan, runs the v1 prologue and kernel, or hands on.
+"""Launcher of the binary-attention forward: asks the plan, runs the stats pass and the tl.dot kernel, or hands on.
 
 ``forward`` is the entry of every forward launch: it takes the call's ``ForwardPlan`` (or asks
-``plan.plan_forward`` for one) and runs the kernel family it names: ``"v1"`` here, ``"v2"`` in
-``forward_v2``, ``"hopper"`` in ``codegen/hopper`` (``hopper_forward``).
+``plan.plan_forward`` for one) and runs the kernel it names: ``"v1"`` and ``"v2"`` are the two option
+sets (``OPTION_SETS``) of the one tl.dot kernel ``forward_kernel._binary_attn_fwd_kernel``;
+``"hopper"`` is the Gluon forward of ``codegen/hopper`` (``hopper_forward``).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
 
 from .configs import DEFAULT_LIMIT, STATIC_LIMIT, padded_dim
-from .forward_kernel import _binary_attn_fwd_kernel
-from .forward_v2 import forward_v2
-from .operands import bias_operand, value_scales
+from .forward_kernel import SCALARS_GIVEN, SCALARS_IN_KERNEL, _binary_attn_fwd_kernel
+from .operands import BiasOperand, bias_operand, dense_table, uses_dense_table, value_scales
 from .plan import ForwardPlan, KernelOptions, forward_plan
-from .prologue import sign_pack
-from .tiles import LOG2E
+from .stats import head_stats
+from .tiles import BIAS_CODES, LOG2E
+
+
+@dataclass(frozen=True)
+class OptionSet:
+    """One named option set of ``_binary_attn_fwd_kernel`` (the kernel's module notation says what each does).
+
+    Attributes:
+        scalars: ``SCALARS_IN_KERNEL`` or ``SCALARS_GIVEN``: who reduces the static bound's maxima.
+        sign_strides: the sign tensors' strides are kernel arguments (else compile-time).
+        dense_table: a table bias may be materialised as a dense tile (``operands.uses_dense_table``).
+        pv_int8: covers ``pv_quant == "int8"``.
+        word_loads: the stats pass reads 32-channel words (``stats.LOAD_WORDS``; bits always written),
+            else whole ``(rows, DP)`` tiles (bits only for ``spec.save_bits``).
+    """
+
+    scalars: int
+    sign_strides: bool
+    dense_table: bool
+    pv_int8: bool
+    word_loads: bool
+
+
+# measured per shape in benchmarks/kernel_notes.md (rounds 2 and 4); ``plan.auto_forward`` picks the name
+OPTION_SETS = {
+    "v1": OptionSet(SCALARS_IN_KERNEL.value, sign_strides=True, dense_table=False, pv_int8=True, word_loads=True),
+    "v2": OptionSet(SCALARS_GIVEN.value, sign_strides=False, dense_table=True, pv_int8=False, word_loads=False),
+}
 
 
 def forward(q, k, v, a, b, bias, spec, options: KernelOptions | None = None, *, plan: ForwardPlan | None = None,
-            variant: str | None = None, config=None, static_max: bool = True):
+            variant: str | None = None, config=None, static_max: bool = True, table_dense: bool | None = None):
     """Fused forward with the contract of ``bitlower.reference.forward``.
 
     Args:
@@ -32,51 +61,82 @@ def forward(q, k, v, a, b, bias, spec, options: KernelOptions | None = None, *, 
         plan: a ``ForwardPlan`` already made for this call (else made here from ``options``).
         variant, config, static_max: shorthands for ``KernelOptions(forward=variant,
             forward_tiles=config.text, static_max=static_max)`` (tests, benchmarks).
+        table_dense: "v2" only: materialise a table bias densely (None: ``operands.uses_dense_table``).
 
     Returns:
-        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` as the reference (v2: bits with 0 words
-        unless ``spec.save_bits``).
+        ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` as the reference, except that
+        with "v2" the four packed outputs have 0 words unless ``spec.save_bits`` (the operator drops
+        them then; "v1" writes them always).
     """
     if plan is None:
         if options is None:
             options = KernelOptions(forward=variant or "auto", forward_tiles=config.text if config else "",
                                     static_max=static_max)
         plan = forward_plan(q, k, v, bias, spec, options)
-    if plan.kernel == "v2":
-        return forward_v2(q, k, v, a, b, bias, spec, plan)
     if plan.kernel == "hopper":
         from .hopper import hopper_forward
 
         return hopper_forward(q, k, v, a, b, bias, spec, plan)
-    return _forward_v1(q, k, v, a, b, bias, spec, plan)
+    return forward_tl_dot(q, k, v, a, b, bias, spec, plan, table_dense=table_dense)
 
 
-def _forward_v1(q, k, v, a, b, bias, spec, plan: ForwardPlan):
-    """Prologue (signs, bits, sums) of q and k, then the v1 kernel."""
+def _bias(bias, spec, shape4, opts: OptionSet, table_dense: bool | None):
+    """``(BiasOperand, beta_max or None)``: beta_max ``(H,)`` float32 max |beta| in log2 units (``SCALARS_GIVEN``)."""
+    if spec.bias_kind != "table" or opts.scalars == SCALARS_IN_KERNEL:
+        return bias_operand(bias, spec, shape4), None
+    beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E.value).contiguous()  # (H,)
+    bsz, heads, n, m = shape4
+    if table_dense is None:
+        table_dense = opts.dense_table and uses_dense_table(heads, n, m)
+    if not table_dense:
+        return bias_operand(bias, spec, shape4), beta_max
+    view = dense_table(bias, spec.grid, n).expand(shape4)  # (B, H, N, M), stride 0 on B
+    return BiasOperand(BIAS_CODES["dense"], view, tuple(view.stride()), 0, (0, 0, 0)), beta_max
+
+
+def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense: bool | None = None):
+    """Stats pass of q and k, bias operand, then ``_binary_attn_fwd_kernel`` with the plan's option set.
+
+    Raises:
+        ValueError: the option set does not cover the call's ``pv_quant``.
+    """
+    opts = OPTION_SETS[plan.kernel]
+    pv_int8 = spec.pv_quant == "int8"
+    if pv_int8 and not opts.pv_int8:
+        raise ValueError(f"forward option set {plan.kernel!r} covers pv_quant 'none' only")
     bsz, heads, n, dim = q.shape
     m, dim_v = k.shape[2], v.shape[-1]
-    qbits, qclip, q_signs, a_eff, q_sums = sign_pack(q, a, spec, signs=True)
-    kbits, kclip, ks, b_eff, k_sums = sign_pack(k, b, spec, signs=True)
+    mean_abs = spec.weighting == "mean_abs"
+    given = opts.scalars == SCALARS_GIVEN
+    f32 = dict(dtype=torch.float32, device=q.device)
+    eff = not (given and mean_abs)  # SCALARS_IN_KERNEL scales eff (1 or NaN) by the head mean
+    # v2: max |eff| of q and k whenever eff (only k's is read); v1 reduces max |b| in the kernel
+    stats = dict(eff=eff, signs=True, word_loads=opts.word_loads)
+    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, **stats)
+    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, **stats)
+    a_eff = torch.empty(bsz, heads, n, 1, **f32) if a_rows is None else a_rows
+    b_eff = torch.empty(bsz, heads, m, 1, **f32) if b_rows is None else b_rows
+    beta, beta_max = _bias(bias, spec, (bsz, heads, n, m), opts, table_dense)
     out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
-    lse = torch.empty(bsz, heads, n, dtype=torch.float32, device=q.device)
-    row_state = torch.empty(bsz, heads, n, 2, dtype=torch.float32, device=q.device)  # (m2, log2 l) per row
-    beta = bias_operand(bias, spec, (bsz, heads, n, m))
+    lse = torch.empty(bsz, heads, n, **f32)
+    row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
+    pick = lambda t: lse if t is None else t  # noqa: E731 - a pointer the kernel does not read
+    dp = padded_dim(dim)
+    if given:  # arguments of the other option set: None (constexpr)
+        b_max, beta_max_t, (vscale, vstep), sign_strides = pick(b_max), pick(beta_max), (None, None), (None,) * 4
+    else:
+        b_max, beta_max_t, sign_strides = None, None, (n * dp, dp, m * dp, dp)  # (B, H, L, DP) int8
+        vscale, vstep = value_scales(v) if pv_int8 else (lse, lse)
     cfg = plan.tiles
-    pv_int8 = spec.pv_quant == "int8"
-    vscale, vstep = value_scales(v) if pv_int8 else (lse, lse)
-    dp, dvp = padded_dim(dim), padded_dim(dim_v)
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
-    grid = (triton.cdiv(n, cfg.block_n), bsz * heads)
-    torch.library.wrap_triton(_binary_attn_fwd_kernel)[grid](
-        q_signs, ks, v, out, lse, row_state, a_eff, b_eff, q_sums, k_sums,
-        beta.tensor if beta.tensor is not None else lse, vscale, vstep,
-        n * q_signs.shape[-1], q_signs.shape[-1], m * ks.shape[-1], ks.shape[-1],
-        *v.stride(), *beta.strides,
+    torch.library.wrap_triton(_binary_attn_fwd_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
+        q_signs, k_signs, v, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), b_max,
+        pick(beta.tensor), beta_max_t, vscale, vstep, *sign_strides, *v.stride(), *beta.strides,
         heads, n, m, spec.scale * LOG2E.value, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
-        D=dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
-        MEAN_ABS=spec.weighting == "mean_abs", BIAS=beta.code, HAS_PREFIX=beta.has_prefix,
-        STATIC_MAX=plan.static_max, LIMIT=limit, P_OFFSET=offset,
-        PV_INT8=pv_int8, DOT=plan.dot,
+        D=dim, DP=dp, DV=dim_v, DVP=padded_dim(dim_v), BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
+        MEAN_ABS=mean_abs, BIAS=beta.code, HAS_PREFIX=beta.has_prefix, STATIC_MAX=plan.static_max,
+        LIMIT=limit, P_OFFSET=offset, DOT=plan.dot, SCALARS=opts.scalars, SIGN_STRIDES=opts.sign_strides,
+        BETA_MAX=beta_max is not None, PV_INT8=pv_int8,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state

@@ -1,14 +1,14 @@
-"""The key-tile loop shared by both forward kernels: scores, softmax, P.V (one source of truth).
+"""The key-tile loop of the tl.dot forward kernel (``forward_kernel``): scores, softmax, P.V.
 
-Notation (``forward_kernel``): a program holds ``BLOCK_N`` query rows and walks key tiles of
-``BLOCK_M`` columns; scores are in log2 units,
+Parallelisation (``forward_kernel``): a program holds ``BLOCK_N`` query rows of one batch*head and
+walks every key tile of ``BLOCK_M`` columns in order, alone; scores are in log2 units,
 
     h_ij  = int8 dot of +-1 signs (int32, exact)           -> float32 by the magic-number add
     s2_ij = h_ij * c + beta2_ij                              (mean_abs: c one scalar per (b, h))
     s2_ij = h_ij * c_i * b_j + beta2_ij                      (token / none: c_i = scale a_i log2 e)
     p_ij  = exp2(s2_ij - m_i),  l_i += sum_j p_ij,  acc_i += p_ij V_j
 
-Q and K signs are int8 ``+-1`` tensors written by the prologue (v1) or the stats pass (v2): a loaded
+Q and K signs are int8 ``+-1`` tensors written by the stats pass (``stats.py``): a loaded
 operand stays in shared memory for the tensor-core dot (K from packed bits per tile: 5-9x slower,
 benchmarks/kernel_notes.md attempt 1).
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, LN2, LOG2E, add_dense_bias, bias_tile, fdot,
-                    int_to_float, load_signs, mask_keep, round_half_even)
+from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_TABLE, DOT_FP16, DOT_FP32, LN2, LOG2E, add_dense_bias,
+                    bias_tile, fdot, int_to_float, load_signs, mask_keep, round_half_even)
 
 # running-max start: finite, so fully masked tiles give p = exp2(-inf - m) = 0, no NaN; the lowest
 # finite float32, so a row whose every score is a finite fill at -FLT_MAX (``add_dense_bias``) takes
@@ -47,11 +47,13 @@ def score_tile(
         bj = tl.load(b_base + cols, mask=col_mask, other=0.0)
         s = hf * (c_rows[:, None] * bj[None, :])  # the backward's expression (``_probs``), bit for bit
     if BIAS == BIAS_TABLE:
-        s += bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix,
-                       BIAS, HAS_PREFIX, False)  # the launcher's table is in log2 units
+        s += bias_tile(
+            bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix, BIAS=BIAS,
+            HAS_PREFIX=HAS_PREFIX, LOG2_UNITS=False)  # the launcher's table is in log2 units
     if BIAS == BIAS_DENSE:
-        s = add_dense_bias(s, bias_tile(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w,
-                                        prefix, BIAS, HAS_PREFIX, False))
+        s = add_dense_bias(s, bias_tile(
+            bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm, grid_h, grid_w, prefix, BIAS=BIAS,
+            HAS_PREFIX=HAS_PREFIX, LOG2_UNITS=False))
     if BIAS == BIAS_MASK:
         s = tl.where(mask_keep(bias_base, rows, cols, row_mask, col_mask, s_bn, s_bm), s, float("-inf"))
     if MASK_M:
@@ -73,9 +75,10 @@ def fwd_tiles(
     for start in range(lo, hi, BLOCK_M):
         cols = start + tl.arange(0, BLOCK_M)
         col_mask = cols < M
-        ks = load_signs(k_base, cols, col_mask, s_km, D, DP, False)  # (BLOCK_M, DP) int8
-        s = score_tile(qs, ks, c, c_rows, cols, col_mask, rows, row_mask, b_base, bias_base, s_bn, s_bm,
-                       grid_h, grid_w, prefix, MEAN_ABS, BIAS, HAS_PREFIX, MASK_M)
+        ks = load_signs(k_base, cols, col_mask, s_km, DP)  # (BLOCK_M, DP) int8
+        s = score_tile(
+            qs, ks, c, c_rows, cols, col_mask, rows, row_mask, b_base, bias_base, s_bn, s_bm, grid_h, grid_w, prefix,
+            MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, MASK_M=MASK_M)
         if ONLINE and STAGE != STAGE_PV_INT8:
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp2(m_i - m_new)
@@ -92,7 +95,7 @@ def fwd_tiles(
             if STAGE == STAGE_PV_INT8:
                 pq = round_half_even(p * inv_l[:, None] * 255.0)  # integer P^ * 255 in [0, 255]
                 vq = round_half_even(v.to(tl.float32) * vscale[None, :])  # integer V^ in [-127, 127]
-                acc = fdot(pq, vq, acc, 0 if DOT == 0 else 1)  # small integers: exact in float16
+                acc = fdot(pq, vq, acc, DOT_FP32 if DOT == DOT_FP32 else DOT_FP16)  # small integers: exact in fp16
             else:
                 acc = fdot(p, v, acc, DOT)
     return acc, l_i, m_i
@@ -117,18 +120,19 @@ def fwd_rows(
     m_full = (M // BLOCK_M) * BLOCK_M
     acc, l_i, m_i = fwd_tiles(
         acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, 0, m_full, k_base, s_km, s_kd, v_base, s_vm, s_vd,
-        b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
-        MEAN_ABS, BIAS, HAS_PREFIX, DOT, ONLINE, False, FIRST)
+        b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D=D, DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M,
+        MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, DOT=DOT, ONLINE=ONLINE, MASK_M=False, STAGE=FIRST)
     acc, l_i, m_i = fwd_tiles(
         acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, m_full, M, k_base, s_km, s_kd, v_base, s_vm, s_vd,
-        b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
-        MEAN_ABS, BIAS, HAS_PREFIX, DOT, ONLINE, True, FIRST)
+        b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D=D, DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M,
+        MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, DOT=DOT, ONLINE=ONLINE, MASK_M=True, STAGE=FIRST)
     if LAST == STAGE_PV_INT8:
         inv_l = 1.0 / l_i
         acc, l_i, m_i = fwd_tiles(
-            acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, 0, M, k_base, s_km, s_kd, v_base, s_vm, s_vd,
-            b_base, bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D, DP, DV, DVP, BLOCK_M,
-            MEAN_ABS, BIAS, HAS_PREFIX, DOT, ONLINE, True, STAGE_PV_INT8)
+            acc, l_i, m_i, inv_l, qs, c, c_rows, rows, row_mask, 0, M, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
+            bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, D=D, DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M,
+            MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, DOT=DOT, ONLINE=ONLINE, MASK_M=True,
+            STAGE=STAGE_PV_INT8)
     return acc, l_i, m_i
 
 
@@ -149,18 +153,20 @@ def attend_rows(
         if tl.max(bound, axis=0) * 2.0 <= LIMIT:
             acc, l_i, m_i = fwd_rows(
                 bound - P_OFFSET, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
-                bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
-                MEAN_ABS, BIAS, HAS_PREFIX, DOT, False, first, last)
+                bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N=BLOCK_N, D=D, DP=DP, DV=DV, DVP=DVP,
+                BLOCK_M=BLOCK_M, MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, DOT=DOT, ONLINE=False,
+                FIRST=first, LAST=last)
         else:
             acc, l_i, m_i = fwd_rows(
-                online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
-                bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
-                MEAN_ABS, BIAS, HAS_PREFIX, DOT, True, first, last)
+                online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base,
+                s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N=BLOCK_N, D=D, DP=DP, DV=DV, DVP=DVP,
+                BLOCK_M=BLOCK_M, MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, DOT=DOT, ONLINE=True,
+                FIRST=first, LAST=last)
     else:
         acc, l_i, m_i = fwd_rows(
-            online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base,
-            bias_base, s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N, D, DP, DV, DVP, BLOCK_M,
-            MEAN_ABS, BIAS, HAS_PREFIX, DOT, True, first, last)
+            online_m, qs, c, c_rows, rows, row_mask, k_base, s_km, s_kd, v_base, s_vm, s_vd, b_base, bias_base, s_bn,
+            s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N=BLOCK_N, D=D, DP=DP, DV=DV, DVP=DVP, BLOCK_M=BLOCK_M,
+            MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, DOT=DOT, ONLINE=True, FIRST=first, LAST=last)
     return acc, l_i, m_i
 
 

@@ -1,14 +1,23 @@
-"""Host-side preparation of the kernels' bias and value-quantisation operands."""
+"""Preparation of the kernels' bias and value-quantisation operands.
+
+Host code, and one kernel: ``_table_dense_kernel`` copies a relative-position table into a dense
+``(H, N, M)`` bias, program = (64-row block, 64-column block, head), no communication.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
 
 from bitlower.reference import V_LEVELS
 from bitlower.relpos import table_rows
 
-from .tiles import BIAS_CODES, LOG2E
+from .configs import DENSE_TABLE_MAX_ELEMENTS
+from .tiles import BIAS_CODES, LOG2E, table_index
+
+DENSE_BLOCK = 64  # (64, 64) tiles of the materialised table bias: a pure copy, memory-bound
 
 
 @dataclass
@@ -61,3 +70,32 @@ def value_scales(v: torch.Tensor):
     vmax = v.to(torch.float32).abs().amax(dim=-2)  # (B, H, Dv)
     safe = torch.where(vmax > 0, vmax, 1.0)
     return (V_LEVELS / safe).contiguous(), (safe / V_LEVELS).contiguous()
+
+
+def uses_dense_table(heads: int, n: int, m: int) -> bool:
+    """Whether the "v2" forward materialises a table bias as a dense ``(H, N, M)`` tensor (else gathers in-kernel)."""
+    return heads * n * m <= DENSE_TABLE_MAX_ELEMENTS
+
+
+@triton.jit
+def _table_dense_kernel(table_ptr, out_ptr, s_tr, s_th, N, M, grid_h, grid_w, prefix,
+                        HAS_PREFIX: tl.constexpr, BLOCK: tl.constexpr):
+    """out ``(H, N, M)`` = table[index(i, j), h]; program = (row block, column block, head), no communication."""
+    h = tl.program_id(2)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row_mask, col_mask = rows < N, cols < M
+    idx = table_index(tl.where(row_mask, rows, 0), tl.where(col_mask, cols, 0), grid_h, grid_w, prefix, HAS_PREFIX)
+    val = tl.load(table_ptr + idx * s_tr + h * s_th)
+    out = out_ptr + h.to(tl.int64) * N * M + rows[:, None] * M + cols[None, :]
+    tl.store(out, val, mask=row_mask[:, None] & col_mask[None, :])
+
+
+def dense_table(table: torch.Tensor, grid: tuple[int, int, int], n: int) -> torch.Tensor:
+    """The table bias as a dense ``(1, H, N, N)`` tensor in the table's dtype (an exact copy of entries)."""
+    heads = table.shape[1]
+    out = torch.empty(1, heads, n, n, dtype=table.dtype, device=table.device)
+    launch = (triton.cdiv(n, DENSE_BLOCK), triton.cdiv(n, DENSE_BLOCK), heads)
+    torch.library.wrap_triton(_table_dense_kernel)[launch](
+        table, out, *table.stride(), n, n, *grid, HAS_PREFIX=grid[2] > 0, BLOCK=DENSE_BLOCK, num_warps=4)
+    return out

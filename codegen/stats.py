@@ -1,14 +1,19 @@
-"""Stats pass of the round-2 forward: one tile-wide read of q (or k) before the main kernel.
+"""Stats pass of the tl.dot forward (both option sets) and of the Hopper forward: one read of q (or k).
 
 Writes only what the call needs: the per-(batch, head) sum of ``|x|`` (``mean_abs``, by atomics),
 the per-token scalars ``eff = given * (1 or NaN)`` and their per-(batch, head) maximum ``|eff|``
 (the static row bound of ``token``/``none`` weighting), and, when a backward will run
-(``spec.save_bits``), the packed sign bits and STE clip bits, and the int8 ``+-1`` sign tensor
-that the main kernel's tensor-core dot reads (``signs=True``). Unlike the v1 prologue
-(``prologue.py``), it loads a whole ``(BLOCK_L, DP)`` tile per step (16-byte vectors on
-contiguous rows).
+(``spec.save_bits``), the packed sign bits and STE clip bits, and the ``+-1`` sign tensor that the
+main kernel's tensor-core dot reads (``signs=True``; int8, or float8 e4m3 bytes for the Hopper
+kernel). Parallelised over (row block, batch*head): programs meet only in the atomics of the per-head
+sums and maxima. Two load forms (constexpr ``LOAD``): ``LOAD_TILE`` reads one ``(BLOCK_L, DP)`` tile
+(16-byte vectors on contiguous rows; the "v2" option set and the Hopper forward), ``LOAD_WORDS`` one
+32-channel word at a time (64-byte row segments, nothing read past ``ceil(D / 32)`` words; the "v1"
+option set, measured faster than "v2" at padded D: DiT D 72, 0.207 vs 0.226 ms, kernel_notes round 4).
 """
 from __future__ import annotations
+
+import struct
 
 import torch
 import triton
@@ -18,7 +23,20 @@ from bitlower.packing import num_words
 
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .launch import launch
-from .prologue import round_to_dtype
+
+
+def round_to_dtype(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (nearest even), in plain Python so tracing sees a constant."""
+    if dtype == torch.float16:
+        return struct.unpack("<e", struct.pack("<e", value))[0]
+    bits32 = struct.unpack("<I", struct.pack("<f", value))[0]
+    if dtype == torch.bfloat16:  # keep the top 16 bits of the float32 pattern, ties to even
+        bits32 = ((bits32 + 0x7FFF + ((bits32 >> 16) & 1)) >> 16) << 16
+    return struct.unpack("<f", struct.pack("<I", bits32 & 0xFFFFFFFF))[0]
+
+
+LOAD_TILE = tl.constexpr(0)  # one (BLOCK_L, DP) tile per program: 16-byte vectors, channels padded to DP
+LOAD_WORDS = tl.constexpr(1)  # one (BLOCK_L, 32) channel word at a time: no channel past ceil(D / 32) words read
 
 
 @triton.jit
@@ -30,21 +48,13 @@ def _pack_words(flags, DP: tl.constexpr, BLOCK_L: tl.constexpr):
 
 
 @triton.jit
-def _stats_kernel(
-    x_ptr, s_xb, s_xh, s_xl, s_xd,
-    bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr,
-    H, L, clip,
+def _tile_stats(
+    x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr, H, L, clip,
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
     WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
-    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr,
+    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr, HEAD_MAX: tl.constexpr,
 ):
-    """Stats of one operand.
-
-    Notation: x ``(B, H, L, D)`` any strides; bits/clip ``(B, H, L, W)`` int32; signs ``(B, H, L, DP)``
-    int8 (0 past ``D``); eff ``(B, H, L)`` float32; sums and max ``(B*H,)`` float32. Parallelised over
-    (row block, batch*head).
-    """
-    clip = tl.cast(clip, tl.float32)  # float scalars may arrive as float64 under Inductor
+    """``LOAD_TILE``: the program's rows as one ``(BLOCK_L, DP)`` tile."""
     bh = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     row_mask = rows < L
@@ -74,15 +84,88 @@ def _stats_kernel(
         if GIVEN:
             eff = eff * tl.load(given_ptr + out_row, mask=row_mask, other=1.0)
         tl.store(eff_ptr + out_row, eff, mask=row_mask)
-        # max |eff| for the static bound; a NaN row makes the whole output NaN anyway
-        tl.atomic_max(max_ptr + bh, tl.max(tl.where(row_mask & (eff == eff), tl.abs(eff), 0.0), axis=0))
+        if HEAD_MAX:  # max |eff| for the static bound; a NaN row makes the whole output NaN anyway
+            tl.atomic_max(max_ptr + bh, tl.max(tl.where(row_mask & (eff == eff), tl.abs(eff), 0.0), axis=0))
+
+
+@triton.jit
+def _word_stats(
+    x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, H, L, clip,
+    D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
+    WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, GIVEN: tl.constexpr, SUM_ABS: tl.constexpr,
+):
+    """``LOAD_WORDS``: the program's rows one 32-channel word at a time; bits and eff always written."""
+    pid_l = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    row_mask = rows < L
+    base = x_ptr + b.to(tl.int64) * s_xb + h.to(tl.int64) * s_xh
+    out_row = bh.to(tl.int64) * L + rows  # (BLOCK_L,) row index into (B*H*L)
+    lane = tl.arange(0, 32)
+    has_nan = tl.zeros([BLOCK_L], dtype=tl.int32)
+    abs_sum = tl.zeros([BLOCK_L], dtype=tl.float32)
+    for w in tl.static_range(W):
+        ch = w * 32 + lane
+        ch_mask = ch < D
+        mask = row_mask[:, None] & ch_mask[None, :]
+        x = tl.load(base + rows[:, None] * s_xl + ch[None, :] * s_xd, mask=mask, other=0.0).to(tl.float32)
+        pos = (x >= 0) & ch_mask[None, :]
+        word = tl.sum(pos.to(tl.int32) << lane[None, :], axis=1)  # distinct bits: sum == or
+        tl.store(bits_ptr + out_row * W + w, word, mask=row_mask)
+        if WRITE_CLIP:
+            inside = (tl.abs(x) <= clip) & ch_mask[None, :]
+            cword = tl.sum(inside.to(tl.int32) << lane[None, :], axis=1)
+            tl.store(clip_ptr + out_row * W + w, cword, mask=row_mask)
+        if WRITE_SIGNS:
+            sign = tl.where(ch_mask[None, :], tl.where(pos, 1, -1), 0).to(tl.int8)
+            tl.store(signs_ptr + out_row[:, None] * DP + ch[None, :], sign, mask=row_mask[:, None])
+        has_nan = tl.maximum(has_nan, tl.max((x != x).to(tl.int32), axis=1))
+        if SUM_ABS:
+            abs_sum += tl.sum(tl.abs(x), axis=1)
+    if WRITE_SIGNS:
+        for w in tl.static_range(W, DP // 32):  # pad channels of the int8 tensor are 0
+            ch = w * 32 + lane
+            zero = tl.zeros([BLOCK_L, 32], dtype=tl.int8)
+            tl.store(signs_ptr + out_row[:, None] * DP + ch[None, :], zero, mask=row_mask[:, None])
+    eff = tl.where(has_nan > 0, float("nan"), 1.0)
+    if GIVEN:
+        eff = eff * tl.load(given_ptr + out_row, mask=row_mask, other=1.0)
+    tl.store(eff_ptr + out_row, eff, mask=row_mask)
+    if SUM_ABS:
+        tl.atomic_add(sums_ptr + bh, tl.sum(abs_sum, axis=0))
+
+
+@triton.jit
+def _stats_kernel(
+    x_ptr, s_xb, s_xh, s_xl, s_xd,
+    bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr,
+    H, L, clip,
+    D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
+    WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
+    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr, HEAD_MAX: tl.constexpr,
+    LOAD: tl.constexpr,
+):
+    """Stats of one operand; see the module notation. ``LOAD_WORDS`` reads neither ``max_ptr`` (None) nor the
+    ``WRITE_BITS`` / ``WRITE_EFF`` / ``SIGN_ONE`` / ``HEAD_MAX`` options (bits and eff always, int8 signs)."""
+    clip = tl.cast(clip, tl.float32)  # float scalars may arrive as float64 under Inductor
+    if LOAD == LOAD_WORDS:
+        _word_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr,
+                    H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L, WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS,
+                    GIVEN=GIVEN, SUM_ABS=SUM_ABS)
+    else:
+        _tile_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr,
+                    max_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L, WRITE_BITS=WRITE_BITS,
+                    WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS, WRITE_EFF=WRITE_EFF, GIVEN=GIVEN,
+                    SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE, HEAD_MAX=HEAD_MAX)
 
 
 FP8_ONE = 0x38  # float8 e4m3 1.0 (exponent 7 = bias, mantissa 0); 0xB8 is -1.0, 0x00 is +0.0
 
 
 def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, signs: bool = False,
-               fp8_signs: bool = False):
+               fp8_signs: bool = False, head_max: bool | None = None, word_loads: bool = False):
     """Run the stats pass on ``x`` ``(B, H, L, D)``.
 
     Args:
@@ -93,6 +176,12 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         signs: write the int8 ``+-1`` sign tensor ``(B, H, L, DP)``.
         fp8_signs: write it as float8 e4m3 ``+-1.0`` instead (``torch.float8_e4m3fn``; 0 past ``D``),
             the operand of a float8 tensor-core product (exact: integer sums of +-1 below 2**8).
+        head_max: reduce the per-(batch, head) max ``|eff|`` (None: whenever ``eff`` without ``word_loads``).
+        word_loads: ``LOAD_WORDS`` (the forward's "v1" option set): packed bits whatever ``spec.save_bits``,
+            clip bits for ste, eff rows; needs ``eff``, int8 signs, no head maxima.
+
+    Raises:
+        ValueError: ``head_max`` without ``eff``, or ``word_loads`` with an output it does not write.
 
     Returns:
         ``(bits, clip, eff_rows, sums, maxes, signs)``: bits/clip ``(B, H, L, 1, W)`` int32 (``W = 0``
@@ -101,7 +190,12 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
     """
     bsz, heads, length, dim = x.shape
     dev = x.device
-    words = num_words(dim) if spec.save_bits else 0
+    head_max = eff and not word_loads if head_max is None else head_max
+    if head_max and not eff:
+        raise ValueError("head_stats: head_max=True needs eff=True (the maximum is of the eff rows)")
+    if word_loads and (not eff or head_max or fp8_signs):
+        raise ValueError("head_stats: word_loads writes eff rows and int8 signs, no head maxima")
+    words = num_words(dim) if spec.save_bits or word_loads else 0
     clip_words = words if spec.saves_clip_bits else 0
     bits = torch.empty(bsz, heads, length, 1, words, dtype=torch.int32, device=dev)
     clip = torch.empty(bsz, heads, length, 1, clip_words, dtype=torch.int32, device=dev)
@@ -109,7 +203,7 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
     eff_rows = torch.empty(bsz, heads, length, 1, **f32) if eff else None
     sum_abs = spec.weighting == "mean_abs"
     sums = torch.zeros(bsz, heads, **f32) if sum_abs else None
-    maxes = torch.zeros(bsz, heads, **f32) if eff else None
+    maxes = torch.zeros(bsz, heads, **f32) if head_max else None
     sign_shape = (bsz, heads, length, padded_dim(dim))
     sign_t = torch.empty(sign_shape, dtype=torch.int8, device=dev) if signs else None
     dummy = bits if words else torch.empty(1, dtype=torch.int32, device=dev)
@@ -120,11 +214,12 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         x, *x.stride(),
         bits if words else dummy, clip if clip_words else dummy, sign_t if signs else dummy,
         eff_rows if eff else fdummy, given_t,
-        sums if sum_abs else fdummy, maxes if eff else fdummy,
+        sums if sum_abs else fdummy, maxes if head_max else None if word_loads else fdummy,
         heads, length, round_to_dtype(spec.ste_clip, x.dtype),
         D=dim, DP=padded_dim(dim), W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
         WRITE_BITS=words > 0, WRITE_CLIP=clip_words > 0, WRITE_SIGNS=signs, WRITE_EFF=eff, GIVEN=given is not None,
-        SUM_ABS=sum_abs, SIGN_ONE=FP8_ONE if fp8_signs else 1, num_warps=PROLOGUE_WARPS,
+        SUM_ABS=sum_abs, SIGN_ONE=FP8_ONE if fp8_signs else 1, HEAD_MAX=head_max,
+        LOAD=LOAD_WORDS if word_loads else LOAD_TILE, num_warps=PROLOGUE_WARPS,
     )
     if signs and fp8_signs:
         sign_t = sign_t.view(torch.float8_e4m3fn)

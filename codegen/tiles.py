@@ -18,6 +18,8 @@ import triton.language as tl
 BIAS_NONE, BIAS_HEAD, BIAS_TABLE, BIAS_DENSE, BIAS_MASK = (tl.constexpr(code) for code in range(5))
 BIAS_CODES = {"none": BIAS_NONE.value, "head": BIAS_HEAD.value, "table": BIAS_TABLE.value,
               "dense": BIAS_DENSE.value, "mask": BIAS_MASK.value}  # spec.bias_kind -> constexpr BIAS
+# operand type of the floating tensor-core dots (``fdot``); host code reads them as ``configs.DOT_*``
+DOT_FP32, DOT_FP16, DOT_BF16 = (tl.constexpr(code) for code in range(3))
 
 # 12582912.0 = 1.5 * 2**23: adding it to a small integer puts the integer in the low mantissa
 # bits, so ``bitcast(h + 0x4B400000) - 12582912.0`` is the exact float32 of ``h`` for |h| < 2**22
@@ -45,24 +47,26 @@ def round_half_even(x):
 
 
 @triton.jit
-def load_signs(ptr, rows, row_mask, stride_row, D: tl.constexpr, DP: tl.constexpr, FROM_BITS: tl.constexpr):
-    """int8 ``+-1`` signs ``(R, DP)`` of ``rows``, 0 past ``D``.
+def load_signs(ptr, rows, row_mask, stride_row, DP: tl.constexpr):
+    """int8 ``+-1`` signs ``(R, DP)`` of ``rows`` from an int8 sign tensor (channel stride 1; 0 past ``D``)."""
+    d = tl.arange(0, DP)
+    return tl.load(ptr + rows[:, None] * stride_row + d[None, :], mask=row_mask[:, None], other=0)
 
-    ``FROM_BITS``: ``ptr`` holds packed int32 words (word stride 1, bit ``b`` of word ``w`` is
-    channel ``32w + b``), unpacked here; else ``ptr`` holds an int8 sign tensor (channel stride 1).
+
+@triton.jit
+def unpack_sign_bits(ptr, rows, row_mask, stride_row, D: tl.constexpr, DP: tl.constexpr):
+    """int8 ``+-1`` signs ``(R, DP)`` of ``rows`` from packed int32 words, 0 past ``D``.
+
+    Word stride 1; bit ``b`` of word ``w`` is channel ``32w + b`` (``bitlower.packing``).
     """
     d = tl.arange(0, DP)
-    if FROM_BITS:
-        words = tl.load(
-            ptr + rows[:, None] * stride_row + (d // 32)[None, :],
-            mask=row_mask[:, None] & (d < D)[None, :],
-            other=0,
-        )  # (R, DP), each word read by its 32 channels
-        bit = (words >> (d % 32)[None, :]) & 1
-        signs = tl.where((d < D)[None, :], bit * 2 - 1, 0).to(tl.int8)
-    else:
-        signs = tl.load(ptr + rows[:, None] * stride_row + d[None, :], mask=row_mask[:, None], other=0)
-    return signs
+    words = tl.load(
+        ptr + rows[:, None] * stride_row + (d // 32)[None, :],
+        mask=row_mask[:, None] & (d < D)[None, :],
+        other=0,
+    )  # (R, DP), each word read by its 32 channels
+    bit = (words >> (d % 32)[None, :]) & 1
+    return tl.where((d < D)[None, :], bit * 2 - 1, 0).to(tl.int8)
 
 
 @triton.jit
@@ -157,10 +161,10 @@ def abs_max(ptr, length, BLOCK: tl.constexpr):
 
 @triton.jit
 def fdot(a, b, acc, DOT: tl.constexpr):
-    """``acc + a @ b`` on floating tensor cores; DOT 0 float32 (IEEE), 1 float16, 2 bfloat16."""
-    if DOT == 0:
+    """``acc + a @ b`` on floating tensor cores: ``DOT_FP32`` (IEEE), ``DOT_FP16`` or ``DOT_BF16`` operands."""
+    if DOT == DOT_FP32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    elif DOT == 1:
+    elif DOT == DOT_FP16:
         return tl.dot(a.to(tl.float16), b.to(tl.float16), acc)
     else:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)

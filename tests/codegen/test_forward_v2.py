@@ -13,7 +13,7 @@ import torch
 
 from bitlower import reference
 from bitlower.codegen import forward
-from bitlower.codegen.plan import CallFacts, KernelOptions, auto_forward
+from bitlower.codegen.plan import CallFacts, KernelOptions, auto_forward, forward_plan
 from bitlower.codegen.forward_v2 import dense_table, forward_v2
 from bitlower.codegen.stats import head_stats
 from bitlower.relpos import gather_table_bias
@@ -161,7 +161,8 @@ def test_forward_option_is_an_argument(helpers):
     """KernelOptions(forward=...) picks the forward per call; pv_quant int8 stays on v1; bad names raise."""
     q, k, v, a, b, bias, spec = helpers.make_call()
     spec = _with(spec, save_bits=False)
-    assert forward(q, k, v, a, b, bias, spec)[2].shape[-1] == 2  # auto at D 40 -> v1: bits regardless (2 words)
+    assert forward_plan(q, k, v, bias, spec).kernel == "v1"  # auto at D 40
+    assert forward(q, k, v, a, b, bias, spec)[2].shape[-1] == 2  # v1 (word loads): bits regardless (2 words)
     assert forward(q, k, v, a, b, bias, spec, KernelOptions(forward="v2"))[2].shape[-1] == 0
     quant = _with(spec, pv_quant="int8")
     _check(forward(q, k, v, a, b, bias, quant, KernelOptions(forward="v2")),

@@ -63,7 +63,7 @@ def test_forward_against_float64(shape, helpers):
 @pytest.mark.parametrize("save_bits", [False, True], ids=["infer", "train"])
 @pytest.mark.parametrize("shape", SPEC_SHAPES + AWKWARD, ids=str)
 def test_forward_v2_against_float64(shape, save_bits, helpers):
-    """The round-2 forward (variant v2) under the same bounds as v1: output, lse, and bits when saved."""
+    """The forward's "v2" option set under the same bounds as v1: output, lse, and bits when saved."""
     import dataclasses
 
     bsz, heads, n, dim = shape
@@ -89,14 +89,12 @@ def test_forward_v2_against_float64(shape, save_bits, helpers):
 def test_forward_v2_table_token_against_float64(n_grid, table_dense, helpers):
     import dataclasses
 
-    from bitlower.codegen.forward_v2 import forward_v2
-
     n, grid = n_grid
     call = helpers.make_call(2, 3, n, n, 64, 64, dtype=torch.bfloat16, device="cuda", weighting="token",
                              bias_kind="table", grid=grid)
     spec = dataclasses.replace(call[-1], save_bits=False)
     _poison()
-    out = forward_v2(*call[:6], spec, table_dense=table_dense)[0]
+    out = forward(*call[:6], spec, variant="v2", table_dense=table_dense)[0]
     ref64 = reference.forward(*(t.double() for t in call[:6]), spec)[0]
     ref_lp = reference.forward(*call[:6], spec)[0]
     assert helpers.rel_err(out, ref64) <= 3 * helpers.rel_err(ref_lp, ref64) + 1e-6
