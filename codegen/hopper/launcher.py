@@ -1,6 +1,6 @@
 """Host side of the Hopper Gluon forward: stats pass, bias operand, TMA descriptors, grid, config.
 
-Same operands and outputs as ``codegen.forward_v2.forward_v2`` (``pv_quant == "none"``): the stats
+Same operands and outputs as the "v2" option set of ``codegen.forward.forward`` (``pv_quant == "none"``): the stats
 pass (``codegen.stats.head_stats``) writes the float8 e4m3 sign tensors (+-1.0), the mean_abs sums
 or the per-token scalars and their maxima (and the packed bits when ``spec.save_bits``); this module
 describes the sign tensors and v to TMA (v itself, or a contiguous copy where its strides or data
@@ -17,7 +17,7 @@ import functools
 import torch
 
 from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
-from ..forward_v2 import dense_table
+from ..operands import dense_table
 from ..operands import bias_operand
 from ..stats import head_stats
 from ..tiles import BIAS_CODES, LOG2E
@@ -59,7 +59,7 @@ def _dense_beta_max(bias: torch.Tensor, heads: int) -> torch.Tensor:
 def hopper_bias(bias, spec, shape4):
     """``(code, tensor, strides, beta_max, static_ok)`` of the bias as the kernel reads it.
 
-    A table bias becomes a dense ``(1, H, N, N)`` tile (``forward_v2.dense_table``); a caller's dense
+    A table bias becomes a dense ``(1, H, N, N)`` tile (``operands.dense_table``); a caller's dense
     bias gets a per-head bound when it is shared over the batch (one pass over the bias tensor itself),
     else the kernel runs the running maximum (``static_ok`` False).
     """
@@ -78,7 +78,7 @@ def hopper_bias(bias, spec, shape4):
 
 def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
                           config: HopperConfig | None = None):
-    """Fused forward on sm_90 through the Gluon kernel (contract of ``codegen.forward_v2.forward_v2``).
+    """Fused forward on sm_90 through the Gluon kernel (contract of ``codegen.forward.forward``, option set "v2").
 
     Args:
         q, k, v: ``(B, H, N, D)``, ``(B, H, M, D)``, ``(B, H, M, Dv)`` float16/bfloat16, any strides
