@@ -1,0 +1,103 @@
+"""Which calls the Hopper Gluon backward covers, and its tiles: pure predicates, a reason string or None.
+
+``hopper_backward_unsupported(call, spec, device)`` is the kernel plan's question (``codegen.plan.plan_backward``
+with ``KernelOptions(backward="hopper")``). It reads only ``CallFacts``, the spec, the compute capability and
+the Triton version (``support.gluon_unavailable``), so it answers alike for real and fake tensors. What it
+cannot see, the operands' strides and data pointers, the launcher repairs (``support.tma_readable``: grad_out
+and v copied where TMA cannot read them). The forward output ``out`` must be given (``delta_i = dO_i . O_i``
+comes from it): the launcher raises otherwise; ``bitlower.autograd`` always passes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..plan import CallFacts, DeviceFacts
+from . import support
+from .support import BIAS_KINDS, DTYPES, MAX_BATCH_HEADS, MAX_TILE_OFFSET, MIN_DIM, WEIGHTINGS
+
+GRAD_MODES = ("hamming", "stopgrad")  # no dQ/dK matrix products; ste's sign gradients are the tl.dot kernels'
+MAX_BWD_DIM = 128  # dV (DVP/2 float32) + S, dP, P, dS (BLOCK_N/2 float32 each) within 255 registers
+
+
+@dataclass(frozen=True)
+class HopperBackwardConfig:
+    """One launch configuration of ``kernel_bwd._binary_attn_bwd_sm90_kernel``.
+
+    Attributes:
+        block_m: keys per CTA (64: one warpgroup of 4 warps; the M of every wgmma).
+        block_n: queries per tile (the N of the S and dP wgmma, the K of the dV wgmma).
+        stages: query-sign and dO tiles in the shared-memory ring.
+    """
+
+    block_m: int = 64
+    block_n: int = 64
+    stages: int = 2
+
+    def __post_init__(self):
+        if self.block_m != 64:
+            raise ValueError(f"block_m must be 64 (one warpgroup), got {self.block_m}")
+        if self.block_n not in (32, 64, 128):
+            raise ValueError(f"block_n must be 32, 64 or 128, got {self.block_n}")
+        if not 2 <= self.stages <= 4:
+            raise ValueError(f"stages must be in [2, 4], got {self.stages}")
+
+    @property
+    def num_warps(self) -> int:
+        """One warpgroup (4 warps) per 64 keys."""
+        return self.block_m // 16
+
+
+def hopper_backward_config(n: int, dim: int, dim_v: int) -> HopperBackwardConfig:
+    """64 keys x 64 queries, 2 stages at every head dim (offline, ptxas register counts; unmeasured)."""
+    return HopperBackwardConfig(64, 64, 2)
+
+
+def hopper_backward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
+                                triton_version: str | None = None) -> str | None:
+    """Why ``backward_launcher.launch_hopper_backward`` cannot run this call, or None when it can.
+
+    Args:
+        call: the operands' ``CallFacts`` (``D`` is the backward operator's ``head_dim``).
+        spec: the call's ``CallSpec``.
+        device: where the tensors live and the compute capability.
+        triton_version: the Triton version to judge; None takes the installed one.
+
+    Returns:
+        A reason string naming the operand and the constraint, or None.
+    """
+    if not device.cuda or device.capability is None:
+        return "the Hopper backward needs CUDA tensors"
+    major, minor = device.capability
+    if major != 9:
+        return f"the Hopper backward needs compute capability 9.x, got {major}.{minor}"
+    reason = support.gluon_unavailable(triton_version)  # via the module: tests stub it there
+    if reason:
+        return reason.replace("Hopper forward", "Hopper backward")
+    if spec.grad_mode not in GRAD_MODES:
+        return f"the Hopper backward covers grad_mode {GRAD_MODES}, got {spec.grad_mode!r} (ste: the tl.dot backward)"
+    if call.dtype not in DTYPES:
+        return f"the Hopper backward takes float16/bfloat16 grad_out and v, got {call.dtype}"
+    if spec.weighting not in WEIGHTINGS:
+        return f"the Hopper backward covers weighting {WEIGHTINGS}, got {spec.weighting!r}"
+    if spec.pv_quant != "none":
+        return f"the Hopper backward covers pv_quant 'none', got {spec.pv_quant!r}"
+    if spec.bias_kind not in BIAS_KINDS:
+        return f"the Hopper backward covers bias kinds {BIAS_KINDS}, got {spec.bias_kind!r}"
+    return _shape_reason(call, spec)
+
+
+def _shape_reason(call: CallFacts, spec) -> str | None:
+    if not MIN_DIM <= call.dim <= MAX_BWD_DIM:
+        return f"the Hopper backward needs D in [{MIN_DIM}, {MAX_BWD_DIM}], got {call.dim}"
+    if not MIN_DIM <= call.dim_v <= MAX_BWD_DIM or call.dim_v % 8:
+        return (f"the Hopper backward needs Dv in [{MIN_DIM}, {MAX_BWD_DIM}] and a multiple of 8 (16-byte rows of "
+                f"v and grad_out), got {call.dim_v}")
+    if spec.bias_kind == "table" and call.n != call.m:
+        return "the Hopper backward's table bias needs self-attention (N == M)"
+    if call.batch * call.heads > MAX_BATCH_HEADS:
+        return f"the Hopper backward takes at most {MAX_BATCH_HEADS} batch*heads"
+    if spec.bias_kind in ("dense", "mask", "table") and call.n * call.m > MAX_TILE_OFFSET:
+        return "the Hopper backward indexes one head's (N, M) bias with int32: N * M must be < 2**31"
+    if call.empty:
+        return "the Hopper backward needs non-empty tensors"
+    return None
