@@ -89,6 +89,7 @@ class BwdVariant:
     bias: str = "none"
     grad_mode: str = "hamming"
     needs: tuple[bool, ...] = (True, True, True, False, False, True)
+    config: tuple[int, ...] | None = None  # (block_m, block_n, stages)
     main: bool = False  # a main config: must not spill
 
 
@@ -106,6 +107,11 @@ BWD_VARIANTS = [
                needs=(True, True, True, True, True, True)),
     BwdVariant("bwd_d64_stopgrad_fp16", (8, 8, 1024, 64, 64), dtype=torch.float16, grad_mode="stopgrad"),
     BwdVariant("bwd_d72_hamming", (64, 16, 256, 72, 72)),
+    BwdVariant("bwd_d64_bn64", (8, 8, 4096, 64, 64), config=(64, 64, 2)),
+    BwdVariant("bwd_d128_bn64", (4, 16, 4096, 128, 128), config=(64, 64, 2)),
+    BwdVariant("bwd_d64_token_head_bn64", (8, 8, 1024, 64, 64), weighting="token", bias="head",
+               needs=(True, True, True, True, True, True), config=(64, 64, 2)),
+    BwdVariant("bwd_d64_s3", (8, 8, 4096, 64, 64), config=(64, 32, 3)),
 ]
 BWD_QUICK = ("bwd_d64_hamming_mean_abs", "bwd_d128_hamming_mean_abs", "bwd_d64_hamming_token_head")
 
@@ -169,6 +175,7 @@ def _bwd_inputs(var: BwdVariant):
 def record_gluon_bwd(var: BwdVariant):
     """``(gluon_launch, tl_launches)`` of one Gluon backward call, recorded on CPU tensors."""
     from bitlower.codegen.hopper import backward_launcher
+    from bitlower.codegen.hopper.backward_support import HopperBackwardConfig
 
     gluon_launches = []
     kr.Recorder.launches = []
@@ -176,7 +183,7 @@ def record_gluon_bwd(var: BwdVariant):
     record = lambda kernel, grid, args, kwargs: gluon_launches.append((kernel, args, kwargs))  # noqa: E731
     with mock.patch("torch.library.wrap_triton", kr.Recorder), mock.patch.object(backward_launcher, "_launch", record):
         backward_launcher.launch_hopper_backward(grad_out, v, bias, *saved, spec, var.shape[3], list(var.needs),
-                                                 out=out)
+                                                 out=out, config=HopperBackwardConfig(*var.config) if var.config else None)
     return gluon_launches[0], list(kr.Recorder.launches)
 
 

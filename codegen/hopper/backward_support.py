@@ -30,7 +30,7 @@ class HopperBackwardConfig:
     """
 
     block_m: int = 64
-    block_n: int = 64
+    block_n: int = 32
     stages: int = 2
 
     def __post_init__(self):
@@ -48,8 +48,14 @@ class HopperBackwardConfig:
 
 
 def hopper_backward_config(n: int, dim: int, dim_v: int) -> HopperBackwardConfig:
-    """64 keys x 64 queries, 2 stages at every head dim (offline, ptxas register counts; unmeasured)."""
-    return HopperBackwardConfig(64, 64, 2)
+    """64 keys x 32 queries, 2 stages at every head dim (offline, ptxas of Triton 3.6; unmeasured).
+
+    Registers per thread at 32 queries per tile: 121 (D = Dv = 64, hamming mean_abs; 4 CTAs per SM),
+    157 (128; 3 CTAs), 151 (64, token + head bias); at 64 queries: 206, 238, 235 (2 CTAs per SM), since
+    S, dP, p and dS hold BLOCK_N / 2 float32 per thread each and every per-query vector (m2, l2, a,
+    delta) BLOCK_N / 4. The GPU session's sweep decides (``HopperBackwardConfig(64, 64, 2)`` is the other).
+    """
+    return HopperBackwardConfig(64, 32, 2)
 
 
 def hopper_backward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
