@@ -156,7 +156,7 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
             pick(beta), pick(gbias), pick(dv), pick(db), pick(da_cols), pick(da), pick(ds_keys),
             *strides, *gstrides, heads, n, m, float(spec.scale), spec.scale * LOG2E.value)
     kwargs = dict(DV=dim_v, NKC=nkc, STAGES=cfg.stages, BIAS=code, EVEN_M=m % cfg.block_m == 0,
-                  num_warps=cfg.num_warps, **wants)
+                  MEAN_ABS=spec.weighting == "mean_abs", num_warps=cfg.num_warps, **wants)
     _launch(_binary_attn_bwd_sm90_kernel, (triton.cdiv(m, cfg.block_m), bsz * heads), args, kwargs)
     dq = _chain(da_cols, q_signs, n, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
     dk = _chain(db, k_signs, m, head_dim, spec, needs[1], (bsz, heads, m, head_dim))

@@ -81,30 +81,37 @@ def _load_queries(q_desc, do_desc, q_s, do_s, qd_bar, bh, b, h, tile, pred, BLOC
 
 
 @gluon.jit
-def _query_rows(state_ptr, delta_ptr, a_ptr, row0, qrows, q_mask, head_shift2, NEED_DS: gl.constexpr):
+def _query_rows(state_ptr, delta_ptr, a_ptr, row0, qrows, q_mask, head_shift2, NEED_DS: gl.constexpr,
+                MEAN_ABS: gl.constexpr):
     """``(m2, l2, a, delta)`` of the tile's queries: rows past N read ``m2 = +inf`` (``p = 0``), the rest
     ``max(m2 - head shift, -FLT_MAX)`` and ``max(l2, -FLT_MAX)``: a row without a kept key (``l2 = -inf``)
-    gives ``exp2(-inf) = 0``, not NaN (``backward_kernels._row_state``)."""
+    gives ``exp2(-inf) = 0``, not NaN (``backward_kernels._row_state``). ``a`` is not read for mean_abs."""
     offs = row0 + qrows
     m2 = gl.load(state_ptr + 2 * offs, mask=q_mask, other=float("inf")) - head_shift2
     l2 = gl.load(state_ptr + 2 * offs + 1, mask=q_mask, other=0.0)
-    a_q = gl.load(a_ptr + offs, mask=q_mask, other=0.0)
-    delta = a_q  # unused unless NEED_DS
+    a_q = l2  # unused for mean_abs
+    if not MEAN_ABS:
+        a_q = gl.load(a_ptr + offs, mask=q_mask, other=0.0)
+    delta = l2  # unused unless NEED_DS
     if NEED_DS:
         delta = gl.load(delta_ptr + offs, mask=q_mask, other=0.0)
     return gl.maximum(m2, -FLT_MAX), gl.maximum(l2, -FLT_MAX), a_q, delta
 
 
 @gluon.jit
-def _probs_t(h, b_keys, a_q, m2, l2, scale_log2, bias_base, s_bn, s_bm, keys, key_mask, qrows, q_mask,
-             BIAS: gl.constexpr, EVEN_M: gl.constexpr):
+def _probs_t(h, b_keys, a_q, c_head, m2, l2, scale_log2, bias_base, s_bn, s_bm, keys, key_mask, qrows, q_mask,
+             BIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr):
     """``p`` ``(BLOCK_M, BLOCK_N)`` (keys x queries) of the integer score tile ``h`` (float32).
 
-    ``s2 = h * ((a_i scale log2 e) b_j)``, the tl.dot backward's rounding (``backward_kernels._probs``).
+    ``s2 = h * ((a_i scale log2 e) b_j)``, the tl.dot backward's rounding (``backward_kernels._probs``); for
+    mean_abs every ``a_i`` and ``b_j`` of a head is the one head value (the forwards fill them so; a NaN in q
+    makes the head's sum NaN), so ``c_head`` is that product bit for bit, one multiply per score fewer.
     Keys past M (zero-filled signs, not EVEN_M) are set to -inf so their p, dS vanish.
     """
-    c = (a_q * scale_log2)[None, :] * b_keys[:, None]
-    x = h * c
+    if MEAN_ABS:
+        x = h * c_head
+    else:
+        x = h * ((a_q * scale_log2)[None, :] * b_keys[:, None])
     if BIAS == BIAS_DENSE:
         keep = key_mask[:, None] & q_mask[None, :]
         beta = gl.load(bias_base + qrows[None, :] * s_bn + keys[:, None] * s_bm, mask=keep, other=0.0)
@@ -122,13 +129,20 @@ def _probs_t(h, b_keys, a_q, m2, l2, scale_log2, bias_base, s_bn, s_bm, keys, ke
 @gluon.jit
 def _reduce(ds, h, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_base, s_gn, s_gm, row0, qrows,
             q_mask, keys, key_mask, scale, NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr,
-            NEED_DA_ROWS: gl.constexpr, HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr):
-    """The dS reductions of one tile (module notation); returns the per-key accumulators."""
+            NEED_DA_ROWS: gl.constexpr, HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr,
+            MEAN_ABS: gl.constexpr):
+    """The dS reductions of one tile (module notation); returns the per-key accumulators.
+
+    mean_abs: ``dac_acc`` holds ``X_j = sum_i dS_ij h_ij`` for db (``scale a X_j``) and dac alike."""
     dsh = ds * h
-    if NEED_DB:
-        db_acc += gl.sum(dsh * a_q[None, :], axis=1)
-    if NEED_DA_COLS:
-        dac_acc += gl.sum(dsh, axis=1)
+    if MEAN_ABS:
+        if NEED_DB or NEED_DA_COLS:
+            dac_acc += gl.sum(dsh, axis=1)
+    else:
+        if NEED_DB:
+            db_acc += gl.sum(dsh * a_q[None, :], axis=1)
+        if NEED_DA_COLS:
+            dac_acc += gl.sum(dsh, axis=1)
     if NEED_DA_ROWS:
         part = gl.sum(dsh * b_keys[:, None], axis=0)  # (BLOCK_N,) this key tile's share of sum_j
         gl.atomic_add(da_rows_ptr + row0 + qrows, scale * part, mask=q_mask)
@@ -147,7 +161,8 @@ def _binary_attn_bwd_sm90_kernel(
     s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, H, N, M, scale, scale_log2,
     DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, BIAS: gl.constexpr,
     NEED_DV: gl.constexpr, NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
-    HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, num_warps: gl.constexpr,
+    HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
+    num_warps: gl.constexpr,
 ):
     """Binary attention backward (hamming/stopgrad) of one (key tile, batch*head); see the module notation."""
     BLOCK_M: gl.constexpr = k_desc.block_type.shape[1]
@@ -198,6 +213,11 @@ def _binary_attn_bwd_sm90_kernel(
     keys = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=key_layout)
     key_mask = keys < M
     b_keys = gl.load(b_ptr + bh64 * M + keys, mask=key_mask, other=0.0)
+    a_head = 0.0
+    c_head = 0.0
+    if MEAN_ABS:  # every row of a head holds the head's value
+        a_head = gl.load(a_ptr + bh64 * N)
+        c_head = (a_head * scale_log2) * gl.load(b_ptr + bh64 * M)
     head_shift2 = 0.0
     bias_base = bias_ptr
     gbias_base = gbias_ptr
@@ -212,14 +232,16 @@ def _binary_attn_bwd_sm90_kernel(
     dv, db_acc, dac_acc, dsk_acc = _walk_queries(
         q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr, bias_base,
         gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, bh64 * N, N, n_tiles, keys, key_mask, b_keys, head_shift2,
-        scale, scale_log2, BIAS, NEED_DS, NEED_DB, NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS, DENSE_DBIAS, EVEN_M,
-        BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES, t_layout, dp_layout, dv_layout, p_layout)
+        c_head, scale, scale_log2, BIAS, NEED_DS, NEED_DB, NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS, DENSE_DBIAS,
+        EVEN_M, MEAN_ABS, BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES, t_layout, dp_layout, dv_layout, p_layout)
 
     mbarrier.invalidate(kv_bar.index(0))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(qd_bar.index(i))
     out_keys = bh64 * M + keys
     if NEED_DB:
+        if MEAN_ABS:
+            db_acc = a_head * dac_acc  # scale a sum_i dS h
         gl.store(db_ptr + out_keys, scale * db_acc, mask=key_mask)
     if NEED_DA_COLS:
         gl.store(da_cols_ptr + out_keys, scale * b_keys * dac_acc, mask=key_mask)
@@ -235,9 +257,9 @@ def _binary_attn_bwd_sm90_kernel(
 @gluon.jit
 def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr,
                   bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, row0, N, n_tiles, keys, key_mask,
-                  b_keys, head_shift2, scale, scale_log2, BIAS: gl.constexpr, NEED_DS: gl.constexpr,
+                  b_keys, head_shift2, c_head, scale, scale_log2, BIAS: gl.constexpr, NEED_DS: gl.constexpr,
                   NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
-                  HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr,
+                  HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
                   DVP: gl.constexpr, STAGES: gl.constexpr, t_layout: gl.constexpr, dp_layout: gl.constexpr,
                   dv_layout: gl.constexpr, p_layout: gl.constexpr):
@@ -266,7 +288,8 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
         slot = t % STAGES
         qrows = t * BLOCK_N + q_base
         q_mask = qrows < N
-        m2, l2, a_q, delta = _query_rows(state_ptr, delta_ptr, a_ptr, row0, qrows, q_mask, head_shift2, NEED_DS)
+        m2, l2, a_q, delta = _query_rows(state_ptr, delta_ptr, a_ptr, row0, qrows, q_mask, head_shift2, NEED_DS,
+                                         MEAN_ABS)
         mbarrier.wait(qd_bar.index(slot), (t // STAGES) & 1)
         for c in gl.static_range(NKC):
             s = warpgroup_mma(k_s.index(c), q_s.index(slot * NKC + c).permute((1, 0)), s, use_acc=c > 0,
@@ -279,8 +302,8 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
         # S_{t-1}, dP_{t-1}, dV_{t-1} have retired: slot (t-1) % STAGES takes tile t-1+STAGES
         _load_queries(q_desc, do_desc, q_s, do_s, qd_bar, bh, b, h, t - 1 + STAGES,
                       (t > 0) & (t - 1 + STAGES < n_tiles), BLOCK_N, KC, NKC, STAGES)
-        p = _probs_t(s, b_keys, a_q, m2, l2, scale_log2, bias_base, s_bn, s_bm, keys, key_mask, qrows, q_mask,
-                     BIAS, EVEN_M)
+        p = _probs_t(s, b_keys, a_q, c_head, m2, l2, scale_log2, bias_base, s_bn, s_bm, keys, key_mask, qrows,
+                     q_mask, BIAS, EVEN_M, MEAN_ABS)
         p_op = gl.convert_layout(p.to(do_desc.dtype), p_layout)
         dv = warpgroup_mma(p_op, do_s.index(slot), dv, is_async=True)
         if NEED_DS:
@@ -288,6 +311,6 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
             ds = p * (gl.convert_layout(dp, t_layout) - delta[None, :])
             db_acc, dac_acc, dsk_acc = _reduce(ds, s, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_base,
                                                s_gn, s_gm, row0, qrows, q_mask, keys, key_mask, scale, NEED_DB,
-                                               NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS, DENSE_DBIAS)
+                                               NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS, DENSE_DBIAS, MEAN_ABS)
     dv, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(dv, p_op))
     return dv, db_acc, dac_acc, dsk_acc
