@@ -197,3 +197,33 @@ def test_float8_sign_unpack_matches_the_bits(helpers):
     assert signs.dtype == torch.float8_e4m3fn and signs.shape == (want.shape[0], q.shape[2], 128)
     assert torch.equal(signs[..., :72].to(torch.float32), want)
     assert not signs[..., 72:].to(torch.float32).any()
+
+
+def _build_module():
+    import importlib.util
+    import os
+    import sys
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "hopper_build.py")
+    spec = importlib.util.spec_from_file_location("hopper_build", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_build_check_compiles_every_backward_kind(gluon_ok):
+    """CI's offline sm_90 build (``benchmarks/hopper_build.py``) covers each mode, weighting and bias kind, and
+    every variant is a call the plan gives the Hopper backward."""
+    variants = _build_module().BWD_VARIANTS
+    assert {v.grad_mode for v in variants} == {"hamming", "stopgrad"}
+    assert {v.weighting for v in variants} == {"mean_abs", "none", "token"}
+    assert {v.bias for v in variants} == {"none", "head", "dense", "mask", "table"}
+    assert {v.shape[3] for v in variants} >= {64, 128} and {v.dtype for v in variants} == {torch.bfloat16,
+                                                                                          torch.float16}
+    for v in variants:
+        bsz, heads, n, dim, dim_v = v.shape
+        spec = CallSpec(scale=dim ** -0.5, weighting=v.weighting, bias_kind=v.bias, grad_mode=v.grad_mode,
+                        grid=(14, 14, 1) if v.bias == "table" else ())
+        facts = CallFacts(bsz, heads, n, n, dim, dim_v, v.dtype, bsz * heads * n * dim, False)
+        assert hopper_backward_unsupported(facts, spec, SM90) is None, v.name
