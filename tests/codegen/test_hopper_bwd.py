@@ -227,3 +227,39 @@ def test_build_check_compiles_every_backward_kind(gluon_ok):
                         grid=(14, 14, 1) if v.bias == "table" else ())
         facts = CallFacts(bsz, heads, n, n, dim, dim_v, v.dtype, bsz * heads * n * dim, False)
         assert hopper_backward_unsupported(facts, spec, SM90) is None, v.name
+
+
+_CPU_STUB = {"registered": False, "calls": 0}
+
+
+def _cpu_stub(*flat):
+    """A CPU stand-in for ``bitlower::hopper_bwd``'s CUDA kernel: its implementation with the kernel emulated."""
+    _CPU_STUB["calls"] += 1
+    with mock.patch.object(backward_launcher, "_launch", _emulate), \
+            mock.patch.object(backward_launcher, "_descriptor", lambda tensor, block: tensor):
+        return backward_op.run_flat(*flat)
+
+
+def test_the_opaque_op_traces_whole_and_returns_the_launchers_gradients(helpers):
+    """``hopper_backward`` through ``bitlower::hopper_bwd``: eagerly, and in a ``fullgraph=True`` graph (its fake
+    implementation gives the metadata AOTAutograd traces), the gradients of ``reference_backward``."""
+    if not _CPU_STUB["registered"]:
+        backward_op.hopper_bwd.register_kernel("cpu")(_cpu_stub)
+        _CPU_STUB["registered"] = True
+    q, k, v, a, b, bias, spec = helpers.make_call(grad_mode="hamming", weighting="token", bias_kind="dense")
+    out, *saved = reference.forward(q, k, v, a, b, bias, spec)
+    do = torch.randn_like(out)
+    needs = [True, True, True, True, False, True]
+    ref = reference_backward.backward(do, v, bias, *saved, spec, q.shape[-1], needs)
+
+    def run(do_, v_, bias_):
+        return backward_op.hopper_backward(do_, v_, bias_, *saved, spec, q.shape[-1], needs, out=out)
+
+    calls = _CPU_STUB["calls"]
+    for got in (run(do, v, bias), torch.compile(run, fullgraph=True, backend="aot_eager")(do, v, bias)):
+        for name, g, r in zip(NAMES, got, ref):
+            assert (g is None) == (r is None), name
+            if g is not None:
+                assert g.shape == r.shape and g.dtype == r.dtype, name
+                assert helpers.rel_err(g, r) <= FP32_BOUND, (name, helpers.rel_err(g, r))
+    assert _CPU_STUB["calls"] == calls + 2
