@@ -168,7 +168,7 @@ def _bwd_inputs(var: BwdVariant):
     saved = (torch.zeros(bsz, heads, n, **f32), bits, bits.clone(), clip, clip.clone(),
              torch.ones(bsz, heads, n, 1, **f32), torch.ones(bsz, heads, n, 1, **f32),
              torch.zeros(bsz, heads, n, 2, **f32))
-    grad_out, out = torch.zeros(bsz, heads, n, dim_v, dtype=var.dtype), torch.zeros(bsz, heads, n, dim_v, dtype=var.dtype)
+    grad_out, out = (torch.zeros(bsz, heads, n, dim_v, dtype=var.dtype) for _ in range(2))
     return grad_out, v, bias, saved, spec, out
 
 
@@ -181,9 +181,10 @@ def record_gluon_bwd(var: BwdVariant):
     kr.Recorder.launches = []
     grad_out, v, bias, saved, spec, out = _bwd_inputs(var)
     record = lambda kernel, grid, args, kwargs: gluon_launches.append((kernel, args, kwargs))  # noqa: E731
+    config = HopperBackwardConfig(*var.config) if var.config else None
     with mock.patch("torch.library.wrap_triton", kr.Recorder), mock.patch.object(backward_launcher, "_launch", record):
         backward_launcher.launch_hopper_backward(grad_out, v, bias, *saved, spec, var.shape[3], list(var.needs),
-                                                 out=out, config=HopperBackwardConfig(*var.config) if var.config else None)
+                                                 out=out, config=config)
     return gluon_launches[0], list(kr.Recorder.launches)
 
 
