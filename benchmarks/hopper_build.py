@@ -108,10 +108,15 @@ BWD_VARIANTS = [
     BwdVariant("bwd_d64_stopgrad_fp16", (8, 8, 1024, 64, 64), dtype=torch.float16, grad_mode="stopgrad"),
     BwdVariant("bwd_d72_hamming", (64, 16, 256, 72, 72)),
     BwdVariant("bwd_d64_bn64", (8, 8, 4096, 64, 64), config=(64, 64, 2)),
+    BwdVariant("bwd_d64_bm128_bn64", (8, 8, 4096, 64, 64), config=(128, 64, 2)),
     BwdVariant("bwd_d128_bn64", (4, 16, 4096, 128, 128), config=(64, 64, 2)),
     BwdVariant("bwd_d64_token_head_bn64", (8, 8, 1024, 64, 64), weighting="token", bias="head",
                needs=(True, True, True, True, True, True), config=(64, 64, 2)),
     BwdVariant("bwd_d64_s3", (8, 8, 4096, 64, 64), config=(64, 32, 3)),
+    BwdVariant("bwd_d64_bm64", (8, 8, 4096, 64, 64), config=(64, 32, 2)),
+    BwdVariant("bwd_d128_bm128", (4, 16, 4096, 128, 128), config=(128, 32, 2)),
+    BwdVariant("bwd_d64_token_head_bm64", (8, 8, 1024, 64, 64), weighting="token", bias="head",
+               needs=(True, True, True, True, True, True), config=(64, 32, 2)),
 ]
 BWD_QUICK = ("bwd_d64_hamming_mean_abs", "bwd_d128_hamming_mean_abs", "bwd_d64_hamming_token_head")
 

@@ -24,7 +24,8 @@ class HopperBackwardConfig:
     """One launch configuration of ``kernel_bwd._binary_attn_bwd_sm90_kernel``.
 
     Attributes:
-        block_m: keys per CTA (64: one warpgroup of 4 warps; the M of every wgmma).
+        block_m: keys per CTA (64: one warpgroup of 4 warps, 128: two warpgroups sharing each query tile, half
+            the L2 traffic of Q signs and dO per key; the M of every wgmma).
         block_n: queries per tile (the N of the S and dP wgmma, the K of the dV wgmma).
         stages: query-sign and dO tiles in the shared-memory ring.
     """
@@ -34,8 +35,8 @@ class HopperBackwardConfig:
     stages: int = 2
 
     def __post_init__(self):
-        if self.block_m != 64:
-            raise ValueError(f"block_m must be 64 (one warpgroup), got {self.block_m}")
+        if self.block_m not in (64, 128):
+            raise ValueError(f"block_m must be 64 or 128 (one or two warpgroups), got {self.block_m}")
         if self.block_n not in (32, 64, 128):
             raise ValueError(f"block_n must be 32, 64 or 128, got {self.block_n}")
         if not 2 <= self.stages <= 4:
@@ -48,13 +49,19 @@ class HopperBackwardConfig:
 
 
 def hopper_backward_config(n: int, dim: int, dim_v: int) -> HopperBackwardConfig:
-    """64 keys x 32 queries, 2 stages at every head dim (offline, ptxas of Triton 3.6; unmeasured).
+    """The tile table (offline, ptxas of Triton 3.6; unmeasured: the GPU session's sweep decides).
 
-    Registers per thread at 32 queries per tile: 121 (D = Dv = 64, hamming mean_abs; 4 CTAs per SM),
-    157 (128; 3 CTAs), 151 (64, token + head bias); at 64 queries: 206, 238, 235 (2 CTAs per SM), since
-    S, dP, p and dS hold BLOCK_N / 2 float32 per thread each and every per-query vector (m2, l2, a,
-    delta) BLOCK_N / 4. The GPU session's sweep decides (``HopperBackwardConfig(64, 64, 2)`` is the other).
+    Registers per thread (hamming mean_abs; token + head bias in brackets), 32 queries per tile:
+    64 keys (4 warps): 113 [151] at D = Dv = 64 (4 CTAs per SM), 154 [196] at 128 (3 CTAs);
+    128 keys (8 warps): 120 [156] at 64 (2 CTAs, the same 16 warps per SM), 162 at 128 (1 CTA).
+    64 queries per tile: 186 / 226 at 64 keys (2 CTAs): S, dP, p and dS hold BLOCK_N / 2 float32 per
+    thread each, every per-query vector (m2, l2, delta, a) BLOCK_N / 4.
+    Every key-tile CTA streams all of its head's Q signs, dO and row vectors: ``(DP + 2 Dv + 16) / BLOCK_M``
+    bytes per score from L2 (3.25 at D 64 with 64 keys, ~6 TB/s at the predicted rate): 128 keys halve it
+    at D <= 64 for the same warps per SM; at D 128, 64 keys keep 12 warps per SM instead of 8.
     """
+    if max(dim, dim_v) <= 64:
+        return HopperBackwardConfig(128, 32, 2)
     return HopperBackwardConfig(64, 32, 2)
 
 

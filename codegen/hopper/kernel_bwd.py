@@ -145,12 +145,12 @@ def _reduce(ds, h, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_bas
             dac_acc += gl.sum(dsh, axis=1)
     if NEED_DA_ROWS:
         part = gl.sum(dsh * b_keys[:, None], axis=0)  # (BLOCK_N,) this key tile's share of sum_j
-        gl.atomic_add(da_rows_ptr + row0 + qrows, scale * part, mask=q_mask)
+        gl.atomic_add(da_rows_ptr + row0 + qrows, scale * part, mask=q_mask, sem="relaxed")  # no ordering needed
     if HEAD_DBIAS:
         dsk_acc += gl.sum(ds, axis=1)
     if DENSE_DBIAS:
         pair = key_mask[:, None] & q_mask[None, :]
-        gl.atomic_add(gbias_base + qrows[None, :] * s_gn + keys[:, None] * s_gm, ds, mask=pair)
+        gl.atomic_add(gbias_base + qrows[None, :] * s_gn + keys[:, None] * s_gm, ds, mask=pair, sem="relaxed")
     return db_acc, dac_acc, dsk_acc
 
 

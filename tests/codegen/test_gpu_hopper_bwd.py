@@ -32,7 +32,8 @@ SHAPES = [(2, 3, 1, 64, 64), (2, 3, 1, 64, 64, 17), (2, 3, 17, 64, 64, 1), (2, 3
           (1, 2, 1000, 128, 128, 77)]  # (B, H, N, D, Dv[, M]): M = N unless given
 GRAD_BOUND = {torch.bfloat16: 1e-2, torch.float16: 1e-2}
 NAMES = ("dq", "dk", "dv", "da", "db", "dbias")
-CONFIGS = [None, HopperBackwardConfig(64, 64, 2), HopperBackwardConfig(64, 32, 3)]
+CONFIGS = [None, HopperBackwardConfig(64, 32, 2), HopperBackwardConfig(128, 32, 2), HopperBackwardConfig(64, 64, 2),
+           HopperBackwardConfig(64, 32, 3)]
 
 
 def _poison():
@@ -137,8 +138,9 @@ def test_float16(shape):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
-def test_configs(config):
-    _check(_call((1, 2, 1000, 64, 64), torch.bfloat16, "token", "head", "hamming"), config=config)
+@pytest.mark.parametrize("dim", [64, 128])
+def test_configs(config, dim):
+    _check(_call((1, 2, 1000, dim, dim, 333), torch.bfloat16, "token", "head", "hamming"), config=config)
 
 
 def test_fully_masked_row_adds_nothing():

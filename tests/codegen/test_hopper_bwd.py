@@ -83,10 +83,11 @@ def test_backward_option_is_validated_and_encoded():
 
 
 def test_config_table_and_validation():
-    assert hopper_backward_config(4096, 64, 64) == HopperBackwardConfig(64, 32, 2)
-    assert HopperBackwardConfig().num_warps == 4
+    assert hopper_backward_config(4096, 64, 64) == HopperBackwardConfig(128, 32, 2)
+    assert hopper_backward_config(4096, 128, 128) == HopperBackwardConfig(64, 32, 2)
+    assert HopperBackwardConfig().num_warps == 4 and HopperBackwardConfig(128).num_warps == 8
     with pytest.raises(ValueError, match="block_m"):
-        HopperBackwardConfig(block_m=128)
+        HopperBackwardConfig(block_m=32)
     with pytest.raises(ValueError, match="stages"):
         HopperBackwardConfig(stages=1)
 
@@ -97,7 +98,7 @@ def _emulate(kernel, grid, args, kwargs):
     (ks, qs, v, go, state, delta, a, b, bias, gbias, dv, db, dac, da, dsk,
      sbb, sbh, sbn, sbm, sgb, sgh, sgn, sgm, heads, n, m, scale, scale_log2) = args
     f32, bsz = torch.float32, v.shape[0]
-    assert grid == (-(-m // 64), bsz * heads)
+    assert grid == (-(-m // (16 * kwargs["num_warps"])), bsz * heads)  # one 16-row wgmma slab per warp
     h = qs.to(f32).view(bsz, heads, n, -1) @ ks.to(f32).view(bsz, heads, m, -1).transpose(-1, -2)  # (B, H, N, M)
     x = h * ((a.view(bsz, heads, n, 1) * scale_log2) * b.view(bsz, heads, 1, m))
     m2, l2 = state[..., 0], state[..., 1]  # (B, H, N)
