@@ -157,7 +157,8 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
             *strides, *gstrides, heads, n, m, float(spec.scale), spec.scale * LOG2E.value)
     kwargs = dict(DV=dim_v, NKC=nkc, STAGES=cfg.stages, BIAS=code, EVEN_M=m % cfg.block_m == 0,
                   MEAN_ABS=spec.weighting == "mean_abs", num_warps=cfg.num_warps, **wants)
-    _launch(_binary_attn_bwd_sm90_kernel, (triton.cdiv(m, cfg.block_m), bsz * heads), args, kwargs)
+    if any(wants.values()):  # else only dq/dk of a non-mean_abs hamming call (zeros) or nothing is wanted
+        _launch(_binary_attn_bwd_sm90_kernel, (triton.cdiv(m, cfg.block_m), bsz * heads), args, kwargs)
     dq = _chain(da_cols, q_signs, n, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
     dk = _chain(db, k_signs, m, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, _finish_bias_grad(bias, spec, gbias,

@@ -170,7 +170,8 @@ def test_launcher_assembles_the_reference_gradients(case, helpers):
 
 
 @pytest.mark.parametrize("needs", [[False, False, True, False, False, False], [True, False, False, False, False, False],
-                                   [False, True, False, False, True, False]], ids=["dv", "dq", "dk_db"])
+                                   [False, True, False, False, True, False], [True, True, False, False, False, False]],
+                         ids=["dv", "dq", "dk_db", "dq_dk_zeros"])
 def test_partial_needs_and_the_fake_metadata(needs, helpers):
     call = helpers.make_call(n=33, m=70, dim=72, dim_v=16, grad_mode="hamming", weighting="token")
     got, ref, args = _grads(call, needs)
