@@ -1,4 +1,4 @@
-"""Hopper (sm_90) binary-attention backward in Gluon, ``hamming`` and ``stopgrad``: one warpgroup per 64 keys.
+"""Hopper (sm_90) binary-attention backward in Gluon, ``hamming`` and ``stopgrad``: a CTA per 64 or 128 keys.
 
 Unverified on a GPU (written offline; ``tests/codegen/test_gpu_hopper_bwd.py`` is its check). Compiled for
 sm_90 with Triton 3.6 by ``benchmarks/hopper_build.py`` (registers and spills printed there).
@@ -19,19 +19,20 @@ x queries (rows j, columns i). ``h_ij = <sgn q_i, sgn k_j>``; ``c_ij = (a_i scal
                                                   stride 0 on its broadcast dims; a table bias goes through a
                                                   dense (1, H, N, N) buffer)
 
-Parallelisation: program ``(pid_m, bh)`` owns keys ``[pid_m * 64, +64)`` of batch*head ``bh`` and walks
-every query tile. The key-side results (dV, db, dac, dsk) stay in registers and are stored once; the only
-query-side reduction, ``da_i`` (token weighting), is an atomic add per query row per key tile (``M/64``
-adds per row, none for mean_abs/none weighting); no second pass over the scores.
+Parallelisation: program ``(pid_m, bh)`` owns keys ``[pid_m * BLOCK_M, +BLOCK_M)`` of batch*head ``bh`` and
+walks every query tile. The key-side results (dV, db, dac, dsk) stay in registers and are stored once; the
+only query-side reduction, ``da_i`` (token weighting), is an atomic add per query row per key tile
+(``M / BLOCK_M`` adds per row, none for mean_abs/none weighting); no second pass over the scores.
 
-Partitions: none (no warp specialisation). 4 warps (one warpgroup) issue the TMA loads (one elected
-thread), the three wgmma and the elementwise work. Several CTAs share an SM.
+Partitions: none (no warp specialisation). ``num_warps = BLOCK_M // 16``: one warpgroup per 64 keys; the
+same warps issue the TMA loads (one elected thread), the three wgmma and the elementwise work. Several
+CTAs share an SM.
 
-Shared memory (bytes at BLOCK_M = BLOCK_N = 64, D = Dv = 64, STAGES 2, bf16; 36 KB; D = Dv = 128: 72 KB):
-    k_s   [NKC, BLOCK_M, KC]           float8 K signs (+-1.0), loaded once           4 KB
-    v_s   [1, BLOCK_M, DVP]            V tile (A operand of dP^T), loaded once       8 KB
-    q_s   [STAGES * NKC, BLOCK_N, KC]  float8 Q-sign tiles (K-major B operand)       2 x 4 KB
-    do_s  [STAGES, BLOCK_N, DVP]       dO tiles (B operand of dP^T and of dV)        2 x 8 KB
+Shared memory (STAGES 2, bf16; 36 KB at D = Dv = 64 with 128 keys x 32 queries, 48 KB at 128 with 64 x 32):
+    k_s   [NKC, BLOCK_M, KC]           float8 K signs (+-1.0), loaded once           8 KB  (128 x 64)
+    v_s   [1, BLOCK_M, DVP]            V tile (A operand of dP^T), loaded once       16 KB
+    q_s   [STAGES * NKC, BLOCK_N, KC]  float8 Q-sign tiles (K-major B operand)       2 x 2 KB (32 x 64)
+    do_s  [STAGES, BLOCK_N, DVP]       dO tiles (B operand of dP^T and of dV)        2 x 4 KB
     kv_bar [1], qd_bar [STAGES]        mbarriers (expect-tx; one per slot for q and dO together)
 Query tile t lives in slot ``t % STAGES``, barrier phase ``(t // STAGES) & 1``. Its readers are S_t, dP_t
 and dV_t; iteration t+1 refills the slot (tile t + STAGES) right after the wait that retires dV_t.
@@ -47,8 +48,11 @@ Per query tile t (wgmma groups in issue order; ``warpgroup_mma_wait(n)`` leaves 
     wait(1)                          retires dP_t; dV_t stays in flight
     dS     dS = p (dP - delta) and its reductions on the FMA/ALU units while dV_t runs
 
-Registers (4 warps, per thread): S, dP, p, dS at BLOCK_N/2 float32 each, P BLOCK_N/4, dV DVP/2 float32;
-``benchmarks/hopper_build.py`` prints ptxas' counts.
+Registers (per thread): S, dP, p, dS at BLOCK_N/2 float32 each, P BLOCK_N/4, dV DVP/2 float32, each
+per-query vector (m2, l2, delta, a) BLOCK_N/4. ptxas (Triton 3.6, sm_90, no spills): 120 at D = Dv = 64
+(128 x 32, mean_abs; 156 with token weighting and a head bias), 154 at 128 (64 x 32; 196);
+``benchmarks/hopper_build.py`` prints them per variant. SASS of the D 64 loop: 2 QGMMA, 4 + 2 HGMMA,
+16 MUFU.EX2, ~110 FP32 instructions per thread per 128 x 32 tile (no wgmma serialisation note).
 """
 from __future__ import annotations
 
