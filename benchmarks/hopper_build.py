@@ -117,8 +117,16 @@ BWD_VARIANTS = [
     BwdVariant("bwd_d128_bm128", (4, 16, 4096, 128, 128), config=(128, 32, 2)),
     BwdVariant("bwd_d64_token_head_bm64", (8, 8, 1024, 64, 64), weighting="token", bias="head",
                needs=(True, True, True, True, True, True), config=(64, 32, 2)),
+    BwdVariant("bwd_d64_ste_mean_abs", (8, 8, 4096, 64, 64), grad_mode="ste", main=True),
+    BwdVariant("bwd_d128_ste_mean_abs", (4, 16, 4096, 128, 128), grad_mode="ste", main=True),
+    BwdVariant("bwd_d64_ste_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head", grad_mode="ste",
+               needs=(True, True, True, True, True, True), main=True),
+    BwdVariant("bwd_d64_ste_dense", (8, 8, 1024, 64, 64), bias="dense", grad_mode="ste"),
+    BwdVariant("bwd_vit_ste_table_token", (16, 6, 197, 64, 64), weighting="token", bias="table", grad_mode="ste",
+               needs=(True, True, True, True, True, True)),
 ]
-BWD_QUICK = ("bwd_d64_hamming_mean_abs", "bwd_d128_hamming_mean_abs", "bwd_d64_hamming_token_head")
+BWD_QUICK = ("bwd_d64_hamming_mean_abs", "bwd_d128_hamming_mean_abs", "bwd_d64_hamming_token_head",
+             "bwd_d64_ste_mean_abs")
 
 
 def _inputs(var: Variant):
@@ -168,7 +176,7 @@ def _bwd_inputs(var: BwdVariant):
                     grad_mode=var.grad_mode)
     words = num_words(dim)
     bits = torch.zeros(bsz, heads, n, 1, words, dtype=torch.int32)
-    clip = torch.zeros(bsz, heads, n, 1, 0, dtype=torch.int32)
+    clip = torch.zeros(bsz, heads, n, 1, words if var.grad_mode == "ste" else 0, dtype=torch.int32)
     f32 = dict(dtype=torch.float32)
     saved = (torch.zeros(bsz, heads, n, **f32), bits, bits.clone(), clip, clip.clone(),
              torch.ones(bsz, heads, n, 1, **f32), torch.ones(bsz, heads, n, 1, **f32),
@@ -178,7 +186,7 @@ def _bwd_inputs(var: BwdVariant):
 
 
 def record_gluon_bwd(var: BwdVariant):
-    """``(gluon_launch, tl_launches)`` of one Gluon backward call, recorded on CPU tensors."""
+    """``(gluon_launches, tl_launches)`` of one Gluon backward call (ste: key and query kernels), on CPU tensors."""
     from bitlower.codegen.hopper import backward_launcher
     from bitlower.codegen.hopper.backward_support import HopperBackwardConfig
 
@@ -190,7 +198,7 @@ def record_gluon_bwd(var: BwdVariant):
     with mock.patch("torch.library.wrap_triton", kr.Recorder), mock.patch.object(backward_launcher, "_launch", record):
         backward_launcher.launch_hopper_backward(grad_out, v, bias, *saved, spec, var.shape[3], list(var.needs),
                                                  out=out, config=config)
-    return gluon_launches[0], list(kr.Recorder.launches)
+    return gluon_launches, list(kr.Recorder.launches)
 
 
 def ptxas_notes(ptx: str) -> str:
@@ -265,8 +273,10 @@ def jobs(quick: bool):
     for var in BWD_VARIANTS:
         if quick and var.name not in BWD_QUICK:
             continue
-        (kernel, args, kwargs), tl_launches = record_gluon_bwd(var)
-        add(f"gluon {var.name}", kernel, args, kwargs, (SM90,), var.main)
+        gluon_launches, tl_launches = record_gluon_bwd(var)
+        for kernel, args, kwargs in gluon_launches:
+            suffix = " (q)" if kernel.__name__.startswith("_binary_attn_bwd_q") else ""
+            add(f"gluon {var.name}{suffix}", kernel, args, kwargs, (SM90,), var.main)
         for tl_kernel, tl_args, tl_kwargs in tl_launches:
             add(f"{tl_kernel.__name__} ({var.name})", tl_kernel, tl_args, tl_kwargs, (SM80, SM90))
     shapes = (0,) if quick else (0, 1)

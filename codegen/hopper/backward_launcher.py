@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bitlower.packing import unpack_bits
 from bitlower.relpos import dense_to_table_grad
 
 from ..backward import _row_dots
@@ -31,32 +32,36 @@ from .config import sign_chunks, value_width
 from .launcher import _descriptor
 from .support import tma_readable
 
-FP8_ONE, FP8_MINUS_ONE = 0x38, 0xB8 - 256  # float8 e4m3 +1.0 / -1.0 as int8 bytes (stats.FP8_ONE); 0 is +0.0
+# +1.0 / -1.0 as raw bits (0 is +0.0): float8 e4m3 bytes (stats.FP8_ONE) and bf16 half-words (ste's operands)
+SIGN_BITS = {torch.float8_e4m3fn: (torch.int8, 0x38, 0xB8 - 256), torch.bfloat16: (torch.int16, 0x3F80, 0xBF80 - 65536)}
+Q_BLOCK_N, Q_BLOCK_M, Q_STAGES = 64, 32, 2  # the ste query kernel: 64 queries (one warpgroup) x 32-key tiles
 
 
 @triton.jit
-def _unpack_fp8_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
-                       BLOCK_L: tl.constexpr, ONE: tl.constexpr, MINUS_ONE: tl.constexpr):
-    """Packed words ``(R, W)`` -> float8 e4m3 bytes ``(R, DP)`` of ``+-1.0`` (0 past D); program = row block."""
+def _unpack_signs_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
+                         BLOCK_L: tl.constexpr, ONE: tl.constexpr, MINUS_ONE: tl.constexpr):
+    """Packed words ``(R, W)`` -> the raw bits ``(R, DP)`` of ``+-1.0`` (0 past D); program = row block."""
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     row_mask = rows < total_rows
     rows64 = rows.to(tl.int64)
     signs = load_signs(bits_ptr, rows64, row_mask, words, D, DP, True)  # int8 +-1, 0 past D
-    byte = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(tl.int8)
+    raw = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(signs_ptr.dtype.element_ty)
     d = tl.arange(0, DP)
-    tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], byte, mask=row_mask[:, None])
+    tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], raw, mask=row_mask[:, None])
 
 
-def fp8_signs(bits: torch.Tensor, dim: int) -> torch.Tensor:
-    """float8 e4m3 ``(B*H, L, DP)`` ``+-1.0`` signs (0 past ``dim``) of packed ``(B, H, L, 1, W)`` bits."""
+def sign_tiles(bits: torch.Tensor, dim: int, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
+    """``(B*H, L, DP)`` ``+-1.0`` signs in ``dtype`` (float8 e4m3 or bf16; 0 past ``dim``) of packed
+    ``(B, H, L, 1, W)`` bits."""
     bsz, heads, length = bits.shape[:3]
     dp = padded_dim(dim)
-    out = torch.empty(bsz * heads, length, dp, dtype=torch.int8, device=bits.device)
+    raw_dtype, one, minus_one = SIGN_BITS[dtype]
+    out = torch.empty(bsz * heads, length, dp, dtype=raw_dtype, device=bits.device)
     rows = bsz * heads * length
-    torch.library.wrap_triton(_unpack_fp8_kernel)[(triton.cdiv(rows, PROLOGUE_ROWS),)](
-        bits, out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, ONE=FP8_ONE, MINUS_ONE=FP8_MINUS_ONE,
+    torch.library.wrap_triton(_unpack_signs_kernel)[(triton.cdiv(rows, PROLOGUE_ROWS),)](
+        bits, out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, ONE=one, MINUS_ONE=minus_one,
         num_warps=PROLOGUE_WARPS)
-    return out.view(torch.float8_e4m3fn)
+    return out.view(dtype)
 
 
 def _launch(kernel, grid, args, kwargs) -> None:
@@ -71,7 +76,8 @@ def _wants(spec, needs) -> dict:
     return dict(NEED_DV=bool(needs[2]), NEED_DB=bool(needs[4] or (chain and needs[1])),
                 NEED_DA_COLS=bool(chain and needs[0]), NEED_DA_ROWS=bool(needs[3]),
                 HEAD_DBIAS=bool(bias_grad and spec.bias_kind == "head"),
-                DENSE_DBIAS=bool(bias_grad and spec.bias_kind != "head"))
+                DENSE_DBIAS=bool(bias_grad and spec.bias_kind != "head"),
+                NEED_DK=bool(spec.grad_mode == "ste" and needs[1]))
 
 
 def _bias_operands(bias, spec, shape4, dense_grad: bool):
@@ -96,15 +102,20 @@ def _bias_operands(bias, spec, shape4, dense_grad: bool):
     return code, tensor, strides, buf, tuple(buf.expand(shape4).stride())
 
 
-def _chain(d_own, signs, length: int, dim: int, spec, need: bool, shape):
-    """dq (or dk) of hamming: ``sum_i da_i sgn / (L D)`` for mean_abs, zeros otherwise; None when not wanted."""
+def _chain(raw, own, clip, d_own, signs, length: int, dim: int, spec, need: bool, shape):
+    """dq (or dk): ste's sign term ``raw * clip * (scale a)`` (``raw`` the kernel's sums, tl.dot's rounding
+    order) plus, for mean_abs, ``sum_i da_i sgn / (L D)``; zeros for hamming without mean_abs; None when not
+    wanted."""
     if not need or not spec.qk_grad:
         return None
+    grad = torch.zeros(shape, dtype=torch.float32, device=signs.device) if raw is None else raw
+    if raw is not None:
+        grad = (grad * unpack_bits(clip[:, :, :, 0], dim)) * (spec.scale * own)  # (B, H, L, D)
     if spec.weighting != "mean_abs":
-        return torch.zeros(shape, dtype=torch.float32, device=signs.device)
+        return grad
     total = d_own.sum(dim=(2, 3))  # (B, H)
     sgn = signs.view(shape[0], shape[1], length, -1)[..., :dim].to(torch.float32)  # (B, H, L, D) +-1
-    return sgn * (total / (length * dim))[:, :, None, None]
+    return grad + sgn * (total / (length * dim))[:, :, None, None]
 
 
 def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim,
@@ -134,35 +145,61 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     dev = v.device
     f32 = dict(dtype=torch.float32, device=dev)
     delta = _row_dots(out, grad_out, lse) if need_ds else lse  # (B, H, N) float32
-    q_signs, k_signs = fp8_signs(qbits, head_dim), fp8_signs(kbits, head_dim)  # (B*H, L, DP) float8
+    ste = spec.grad_mode == "ste"  # the sign products take bf16 +-1 operands (S too), else float8
+    sign_dtype = torch.bfloat16 if ste else torch.float8_e4m3fn
+    q_signs, k_signs = sign_tiles(qbits, head_dim, sign_dtype), sign_tiles(kbits, head_dim, sign_dtype)
     code, beta, strides, gbias, gstrides = _bias_operands(bias, spec, (bsz, heads, n, m), wants["DENSE_DBIAS"])
     dv = torch.empty(bsz, heads, m, dim_v, dtype=v.dtype, device=dev) if wants["NEED_DV"] else None
     db = torch.empty(bsz, heads, m, 1, **f32) if wants["NEED_DB"] else None
     da_cols = torch.empty(bsz, heads, m, 1, **f32) if wants["NEED_DA_COLS"] else None
     da = torch.zeros(bsz, heads, n, 1, **f32) if wants["NEED_DA_ROWS"] else None  # atomics add into it
     ds_keys = torch.empty(bsz, heads, m, **f32) if wants["HEAD_DBIAS"] else None
+    dk_raw = torch.empty(bsz, heads, m, head_dim, **f32) if wants["NEED_DK"] else None
     cfg = config or hopper_backward_config(n, head_dim, dim_v)
     kc, nkc = sign_chunks(head_dim)
     dvp = value_width(dim_v)
     go = tma_readable(grad_out if grad_out.dtype == v.dtype else grad_out.to(v.dtype))
     k_desc = _descriptor(k_signs, [1, cfg.block_m, kc])
     q_desc = _descriptor(q_signs, [1, cfg.block_n, kc])
-    v_desc = _descriptor(tma_readable(v), [1, 1, cfg.block_m, dvp])
+    vv = tma_readable(v)
+    v_desc = _descriptor(vv, [1, 1, cfg.block_m, dvp])
     do_desc = _descriptor(go, [1, 1, cfg.block_n, dvp])
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     from .kernel_bwd import _binary_attn_bwd_sm90_kernel
 
     args = (k_desc, q_desc, v_desc, do_desc, row_state.contiguous(), delta, a.contiguous(), b.contiguous(),
-            pick(beta), pick(gbias), pick(dv), pick(db), pick(da_cols), pick(da), pick(ds_keys),
+            pick(beta), pick(gbias), pick(dv), pick(db), pick(da_cols), pick(da), pick(ds_keys), pick(dk_raw),
             *strides, *gstrides, heads, n, m, float(spec.scale), spec.scale * LOG2E.value)
-    kwargs = dict(DV=dim_v, NKC=nkc, STAGES=cfg.stages, BIAS=code, EVEN_M=m % cfg.block_m == 0,
+    kwargs = dict(D=head_dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, BIAS=code, EVEN_M=m % cfg.block_m == 0,
                   MEAN_ABS=spec.weighting == "mean_abs", num_warps=cfg.num_warps, **wants)
     if any(wants.values()):  # else only dq/dk of a non-mean_abs hamming call (zeros) or nothing is wanted
         _launch(_binary_attn_bwd_sm90_kernel, (triton.cdiv(m, cfg.block_m), bsz * heads), args, kwargs)
-    dq = _chain(da_cols, q_signs, n, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
-    dk = _chain(db, k_signs, m, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
+    dq_raw = None
+    if ste and needs[0]:
+        dq_raw = _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec,
+                                 (bsz, heads, n, m, head_dim, dvp), kc)
+    dq = _chain(dq_raw, a, qclip, da_cols, q_signs, n, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
+    dk = _chain(dk_raw, b, kclip, db, k_signs, m, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, _finish_bias_grad(bias, spec, gbias,
                                                                                               ds_keys)
+
+
+def _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec, dims, kc):
+    """ste: ``kernel_bwd_q._binary_attn_bwd_q_sm90_kernel`` over ``(cdiv(N, 64), B*H)``; the raw dq sums."""
+    bsz, heads, n, m, head_dim, dvp = dims
+    from .kernel_bwd_q import _binary_attn_bwd_q_sm90_kernel
+
+    dq_raw = torch.empty(bsz, heads, n, head_dim, dtype=torch.float32, device=go.device)
+    q_desc = _descriptor(q_signs, [1, Q_BLOCK_N, kc])
+    k_desc = _descriptor(k_signs, [1, Q_BLOCK_M, kc])
+    do_desc = _descriptor(go, [1, 1, Q_BLOCK_N, dvp])
+    v_desc = _descriptor(vv, [1, 1, Q_BLOCK_M, dvp])
+    args = (q_desc, k_desc, do_desc, v_desc, row_state.contiguous(), delta, a.contiguous(), b.contiguous(),
+            delta if beta is None else beta, dq_raw, *strides[:4], heads, n, m, spec.scale * LOG2E.value)
+    kwargs = dict(D=head_dim, STAGES=Q_STAGES, BIAS=code, EVEN_M=m % Q_BLOCK_M == 0,
+                  MEAN_ABS=spec.weighting == "mean_abs", num_warps=Q_BLOCK_N // 16)
+    _launch(_binary_attn_bwd_q_sm90_kernel, (triton.cdiv(n, Q_BLOCK_N), bsz * heads), args, kwargs)
+    return dq_raw
 
 
 def _finish_bias_grad(bias, spec, gbias, ds_keys):

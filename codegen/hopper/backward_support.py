@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from ..plan import CallFacts, DeviceFacts
 from . import support
+from .config import sign_chunks
 from .support import BIAS_KINDS, DTYPES, MAX_BATCH_HEADS, MAX_TILE_OFFSET, MIN_DIM, WEIGHTINGS
 
-GRAD_MODES = ("hamming", "stopgrad")  # no dQ/dK matrix products; ste's sign gradients are the tl.dot kernels'
+GRAD_MODES = ("hamming", "stopgrad", "ste")  # ste: D with one sign chunk (config.sign_chunks): 16-64, 97-128
 MAX_BWD_DIM = 128  # dV (DVP/2 float32) + S, dP, P, dS (BLOCK_N/2 float32 each) within 255 registers
 
 
@@ -87,7 +88,7 @@ def hopper_backward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
     if reason:
         return reason.replace("Hopper forward", "Hopper backward")
     if spec.grad_mode not in GRAD_MODES:
-        return f"the Hopper backward covers grad_mode {GRAD_MODES}, got {spec.grad_mode!r} (ste: the tl.dot backward)"
+        return f"the Hopper backward covers grad_mode {GRAD_MODES}, got {spec.grad_mode!r}"
     if call.dtype not in DTYPES:
         return f"the Hopper backward takes float16/bfloat16 grad_out and v, got {call.dtype}"
     if spec.weighting not in WEIGHTINGS:
@@ -105,6 +106,9 @@ def _shape_reason(call: CallFacts, spec) -> str | None:
     if not MIN_DIM <= call.dim_v <= MAX_BWD_DIM or call.dim_v % 8:
         return (f"the Hopper backward needs Dv in [{MIN_DIM}, {MAX_BWD_DIM}] and a multiple of 8 (16-byte rows of "
                 f"v and grad_out), got {call.dim_v}")
+    if spec.grad_mode == "ste" and sign_chunks(call.dim)[1] != 1:
+        return (f"the Hopper backward's ste sign products take D in one power-of-two chunk (16-64, 97-128), "
+                f"got {call.dim}")
     if spec.bias_kind == "table" and call.n != call.m:
         return "the Hopper backward's table bias needs self-attention (N == M)"
     if call.batch * call.heads > MAX_BATCH_HEADS:

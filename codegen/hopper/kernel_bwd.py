@@ -161,26 +161,29 @@ def _reduce(ds, h, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_bas
 @gluon.jit
 def _binary_attn_bwd_sm90_kernel(
     k_desc, q_desc, v_desc, do_desc, state_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr,
-    dv_ptr, db_ptr, da_cols_ptr, da_rows_ptr, ds_keys_ptr,
+    dv_ptr, db_ptr, da_cols_ptr, da_rows_ptr, ds_keys_ptr, dk_ptr,
     s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, H, N, M, scale, scale_log2,
-    DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, BIAS: gl.constexpr,
+    D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, BIAS: gl.constexpr,
     NEED_DV: gl.constexpr, NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
     HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
-    num_warps: gl.constexpr,
+    NEED_DK: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Binary attention backward (hamming/stopgrad) of one (key tile, batch*head); see the module notation."""
     BLOCK_M: gl.constexpr = k_desc.block_type.shape[1]
     KC: gl.constexpr = k_desc.block_type.shape[2]
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
     DVP: gl.constexpr = v_desc.block_type.shape[3]
-    NEED_DS: gl.constexpr = NEED_DB or NEED_DA_COLS or NEED_DA_ROWS or HEAD_DBIAS or DENSE_DBIAS
+    NEED_DS: gl.constexpr = NEED_DB or NEED_DA_COLS or NEED_DA_ROWS or HEAD_DBIAS or DENSE_DBIAS or NEED_DK
+    SK: gl.constexpr = 32 if q_desc.dtype.is_fp8() else 16  # K of one wgmma: float8 signs, or bf16 (ste)
     t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 32])
+                                                       instr_shape=[16, BLOCK_N, SK])
     dp_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                         instr_shape=[16, BLOCK_N, 16])
     dv_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                         instr_shape=[16, DVP, 16])
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dv_layout, k_width=2)
+    dk_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                        instr_shape=[16, KC, 16])
     key_layout: gl.constexpr = gl.SliceLayout(1, t_layout)
     pid_m = gl.program_id(0)
     bh = gl.program_id(1)
@@ -233,11 +236,12 @@ def _binary_attn_bwd_sm90_kernel(
         gbias_base = gbias_ptr + b.to(gl.int64) * s_gb + h.to(gl.int64) * s_gh
     mbarrier.wait(kv_bar.index(0), 0)
 
-    dv, db_acc, dac_acc, dsk_acc = _walk_queries(
+    dv, dk, db_acc, dac_acc, dsk_acc = _walk_queries(
         q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr, bias_base,
         gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, bh64 * N, N, n_tiles, keys, key_mask, b_keys, head_shift2,
-        c_head, scale, scale_log2, BIAS, NEED_DS, NEED_DB, NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS, DENSE_DBIAS,
-        EVEN_M, MEAN_ABS, BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES, t_layout, dp_layout, dv_layout, p_layout)
+        a_head, c_head, scale, scale_log2, BIAS, NEED_DS, NEED_DB, NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS,
+        DENSE_DBIAS, EVEN_M, MEAN_ABS, NEED_DK, BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES, t_layout, dp_layout,
+        dv_layout, p_layout, dk_layout)
 
     mbarrier.invalidate(kv_bar.index(0))
     for i in gl.static_range(STAGES):
@@ -256,18 +260,28 @@ def _binary_attn_bwd_sm90_kernel(
         v_cols = gl.arange(0, DVP, layout=gl.SliceLayout(0, dv_layout))
         ptrs = dv_ptr + (bh64 * M + v_rows)[:, None] * DV + v_cols[None, :]
         gl.store(ptrs, dv.to(dv_ptr.dtype.element_ty), mask=(v_rows < M)[:, None] & (v_cols < DV)[None, :])
+    if NEED_DK:  # the raw sums sum_i dS_ij a_i sgn q_i; the launcher applies scale b_j and the clip bits
+        k_rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dk_layout))
+        k_cols = gl.arange(0, KC, layout=gl.SliceLayout(0, dk_layout))
+        gl.store(dk_ptr + (bh64 * M + k_rows)[:, None] * D + k_cols[None, :], dk,
+                 mask=(k_rows < M)[:, None] & (k_cols < D)[None, :])
 
 
 @gluon.jit
 def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr,
                   bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, row0, N, n_tiles, keys, key_mask,
-                  b_keys, head_shift2, c_head, scale, scale_log2, BIAS: gl.constexpr, NEED_DS: gl.constexpr,
+                  b_keys, head_shift2, a_head, c_head, scale, scale_log2, BIAS: gl.constexpr, NEED_DS: gl.constexpr,
                   NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
                   HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
+                  NEED_DK: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
                   DVP: gl.constexpr, STAGES: gl.constexpr, t_layout: gl.constexpr, dp_layout: gl.constexpr,
-                  dv_layout: gl.constexpr, p_layout: gl.constexpr):
-    """Every query tile of the program (module notation): ``(dV, db_acc, dac_acc, dsk_acc)``, dV retired."""
+                  dv_layout: gl.constexpr, p_layout: gl.constexpr, dk_layout: gl.constexpr):
+    """Every query tile of the program (module notation): ``(dV, dK, db_acc, dac_acc, dsk_acc)``, retired.
+
+    ``NEED_DK`` (ste): ``dK += bf16(dS a) . Q_t`` after the dS work, in flight with dV_t until the next
+    iteration's first wait (which then retires dV_{t-1}, dK_{t-1} and S_t)."""
+    dsa_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk_layout, k_width=2)
     key_layout: gl.constexpr = gl.SliceLayout(1, t_layout)
     q_base = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, t_layout))
     db_acc = gl.zeros([BLOCK_M], gl.float32, key_layout)
@@ -275,6 +289,11 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
     dsk_acc = gl.zeros([BLOCK_M], gl.float32, key_layout)
     p_op = gl.zeros([BLOCK_M, BLOCK_N], do_desc.dtype, p_layout)
     dv = warpgroup_mma_init(gl.zeros([BLOCK_M, DVP], gl.float32, dv_layout))  # loop-carried as an async result
+    dk = dv  # unused unless NEED_DK
+    dsa_op = p_op
+    if NEED_DK:
+        dk = warpgroup_mma_init(gl.zeros([BLOCK_M, KC], gl.float32, dk_layout))
+        dsa_op = gl.zeros([BLOCK_M, BLOCK_N], do_desc.dtype, dsa_layout)
     # S and dP are loop-carried and re-enter every wgmma with use_acc=False. They enter the loop as wgmma
     # results (tile 0's products, discarded): entering as zeros, a non-wgmma definition of accumulator
     # registers, makes ptxas serialise every wgmma of the kernel (C7515; offline, Triton 3.6).
@@ -298,7 +317,10 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
         for c in gl.static_range(NKC):
             s = warpgroup_mma(k_s.index(c), q_s.index(slot * NKC + c).permute((1, 0)), s, use_acc=c > 0,
                               is_async=True)
-        if NEED_DS:
+        if NEED_DK:
+            dp = warpgroup_mma(v_s.index(0), do_s.index(slot).permute((1, 0)), dp, use_acc=False, is_async=True)
+            s, dv, p_op, dk, dsa_op = warpgroup_mma_wait(num_outstanding=1, deps=(s, dv, p_op, dk, dsa_op))
+        elif NEED_DS:
             dp = warpgroup_mma(v_s.index(0), do_s.index(slot).permute((1, 0)), dp, use_acc=False, is_async=True)
             s, dv, p_op = warpgroup_mma_wait(num_outstanding=1, deps=(s, dv, p_op))  # dP_t stays in flight
         else:
@@ -316,5 +338,15 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
             db_acc, dac_acc, dsk_acc = _reduce(ds, s, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_base,
                                                s_gn, s_gm, row0, qrows, q_mask, keys, key_mask, scale, NEED_DB,
                                                NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS, DENSE_DBIAS, MEAN_ABS)
-    dv, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(dv, p_op))
-    return dv, db_acc, dac_acc, dsk_acc
+            if NEED_DK:
+                if MEAN_ABS:
+                    dsa = ds * a_head
+                else:
+                    dsa = ds * a_q[None, :]
+                dsa_op = gl.convert_layout(dsa.to(do_desc.dtype), dsa_layout)
+                dk = warpgroup_mma(dsa_op, q_s.index(slot * NKC), dk, is_async=True)  # NKC == 1 under ste
+    if NEED_DK:
+        dv, p_op, dk, dsa_op = warpgroup_mma_wait(num_outstanding=0, deps=(dv, p_op, dk, dsa_op))
+    else:
+        dv, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(dv, p_op))
+    return dv, dk, db_acc, dac_acc, dsk_acc

@@ -44,7 +44,7 @@ def test_default_plan_keeps_the_tl_dot_backward(gluon_ok):
     assert isinstance(plan, BackwardPlan) and plan.kernel == "tldot"
 
 
-@pytest.mark.parametrize("mode", ["hamming", "stopgrad"])
+@pytest.mark.parametrize("mode", ["hamming", "stopgrad", "ste"])
 @pytest.mark.parametrize("weighting, bias_kind", [("mean_abs", "none"), ("none", "head"), ("token", "dense"),
                                                   ("token", "table"), ("mean_abs", "mask")])
 def test_hopper_plan_when_asked(mode, weighting, bias_kind, gluon_ok):
@@ -55,7 +55,7 @@ def test_hopper_plan_when_asked(mode, weighting, bias_kind, gluon_ok):
 
 
 @pytest.mark.parametrize("facts, spec, device, words", [
-    (dict(), dict(grad_mode="ste"), SM90, "grad_mode"),
+    (dict(dim=72), dict(grad_mode="ste"), SM90, "one power-of-two chunk"),
     (dict(), dict(grad_mode="hamming", pv_quant="int8"), SM90, "pv_quant"),
     (dict(dtype=torch.float32), dict(grad_mode="hamming"), SM90, "float16/bfloat16"),
     (dict(dim=256), dict(grad_mode="hamming"), SM90, "D in [16, 128]"),
@@ -92,25 +92,34 @@ def test_config_table_and_validation():
         HopperBackwardConfig(stages=1)
 
 
-def _emulate(kernel, grid, args, kwargs):
-    """``_binary_attn_bwd_sm90_kernel``'s contract in PyTorch (float32), from its arguments (descriptors are
-    the tensors themselves here): the module notation of ``kernel_bwd``."""
-    (ks, qs, v, go, state, delta, a, b, bias, gbias, dv, db, dac, da, dsk,
-     sbb, sbh, sbn, sbm, sgb, sgh, sgn, sgm, heads, n, m, scale, scale_log2) = args
-    f32, bsz = torch.float32, v.shape[0]
-    assert grid == (-(-m // (16 * kwargs["num_warps"])), bsz * heads)  # one 16-row wgmma slab per warp
+def _probs(qs, ks, state, a, b, bias, sbb, sbh, sbn, sbm, heads, n, m, scale_log2, code, bsz):
+    """``(h, p)`` ``(B, H, N, M)`` float32 of the kernels' notation from their arguments."""
+    f32 = torch.float32
     h = qs.to(f32).view(bsz, heads, n, -1) @ ks.to(f32).view(bsz, heads, m, -1).transpose(-1, -2)  # (B, H, N, M)
     x = h * ((a.view(bsz, heads, n, 1) * scale_log2) * b.view(bsz, heads, 1, m))
     m2, l2 = state[..., 0], state[..., 1]  # (B, H, N)
-    if kwargs["BIAS"] == 1:
+    if code == 1:
         m2 = m2 - bias.view(1, heads, 1) * LOG2E
-    if kwargs["BIAS"] in (3, 4):
+    if code in (3, 4):
         beta = torch.as_strided(bias, (bsz, heads, n, m), (sbb, sbh, sbn, sbm))
-        if kwargs["BIAS"] == 3:
+        if code == 3:
             x = torch.maximum(x + beta.to(f32) * LOG2E, beta.to(f32) * TINY - FLT_MAX)
         else:
             x = torch.where(beta, x, float("-inf"))
-    p = torch.exp2((x - m2.clamp_min(-FLT_MAX)[..., None]) - l2.clamp_min(-FLT_MAX)[..., None])
+    return h, torch.exp2((x - m2.clamp_min(-FLT_MAX)[..., None]) - l2.clamp_min(-FLT_MAX)[..., None])
+
+
+def _emulate(kernel, grid, args, kwargs):
+    """The Gluon kernels' contracts in PyTorch (float32), from their arguments (descriptors are the tensors
+    themselves here): the module notation of ``kernel_bwd`` and ``kernel_bwd_q``."""
+    if kernel.__name__ == "_binary_attn_bwd_q_sm90_kernel":
+        return _emulate_queries(grid, args, kwargs)
+    (ks, qs, v, go, state, delta, a, b, bias, gbias, dv, db, dac, da, dsk, dk,
+     sbb, sbh, sbn, sbm, sgb, sgh, sgn, sgm, heads, n, m, scale, scale_log2) = args
+    f32, bsz = torch.float32, v.shape[0]
+    assert grid == (-(-m // (16 * kwargs["num_warps"])), bsz * heads)  # one 16-row wgmma slab per warp
+    assert qs.dtype == (torch.bfloat16 if kwargs["NEED_DK"] else torch.float8_e4m3fn)
+    h, p = _probs(qs, ks, state, a, b, bias, sbb, sbh, sbn, sbm, heads, n, m, scale_log2, kwargs["BIAS"], bsz)
     if kwargs["NEED_DV"]:
         dv.copy_(p.transpose(-1, -2) @ go.to(f32))
     ds = p * (go.to(f32) @ v.to(f32).transpose(-1, -2) - delta[..., None])
@@ -123,10 +132,25 @@ def _emulate(kernel, grid, args, kwargs):
         da += scale * (dsh * b.view(bsz, heads, 1, m)).sum(3, keepdim=True)
     if kwargs["HEAD_DBIAS"]:
         dsk.copy_(ds.sum(2))
+    if kwargs["NEED_DK"]:  # raw sums sum_i dS_ij a_i sgn q_i (the kernel's wgmma operand is bf16(dS a))
+        sq = qs.to(f32).view(bsz, heads, n, -1)[..., :kwargs["D"]]
+        dk.copy_((ds * a.view(bsz, heads, n, 1)).transpose(-1, -2) @ sq)
     if kwargs["DENSE_DBIAS"]:
         idx = [torch.arange(size).view([-1 if d == k else 1 for k in range(4)]) * stride
                for d, (size, stride) in enumerate(zip((bsz, heads, n, m), (sgb, sgh, sgn, sgm)))]
         gbias.view(-1).index_add_(0, (idx[0] + idx[1] + idx[2] + idx[3]).flatten(), ds.flatten())
+
+
+def _emulate_queries(grid, args, kwargs):
+    """``_binary_attn_bwd_q_sm90_kernel``: ``dq_raw = sum_j dS_ij b_j sgn k_j`` (ste; the kernel's wgmma operand
+    is bf16(dS b): float32 here, the test checks the assembly)."""
+    qs, ks, go, v, state, delta, a, b, bias, dq, sbb, sbh, sbn, sbm, heads, n, m, scale_log2 = args
+    f32, bsz = torch.float32, v.shape[0]
+    assert grid == (-(-n // 64), bsz * heads) and qs.dtype == ks.dtype == torch.bfloat16
+    h, p = _probs(qs, ks, state, a, b, bias, sbb, sbh, sbn, sbm, heads, n, m, scale_log2, kwargs["BIAS"], bsz)
+    ds = p * (go.to(f32) @ v.to(f32).transpose(-1, -2) - delta[..., None])
+    sk = ks.to(f32).view(bsz, heads, m, -1)[..., :kwargs["D"]]
+    dq.copy_((ds * b.view(bsz, heads, 1, m)) @ sk)
 
 
 def _grads(call, needs):
@@ -149,6 +173,10 @@ CASES = [
     dict(grad_mode="hamming", weighting="token", bias_kind="mask"),
     dict(grad_mode="stopgrad", weighting="token", bias_kind="dense"),
     dict(grad_mode="stopgrad"),
+    dict(),
+    dict(weighting="token", bias_kind="head"),
+    dict(weighting="none", bias_kind="dense"),
+    dict(bias_kind="table", grid=(3, 3, 1), weighting="token"),
 ]
 
 
@@ -191,12 +219,13 @@ def test_launcher_needs_the_forward_output(helpers):
         backward_launcher.launch_hopper_backward(out, v, bias, *saved, spec, q.shape[-1], [True] * 6, out=None)
 
 
-def test_float8_sign_unpack_matches_the_bits(helpers):
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.bfloat16], ids=str)
+def test_sign_unpack_matches_the_bits(dtype, helpers):
     q = helpers.make_call(dim=72)[0]
     bits = reference.forward(q, q, q, None, None, None, CallSpec(scale=0.1))[2]  # qbits (B, H, L, 1, W)
-    signs = backward_launcher.fp8_signs(bits, 72)  # (B*H, L, 128)
+    signs = backward_launcher.sign_tiles(bits, 72, dtype)  # (B*H, L, 128)
     want = torch.where(q >= 0, 1.0, -1.0).reshape(-1, q.shape[2], 72)
-    assert signs.dtype == torch.float8_e4m3fn and signs.shape == (want.shape[0], q.shape[2], 128)
+    assert signs.dtype == dtype and signs.shape == (want.shape[0], q.shape[2], 128)
     assert torch.equal(signs[..., :72].to(torch.float32), want)
     assert not signs[..., 72:].to(torch.float32).any()
 
@@ -218,7 +247,7 @@ def test_build_check_compiles_every_backward_kind(gluon_ok):
     """CI's offline sm_90 build (``benchmarks/hopper_build.py``) covers each mode, weighting and bias kind, and
     every variant is a call the plan gives the Hopper backward."""
     variants = _build_module().BWD_VARIANTS
-    assert {v.grad_mode for v in variants} == {"hamming", "stopgrad"}
+    assert {v.grad_mode for v in variants} == {"hamming", "stopgrad", "ste"}
     assert {v.weighting for v in variants} == {"mean_abs", "none", "token"}
     assert {v.bias for v in variants} == {"none", "head", "dense", "mask", "table"}
     assert {v.shape[3] for v in variants} >= {64, 128} and {v.dtype for v in variants} == {torch.bfloat16,
