@@ -141,11 +141,11 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     bsz, heads, n = lse.shape
     m, dim_v = v.shape[2], v.shape[-1]
     wants = _wants(spec, needs)
-    need_ds = any(flag for key, flag in wants.items() if key != "NEED_DV")
+    ste = spec.grad_mode == "ste"  # the sign products take bf16 +-1 operands (S too), else float8
+    need_ds = any(flag for key, flag in wants.items() if key != "NEED_DV") or (ste and needs[0])  # dq: dS too
     dev = v.device
     f32 = dict(dtype=torch.float32, device=dev)
     delta = _row_dots(out, grad_out, lse) if need_ds else lse  # (B, H, N) float32
-    ste = spec.grad_mode == "ste"  # the sign products take bf16 +-1 operands (S too), else float8
     sign_dtype = torch.bfloat16 if ste else torch.float8_e4m3fn
     q_signs, k_signs = sign_tiles(qbits, head_dim, sign_dtype), sign_tiles(kbits, head_dim, sign_dtype)
     code, beta, strides, gbias, gstrides = _bias_operands(bias, spec, (bsz, heads, n, m), wants["DENSE_DBIAS"])

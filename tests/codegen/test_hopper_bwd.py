@@ -118,7 +118,7 @@ def _emulate(kernel, grid, args, kwargs):
      sbb, sbh, sbn, sbm, sgb, sgh, sgn, sgm, heads, n, m, scale, scale_log2) = args
     f32, bsz = torch.float32, v.shape[0]
     assert grid == (-(-m // (16 * kwargs["num_warps"])), bsz * heads)  # one 16-row wgmma slab per warp
-    assert qs.dtype == (torch.bfloat16 if kwargs["NEED_DK"] else torch.float8_e4m3fn)
+    assert qs.dtype == ks.dtype and (qs.dtype == torch.bfloat16 or not kwargs["NEED_DK"])  # ste: bf16 signs
     h, p = _probs(qs, ks, state, a, b, bias, sbb, sbh, sbn, sbm, heads, n, m, scale_log2, kwargs["BIAS"], bsz)
     if kwargs["NEED_DV"]:
         dv.copy_(p.transpose(-1, -2) @ go.to(f32))
@@ -200,8 +200,9 @@ def test_launcher_assembles_the_reference_gradients(case, helpers):
 @pytest.mark.parametrize("needs", [[False, False, True, False, False, False], [True, False, False, False, False, False],
                                    [False, True, False, False, True, False], [True, True, False, False, False, False]],
                          ids=["dv", "dq", "dk_db", "dq_dk_zeros"])
-def test_partial_needs_and_the_fake_metadata(needs, helpers):
-    call = helpers.make_call(n=33, m=70, dim=72, dim_v=16, grad_mode="hamming", weighting="token")
+@pytest.mark.parametrize("grad_mode, dim", [("hamming", 72), ("ste", 64)])
+def test_partial_needs_and_the_fake_metadata(needs, grad_mode, dim, helpers):
+    call = helpers.make_call(n=33, m=70, dim=dim, dim_v=16, grad_mode=grad_mode, weighting="token")
     got, ref, args = _grads(call, needs)
     do, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim, _ = args
     shapes = backward_op.wanted_shapes(do, v, bias, a, b, spec, head_dim, needs)
