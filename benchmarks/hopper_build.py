@@ -122,6 +122,7 @@ BWD_VARIANTS = [
     BwdVariant("bwd_d64_ste_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head", grad_mode="ste",
                needs=(True, True, True, True, True, True), main=True),
     BwdVariant("bwd_d64_ste_dense", (8, 8, 1024, 64, 64), bias="dense", grad_mode="ste"),
+    BwdVariant("bwd_d64_ste_bm128", (8, 8, 4096, 64, 64), grad_mode="ste", config=(128, 32, 2)),
     BwdVariant("bwd_vit_ste_table_token", (16, 6, 197, 64, 64), weighting="token", bias="table", grad_mode="ste",
                needs=(True, True, True, True, True, True)),
 ]

@@ -155,7 +155,7 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     da = torch.zeros(bsz, heads, n, 1, **f32) if wants["NEED_DA_ROWS"] else None  # atomics add into it
     ds_keys = torch.empty(bsz, heads, m, **f32) if wants["HEAD_DBIAS"] else None
     dk_raw = torch.empty(bsz, heads, m, head_dim, **f32) if wants["NEED_DK"] else None
-    cfg = config or hopper_backward_config(n, head_dim, dim_v)
+    cfg = config or hopper_backward_config(n, head_dim, dim_v, spec.grad_mode)
     kc, nkc = sign_chunks(head_dim)
     dvp = value_width(dim_v)
     go = tma_readable(grad_out if grad_out.dtype == v.dtype else grad_out.to(v.dtype))

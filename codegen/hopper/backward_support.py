@@ -49,7 +49,7 @@ class HopperBackwardConfig:
         return self.block_m // 16
 
 
-def hopper_backward_config(n: int, dim: int, dim_v: int) -> HopperBackwardConfig:
+def hopper_backward_config(n: int, dim: int, dim_v: int, grad_mode: str = "hamming") -> HopperBackwardConfig:
     """The tile table (offline, ptxas of Triton 3.6; unmeasured: the GPU session's sweep decides).
 
     Registers per thread (hamming mean_abs; token + head bias in brackets), 32 queries per tile:
@@ -60,7 +60,11 @@ def hopper_backward_config(n: int, dim: int, dim_v: int) -> HopperBackwardConfig
     Every key-tile CTA streams all of its head's Q signs, dO and row vectors: ``(DP + 2 Dv + 16) / BLOCK_M``
     bytes per score from L2 (3.25 at D 64 with 64 keys, ~6 TB/s at the predicted rate): 128 keys halve it
     at D <= 64 for the same warps per SM; at D 128, 64 keys keep 12 warps per SM instead of 8.
+    ste (the dK accumulator, KC / 2 float32 more): 64 keys everywhere, 159 registers at D 64 (3 CTAs, 12 warps
+    per SM; 128 keys: 160, 1 CTA of 8 warps), 232 at 128; its query kernel 98 / 142.
     """
+    if grad_mode == "ste":
+        return HopperBackwardConfig(64, 32, 2)
     if max(dim, dim_v) <= 64:
         return HopperBackwardConfig(128, 32, 2)
     return HopperBackwardConfig(64, 32, 2)
