@@ -1,4 +1,4 @@
-"""GPU checks of the Hopper Gluon backward (hamming, stopgrad) against a float64 reference (``pytest -m gpu``).
+"""GPU checks of the Hopper Gluon backward (hamming, stopgrad, ste) against a float64 reference (``pytest -m gpu``).
 
 Not yet run: written offline (no GPU lent that session); the next GPU session runs it on the H200.
 
@@ -7,10 +7,10 @@ working dtype on the GPU (or, in ``test_state_of_the_gluon_forward``, from the G
 golden is ``reference_backward`` on that state with dO, v, the scalars and the bias upcast, so only the
 backward is compared. Outputs are NaN-poisoned before each launch. Bounds as ``test_gpu.py``'s gradients:
 ``1e-2`` relative for bf16/fp16 (``delta_i = dO_i . O_i`` takes the forward's output rounded to the working
-dtype, ``2**-9`` relative per row, and dV's P operand is rounded likewise; over >= 17 terms of mixed sign the
-relative error of the sums stays near that, 5x margin); a head bias's gradient, ``sum dS = 0`` up to
-rounding, against the size of the terms it sums, and likewise every gradient linear in dS when M = 1 (one
-key: P = 1, dS = 0 exactly, the kernel's rounding-sized).
+dtype, ``2**-9`` relative per row, dV's P operand and ste's dS operands are rounded likewise; over >= 17
+terms of mixed sign the relative error of the sums stays near that, 5x margin); a head bias's gradient,
+``sum dS = 0`` up to rounding, against the size of the terms it sums, and likewise every gradient linear
+in dS when M = 1 (one key: P = 1, dS = 0 exactly, the kernel's rounding-sized).
 """
 from __future__ import annotations
 
@@ -130,6 +130,28 @@ def test_table_bias(dim, weighting):
 @pytest.mark.parametrize("shape", [(2, 3, 17, 64, 64), (1, 2, 1000, 128, 128)], ids=str)
 def test_stopgrad(shape, bias_kind):
     _check(_call(shape, torch.bfloat16, "token", bias_kind, "stopgrad"))
+
+
+STE_SHAPES = [(2, 3, 1, 64, 64, 17), (2, 3, 17, 64, 64), (2, 3, 197, 64, 64), (1, 2, 1000, 64, 64),
+              (2, 2, 17, 128, 128, 100), (2, 2, 197, 128, 128), (1, 2, 1000, 128, 128, 77), (1, 2, 333, 32, 40)]
+
+
+@pytest.mark.parametrize("shape", STE_SHAPES, ids=str)
+@pytest.mark.parametrize("weighting", ["mean_abs", "none", "token"])
+def test_ste_weightings_against_float64(shape, weighting):
+    _check(_call(shape, torch.bfloat16, weighting, "none", "ste"))
+
+
+@pytest.mark.parametrize("bias_kind", ["head", "dense", "mask", "table"])
+@pytest.mark.parametrize("dim", [64, 128])
+def test_ste_biases_against_float64(dim, bias_kind):
+    _check(_call((2, 3, 197, dim, dim), torch.bfloat16, "token", bias_kind, "ste"))
+
+
+def test_ste_refuses_three_sign_chunks():
+    q, k, v, a, b, bias, spec = _call((1, 2, 64, 72, 72), torch.bfloat16, "mean_abs", "none", "ste")
+    reason = hopper_backward_unsupported(CallFacts.of(q, k, v), spec, DeviceFacts.of(q.device))
+    assert "one power-of-two chunk" in reason
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 197, 64, 64), (1, 2, 1000, 128, 128)], ids=str)
