@@ -18,8 +18,8 @@ Forward kernels (``ForwardPlan.kernel``):
 
 Backward kernels (``BackwardPlan.kernel``):
 - ``"tldot"``: the tl.dot kernels of ``codegen/backward_kernels.py`` (the portable path, every mode).
-- ``"hopper"``: the Gluon backward of ``codegen/hopper/kernel_bwd.py`` (compute capability 9.x,
-  ``hamming`` and ``stopgrad``), only when ``KernelOptions(backward="hopper")`` asks for it and
+- ``"hopper"``: the Gluon backward of ``codegen/hopper/kernel_bwd*.py`` (compute capability 9.x,
+  ``hamming``, ``stopgrad``, ``ste``), only when ``KernelOptions(backward="hopper")`` asks for it and
   ``hopper_backward_unsupported`` accepts the call.
 """
 from __future__ import annotations
@@ -58,7 +58,7 @@ class KernelOptions:
 
     Args:
         forward: ``"auto"`` (the measured choice), ``"v1"``, ``"v2"`` or ``"hopper"`` (sm_90 Gluon).
-        backward: ``"auto"`` (the tl.dot backward) or ``"hopper"`` (sm_90 Gluon; hamming, stopgrad).
+        backward: ``"auto"`` (the tl.dot backward) or ``"hopper"`` (sm_90 Gluon backward).
         forward_tiles, backward_tiles: ``"BNxBMxWxS"`` tile configs replacing the table's.
         static_max: False forces the online softmax in the forward.
 

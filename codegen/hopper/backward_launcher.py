@@ -1,14 +1,16 @@
-"""Host side of the Hopper Gluon backward (hamming, stopgrad): sign tiles, bias operands, descriptors, assembly.
+"""Host side of the Hopper Gluon backward (hamming, stopgrad, ste): sign tiles, bias operands, descriptors, assembly.
 
 Contract of ``codegen.backward.backward`` (same saved inputs, same gradients, same shapes and dtypes), for
 the calls ``backward_support.hopper_backward_unsupported`` accepts, with ``out`` required. Steps:
 
 1. ``delta_i = dO_i . O_i`` (``codegen.backward._row_dots``; only when a dS reduction is wanted).
-2. The packed sign bits become float8 e4m3 ``+-1.0`` tensors ``(B*H, L, DP)`` (``_unpack_fp8_kernel``,
+2. The packed sign bits become float8 e4m3 (ste: bf16) ``+-1.0`` tensors ``(B*H, L, DP)`` (``_unpack_signs_kernel``,
    ``DP = configs.padded_dim(D)``; TMA reads the first ``KC * NKC`` channels, ``config.sign_chunks``).
-3. ``kernel_bwd._binary_attn_bwd_sm90_kernel`` over ``(cdiv(M, 64), B*H)``: dV, db, the mean_abs chain's
-   per-key totals, da (atomics), the head bias's per-key sums, the dense/table bias gradient (atomics).
-4. The mean_abs chain ``dq = sum_i da_i sgn(q) / (N D)`` (dk likewise) and the bias gradient's final shape.
+3. ``kernel_bwd._binary_attn_bwd_sm90_kernel`` over ``(cdiv(M, BLOCK_M), B*H)``: dV, db, the mean_abs chain's
+   per-key totals, da (atomics), the head bias's per-key sums, the dense/table bias gradient (atomics), ste's
+   raw dK sums; ste's raw dQ sums from ``kernel_bwd_q._binary_attn_bwd_q_sm90_kernel`` over ``(cdiv(N, 64), B*H)``.
+4. ste's ``raw * clip * (scale a)``, the mean_abs chain ``sum_i da_i sgn(q) / (N D)`` (dk likewise) and the
+   bias gradient's final shape.
 
 The Gluon kernel is launched directly (``kernel[grid](...)``), not through ``torch.library.wrap_triton``:
 under ``torch.compile`` it must run inside an opaque custom op (``backward_op.hopper_bwd``).
@@ -120,7 +122,7 @@ def _chain(raw, own, clip, d_own, signs, length: int, dim: int, spec, need: bool
 
 def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim,
                            needs, *, out, config: HopperBackwardConfig | None = None):
-    """Fused hamming/stopgrad backward on sm_90 through the Gluon kernel (contract of ``codegen.backward``).
+    """Fused backward on sm_90 through the Gluon kernels (contract of ``codegen.backward``).
 
     Args:
         grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip, a, b,

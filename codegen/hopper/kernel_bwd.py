@@ -1,4 +1,4 @@
-"""Hopper (sm_90) binary-attention backward in Gluon, ``hamming`` and ``stopgrad``: a CTA per 64 or 128 keys.
+"""Hopper (sm_90) binary-attention backward in Gluon, key side (every mode): a CTA per 64 or 128 keys.
 
 Unverified on a GPU (written offline; ``tests/codegen/test_gpu_hopper_bwd.py`` is its check). Compiled for
 sm_90 with Triton 3.6 by ``benchmarks/hopper_build.py`` (registers and spills printed there).
@@ -18,6 +18,12 @@ x queries (rows j, columns i). ``h_ij = <sgn q_i, sgn k_j>``; ``c_ij = (a_i scal
     dbeta_ij += dS_ij                            (DENSE_DBIAS: atomics into a float32 buffer of the bias's shape,
                                                   stride 0 on its broadcast dims; a table bias goes through a
                                                   dense (1, H, N, N) buffer)
+    dk_raw_j  = sum_i bf16(dS_ij a_i) sgn q_i    (NEED_DK, ste: bf16 wgmma, P-style register A operand; the
+                                                  launcher applies scale b_j and k's clip bits; dq's sign term
+                                                  is ``kernel_bwd_q``'s)
+
+Sign operands: float8 e4m3 +-1.0 (hamming, stopgrad) or bf16 +-1.0 (ste: the same Q tile is the B operand of
+S^T and of dK, so S^T is a bf16 product there; both exact).
 
 Parallelisation: program ``(pid_m, bh)`` owns keys ``[pid_m * BLOCK_M, +BLOCK_M)`` of batch*head ``bh`` and
 walks every query tile. The key-side results (dV, db, dac, dsk) stay in registers and are stored once; the
@@ -168,7 +174,7 @@ def _binary_attn_bwd_sm90_kernel(
     HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
     NEED_DK: gl.constexpr, num_warps: gl.constexpr,
 ):
-    """Binary attention backward (hamming/stopgrad) of one (key tile, batch*head); see the module notation."""
+    """Binary attention backward, key side, of one (key tile, batch*head); see the module notation."""
     BLOCK_M: gl.constexpr = k_desc.block_type.shape[1]
     KC: gl.constexpr = k_desc.block_type.shape[2]
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
