@@ -285,8 +285,9 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
                   dv_layout: gl.constexpr, p_layout: gl.constexpr, dk_layout: gl.constexpr):
     """Every query tile of the program (module notation): ``(dV, dK, db_acc, dac_acc, dsk_acc)``, retired.
 
-    ``NEED_DK`` (ste): ``dK += bf16(dS a) . Q_t`` after the dS work, in flight with dV_t until the next
-    iteration's first wait (which then retires dV_{t-1}, dK_{t-1} and S_t)."""
+    ``NEED_DK`` (ste): ``dK += bf16(dS a) . Q_t`` issued as soon as dS is formed, before its reductions (after
+    them, ptxas serialises the wgmma: C7513 with token weighting or a dense bias, offline); in flight with dV_t
+    until the next iteration's first wait, which retires dV_{t-1}, dK_{t-1} and S_t."""
     dsa_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=dk_layout, k_width=2)
     key_layout: gl.constexpr = gl.SliceLayout(1, t_layout)
     q_base = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, t_layout))
@@ -341,9 +342,6 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
         if NEED_DS:
             dp = warpgroup_mma_wait(num_outstanding=1, deps=(dp,))  # retires dP_t; dV_t stays in flight
             ds = p * (gl.convert_layout(dp, t_layout) - delta[None, :])
-            db_acc, dac_acc, dsk_acc = _reduce(ds, s, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_base,
-                                               s_gn, s_gm, row0, qrows, q_mask, keys, key_mask, scale, NEED_DB,
-                                               NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS, DENSE_DBIAS, MEAN_ABS)
             if NEED_DK:
                 if MEAN_ABS:
                     dsa = ds * a_head
@@ -351,6 +349,9 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
                     dsa = ds * a_q[None, :]
                 dsa_op = gl.convert_layout(dsa.to(do_desc.dtype), dsa_layout)
                 dk = warpgroup_mma(dsa_op, q_s.index(slot * NKC), dk, is_async=True)  # NKC == 1 under ste
+            db_acc, dac_acc, dsk_acc = _reduce(ds, s, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_base,
+                                               s_gn, s_gm, row0, qrows, q_mask, keys, key_mask, scale, NEED_DB,
+                                               NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS, DENSE_DBIAS, MEAN_ABS)
     if NEED_DK:
         dv, p_op, dk, dsa_op = warpgroup_mma_wait(num_outstanding=0, deps=(dv, p_op, dk, dsa_op))
     else:
