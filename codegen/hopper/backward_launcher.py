@@ -34,20 +34,23 @@ from .config import sign_chunks, value_width
 from .launcher import _descriptor
 from .support import tma_readable
 
-# +1.0 / -1.0 as raw bits (0 is +0.0): float8 e4m3 bytes (stats.FP8_ONE) and bf16 half-words (ste's operands)
-SIGN_BITS = {torch.float8_e4m3fn: (torch.int8, 0x38, 0xB8 - 256), torch.bfloat16: (torch.int16, 0x3F80, 0xBF80 - 65536)}
+# The stored type and +1.0 / -1.0 (0 is +0.0): float8 e4m3 as raw int8 bytes (stats.FP8_ONE), bf16 (ste's
+# operands) as values
+SIGN_BITS = {torch.float8_e4m3fn: (torch.int8, 0x38, 0xB8 - 256), torch.bfloat16: (torch.bfloat16, 1, -1)}
 Q_BLOCK_N, Q_BLOCK_M, Q_STAGES = 64, 32, 2  # the ste query kernel: 64 queries (one warpgroup) x 32-key tiles
 
 
 @triton.jit
 def _unpack_signs_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
                          BLOCK_L: tl.constexpr, ONE: tl.constexpr, MINUS_ONE: tl.constexpr):
-    """Packed words ``(R, W)`` -> the raw bits ``(R, DP)`` of ``+-1.0`` (0 past D); program = row block."""
+    """Packed words ``(R, W)`` -> ``(R, DP)`` ``ONE`` / ``MINUS_ONE`` (0 past D), converted to the output's element
+    type (int8 bytes of float8 +-1.0, or bf16 +-1.0); program = row block."""
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     row_mask = rows < total_rows
     rows64 = rows.to(tl.int64)
     signs = load_signs(bits_ptr, rows64, row_mask, words, D, DP, True)  # int8 +-1, 0 past D
-    raw = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(signs_ptr.dtype.element_ty)
+    value = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(tl.float32)  # exact: |value| < 2**8
+    raw = value.to(signs_ptr.dtype.element_ty)
     d = tl.arange(0, DP)
     tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], raw, mask=row_mask[:, None])
 
