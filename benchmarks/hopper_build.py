@@ -78,6 +78,58 @@ VARIANTS = [
 QUICK = ("d64_mean_abs", "d128_mean_abs", "d72_dit", "d64_mask")
 
 
+@dataclass(frozen=True)
+class BwdVariant:
+    """One Gluon backward call (``codegen.hopper.backward_launcher``): shape ``(B, H, N, D, Dv)``, mode, needs."""
+
+    name: str
+    shape: tuple[int, int, int, int, int]
+    dtype: torch.dtype = torch.bfloat16
+    weighting: str = "mean_abs"
+    bias: str = "none"
+    grad_mode: str = "hamming"
+    needs: tuple[bool, ...] = (True, True, True, False, False, True)
+    config: tuple[int, ...] | None = None  # (block_m, block_n, stages)
+    main: bool = False  # a main config: must not spill
+
+
+BWD_VARIANTS = [
+    BwdVariant("bwd_d64_hamming_mean_abs", (8, 8, 4096, 64, 64), main=True),
+    BwdVariant("bwd_d128_hamming_mean_abs", (4, 16, 4096, 128, 128), main=True),
+    BwdVariant("bwd_d64_hamming_none", (8, 8, 4096, 64, 64), weighting="none", main=True),
+    BwdVariant("bwd_d64_hamming_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head",
+               needs=(True, True, True, True, True, True), main=True),
+    BwdVariant("bwd_d128_hamming_token_head", (4, 16, 1024, 128, 128), weighting="token", bias="head",
+               needs=(True, True, True, True, True, True), main=True),
+    BwdVariant("bwd_d64_hamming_dense", (8, 8, 1024, 64, 64), bias="dense", main=True),
+    BwdVariant("bwd_d64_hamming_mask", (8, 8, 1024, 64, 64), bias="mask"),
+    BwdVariant("bwd_vit_table_token", (16, 6, 197, 64, 64), weighting="token", bias="table",
+               needs=(True, True, True, True, True, True)),
+    BwdVariant("bwd_d64_stopgrad_fp16", (8, 8, 1024, 64, 64), dtype=torch.float16, grad_mode="stopgrad"),
+    BwdVariant("bwd_d72_hamming", (64, 16, 256, 72, 72)),
+    BwdVariant("bwd_d64_bn64", (8, 8, 4096, 64, 64), config=(64, 64, 2)),
+    BwdVariant("bwd_d64_bm128_bn64", (8, 8, 4096, 64, 64), config=(128, 64, 2)),
+    BwdVariant("bwd_d128_bn64", (4, 16, 4096, 128, 128), config=(64, 64, 2)),
+    BwdVariant("bwd_d64_token_head_bn64", (8, 8, 1024, 64, 64), weighting="token", bias="head",
+               needs=(True, True, True, True, True, True), config=(64, 64, 2)),
+    BwdVariant("bwd_d64_s3", (8, 8, 4096, 64, 64), config=(64, 32, 3)),
+    BwdVariant("bwd_d64_bm64", (8, 8, 4096, 64, 64), config=(64, 32, 2)),
+    BwdVariant("bwd_d128_bm128", (4, 16, 4096, 128, 128), config=(128, 32, 2)),
+    BwdVariant("bwd_d64_token_head_bm64", (8, 8, 1024, 64, 64), weighting="token", bias="head",
+               needs=(True, True, True, True, True, True), config=(64, 32, 2)),
+    BwdVariant("bwd_d64_ste_mean_abs", (8, 8, 4096, 64, 64), grad_mode="ste", main=True),
+    BwdVariant("bwd_d128_ste_mean_abs", (4, 16, 4096, 128, 128), grad_mode="ste", main=True),
+    BwdVariant("bwd_d64_ste_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head", grad_mode="ste",
+               needs=(True, True, True, True, True, True), main=True),
+    BwdVariant("bwd_d64_ste_dense", (8, 8, 1024, 64, 64), bias="dense", grad_mode="ste"),
+    BwdVariant("bwd_d64_ste_bm128", (8, 8, 4096, 64, 64), grad_mode="ste", config=(128, 32, 2)),
+    BwdVariant("bwd_vit_ste_table_token", (16, 6, 197, 64, 64), weighting="token", bias="table", grad_mode="ste",
+               needs=(True, True, True, True, True, True)),
+]
+BWD_QUICK = ("bwd_d64_hamming_mean_abs", "bwd_d128_hamming_mean_abs", "bwd_d64_hamming_token_head",
+             "bwd_d64_ste_mean_abs")
+
+
 def _inputs(var: Variant):
     bsz, heads, n, dim, dim_v = var.shape
     q, k = (torch.empty(bsz, heads, n, dim, dtype=var.dtype) for _ in range(2))
@@ -113,6 +165,41 @@ def record_gluon(var: Variant):
     with mock.patch("torch.library.wrap_triton", kr.Recorder), mock.patch.object(launcher, "_launch", record):
         launcher.launch_hopper_forward(q, k, v, a, b, bias, spec, static_max=var.static_max, config=config)
     return gluon_launches[0], list(kr.Recorder.launches)
+
+
+def _bwd_inputs(var: BwdVariant):
+    """Uninitialised CPU operands of one backward call: what the forward saved, the output and dO."""
+    from bitlower.packing import num_words
+
+    bsz, heads, n, dim, dim_v = var.shape
+    q, k, v, a, b, bias, spec = _inputs(Variant(var.name, var.shape, var.dtype, var.weighting, var.bias))
+    spec = CallSpec(scale=spec.scale, weighting=spec.weighting, bias_kind=spec.bias_kind, grid=spec.grid,
+                    grad_mode=var.grad_mode)
+    words = num_words(dim)
+    bits = torch.zeros(bsz, heads, n, 1, words, dtype=torch.int32)
+    clip = torch.zeros(bsz, heads, n, 1, words if var.grad_mode == "ste" else 0, dtype=torch.int32)
+    f32 = dict(dtype=torch.float32)
+    saved = (torch.zeros(bsz, heads, n, **f32), bits, bits.clone(), clip, clip.clone(),
+             torch.ones(bsz, heads, n, 1, **f32), torch.ones(bsz, heads, n, 1, **f32),
+             torch.zeros(bsz, heads, n, 2, **f32))
+    grad_out, out = (torch.zeros(bsz, heads, n, dim_v, dtype=var.dtype) for _ in range(2))
+    return grad_out, v, bias, saved, spec, out
+
+
+def record_gluon_bwd(var: BwdVariant):
+    """``(gluon_launches, tl_launches)`` of one Gluon backward call (ste: key and query kernels), on CPU tensors."""
+    from bitlower.codegen.hopper import backward_launcher
+    from bitlower.codegen.hopper.backward_support import HopperBackwardConfig
+
+    gluon_launches = []
+    kr.Recorder.launches = []
+    grad_out, v, bias, saved, spec, out = _bwd_inputs(var)
+    record = lambda kernel, grid, args, kwargs: gluon_launches.append((kernel, args, kwargs))  # noqa: E731
+    config = HopperBackwardConfig(*var.config) if var.config else None
+    with mock.patch("torch.library.wrap_triton", kr.Recorder), mock.patch.object(backward_launcher, "_launch", record):
+        backward_launcher.launch_hopper_backward(grad_out, v, bias, *saved, spec, var.shape[3], list(var.needs),
+                                                 out=out, config=config)
+    return gluon_launches, list(kr.Recorder.launches)
 
 
 def ptxas_notes(ptx: str) -> str:
@@ -182,6 +269,15 @@ def jobs(quick: bool):
             continue
         (kernel, args, kwargs), tl_launches = record_gluon(var)
         add(f"gluon {var.name}", kernel, args, kwargs, (SM90,), var.main)
+        for tl_kernel, tl_args, tl_kwargs in tl_launches:
+            add(f"{tl_kernel.__name__} ({var.name})", tl_kernel, tl_args, tl_kwargs, (SM80, SM90))
+    for var in BWD_VARIANTS:
+        if quick and var.name not in BWD_QUICK:
+            continue
+        gluon_launches, tl_launches = record_gluon_bwd(var)
+        for kernel, args, kwargs in gluon_launches:
+            suffix = " (q)" if kernel.__name__.startswith("_binary_attn_bwd_q") else ""
+            add(f"gluon {var.name}{suffix}", kernel, args, kwargs, (SM90,), var.main)
         for tl_kernel, tl_args, tl_kwargs in tl_launches:
             add(f"{tl_kernel.__name__} ({var.name})", tl_kernel, tl_args, tl_kwargs, (SM80, SM90))
     shapes = (0,) if quick else (0, 1)

@@ -15,6 +15,12 @@ Forward kernels (``ForwardPlan.kernel``):
   (benchmarks/kernel_notes.md, rounds 2 and 4).
 - ``"hopper"``: the Gluon forward of ``codegen/hopper`` (compute capability 9.x), only when
   ``KernelOptions(forward="hopper")`` asks for it and ``hopper_forward_unsupported`` accepts the call.
+
+Backward kernels (``BackwardPlan.kernel``):
+- ``"tldot"``: the tl.dot kernels of ``codegen/backward_kernels.py`` (the portable path, every mode).
+- ``"hopper"``: the Gluon backward of ``codegen/hopper/kernel_bwd*.py`` (compute capability 9.x,
+  ``hamming``, ``stopgrad``, ``ste``), only when ``KernelOptions(backward="hopper")`` asks for it and
+  ``hopper_backward_unsupported`` accepts the call.
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_ELEMENTS = 2**31 - 1  # kernels index with int32 offsets inside one (batch, head)
 MAX_BATCH_HEADS = 65535  # grid axis 1 holds batch * heads
 FORWARD_CHOICES = ("auto", "v1", "v2", "hopper")
+BACKWARD_CHOICES = ("auto", "hopper")  # auto: the tl.dot backward
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,12 @@ class KernelOptions:
 
     Args:
         forward: ``"auto"`` (the measured choice), ``"v1"``, ``"v2"`` or ``"hopper"`` (sm_90 Gluon).
+        backward: ``"auto"`` (the tl.dot backward) or ``"hopper"`` (sm_90 Gluon backward).
         forward_tiles, backward_tiles: ``"BNxBMxWxS"`` tile configs replacing the table's.
         static_max: False forces the online softmax in the forward.
 
     Raises:
-        ValueError: an unknown forward name or a malformed tile string.
+        ValueError: an unknown forward or backward name or a malformed tile string.
 
     Example:
         >>> KernelOptions.decode(KernelOptions(forward="v1", forward_tiles="64x32x4x2").encode()).forward
@@ -66,10 +74,13 @@ class KernelOptions:
     forward_tiles: str = ""
     backward_tiles: str = ""
     static_max: bool = True
+    backward: str = "auto"
 
     def __post_init__(self):
         if self.forward not in FORWARD_CHOICES:
             raise ValueError(f"forward must be one of {FORWARD_CHOICES}, got {self.forward!r}")
+        if self.backward not in BACKWARD_CHOICES:
+            raise ValueError(f"backward must be one of {BACKWARD_CHOICES}, got {self.backward!r}")
         for name in ("forward_tiles", "backward_tiles"):
             parse_tiles(getattr(self, name))
 
@@ -151,11 +162,14 @@ class ForwardPlan:
 
 @dataclass(frozen=True)
 class BackwardPlan:
-    """The backward launches of one call: tiles and dot operand types (the gradients: ``backward._Plan``)."""
+    """The backward launches of one call: kernel family, tiles and dot operand types (the gradients:
+    ``backward._Plan``). ``kernel`` "hopper": ``tiles``/``dot`` are the tl.dot table's, unused by the Gluon
+    kernel (its tiles come from ``hopper.backward_support.hopper_backward_config``)."""
 
     tiles: TileConfig
     dot: int
     ds_dot: int
+    kernel: str = "tldot"
 
 
 def dot_kind(dtype: torch.dtype, device: DeviceFacts) -> int:
@@ -237,9 +251,23 @@ def _forward_tiles(kernel: str, call: CallFacts, spec, device: DeviceFacts, dp: 
     return forward_table(call.n, call.m, dp, dvp, call.dtype, loaded_bias)
 
 
+def _hopper_backward_reason(call: CallFacts, spec, device: DeviceFacts) -> str | None:
+    """Why the Gluon Hopper backward cannot run this call (``hopper.backward_support``; imported here for the
+    same reason as ``_hopper_reason``)."""
+    from .hopper.backward_support import hopper_backward_unsupported
+
+    return hopper_backward_unsupported(call, spec, device)
+
+
 def plan_backward(call: CallFacts, spec, device: DeviceFacts, options: KernelOptions = KernelOptions()):
-    """The ``BackwardPlan`` of a call, or the reason (a str) why the kernels cannot run it."""
+    """The ``BackwardPlan`` of a call, or the reason (a str) why the kernels cannot run it.
+
+    ``KernelOptions(backward="hopper")``: the Gluon backward, or the reason it cannot run the call (as
+    ``forward="hopper"``: the call then takes the reference path, it does not silently change family).
+    """
     reason = _common_reason(call, spec, {"Dv": call.dim_v, "D": call.dim})
+    if reason is None and options.backward == "hopper":
+        reason = _hopper_backward_reason(call, spec, device)
     if reason is not None:
         return reason
     dot = dot_kind(call.dtype, device)
@@ -247,7 +275,8 @@ def plan_backward(call: CallFacts, spec, device: DeviceFacts, options: KernelOpt
     tiles = parse_tiles(options.backward_tiles)
     if tiles is None:
         tiles = INTERPRETER_CONFIG if device.interpreter else backward_table(call.n, call.m, dp, dvp, call.dtype)
-    return BackwardPlan(tiles, dot, DOT_FP32 if dot == DOT_FP32 else DOT_BF16)
+    kernel = "hopper" if options.backward == "hopper" else "tldot"
+    return BackwardPlan(tiles, dot, DOT_FP32 if dot == DOT_FP32 else DOT_BF16, kernel)
 
 
 def forward_plan(q, k, v, bias, spec, options: KernelOptions = KernelOptions()) -> ForwardPlan:

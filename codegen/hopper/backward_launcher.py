@@ -1,0 +1,218 @@
+"""Host side of the Hopper Gluon backward (hamming, stopgrad, ste): sign tiles, bias operands, descriptors, assembly.
+
+Contract of ``codegen.backward.backward`` (same saved inputs, same gradients, same shapes and dtypes), for
+the calls ``backward_support.hopper_backward_unsupported`` accepts, with ``out`` required. Steps:
+
+1. ``delta_i = dO_i . O_i`` (``codegen.backward._row_dots``; only when a dS reduction is wanted).
+2. The packed sign bits become float8 e4m3 (ste: bf16) ``+-1.0`` tensors ``(B*H, L, DP)`` (``_unpack_signs_kernel``,
+   ``DP = configs.padded_dim(D)``; TMA reads the first ``KC * NKC`` channels, ``config.sign_chunks``).
+3. ``kernel_bwd._binary_attn_bwd_sm90_kernel`` over ``(cdiv(M, BLOCK_M), B*H)``: dV, db, the mean_abs chain's
+   per-key totals, da (atomics), the head bias's per-key sums, the dense/table bias gradient (atomics), ste's
+   raw dK sums; ste's raw dQ sums from ``kernel_bwd_q._binary_attn_bwd_q_sm90_kernel`` over ``(cdiv(N, 64), B*H)``.
+4. ste's ``raw * clip * (scale a)``, the mean_abs chain ``sum_i da_i sgn(q) / (N D)`` (dk likewise) and the
+   bias gradient's final shape.
+
+The Gluon kernel is launched directly (``kernel[grid](...)``), not through ``torch.library.wrap_triton``:
+under ``torch.compile`` it must run inside an opaque custom op (``backward_op.hopper_bwd``).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from bitlower.packing import unpack_bits
+from bitlower.relpos import dense_to_table_grad
+
+from ..backward import _row_dots
+from ..configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
+from ..forward_v2 import dense_table
+from ..operands import bias_operand
+from ..tiles import BIAS_CODES, LOG2E, load_signs
+from .backward_support import HopperBackwardConfig, hopper_backward_config
+from .config import sign_chunks, value_width
+from .launcher import _descriptor
+from .support import tma_readable
+
+# The stored type and +1.0 / -1.0 (0 is +0.0): float8 e4m3 as raw int8 bytes (stats.FP8_ONE), bf16 (ste's
+# operands) as values
+SIGN_BITS = {torch.float8_e4m3fn: (torch.int8, 0x38, 0xB8 - 256), torch.bfloat16: (torch.bfloat16, 1, -1)}
+Q_BLOCK_N, Q_BLOCK_M, Q_STAGES = 64, 32, 2  # the ste query kernel: 64 queries (one warpgroup) x 32-key tiles
+
+
+@triton.jit
+def _unpack_signs_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
+                         BLOCK_L: tl.constexpr, ONE: tl.constexpr, MINUS_ONE: tl.constexpr):
+    """Packed words ``(R, W)`` -> ``(R, DP)`` ``ONE`` / ``MINUS_ONE`` (0 past D), converted to the output's element
+    type (int8 bytes of float8 +-1.0, or bf16 +-1.0); program = row block."""
+    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
+    row_mask = rows < total_rows
+    rows64 = rows.to(tl.int64)
+    signs = load_signs(bits_ptr, rows64, row_mask, words, D, DP, True)  # int8 +-1, 0 past D
+    value = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(tl.float32)  # exact: |value| < 2**8
+    raw = value.to(signs_ptr.dtype.element_ty)
+    d = tl.arange(0, DP)
+    tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], raw, mask=row_mask[:, None])
+
+
+def sign_tiles(bits: torch.Tensor, dim: int, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
+    """``(B*H, L, DP)`` ``+-1.0`` signs in ``dtype`` (float8 e4m3 or bf16; 0 past ``dim``) of packed
+    ``(B, H, L, 1, W)`` bits."""
+    bsz, heads, length = bits.shape[:3]
+    dp = padded_dim(dim)
+    raw_dtype, one, minus_one = SIGN_BITS[dtype]
+    out = torch.empty(bsz * heads, length, dp, dtype=raw_dtype, device=bits.device)
+    rows = bsz * heads * length
+    torch.library.wrap_triton(_unpack_signs_kernel)[(triton.cdiv(rows, PROLOGUE_ROWS),)](
+        bits, out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, ONE=one, MINUS_ONE=minus_one,
+        num_warps=PROLOGUE_WARPS)
+    return out.view(dtype)
+
+
+def _launch(kernel, grid, args, kwargs) -> None:
+    """Run one Gluon launch (``benchmarks/hopper_build.py`` replaces this to record launches)."""
+    kernel[grid](*args, **kwargs)
+
+
+def _wants(spec, needs) -> dict:
+    """The kernel's output flags for ``needs`` ``(q, k, v, a_in, b_in, bias)`` (``backward._plan``'s rules)."""
+    chain = spec.mean_abs_chain  # mean_abs and not stopgrad: sum_i da_i reaches q, sum_j db_j reaches k
+    bias_grad = needs[5] and spec.bias_kind in ("head", "dense", "table")
+    return dict(NEED_DV=bool(needs[2]), NEED_DB=bool(needs[4] or (chain and needs[1])),
+                NEED_DA_COLS=bool(chain and needs[0]), NEED_DA_ROWS=bool(needs[3]),
+                HEAD_DBIAS=bool(bias_grad and spec.bias_kind == "head"),
+                DENSE_DBIAS=bool(bias_grad and spec.bias_kind != "head"),
+                NEED_DK=bool(spec.grad_mode == "ste" and needs[1]))
+
+
+def _bias_operands(bias, spec, shape4, dense_grad: bool):
+    """``(code, tensor, strides, grad_buffer, grad_strides)`` of the bias as the kernel reads and writes it.
+
+    A table bias is read as a dense ``(1, H, N, N)`` copy (``forward_v2.dense_table``) and its gradient
+    gathered from a dense ``(1, H, N, N)`` float32 buffer (``relpos.dense_to_table_grad``).
+    """
+    zeros = (0, 0, 0, 0)
+    if spec.bias_kind == "table":
+        dense = dense_table(bias, spec.grid, shape4[2])  # (1, H, N, N)
+        view = dense.expand(shape4)  # (B, H, N, M), stride 0 on B
+        code, tensor, strides = BIAS_CODES["dense"], view, tuple(view.stride())
+        grad_shape = dense.shape
+    else:
+        operand = bias_operand(bias, spec, shape4)
+        code, tensor, strides = operand.code, operand.tensor, operand.strides
+        grad_shape = bias.shape if bias is not None else None
+    if not dense_grad:
+        return code, tensor, strides, None, zeros
+    buf = torch.zeros(grad_shape, dtype=torch.float32, device=bias.device)
+    return code, tensor, strides, buf, tuple(buf.expand(shape4).stride())
+
+
+def _chain(raw, own, clip, d_own, signs, length: int, dim: int, spec, need: bool, shape):
+    """dq (or dk): ste's sign term ``raw * clip * (scale a)`` (``raw`` the kernel's sums, tl.dot's rounding
+    order) plus, for mean_abs, ``sum_i da_i sgn / (L D)``; zeros for hamming without mean_abs; None when not
+    wanted."""
+    if not need or not spec.qk_grad:
+        return None
+    grad = torch.zeros(shape, dtype=torch.float32, device=signs.device) if raw is None else raw
+    if raw is not None:
+        grad = (grad * unpack_bits(clip[:, :, :, 0], dim)) * (spec.scale * own)  # (B, H, L, D)
+    if spec.weighting != "mean_abs":
+        return grad
+    total = d_own.sum(dim=(2, 3))  # (B, H)
+    sgn = signs.view(shape[0], shape[1], length, -1)[..., :dim].to(torch.float32)  # (B, H, L, D) +-1
+    return grad + sgn * (total / (length * dim))[:, :, None, None]
+
+
+def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim,
+                           needs, *, out, config: HopperBackwardConfig | None = None):
+    """Fused backward on sm_90 through the Gluon kernels (contract of ``codegen.backward``).
+
+    Args:
+        grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip, a, b,
+            row_state: what the forward saved (qclip/kclip unused: no sign gradients in these modes).
+        spec: the call's ``CallSpec`` (``hopper_backward_unsupported`` accepted it); head_dim: ``D``.
+        needs: six bools for ``(q, k, v, a_in, b_in, bias)``.
+        out: the forward's output ``(B, H, N, Dv)`` (``delta_i = dO_i . O_i``).
+        config: a ``HopperBackwardConfig`` overriding ``hopper_backward_config`` (sweeps).
+
+    Returns:
+        ``(dq, dk, dv, da, db, dbias)``, None where not needed or the mode gives none.
+
+    Raises:
+        ValueError: ``out`` is None.
+    """
+    if out is None:
+        raise ValueError("launch_hopper_backward needs out, the forward's output (delta_i = dO_i . O_i)")
+    bsz, heads, n = lse.shape
+    m, dim_v = v.shape[2], v.shape[-1]
+    wants = _wants(spec, needs)
+    ste = spec.grad_mode == "ste"  # the sign products take bf16 +-1 operands (S too), else float8
+    need_ds = any(flag for key, flag in wants.items() if key != "NEED_DV") or (ste and needs[0])  # dq: dS too
+    dev = v.device
+    f32 = dict(dtype=torch.float32, device=dev)
+    delta = _row_dots(out, grad_out, lse) if need_ds else lse  # (B, H, N) float32
+    sign_dtype = torch.bfloat16 if ste else torch.float8_e4m3fn
+    q_signs, k_signs = sign_tiles(qbits, head_dim, sign_dtype), sign_tiles(kbits, head_dim, sign_dtype)
+    code, beta, strides, gbias, gstrides = _bias_operands(bias, spec, (bsz, heads, n, m), wants["DENSE_DBIAS"])
+    dv = torch.empty(bsz, heads, m, dim_v, dtype=v.dtype, device=dev) if wants["NEED_DV"] else None
+    db = torch.empty(bsz, heads, m, 1, **f32) if wants["NEED_DB"] else None
+    da_cols = torch.empty(bsz, heads, m, 1, **f32) if wants["NEED_DA_COLS"] else None
+    da = torch.zeros(bsz, heads, n, 1, **f32) if wants["NEED_DA_ROWS"] else None  # atomics add into it
+    ds_keys = torch.empty(bsz, heads, m, **f32) if wants["HEAD_DBIAS"] else None
+    dk_raw = torch.empty(bsz, heads, m, head_dim, **f32) if wants["NEED_DK"] else None
+    cfg = config or hopper_backward_config(n, head_dim, dim_v, spec.grad_mode)
+    kc, nkc = sign_chunks(head_dim)
+    dvp = value_width(dim_v)
+    go = tma_readable(grad_out if grad_out.dtype == v.dtype else grad_out.to(v.dtype))
+    k_desc = _descriptor(k_signs, [1, cfg.block_m, kc])
+    q_desc = _descriptor(q_signs, [1, cfg.block_n, kc])
+    vv = tma_readable(v)
+    v_desc = _descriptor(vv, [1, 1, cfg.block_m, dvp])
+    do_desc = _descriptor(go, [1, 1, cfg.block_n, dvp])
+    pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
+    from .kernel_bwd import _binary_attn_bwd_sm90_kernel
+
+    args = (k_desc, q_desc, v_desc, do_desc, row_state.contiguous(), delta, a.contiguous(), b.contiguous(),
+            pick(beta), pick(gbias), pick(dv), pick(db), pick(da_cols), pick(da), pick(ds_keys), pick(dk_raw),
+            *strides, *gstrides, heads, n, m, float(spec.scale), spec.scale * LOG2E.value)
+    kwargs = dict(D=head_dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, BIAS=code, EVEN_M=m % cfg.block_m == 0,
+                  MEAN_ABS=spec.weighting == "mean_abs", num_warps=cfg.num_warps, **wants)
+    if any(wants.values()):  # else only dq/dk of a non-mean_abs hamming call (zeros) or nothing is wanted
+        _launch(_binary_attn_bwd_sm90_kernel, (triton.cdiv(m, cfg.block_m), bsz * heads), args, kwargs)
+    dq_raw = None
+    if ste and needs[0]:
+        dq_raw = _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec,
+                                 (bsz, heads, n, m, head_dim, dvp), kc)
+    dq = _chain(dq_raw, a, qclip, da_cols, q_signs, n, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
+    dk = _chain(dk_raw, b, kclip, db, k_signs, m, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
+    return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, _finish_bias_grad(bias, spec, gbias,
+                                                                                              ds_keys)
+
+
+def _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec, dims, kc):
+    """ste: ``kernel_bwd_q._binary_attn_bwd_q_sm90_kernel`` over ``(cdiv(N, 64), B*H)``; the raw dq sums."""
+    bsz, heads, n, m, head_dim, dvp = dims
+    from .kernel_bwd_q import _binary_attn_bwd_q_sm90_kernel
+
+    dq_raw = torch.empty(bsz, heads, n, head_dim, dtype=torch.float32, device=go.device)
+    q_desc = _descriptor(q_signs, [1, Q_BLOCK_N, kc])
+    k_desc = _descriptor(k_signs, [1, Q_BLOCK_M, kc])
+    do_desc = _descriptor(go, [1, 1, Q_BLOCK_N, dvp])
+    v_desc = _descriptor(vv, [1, 1, Q_BLOCK_M, dvp])
+    args = (q_desc, k_desc, do_desc, v_desc, row_state.contiguous(), delta, a.contiguous(), b.contiguous(),
+            delta if beta is None else beta, dq_raw, *strides[:4], heads, n, m, spec.scale * LOG2E.value)
+    kwargs = dict(D=head_dim, STAGES=Q_STAGES, BIAS=code, EVEN_M=m % Q_BLOCK_M == 0,
+                  MEAN_ABS=spec.weighting == "mean_abs", num_warps=Q_BLOCK_N // 16)
+    _launch(_binary_attn_bwd_q_sm90_kernel, (triton.cdiv(n, Q_BLOCK_N), bsz * heads), args, kwargs)
+    return dq_raw
+
+
+def _finish_bias_grad(bias, spec, gbias, ds_keys):
+    """The bias gradient in the bias's shape and dtype (None for none/mask or when not wanted)."""
+    if ds_keys is not None:
+        return ds_keys.sum(dim=(0, 2)).to(bias.dtype)  # (H,)
+    if gbias is None:
+        return None
+    if spec.bias_kind == "table":
+        return dense_to_table_grad(gbias[0], spec.grid, bias.shape[0]).to(bias.dtype)  # (rows, H)
+    return gbias.to(bias.dtype)

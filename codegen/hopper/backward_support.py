@@ -1,0 +1,124 @@
+"""Which calls the Hopper Gluon backward covers, and its tiles: pure predicates, a reason string or None.
+
+``hopper_backward_unsupported(call, spec, device)`` is the kernel plan's question (``codegen.plan.plan_backward``
+with ``KernelOptions(backward="hopper")``). It reads only ``CallFacts``, the spec, the compute capability and
+the Triton version (``support.gluon_unavailable``), so it answers alike for real and fake tensors. What it
+cannot see, the operands' strides and data pointers, the launcher repairs (``support.tma_readable``: grad_out
+and v copied where TMA cannot read them). The forward output ``out`` must be given (``delta_i = dO_i . O_i``
+comes from it): the launcher raises otherwise; ``bitlower.autograd`` always passes it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..plan import CallFacts, DeviceFacts
+from . import support
+from .config import sign_chunks
+from .support import BIAS_KINDS, DTYPES, MAX_BATCH_HEADS, MAX_TILE_OFFSET, MIN_DIM, WEIGHTINGS
+
+GRAD_MODES = ("hamming", "stopgrad", "ste")  # ste: D with one sign chunk (config.sign_chunks): 16-64, 97-128
+MAX_BWD_DIM = 128  # dV (DVP/2 float32) + S, dP, P, dS (BLOCK_N/2 float32 each) within 255 registers
+
+
+@dataclass(frozen=True)
+class HopperBackwardConfig:
+    """One launch configuration of ``kernel_bwd._binary_attn_bwd_sm90_kernel``.
+
+    Attributes:
+        block_m: keys per CTA (64: one warpgroup of 4 warps, 128: two warpgroups sharing each query tile, half
+            the L2 traffic of Q signs and dO per key; the M of every wgmma).
+        block_n: queries per tile (the N of the S and dP wgmma, the K of the dV wgmma).
+        stages: query-sign and dO tiles in the shared-memory ring.
+    """
+
+    block_m: int = 64
+    block_n: int = 32
+    stages: int = 2
+
+    def __post_init__(self):
+        if self.block_m not in (64, 128):
+            raise ValueError(f"block_m must be 64 or 128 (one or two warpgroups), got {self.block_m}")
+        if self.block_n not in (32, 64, 128):
+            raise ValueError(f"block_n must be 32, 64 or 128, got {self.block_n}")
+        if not 2 <= self.stages <= 4:
+            raise ValueError(f"stages must be in [2, 4], got {self.stages}")
+
+    @property
+    def num_warps(self) -> int:
+        """One warpgroup (4 warps) per 64 keys."""
+        return self.block_m // 16
+
+
+def hopper_backward_config(n: int, dim: int, dim_v: int, grad_mode: str = "hamming") -> HopperBackwardConfig:
+    """The tile table (offline, ptxas of Triton 3.6; unmeasured: the GPU session's sweep decides).
+
+    Registers per thread (hamming mean_abs; token + head bias in brackets), 32 queries per tile:
+    64 keys (4 warps): 113 [151] at D = Dv = 64 (4 CTAs per SM), 154 [196] at 128 (3 CTAs);
+    128 keys (8 warps): 120 [156] at 64 (2 CTAs, the same 16 warps per SM), 162 at 128 (1 CTA).
+    64 queries per tile: 186 / 226 at 64 keys (2 CTAs): S, dP, p and dS hold BLOCK_N / 2 float32 per
+    thread each, every per-query vector (m2, l2, delta, a) BLOCK_N / 4.
+    Every key-tile CTA streams all of its head's Q signs, dO and row vectors: ``(DP + 2 Dv + 16) / BLOCK_M``
+    bytes per score from L2 (3.25 at D 64 with 64 keys, ~6 TB/s at the predicted rate): 128 keys halve it
+    at D <= 64 for the same warps per SM; at D 128, 64 keys keep 12 warps per SM instead of 8.
+    ste (the dK accumulator, KC / 2 float32 more): 64 keys everywhere, 159 registers at D 64 (3 CTAs, 12 warps
+    per SM; 128 keys: 160, 1 CTA of 8 warps), 232 at 128; its query kernel 98 / 142.
+    """
+    if grad_mode == "ste":
+        return HopperBackwardConfig(64, 32, 2)
+    if max(dim, dim_v) <= 64:
+        return HopperBackwardConfig(128, 32, 2)
+    return HopperBackwardConfig(64, 32, 2)
+
+
+def hopper_backward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
+                                triton_version: str | None = None) -> str | None:
+    """Why ``backward_launcher.launch_hopper_backward`` cannot run this call, or None when it can.
+
+    Args:
+        call: the operands' ``CallFacts`` (``D`` is the backward operator's ``head_dim``).
+        spec: the call's ``CallSpec``.
+        device: where the tensors live and the compute capability.
+        triton_version: the Triton version to judge; None takes the installed one.
+
+    Returns:
+        A reason string naming the operand and the constraint, or None.
+    """
+    if not device.cuda or device.capability is None:
+        return "the Hopper backward needs CUDA tensors"
+    major, minor = device.capability
+    if major != 9:
+        return f"the Hopper backward needs compute capability 9.x, got {major}.{minor}"
+    reason = support.gluon_unavailable(triton_version)  # via the module: tests stub it there
+    if reason:
+        return reason.replace("Hopper forward", "Hopper backward")
+    if spec.grad_mode not in GRAD_MODES:
+        return f"the Hopper backward covers grad_mode {GRAD_MODES}, got {spec.grad_mode!r}"
+    if call.dtype not in DTYPES:
+        return f"the Hopper backward takes float16/bfloat16 grad_out and v, got {call.dtype}"
+    if spec.weighting not in WEIGHTINGS:
+        return f"the Hopper backward covers weighting {WEIGHTINGS}, got {spec.weighting!r}"
+    if spec.pv_quant != "none":
+        return f"the Hopper backward covers pv_quant 'none', got {spec.pv_quant!r}"
+    if spec.bias_kind not in BIAS_KINDS:
+        return f"the Hopper backward covers bias kinds {BIAS_KINDS}, got {spec.bias_kind!r}"
+    return _shape_reason(call, spec)
+
+
+def _shape_reason(call: CallFacts, spec) -> str | None:
+    if not MIN_DIM <= call.dim <= MAX_BWD_DIM:
+        return f"the Hopper backward needs D in [{MIN_DIM}, {MAX_BWD_DIM}], got {call.dim}"
+    if not MIN_DIM <= call.dim_v <= MAX_BWD_DIM or call.dim_v % 8:
+        return (f"the Hopper backward needs Dv in [{MIN_DIM}, {MAX_BWD_DIM}] and a multiple of 8 (16-byte rows of "
+                f"v and grad_out), got {call.dim_v}")
+    if spec.grad_mode == "ste" and sign_chunks(call.dim)[1] != 1:
+        return (f"the Hopper backward's ste sign products take D in one power-of-two chunk (16-64, 97-128), "
+                f"got {call.dim}")
+    if spec.bias_kind == "table" and call.n != call.m:
+        return "the Hopper backward's table bias needs self-attention (N == M)"
+    if call.batch * call.heads > MAX_BATCH_HEADS:
+        return f"the Hopper backward takes at most {MAX_BATCH_HEADS} batch*heads"
+    if spec.bias_kind in ("dense", "mask", "table") and call.n * call.m > MAX_TILE_OFFSET:
+        return "the Hopper backward indexes one head's (N, M) bias with int32: N * M must be < 2**31"
+    if call.empty:
+        return "the Hopper backward needs non-empty tensors"
+    return None
