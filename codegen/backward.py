@@ -187,6 +187,14 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
     """
     bsz, heads, n = lse.shape
     m, dim_v = v.shape[2], v.shape[-1]
+    if options is None:
+        options = KernelOptions(backward_tiles=config.text if config else "")
+    kplan = kernel_plan or backward_plan(grad_out, v, bias, head_dim, m, spec, options)
+    if kplan.kernel == "hopper" and out is not None:  # the Gluon backward takes delta_i = dO_i . O_i from out
+        from .hopper.backward_op import hopper_backward
+
+        return hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim,
+                               needs, out=out)
     plan = _plan(spec, needs, out is not None)
     q_signs = unpack_signs(qbits, head_dim)  # (B, H, N, DP) int8
     k_signs = unpack_signs(kbits, head_dim)  # (B, H, M, DP) int8
@@ -202,9 +210,6 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
     vscale, vstep = value_scales(v) if spec.pv_quant == "int8" else (delta, delta)
     dp, dvp = padded_dim(head_dim), padded_dim(dim_v)
-    if options is None:
-        options = KernelOptions(backward_tiles=config.text if config else "")
-    kplan = kernel_plan or backward_plan(grad_out, v, bias, head_dim, m, spec, options)
     cfg = kplan.tiles
     common = dict(
         D=head_dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BIAS=beta.code,

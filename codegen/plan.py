@@ -8,10 +8,11 @@ variable. The op body (``bitlower.ops``), the backend's fallback count (``passes
 ``explain``, the benchmarks and the tests all ask :func:`plan_forward` / :func:`plan_backward`.
 
 Forward kernels (``ForwardPlan.kernel``):
-- ``"v1"``: prologue (sign + pack + |x| sums) + ``forward_kernel`` (scalars finalised in the kernel, a
-  table bias gathered per score); the portable tl.dot path at non-power-of-two D and for 8-bit P.V.
-- ``"v2"``: stats pass + ``forward_v2_kernel`` (scalars and bias maxima precomputed, a table bias
-  materialised densely); measured faster for mean_abs at power-of-two D and for every table bias
+- ``"v1"``: an option set of ``forward_kernel._binary_attn_fwd_kernel``: the word-load stats pass (bits
+  always, eff rows, |x| sums), scalars finalised and max|b| / max|beta2| reduced in the kernel, a table
+  bias gathered per score; the portable tl.dot path at non-power-of-two D and for 8-bit P.V.
+- ``"v2"``: the same kernel with ``SCALARS_GIVEN``: the tile-load stats pass, maxima precomputed, a table
+  bias materialised densely; measured faster for mean_abs at power-of-two D and for every table bias
   (benchmarks/kernel_notes.md, rounds 2 and 4).
 - ``"hopper"``: the Gluon forward of ``codegen/hopper`` (compute capability 9.x), only when
   ``KernelOptions(forward="hopper")`` asks for it and ``hopper_forward_unsupported`` accepts the call.

@@ -28,7 +28,7 @@ from ..backward import _row_dots
 from ..configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from ..forward_v2 import dense_table
 from ..operands import bias_operand
-from ..tiles import BIAS_CODES, LOG2E, load_signs
+from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
 from .backward_support import HopperBackwardConfig, hopper_backward_config
 from .config import sign_chunks, value_width
 from .launcher import _descriptor
@@ -48,7 +48,7 @@ def _unpack_signs_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     row_mask = rows < total_rows
     rows64 = rows.to(tl.int64)
-    signs = load_signs(bits_ptr, rows64, row_mask, words, D, DP, True)  # int8 +-1, 0 past D
+    signs = unpack_sign_bits(bits_ptr, rows64, row_mask, words, D=D, DP=DP)  # int8 +-1, 0 past D
     value = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(tl.float32)  # exact: |value| < 2**8
     raw = value.to(signs_ptr.dtype.element_ty)
     d = tl.arange(0, DP)
