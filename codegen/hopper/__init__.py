@@ -1,4 +1,4 @@
-"""Hopper (compute capability 9.x) forward written in Gluon (Triton 3.6): the sm_90 kernel family.
+"""Hopper (compute capability 9.x) forward and backward written in Gluon (Triton 3.6): the sm_90 family.
 
 Run only when asked for, ``KernelOptions(forward="hopper")`` (the default plan does not pick it
 yet: its host cost per call is still ~0.4 ms, ``benchmarks/kernel_notes.md`` session 6), and when
@@ -8,6 +8,9 @@ Files: ``support`` (the predicates, TMA repair of v), ``config`` (tiles, operand
 (host side), ``op`` (the opaque ``bitlower::hopper_fwd`` operator and ``hopper_forward``, the adapter
 ``codegen.forward`` calls), ``kernel_sage`` (the Gluon kernel, imported only at launch: Gluon's API is
 Triton-version specific). Checked on the H200 by ``tests/codegen/test_gpu_hopper.py``.
+The backward (``KernelOptions(backward="hopper")``): ``backward_support``, ``backward_launcher``,
+``backward_op`` (``bitlower::hopper_bwd``), ``kernel_bwd`` / ``kernel_bwd_q``; compiled offline only,
+not yet run on a GPU (``tests/codegen/test_gpu_hopper_bwd.py``).
 """
 from __future__ import annotations
 
