@@ -83,14 +83,9 @@ def hopper_backward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
     Returns:
         A reason string naming the operand and the constraint, or None.
     """
-    if not device.cuda or device.capability is None:
-        return "the Hopper backward needs CUDA tensors"
-    major, minor = device.capability
-    if major != 9:
-        return f"the Hopper backward needs compute capability 9.x, got {major}.{minor}"
-    reason = support.gluon_unavailable(triton_version)  # via the module: tests stub it there
+    reason = support.platform_reason(device, triton_version, "backward")
     if reason:
-        return reason.replace("Hopper forward", "Hopper backward")
+        return reason
     if spec.grad_mode not in GRAD_MODES:
         return f"the Hopper backward covers grad_mode {GRAD_MODES}, got {spec.grad_mode!r}"
     if call.dtype not in DTYPES:

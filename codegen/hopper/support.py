@@ -55,17 +55,18 @@ def gluon_unavailable(triton_version: str | None = None) -> str | None:
     """Why Triton ``triton_version`` (None: the installed one) cannot build the Gluon kernel, or None."""
     version = triton_version or installed_triton()
     if version is None:
-        return "the Hopper forward needs Triton (not installed)"
+        return "the Gluon sm_90 kernels need Triton (not installed)"
     if _version_tuple(version) != GLUON_TRITON:
-        return f"the Hopper forward is written against Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}'s Gluon, found {version}"
+        return (f"the Gluon sm_90 kernels are written against Triton {GLUON_TRITON[0]}.{GLUON_TRITON[1]}'s Gluon, "
+                f"found {version}")
     for module, names in _GLUON_SYMBOLS.items():
         try:
             loaded = importlib.import_module(module)
         except ImportError:
-            return f"the Hopper forward needs {module} (missing)"
+            return f"the Gluon sm_90 kernels need {module} (missing)"
         missing = [name for name in names if not hasattr(loaded, name)]
         if missing:
-            return f"the Hopper forward needs {module}.{missing[0]} (missing)"
+            return f"the Gluon sm_90 kernels need {module}.{missing[0]} (missing)"
     return None
 
 
@@ -95,6 +96,18 @@ def tma_readable(v: torch.Tensor) -> torch.Tensor:
     return v.clone(memory_format=torch.contiguous_format)
 
 
+def platform_reason(device: DeviceFacts, triton_version: str | None, kernels: str) -> str | None:
+    """Why the device or the installed Triton cannot run the Gluon sm_90 ``kernels`` ("forward" or
+    "backward"), or None: CUDA, compute capability 9.x, Triton 3.6's Gluon (``gluon_unavailable``)."""
+    if not device.cuda or device.capability is None:
+        return f"the Hopper {kernels} needs CUDA tensors"
+    major, minor = device.capability
+    if major != 9:
+        return f"the Hopper {kernels} needs compute capability 9.x, got {major}.{minor}"
+    reason = gluon_unavailable(triton_version or installed_triton())  # cached per version string
+    return f"the Hopper {kernels}: {reason}" if reason else None
+
+
 def hopper_forward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
                                triton_version: str | None = None) -> str | None:
     """Why ``launch_hopper_forward`` cannot run this call, or None when it can (the plan's question).
@@ -108,12 +121,7 @@ def hopper_forward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
     Returns:
         A reason string naming the operand and the constraint, or None.
     """
-    if not device.cuda or device.capability is None:
-        return "the Hopper forward needs CUDA tensors"
-    major, minor = device.capability
-    if major != 9:
-        return f"the Hopper forward needs compute capability 9.x, got {major}.{minor}"
-    reason = gluon_unavailable(triton_version or installed_triton())  # cached per version string
+    reason = platform_reason(device, triton_version, "forward")
     if reason:
         return reason
     if call.dtype not in DTYPES:  # v's dtype: q and k share it (validation), the kernel reads only their signs

@@ -59,7 +59,8 @@ def test_hopper_forward_refuses_other_tritons(monkeypatch):
 
     monkeypatch.setattr(support, "installed_triton", lambda: "3.9.0")  # CI's Triton
     reason = plan_forward(_call(64), CallSpec(scale=0.125), H100, KernelOptions(forward="hopper"))
-    assert reason == "the Hopper forward is written against Triton 3.6's Gluon, found 3.9.0"
+    assert reason == ("the Hopper forward: the Gluon sm_90 kernels are written against Triton 3.6's "
+                      "Gluon, found 3.9.0")
 
 
 @pytest.mark.parametrize("options", [KernelOptions(), KernelOptions(forward="v1", static_max=False),
