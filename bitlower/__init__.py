@@ -32,6 +32,9 @@ from bitlower.runtime import (  # noqa: E402  (after the operator: the runtime b
 )
 from bitlower.model_files import load, restore_, save  # noqa: E402  (builds on the runtime)
 from bitlower.sdpa import scaled_dot_product_attention  # noqa: E402
+from bitlower.registration import register_without_entry_point  # noqa: E402
+
+register_without_entry_point()
 
 __all__ = [
     "PRESETS",

@@ -2,7 +2,8 @@
 
 The entry point group ``torch_dynamo_backends`` names ``bitlower_backend`` (pyproject.toml), so
 ``backend="bitlower"`` works without importing bitlower. The function stays undecorated:
-registering it with ``register_backend`` as well makes the lookup fail ("duplicate name").
+registering it with ``register_backend`` as well makes the lookup fail ("duplicate name"); a checkout
+without the entry point gets the name from ``bitlower.registration`` on ``import bitlower``.
 
 Flow: the Dynamo graph (torch-level IR) -> ``bitlower.passes.rewrite_attention`` ->
 ``bitlower.passes.kernel_fallback.count_kernel_fallbacks`` ->
