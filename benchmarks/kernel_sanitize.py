@@ -13,7 +13,8 @@ kind (kind, kernel+offset, source line) are kept; the table has one row per case
 
 Usage: ``python benchmarks/kernel_sanitize.py --out $OUT`` (memcheck; ``--tool racecheck`` or
 ``initcheck`` for the other checkers; ``--no-sanitizer`` for the synchronised launches alone).
-Session 7 (H200, Triton 3.6) found: the v1 forward at D 24 (padded 32) with 128x32 tiles and the static
+The plan pads D 17-32 to 64 channels since session 7; ``min_width=32`` rows run the 32-channel tiles
+that session 7 (H200, Triton 3.6) found faulty: the v1 forward at D 24 (padded 32) with 128x32 tiles and the static
 bound, "Out-of-range shared or local address" at the Q.K^T dot (``forward_tiles.py:43``, 34 errors);
 the query-side backward at D 32 with a dense bias, at a reduction (``standard.py:263``, 49 errors);
 the v2 forward at D 128, Dv 32, one token: NaN outputs with no memcheck or initcheck error.
@@ -44,9 +45,10 @@ def cases() -> list[dict]:
                 for grad in ("ste", "hamming"):
                     grid.append(dict(BASE, B=3 if n > 1 else 2, N=n, M=n, D=dim, Dv=dim_v, bias_kind=bias,
                                      grad_mode=grad))
-    overrides = [dict(forward="v1", static_max=False), dict(forward="v1", forward_tiles="64x32x4x2"),
-                 dict(forward="v1", forward_tiles="128x64x4x3"), dict(forward="v2"),
-                 dict(backward_tiles="64x64x4x1"), dict(backward_tiles="32x32x4x1")]
+    overrides = [dict(min_width=32), dict(min_width=32, forward="v1", static_max=False),
+                 dict(min_width=32, forward="v1", forward_tiles="64x32x4x2"),
+                 dict(min_width=32, forward="v1", forward_tiles="128x64x4x3"), dict(min_width=32, forward="v2"),
+                 dict(min_width=32, backward_tiles="64x64x4x1"), dict(forward="v1", static_max=False)]
     for dim, dim_v in ((24, 64), (32, 64), (128, 32)):
         for n in (1, 256):
             for options in overrides:

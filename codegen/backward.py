@@ -94,10 +94,13 @@ def _unpack_rows_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr,
     tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], signs, mask=row_mask[:, None])
 
 
-def unpack_signs(bits: torch.Tensor, dim: int) -> torch.Tensor:
-    """int8 ``(B, H, L, DP)`` ``+-1`` signs (0 past ``dim``) from packed ``(B, H, L, 1, W)`` bits."""
+def unpack_signs(bits: torch.Tensor, dim: int, dim_p: int = 0) -> torch.Tensor:
+    """int8 ``(B, H, L, DP)`` ``+-1`` signs (0 past ``dim``) from packed ``(B, H, L, 1, W)`` bits.
+
+    ``dim_p``: DP (the plan's ``dim_p``; 0: ``configs.padded_dim(dim)``).
+    """
     bsz, heads, length = bits.shape[:3]
-    dp = padded_dim(dim)
+    dp = dim_p or padded_dim(dim)
     out = torch.empty(bsz, heads, length, dp, dtype=torch.int8, device=bits.device)
     rows = bsz * heads * length
     torch.library.wrap_triton(_unpack_rows_kernel)[(triton.cdiv(rows, PROLOGUE_ROWS),)](
@@ -196,8 +199,8 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
         return hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim,
                                needs, out=out)
     plan = _plan(spec, needs, out is not None)
-    q_signs = unpack_signs(qbits, head_dim)  # (B, H, N, DP) int8
-    k_signs = unpack_signs(kbits, head_dim)  # (B, H, M, DP) int8
+    q_signs = unpack_signs(qbits, head_dim, kplan.dim_p)  # (B, H, N, DP) int8
+    k_signs = unpack_signs(kbits, head_dim, kplan.dim_p)  # (B, H, M, DP) int8
     dev = v.device
     f32 = dict(dtype=torch.float32, device=dev)
     delta = _row_dots(out, grad_out, lse) if plan.delta_given else torch.empty(bsz, heads, n, **f32)
@@ -209,7 +212,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
     dv = torch.empty_like(v, memory_format=torch.contiguous_format) if plan.dv else None
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
     vscale, vstep = value_scales(v) if spec.pv_quant == "int8" else (delta, delta)
-    dp, dvp = padded_dim(head_dim), padded_dim(dim_v)
+    dp, dvp = kplan.dim_p, kplan.dim_vp
     cfg = kplan.tiles
     common = dict(
         D=head_dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BIAS=beta.code,

@@ -26,9 +26,19 @@ PROLOGUE_ROWS = 64  # rows per stats-pass (and sign-unpack) program (memory-boun
 PROLOGUE_WARPS = 4
 
 
-def padded_dim(dim: int) -> int:
-    """Next power of two >= dim, at least 32 (the int8 tensor-core dot needs K >= 32)."""
-    return max(32, 1 << (dim - 1).bit_length())
+MIN_PADDED_DIM = 64  # the default floor of padded_dim
+NARROW_PADDED_DIM = 32  # the int8 tensor-core dot's smallest K (KernelOptions(min_width=32))
+
+
+def padded_dim(dim: int, floor: int = MIN_PADDED_DIM) -> int:
+    """Next power of two >= dim, at least ``floor``: the width of the tl.dot kernels' sign and value tiles.
+
+    The floor is 64: on the H200 (Triton 3.6) the calls with 32-channel sign tiles (D 17-32) faulted in
+    the backward and memcheck found out-of-range shared accesses at the forward's int8 dot, while every
+    64-wide call ran clean (benchmarks/kernel_notes.md, session 7). ``floor=32`` (the int8 dot's
+    smallest K) stays reachable as ``KernelOptions(min_width=32)`` for the sanitizer comparison.
+    """
+    return max(floor, 1 << (dim - 1).bit_length())
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from .configs import DEFAULT_LIMIT, STATIC_LIMIT, padded_dim
+from .configs import DEFAULT_LIMIT, STATIC_LIMIT
 from .forward_kernel import SCALARS_GIVEN, SCALARS_IN_KERNEL, _binary_attn_fwd_kernel
 from .operands import BiasOperand, bias_operand, dense_table, uses_dense_table, value_scales
 from .plan import ForwardPlan, KernelOptions, forward_plan
@@ -111,7 +111,7 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
     f32 = dict(dtype=torch.float32, device=q.device)
     eff = not (given and mean_abs)  # SCALARS_IN_KERNEL scales eff (1 or NaN) by the head mean
     # v2: max |eff| of q and k whenever eff (only k's is read); v1 reduces max |b| in the kernel
-    stats = dict(eff=eff, signs=True, word_loads=opts.word_loads)
+    stats = dict(eff=eff, signs=True, word_loads=opts.word_loads, dim_p=plan.dim_p)
     qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, **stats)
     kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, **stats)
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if a_rows is None else a_rows
@@ -121,7 +121,7 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
     lse = torch.empty(bsz, heads, n, **f32)
     row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
     pick = lambda t: lse if t is None else t  # noqa: E731 - a pointer the kernel does not read
-    dp = padded_dim(dim)
+    dp = plan.dim_p
     if given:  # arguments of the other option set: None (constexpr)
         b_max, beta_max_t, (vscale, vstep), sign_strides = pick(b_max), pick(beta_max), (None, None), (None,) * 4
     else:
@@ -133,7 +133,7 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
         q_signs, k_signs, v, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), b_max,
         pick(beta.tensor), beta_max_t, vscale, vstep, *sign_strides, *v.stride(), *beta.strides,
         heads, n, m, spec.scale * LOG2E.value, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
-        D=dim, DP=dp, DV=dim_v, DVP=padded_dim(dim_v), BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
+        D=dim, DP=dp, DV=dim_v, DVP=plan.dim_vp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
         MEAN_ABS=mean_abs, BIAS=beta.code, HAS_PREFIX=beta.has_prefix, STATIC_MAX=plan.static_max,
         LIMIT=limit, P_OFFSET=offset, DOT=plan.dot, SCALARS=opts.scalars, SIGN_STRIDES=opts.sign_strides,
         BETA_MAX=beta_max is not None, PV_INT8=pv_int8,

@@ -29,8 +29,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .configs import (DOT_BF16, DOT_FP16, DOT_FP32, INTERPRETER_CONFIG, TileConfig, backward_table,
-                      forward_table, forward_v2_table, padded_dim)
+from .configs import (DOT_BF16, DOT_FP16, DOT_FP32, INTERPRETER_CONFIG, MIN_PADDED_DIM, NARROW_PADDED_DIM,
+                      TileConfig, backward_table, forward_table, forward_v2_table, padded_dim)
 
 MIN_DIM, MAX_DIM = 16, 256  # head dims the tl.dot kernels take (int8 dot K >= 16; registers at 256)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -62,9 +62,11 @@ class KernelOptions:
         backward: ``"auto"`` (the tl.dot backward) or ``"hopper"`` (sm_90 Gluon backward).
         forward_tiles, backward_tiles: ``"BNxBMxWxS"`` tile configs replacing the table's.
         static_max: False forces the online softmax in the forward.
+        min_width: the floor of the tl.dot kernels' padded head dims (``configs.padded_dim``): 64, or 32
+            (the narrower tiles that faulted on the H200; for sanitizer comparisons).
 
     Raises:
-        ValueError: an unknown forward or backward name or a malformed tile string.
+        ValueError: an unknown forward or backward name, a malformed tile string or another ``min_width``.
 
     Example:
         >>> KernelOptions.decode(KernelOptions(forward="v1", forward_tiles="64x32x4x2").encode()).forward
@@ -76,6 +78,7 @@ class KernelOptions:
     backward_tiles: str = ""
     static_max: bool = True
     backward: str = "auto"
+    min_width: int = MIN_PADDED_DIM
 
     def __post_init__(self):
         if self.forward not in FORWARD_CHOICES:
@@ -84,6 +87,8 @@ class KernelOptions:
             raise ValueError(f"backward must be one of {BACKWARD_CHOICES}, got {self.backward!r}")
         for name in ("forward_tiles", "backward_tiles"):
             parse_tiles(getattr(self, name))
+        if self.min_width not in (MIN_PADDED_DIM, NARROW_PADDED_DIM):
+            raise ValueError(f"min_width must be {MIN_PADDED_DIM} or {NARROW_PADDED_DIM}, got {self.min_width!r}")
 
     def encode(self) -> str:
         """The operator argument: ``""`` for the defaults, else ``"key=value;..."`` of the changed fields."""
@@ -97,6 +102,8 @@ class KernelOptions:
         values = dict(item.split("=", 1) for item in text.split(";") if item)
         if "static_max" in values:
             values["static_max"] = values["static_max"] == "True"
+        if "min_width" in values:
+            values["min_width"] = int(values["min_width"])
         return cls(**values)
 
 
@@ -153,12 +160,15 @@ class CallFacts:
 
 @dataclass(frozen=True)
 class ForwardPlan:
-    """The forward launches of one call: kernel family, tiles, dot operand type, softmax form."""
+    """The forward launches of one call: kernel family, tiles, dot operand type, softmax form, and the
+    padded widths of the sign (``dim_p``) and value (``dim_vp``) tiles (tl.dot kernels; ``configs.padded_dim``)."""
 
     kernel: str
     tiles: TileConfig
     dot: int
     static_max: bool
+    dim_p: int = 0
+    dim_vp: int = 0
 
 
 @dataclass(frozen=True)
@@ -171,6 +181,8 @@ class BackwardPlan:
     dot: int
     ds_dot: int
     kernel: str = "tldot"
+    dim_p: int = 0
+    dim_vp: int = 0
 
 
 def dot_kind(dtype: torch.dtype, device: DeviceFacts) -> int:
@@ -207,7 +219,8 @@ def auto_forward(call: CallFacts, spec) -> str:
         return "v1"
     if spec.bias_kind == "table":
         return "v2"
-    return "v2" if spec.weighting == "mean_abs" and padded_dim(call.dim) == call.dim else "v1"
+    power_of_two = call.dim >= NARROW_PADDED_DIM and call.dim & (call.dim - 1) == 0
+    return "v2" if spec.weighting == "mean_abs" and power_of_two else "v1"
 
 
 def _hopper_reason(call: CallFacts, spec, device: DeviceFacts) -> str | None:
@@ -237,10 +250,10 @@ def plan_forward(call: CallFacts, spec, device: DeviceFacts, options: KernelOpti
         hopper = _hopper_reason(call, spec, device)
         if hopper is not None:
             return hopper
-    dp, dvp = padded_dim(call.dim), padded_dim(call.dim_v)
+    dp, dvp = padded_dim(call.dim, options.min_width), padded_dim(call.dim_v, options.min_width)
     tiles = parse_tiles(options.forward_tiles) or _forward_tiles(kernel, call, spec, device, dp, dvp)
     static = options.static_max and spec.bias_kind != "dense"  # no bound known for a caller's dense bias
-    return ForwardPlan(kernel, tiles, dot_kind(call.dtype, device), static)
+    return ForwardPlan(kernel, tiles, dot_kind(call.dtype, device), static, dp, dvp)
 
 
 def _forward_tiles(kernel: str, call: CallFacts, spec, device: DeviceFacts, dp: int, dvp: int) -> TileConfig:
@@ -272,12 +285,12 @@ def plan_backward(call: CallFacts, spec, device: DeviceFacts, options: KernelOpt
     if reason is not None:
         return reason
     dot = dot_kind(call.dtype, device)
-    dp, dvp = padded_dim(call.dim), padded_dim(call.dim_v)
+    dp, dvp = padded_dim(call.dim, options.min_width), padded_dim(call.dim_v, options.min_width)
     tiles = parse_tiles(options.backward_tiles)
     if tiles is None:
         tiles = INTERPRETER_CONFIG if device.interpreter else backward_table(call.n, call.m, dp, dvp, call.dtype)
     kernel = "hopper" if options.backward == "hopper" else "tldot"
-    return BackwardPlan(tiles, dot, DOT_FP32 if dot == DOT_FP32 else DOT_BF16, kernel)
+    return BackwardPlan(tiles, dot, DOT_FP32 if dot == DOT_FP32 else DOT_BF16, kernel, dp, dvp)
 
 
 def forward_plan(q, k, v, bias, spec, options: KernelOptions = KernelOptions()) -> ForwardPlan:

@@ -165,7 +165,8 @@ FP8_ONE = 0x38  # float8 e4m3 1.0 (exponent 7 = bias, mantissa 0); 0xB8 is -1.0,
 
 
 def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, signs: bool = False,
-               fp8_signs: bool = False, head_max: bool | None = None, word_loads: bool = False):
+               fp8_signs: bool = False, head_max: bool | None = None, word_loads: bool = False,
+               dim_p: int = 0):
     """Run the stats pass on ``x`` ``(B, H, L, D)``.
 
     Args:
@@ -179,6 +180,7 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         head_max: reduce the per-(batch, head) max ``|eff|`` (None: whenever ``eff`` without ``word_loads``).
         word_loads: ``LOAD_WORDS`` (the forward's "v1" option set): packed bits whatever ``spec.save_bits``,
             clip bits for ste, eff rows; needs ``eff``, int8 signs, no head maxima.
+        dim_p: DP, the sign tensor's width (the plan's ``dim_p``; 0: ``configs.padded_dim(D)``).
 
     Raises:
         ValueError: ``head_max`` without ``eff``, or ``word_loads`` with an output it does not write.
@@ -204,7 +206,8 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
     sum_abs = spec.weighting == "mean_abs"
     sums = torch.zeros(bsz, heads, **f32) if sum_abs else None
     maxes = torch.zeros(bsz, heads, **f32) if head_max else None
-    sign_shape = (bsz, heads, length, padded_dim(dim))
+    dim_p = dim_p or padded_dim(dim)
+    sign_shape = (bsz, heads, length, dim_p)
     sign_t = torch.empty(sign_shape, dtype=torch.int8, device=dev) if signs else None
     dummy = bits if words else torch.empty(1, dtype=torch.int32, device=dev)
     fdummy = torch.empty(1, **f32)
@@ -216,7 +219,7 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         eff_rows if eff else fdummy, given_t,
         sums if sum_abs else fdummy, maxes if head_max else None if word_loads else fdummy,
         heads, length, round_to_dtype(spec.ste_clip, x.dtype),
-        D=dim, DP=padded_dim(dim), W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
+        D=dim, DP=dim_p, W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
         WRITE_BITS=words > 0, WRITE_CLIP=clip_words > 0, WRITE_SIGNS=signs, WRITE_EFF=eff, GIVEN=given is not None,
         SUM_ABS=sum_abs, SIGN_ONE=FP8_ONE if fp8_signs else 1, HEAD_MAX=head_max,
         LOAD=LOAD_WORDS if word_loads else LOAD_TILE, num_warps=PROLOGUE_WARPS,

@@ -77,3 +77,24 @@ def test_single_key_gradients_are_rounding_of_zero():
     terms = float((do * v).sum().abs() + (do * got[0]).sum().abs())  # |dp| + |delta|
     for g in grads[:2]:
         assert float(g.abs().max()) <= 8 * EPS32 * terms * spec.scale
+
+
+@pytest.mark.parametrize("min_width", [32, 64])
+def test_d24_at_either_padded_width_matches_the_reference(min_width, helpers):
+    """Reproducer 1's call with 32- and 64-channel sign tiles (the GPU default pads D 17-32 to 64)."""
+    from bitlower.codegen.plan import KernelOptions
+
+    torch.manual_seed(1)
+    q, k, v = torch.randn(2, 1, 40, 24), torch.randn(2, 1, 40, 24), torch.randn(2, 1, 40, 64)
+    bias = torch.randn(1, 1, 40, 40)
+    spec = CallSpec(scale=1.0, weighting="mean_abs", bias_kind="dense", grad_mode="ste")
+    options = KernelOptions(forward="v1", min_width=min_width)
+    with checked_memory():
+        got = forward(q, k, v, None, None, bias, spec, options)
+        do = torch.randn(2, 1, 40, 64)
+        args = (do, v, bias, *got[1:], spec, 24, [True, True, True, False, False, True])
+        grads = backward(*args, options, out=got[0])
+    ref = reference.forward(q, k, v, None, None, bias, spec)
+    assert helpers.rel_err(got[0], ref[0]) <= FP32_BOUND
+    for g, r in zip(grads, reference_backward.backward(*args)):
+        assert (g is None) == (r is None) and (g is None or helpers.rel_err(g, r) <= FP32_BOUND)

@@ -22,9 +22,24 @@ def test_measured_choice_and_overrides():
     assert plan_forward(_call(64), spec, H100).kernel == "v2"  # mean_abs at a power-of-two D
     assert plan_forward(_call(72), spec, H100).kernel == "v1"  # padded D: v1 measured faster (DiT)
     plan = plan_forward(_call(72), spec, H100, KernelOptions(forward="v2", forward_tiles="64x32x4x2"))
-    assert plan == ForwardPlan("v2", configs.TileConfig(64, 32, 4, 2), configs.DOT_BF16, True)
+    assert plan == ForwardPlan("v2", configs.TileConfig(64, 32, 4, 2), configs.DOT_BF16, True, 128, 128)
     assert plan_forward(_call(64), CallSpec(scale=0.1, pv_quant="int8"), H100, KernelOptions(forward="v2")).kernel == "v1"
     assert plan_backward(_call(64), spec, H100, KernelOptions(backward_tiles="32x64x4x3")).tiles.block_n == 32
+
+
+def test_padded_widths_floor_at_64_unless_asked_for_32():
+    """D 17-32 pads to 64 channels (the 32-wide tiles faulted on the H200); min_width=32 keeps them."""
+    spec = CallSpec(scale=0.125)
+    for dim, wide, narrow in ((16, 64, 32), (24, 64, 32), (32, 64, 32), (64, 64, 64), (72, 128, 128)):
+        fwd, bwd = plan_forward(_call(dim), spec, H100), plan_backward(_call(dim), spec, H100)
+        assert (fwd.dim_p, fwd.dim_vp, bwd.dim_p, bwd.dim_vp) == (wide,) * 4
+        options = KernelOptions(min_width=32)
+        assert plan_forward(_call(dim), spec, H100, options).dim_p == narrow
+        assert plan_backward(_call(dim), spec, H100, options).dim_vp == narrow
+        assert KernelOptions.decode(options.encode()) == options
+    assert plan_forward(_call(32), spec, H100).kernel == "v2"  # the measured choice keys on D, not on DP
+    with pytest.raises(ValueError, match="min_width"):
+        KernelOptions(min_width=16)
 
 
 def test_interpreter_tiles_come_from_the_device_not_the_environment(monkeypatch):
