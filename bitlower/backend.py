@@ -14,8 +14,8 @@ graph itself (the operator call and its static arguments are part of it).
 
 Kernel fallbacks (CUDA calls the fused kernels do not cover) are counted here, on every compile,
 because a cache hit in ``compile_fx`` skips the trace of the operator's body where the choice
-is made; ``compile_fx`` runs under ``bitlower.ops.fallbacks_counted_by_backend`` so a cold
-compile does not count them twice (see ``bitlower.ops``).
+is made; the pass marks each call ``counted`` (its ``kernel_options``) so a cold compile's trace
+does not count them twice (see ``bitlower.ops``).
 """
 from __future__ import annotations
 
@@ -29,7 +29,6 @@ from torch._inductor.compile_fx import compile_fx
 
 from bitlower.backend_config import BackendConfig
 from bitlower.counters import kept_on_success
-from bitlower.ops import fallbacks_counted_by_backend
 from bitlower.passes.kernel_fallback import count_kernel_fallbacks
 from bitlower.passes.rewrite_attention import rewrite_attention
 
@@ -97,8 +96,7 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
         patches = {**list_mode_options(mode), **patches}
     with kept_on_success():  # a compile that raises (a Dynamo restart) drops the graph and its counts
         gm = count_kernel_fallbacks(rewrite_attention(gm, config))
-        with fallbacks_counted_by_backend():
-            return compile_fx(gm, example_inputs, config_patches=patches)
+        return compile_fx(gm, example_inputs, config_patches=patches)
 
 
 def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None,
@@ -117,5 +115,4 @@ def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: st
     config, _ = split_options(options)
     with kept_on_success():
         gm = count_kernel_fallbacks(rewrite_attention(gm, config))
-        with fallbacks_counted_by_backend():
-            return aot_eager(gm, example_inputs)
+        return aot_eager(gm, example_inputs)

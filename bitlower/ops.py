@@ -10,8 +10,8 @@ Fallback counting (``bitlower.counters["fallback"][reason]``, one key for every 
 - an eager call on CUDA tensors that takes the reference counts once, each call;
 - under ``torch.compile(backend="bitlower")`` the backend counts each operator call site of every
   graph Dynamo compiles (``bitlower.passes.kernel_fallback``), before Inductor's caches are
-  consulted, so warm and cold compiles count alike; while it compiles
-  (``fallbacks_counted_by_backend``) the bodies AOTAutograd traces on fake tensors do not count;
+  consulted, so warm and cold compiles count alike, and marks the call's ``kernel_options``
+  ``counted``: its bodies AOTAutograd traces on fake tensors do not count again;
 - under another backend a traced body still counts, once per trace: a cache hit skips the trace.
 
 The forward returns, besides the output, what the backward needs: the log-sum-exp, the
@@ -21,10 +21,8 @@ backward recomputes the scores from those bits; it never sees the float q and k.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -50,24 +48,6 @@ def _drop_bits(outputs, spec: CallSpec):
     out, lse, qbits, kbits, qclip, kclip, a, b, row_state = outputs
     empty = [x.new_empty(*x.shape[:-1], 0) for x in (qbits, kbits, qclip, kclip)]
     return (out, lse, *empty, a, b, row_state)
-
-
-_COUNTED_BY_BACKEND = contextvars.ContextVar("bitlower_fallbacks_counted_by_backend", default=False)
-
-
-@contextlib.contextmanager
-def fallbacks_counted_by_backend() -> Iterator[None]:
-    """While open, operator bodies traced on fake tensors leave ``counters["fallback"]`` alone.
-
-    The bitlower backend compiles under it: it has already counted every operator call of the
-    graph (``bitlower.passes.kernel_fallback``), whether or not Inductor's caches then trace the
-    bodies. Eager calls (real tensors) count as always.
-    """
-    token = _COUNTED_BY_BACKEND.set(True)
-    try:
-        yield
-    finally:
-        _COUNTED_BY_BACKEND.reset(token)
 
 
 def fallback_reason(check: str, tensors, spec: CallSpec, kernel_options: str = "", **extra) -> str | None:
@@ -100,7 +80,7 @@ def _kernels_for(check: str, tensors, spec: CallSpec, kernel_options: str = "", 
     if not isinstance(plan, str):
         return plan
     reason = plan
-    if not (_COUNTED_BY_BACKEND.get() and is_fake(tensors[0])):  # else the backend counted it
+    if not (options.counted and is_fake(tensors[0])):  # else the bitlower backend counted it
         counters["fallback"][reason] += 1
         log.info("bitlower: reference path on CUDA: %s", reason)
     return None

@@ -64,6 +64,9 @@ class KernelOptions:
         static_max: False forces the online softmax in the forward.
         min_width: the floor of the tl.dot kernels' padded head dims (``configs.padded_dim``): 64, or 32
             (the narrower tiles that faulted on the H200; for sanitizer comparisons).
+        counted: the bitlower backend has counted this call's fallback (``passes.kernel_fallback`` sets
+            it on every operator call of the graphs it compiles): bodies traced on fake tensors then
+            leave ``counters["fallback"]`` alone. Not a plan choice.
 
     Raises:
         ValueError: an unknown forward or backward name, a malformed tile string or another ``min_width``.
@@ -79,6 +82,7 @@ class KernelOptions:
     static_max: bool = True
     backward: str = "auto"
     min_width: int = MIN_PADDED_DIM
+    counted: bool = False
 
     def __post_init__(self):
         if self.forward not in FORWARD_CHOICES:
@@ -100,8 +104,9 @@ class KernelOptions:
     def decode(cls, text: str) -> "KernelOptions":
         """Inverse of :meth:`encode`."""
         values = dict(item.split("=", 1) for item in text.split(";") if item)
-        if "static_max" in values:
-            values["static_max"] = values["static_max"] == "True"
+        for flag in ("static_max", "counted"):
+            if flag in values:
+                values[flag] = values[flag] == "True"
         if "min_width" in values:
             values["min_width"] = int(values["min_width"])
         return cls(**values)

@@ -11,8 +11,9 @@ function the operator uses (``bitlower.ops.fallback_reason``), and each fallback
 ``bitlower.counters["fallback"][reason]`` and logged, once per call site and compiled graph: the
 forward, and the backward too when the call saves bits for one (it is differentiated).
 
-The backend compiles the graph under ``bitlower.ops.fallbacks_counted_by_backend()``, so the
-operator bodies AOTAutograd traces do not count the same fallbacks again.
+Each call it has counted gets ``counted=True`` in its ``kernel_options`` argument
+(``codegen.plan.KernelOptions``), so the operator bodies AOTAutograd then traces on fake tensors do not
+count the same fallbacks again; the argument is part of the graph, so Inductor's caches key it.
 
 Sizes are taken at the values Dynamo traced (the hints of symbolic sizes): the decision adds no
 guards, and it is the one the operator's trace makes at those sizes.
@@ -20,6 +21,7 @@ guards, and it is the one the operator's trace makes at those sizes.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -29,7 +31,7 @@ from bitlower import ops
 from bitlower.counters import counters
 from bitlower.passes.op_table import value_of
 from bitlower.passes.site import module_path
-from bitlower.spec import FWD_TENSORS, bind_fwd_args, spec_of_fwd_args
+from bitlower.spec import FWD_PARAMS, FWD_TENSORS, bind_fwd_args, spec_of_fwd_args
 
 log = logging.getLogger(__name__)
 
@@ -101,21 +103,39 @@ def _reasons(node: Node) -> list[str]:
 
 
 def count_kernel_fallbacks(gm: GraphModule) -> GraphModule:
-    """Count and log the fallback of every operator call in ``gm`` and its subgraphs; ``gm`` is unchanged.
+    """Count and log the fallback of every operator call in ``gm`` and its subgraphs, and mark each call counted.
 
     Args:
         gm: a Dynamo-level graph module, after ``rewrite_attention``.
 
     Returns:
-        ``gm`` itself. Counter: ``fallback`` by reason, one per call site (forward, and backward
-        when differentiated) each time the graph is compiled.
+        ``gm`` itself, each operator call's ``kernel_options`` with ``counted=True``. Counter:
+        ``fallback`` by reason, one per call site (forward, and backward when differentiated) each
+        time the graph is compiled.
     """
     for module in gm.modules():
         if not isinstance(module, GraphModule):
             continue
-        for node in module.graph.find_nodes(op="call_function", target=OPERATOR):
+        nodes = module.graph.find_nodes(op="call_function", target=OPERATOR)
+        for node in nodes:
             for reason in call_fallback_reasons(node):
                 counters["fallback"][reason] += 1
                 log.info("bitlower: operator call at %r will run the reference on CUDA: %s",
                          module_path(node), reason)
+            _mark_counted(node)
+        if nodes:
+            module.recompile()
     return gm
+
+
+def _mark_counted(node: Node) -> None:
+    """Set ``counted=True`` in the call's ``kernel_options`` (positional or keyword, as the call has it)."""
+    from bitlower.codegen.plan import KernelOptions
+
+    index = FWD_PARAMS.index("kernel_options")
+    current = node.args[index] if len(node.args) > index else node.kwargs.get("kernel_options", "")
+    marked = replace(KernelOptions.decode(current), counted=True).encode()
+    if len(node.args) > index:
+        node.update_arg(index, marked)
+    else:
+        node.update_kwarg("kernel_options", marked)

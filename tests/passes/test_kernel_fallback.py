@@ -41,10 +41,13 @@ def cuda_view(monkeypatch):
 @pytest.fixture
 def traced_bodies(monkeypatch):
     """Each time the operator's body asks for kernels: (check, backend counted it, fake tensors)."""
+    from bitlower.codegen.plan import KernelOptions
+
     seen, original = [], ops._kernels_for
 
     def spy(check, tensors, spec, *options, **extra):
-        seen.append((check, ops._COUNTED_BY_BACKEND.get(), is_fake(tensors[0])))
+        counted = KernelOptions.decode(options[0] if options else extra.get("kernel_options", "")).counted
+        seen.append((check, counted, is_fake(tensors[0])))
         return original(check, tensors, spec, *options, **extra)
 
     monkeypatch.setattr(ops, "_kernels_for", spy)
@@ -96,8 +99,8 @@ def test_traced_body_counts_only_outside_the_backends_compile():
         q, k, v = (torch.empty(1, 2, 16, 8, device="cuda") for _ in range(3))
     spec = ops.make_spec(8 ** -0.5, "mean_abs", "none", [], "ste", "none", 1.0)
     before = dict(counters["fallback"])
-    with ops.fallbacks_counted_by_backend():  # the backend counted this call already
-        assert ops._kernels_for("unsupported_reason", (q, k, v, None, None, None), spec) is None
+    counted = "counted=True"  # the bitlower backend marked this call: it counted it already
+    assert ops._kernels_for("unsupported_reason", (q, k, v, None, None, None), spec, counted) is None
     assert _fallbacks_since(before) == {}
     assert ops._kernels_for("unsupported_reason", (q, k, v, None, None, None), spec) is None  # another backend
     assert _fallbacks_since(before) == {HEAD_DIM_8: 1}
