@@ -16,7 +16,7 @@ from .configs import DEFAULT_LIMIT, STATIC_LIMIT
 from .forward_kernel import SCALARS_GIVEN, SCALARS_IN_KERNEL, _binary_attn_fwd_kernel
 from .operands import BiasOperand, bias_operand, dense_table, uses_dense_table, value_scales
 from .plan import ForwardPlan, KernelOptions, forward_plan
-from .stats import head_stats
+from .stats import pair_stats
 from .tiles import BIAS_CODES, LOG2E
 
 
@@ -112,8 +112,8 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
     eff = not (given and mean_abs)  # SCALARS_IN_KERNEL scales eff (1 or NaN) by the head mean
     # v2: max |eff| of q and k whenever eff (only k's is read); v1 reduces max |b| in the kernel
     stats = dict(eff=eff, signs=True, word_loads=opts.word_loads, dim_p=plan.dim_p)
-    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, **stats)
-    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, **stats)
+    (qbits, qclip, a_rows, q_sums, _, q_signs), (kbits, kclip, b_rows, k_sums, b_max, k_signs) = pair_stats(
+        q, k, a, b, spec, **stats)
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if a_rows is None else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if b_rows is None else b_rows
     beta, beta_max = _bias(bias, spec, (bsz, heads, n, m), opts, table_dense)

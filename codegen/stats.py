@@ -5,9 +5,10 @@ the per-token scalars ``eff = given * (1 or NaN)`` and their per-(batch, head) m
 (the static row bound of ``token``/``none`` weighting), and, when a backward will run
 (``spec.save_bits``), the packed sign bits and STE clip bits, and the ``+-1`` sign tensor that the
 main kernel's tensor-core dot reads (``signs=True``; int8, or float8 e4m3 bytes for the Hopper
-kernel). Parallelised over (row block, batch*head): programs meet only in the atomics of the per-head
-sums and maxima. Two load forms (constexpr ``LOAD``): ``LOAD_TILE`` reads one ``(BLOCK_L, DP)`` tile
-(16-byte vectors on contiguous rows; the "v2" option set and the Hopper forward), ``LOAD_WORDS`` one
+kernel). Parallelised over (row block, batch*head, operand): ``pair_stats`` runs q and k of a call in
+one launch (grid axis 2; two launches when their lengths or dtypes differ); programs meet only in the
+atomics of the per-head sums and maxima. Two load forms (constexpr ``LOAD``): ``LOAD_TILE`` reads one
+``(BLOCK_L, DP)`` tile (16-byte vectors on contiguous rows; the "v2" option set and the Hopper forward), ``LOAD_WORDS`` one
 32-channel word at a time (64-byte row segments, nothing read past ``ceil(D / 32)`` words; the "v1"
 option set, measured faster than "v2" at padded D: DiT D 72, 0.207 vs 0.226 ms, kernel_notes round 4).
 """
@@ -138,18 +139,15 @@ def _word_stats(
 
 
 @triton.jit
-def _stats_kernel(
-    x_ptr, s_xb, s_xh, s_xl, s_xd,
-    bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr,
-    H, L, clip,
+def _operand_stats(
+    x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr, H, L, clip,
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
     WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
     GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr, HEAD_MAX: tl.constexpr,
     LOAD: tl.constexpr,
 ):
-    """Stats of one operand; see the module notation. ``LOAD_WORDS`` reads neither ``max_ptr`` (None) nor the
+    """Stats of one operand by the ``LOAD`` form. ``LOAD_WORDS`` reads neither ``max_ptr`` (None) nor the
     ``WRITE_BITS`` / ``WRITE_EFF`` / ``SIGN_ONE`` / ``HEAD_MAX`` options (bits and eff always, int8 signs)."""
-    clip = tl.cast(clip, tl.float32)  # float scalars may arrive as float64 under Inductor
     if LOAD == LOAD_WORDS:
         _word_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr,
                     H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L, WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS,
@@ -159,6 +157,42 @@ def _stats_kernel(
                     max_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L, WRITE_BITS=WRITE_BITS,
                     WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS, WRITE_EFF=WRITE_EFF, GIVEN=GIVEN,
                     SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE, HEAD_MAX=HEAD_MAX)
+
+
+@triton.jit
+def _stats_kernel(
+    x_ptr, s_xb, s_xh, s_xl, s_xd,
+    bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, max_ptr,
+    x2_ptr, s2_xb, s2_xh, s2_xl, s2_xd,
+    bits2_ptr, clip2_ptr, signs2_ptr, eff2_ptr, given2_ptr, sums2_ptr, max2_ptr,
+    H, L, clip,
+    D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
+    WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
+    GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr, HEAD_MAX: tl.constexpr,
+    LOAD: tl.constexpr, PAIR: tl.constexpr,
+):
+    """Stats of one operand, or with ``PAIR`` of two (grid axis 2: the ``x`` group, then the ``x2`` group; q
+    and k of one call, same length and dtype); see the module notation. Each group is passed whole to its
+    own call, so the JIT's specialisation of each argument (a stride of 1, say) stays its own."""
+    clip = tl.cast(clip, tl.float32)  # float scalars may arrive as float64 under Inductor
+    if PAIR:
+        if tl.program_id(2) == 1:
+            _operand_stats(x2_ptr, s2_xb, s2_xh, s2_xl, s2_xd, bits2_ptr, clip2_ptr, signs2_ptr, eff2_ptr,
+                           given2_ptr, sums2_ptr, max2_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L,
+                           WRITE_BITS=WRITE_BITS, WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS,
+                           WRITE_EFF=WRITE_EFF, GIVEN=GIVEN, SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE,
+                           HEAD_MAX=HEAD_MAX, LOAD=LOAD)
+        else:
+            _operand_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr,
+                           sums_ptr, max_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L,
+                           WRITE_BITS=WRITE_BITS, WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS,
+                           WRITE_EFF=WRITE_EFF, GIVEN=GIVEN, SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE,
+                           HEAD_MAX=HEAD_MAX, LOAD=LOAD)
+    else:
+        _operand_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr,
+                       max_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L, WRITE_BITS=WRITE_BITS,
+                       WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS, WRITE_EFF=WRITE_EFF, GIVEN=GIVEN,
+                       SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE, HEAD_MAX=HEAD_MAX, LOAD=LOAD)
 
 
 FP8_ONE = 0x38  # float8 e4m3 1.0 (exponent 7 = bias, mantissa 0); 0xB8 is -1.0, 0x00 is +0.0
@@ -190,40 +224,73 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         when not written); eff_rows ``(B, H, L, 1)`` float32 or None; sums ``(B, H)`` of ``|x|`` or None;
         maxes ``(B, H)`` max ``|eff|`` or None; signs int8 (float8 e4m3 with ``fp8_signs``) or None.
     """
-    bsz, heads, length, dim = x.shape
-    dev = x.device
+    flags = _flags(x, given is not None, spec, eff, signs, fp8_signs, head_max, word_loads, dim_p)
+    group, outputs = _operand_group(x, given, flags)
+    _launch_stats(x, spec, flags, group, (None,) * len(group))
+    return outputs
+
+
+def pair_stats(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor | None, b: torch.Tensor | None, spec, *,
+               eff: bool, signs: bool = False, fp8_signs: bool = False, head_max: bool | None = None,
+               word_loads: bool = False, dim_p: int = 0):
+    """``head_stats`` of q (with ``a``) and of k (with ``b``) in one launch: ``(q_outputs, k_outputs)``.
+
+    Two launches where q and k differ in length or dtype (cross-attention). Options as ``head_stats``.
+    """
+    options = dict(eff=eff, signs=signs, fp8_signs=fp8_signs, head_max=head_max, word_loads=word_loads, dim_p=dim_p)
+    if q.shape[2] != k.shape[2] or q.dtype != k.dtype or (a is None) != (b is None):
+        return head_stats(q, a, spec, **options), head_stats(k, b, spec, **options)
+    flags = _flags(q, a is not None, spec, **options)
+    q_group, q_outputs = _operand_group(q, a, flags)
+    k_group, k_outputs = _operand_group(k, b, flags)
+    _launch_stats(q, spec, flags, q_group, k_group)
+    return q_outputs, k_outputs
+
+
+def _flags(x, given: bool, spec, eff, signs, fp8_signs, head_max, word_loads, dim_p) -> dict:
+    """What the pass writes for operands shaped like ``x`` (checked as ``head_stats`` documents)."""
+    dim = x.shape[-1]
     head_max = eff and not word_loads if head_max is None else head_max
     if head_max and not eff:
         raise ValueError("head_stats: head_max=True needs eff=True (the maximum is of the eff rows)")
     if word_loads and (not eff or head_max or fp8_signs):
         raise ValueError("head_stats: word_loads writes eff rows and int8 signs, no head maxima")
     words = num_words(dim) if spec.save_bits or word_loads else 0
-    clip_words = words if spec.saves_clip_bits else 0
-    bits = torch.empty(bsz, heads, length, 1, words, dtype=torch.int32, device=dev)
-    clip = torch.empty(bsz, heads, length, 1, clip_words, dtype=torch.int32, device=dev)
+    return dict(eff=eff, signs=signs, fp8_signs=fp8_signs, head_max=head_max, word_loads=word_loads, given=given,
+                dim_p=dim_p or padded_dim(dim), words=words, clip_words=words if spec.saves_clip_bits else 0,
+                sum_abs=spec.weighting == "mean_abs")
+
+
+def _operand_group(x, given, flags: dict):
+    """The kernel arguments of one operand (input, strides, outputs or dummies) and the outputs it returns."""
+    bsz, heads, length, _ = x.shape
+    dev = x.device
     f32 = dict(dtype=torch.float32, device=dev)
-    eff_rows = torch.empty(bsz, heads, length, 1, **f32) if eff else None
-    sum_abs = spec.weighting == "mean_abs"
-    sums = torch.zeros(bsz, heads, **f32) if sum_abs else None
-    maxes = torch.zeros(bsz, heads, **f32) if head_max else None
-    dim_p = dim_p or padded_dim(dim)
-    sign_shape = (bsz, heads, length, dim_p)
-    sign_t = torch.empty(sign_shape, dtype=torch.int8, device=dev) if signs else None
-    dummy = bits if words else torch.empty(1, dtype=torch.int32, device=dev)
+    bits = torch.empty(bsz, heads, length, 1, flags["words"], dtype=torch.int32, device=dev)
+    clip = torch.empty(bsz, heads, length, 1, flags["clip_words"], dtype=torch.int32, device=dev)
+    eff_rows = torch.empty(bsz, heads, length, 1, **f32) if flags["eff"] else None
+    sums = torch.zeros(bsz, heads, **f32) if flags["sum_abs"] else None
+    maxes = torch.zeros(bsz, heads, **f32) if flags["head_max"] else None
+    sign_t = torch.empty(bsz, heads, length, flags["dim_p"], dtype=torch.int8, device=dev) if flags["signs"] else None
+    dummy = bits if flags["words"] else torch.empty(1, dtype=torch.int32, device=dev)
     fdummy = torch.empty(1, **f32)
     given_t = given.to(torch.float32).contiguous() if given is not None else fdummy
-    grid = (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads)
-    launch(_stats_kernel, grid,
-        x, *x.stride(),
-        bits if words else dummy, clip if clip_words else dummy, sign_t if signs else dummy,
-        eff_rows if eff else fdummy, given_t,
-        sums if sum_abs else fdummy, maxes if head_max else None if word_loads else fdummy,
-        heads, length, round_to_dtype(spec.ste_clip, x.dtype),
-        D=dim, DP=dim_p, W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
-        WRITE_BITS=words > 0, WRITE_CLIP=clip_words > 0, WRITE_SIGNS=signs, WRITE_EFF=eff, GIVEN=given is not None,
-        SUM_ABS=sum_abs, SIGN_ONE=FP8_ONE if fp8_signs else 1, HEAD_MAX=head_max,
-        LOAD=LOAD_WORDS if word_loads else LOAD_TILE, num_warps=PROLOGUE_WARPS,
-    )
-    if signs and fp8_signs:
-        sign_t = sign_t.view(torch.float8_e4m3fn)
-    return bits, clip, eff_rows, sums, maxes, sign_t
+    group = (x, *x.stride(), bits if flags["words"] else dummy, clip if flags["clip_words"] else dummy,
+             dummy if sign_t is None else sign_t, fdummy if eff_rows is None else eff_rows, given_t,
+             fdummy if sums is None else sums,
+             maxes if flags["head_max"] else None if flags["word_loads"] else fdummy)
+    signs_out = sign_t.view(torch.float8_e4m3fn) if sign_t is not None and flags["fp8_signs"] else sign_t
+    return group, (bits, clip, eff_rows, sums, maxes, signs_out)
+
+
+def _launch_stats(x, spec, flags: dict, group, group2) -> None:
+    """One ``_stats_kernel`` launch: ``group`` alone (``group2`` all None) or both groups (``PAIR``)."""
+    bsz, heads, length, dim = x.shape
+    pair = group2[0] is not None
+    grid = (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads, 2 if pair else 1)
+    launch(_stats_kernel, grid, *group, *group2, heads, length, round_to_dtype(spec.ste_clip, x.dtype),
+           D=dim, DP=flags["dim_p"], W=max(num_words(dim), 1), BLOCK_L=PROLOGUE_ROWS,
+           WRITE_BITS=flags["words"] > 0, WRITE_CLIP=flags["clip_words"] > 0, WRITE_SIGNS=flags["signs"],
+           WRITE_EFF=flags["eff"], GIVEN=flags["given"], SUM_ABS=flags["sum_abs"],
+           SIGN_ONE=FP8_ONE if flags["fp8_signs"] else 1, HEAD_MAX=flags["head_max"],
+           LOAD=LOAD_WORDS if flags["word_loads"] else LOAD_TILE, PAIR=pair, num_warps=PROLOGUE_WARPS)

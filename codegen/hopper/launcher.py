@@ -1,7 +1,7 @@
 """Host side of the Hopper Gluon forward: stats pass, bias operand, TMA descriptors, grid, config.
 
 Same operands and outputs as the "v2" option set of ``codegen.forward.forward`` (``pv_quant == "none"``): the stats
-pass (``codegen.stats.head_stats``) writes the float8 e4m3 sign tensors (+-1.0), the mean_abs sums
+pass (``codegen.stats.pair_stats``) writes the float8 e4m3 sign tensors (+-1.0), the mean_abs sums
 or the per-token scalars and their maxima (and the packed bits when ``spec.save_bits``); this module
 describes the sign tensors and v to TMA (v itself, or a contiguous copy where its strides or data
 pointer do not suit TMA: ``support.tma_readable``) and launches
@@ -19,7 +19,7 @@ import torch
 from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
 from ..operands import dense_table
 from ..operands import bias_operand
-from ..stats import head_stats
+from ..stats import pair_stats
 from ..tiles import BIAS_CODES, LOG2E
 from .config import HopperConfig, hopper_config, sign_chunks, value_width
 from .support import tma_readable
@@ -96,10 +96,8 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     bsz, heads, n, dim = q.shape
     m, dim_v = k.shape[2], v.shape[-1]
     mean_abs = spec.weighting == "mean_abs"
-    qbits, qclip, a_rows, q_sums, _, q_signs = head_stats(q, a, spec, eff=not mean_abs, signs=True,
-                                                                fp8_signs=True)
-    kbits, kclip, b_rows, k_sums, b_max, k_signs = head_stats(k, b, spec, eff=not mean_abs, signs=True,
-                                                                 fp8_signs=True)
+    (qbits, qclip, a_rows, q_sums, _, q_signs), (kbits, kclip, b_rows, k_sums, b_max, k_signs) = pair_stats(
+        q, k, a, b, spec, eff=not mean_abs, signs=True, fp8_signs=True)
     f32 = dict(dtype=torch.float32, device=q.device)
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else b_rows

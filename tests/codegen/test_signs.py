@@ -12,7 +12,8 @@ import torch
 from bitlower import reference
 from bitlower.codegen.backward import unpack_signs
 from bitlower.codegen.debug import integer_scores
-from bitlower.codegen.stats import head_stats
+from bitlower.codegen.debug import checked_memory
+from bitlower.codegen.stats import head_stats, pair_stats
 from bitlower.spec import CallSpec
 
 
@@ -69,3 +70,34 @@ def test_integer_scores_bit_for_bit(dim, helpers):
     ref = reference.integer_scores(qb, kb, dim, torch.int64)[..., 0, 0]
     assert torch.equal(integer_scores(qb, kb, dim, from_bits=True).long(), ref)
     assert torch.equal(integer_scores(qs, ks, dim, from_bits=False).long(), ref)
+
+
+@pytest.mark.parametrize("options", [dict(eff=True, word_loads=True, signs=True), dict(eff=False, signs=True),
+                                     dict(eff=True, signs=True, fp8_signs=True), dict(eff=True, head_max=False)],
+                         ids=["words", "tile", "fp8", "eff"])
+@pytest.mark.parametrize("weighting", ["mean_abs", "token"])
+def test_pair_launch_equals_two_launches(options, weighting):
+    """q and k in one launch (grid axis 2) give what one launch each gives, bit for bit."""
+    gen = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 3, 70, 24, generator=gen)
+    k = torch.randn(2, 3, 80, 48, generator=gen)[:, :, :70, ::2]  # strided, same length
+    a, b = (torch.rand(2, 3, 70, generator=gen) + 0.5 for _ in range(2))
+    given = (a, b) if weighting == "token" else (None, None)
+    spec = CallSpec(scale=0.2, weighting=weighting, grad_mode="ste")
+    with checked_memory() as launched:
+        pair = pair_stats(q, k, *given, spec, **options)
+    assert launched == ["_stats_kernel"]
+    for got, x, g in zip(pair, (q, k), given):
+        alone = head_stats(x, g, spec, **options)
+        for p, s in zip(got, alone):
+            assert (p is None) == (s is None)
+            if p is not None:
+                raw = (lambda t: t.view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t)  # noqa: E731
+                assert torch.equal(raw(p), raw(s))
+
+
+def test_pair_of_different_lengths_takes_two_launches():
+    spec = CallSpec(scale=0.2)
+    with checked_memory() as launched:
+        pair_stats(torch.randn(1, 2, 5, 32), torch.randn(1, 2, 9, 32), None, None, spec, eff=False, signs=True)
+    assert launched == ["_stats_kernel", "_stats_kernel"]
