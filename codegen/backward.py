@@ -15,6 +15,7 @@ import triton.language as tl
 
 from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel, _row_dot_kernel
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
+from .launch import launch
 from .operands import bias_operand, value_scales
 from .plan import BackwardPlan, CallFacts, DeviceFacts, KernelOptions, plan_backward
 from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, unpack_sign_bits
@@ -103,7 +104,7 @@ def unpack_signs(bits: torch.Tensor, dim: int, dim_p: int = 0) -> torch.Tensor:
     dp = dim_p or padded_dim(dim)
     out = torch.empty(bsz, heads, length, dp, dtype=torch.int8, device=bits.device)
     rows = bsz * heads * length
-    torch.library.wrap_triton(_unpack_rows_kernel)[(triton.cdiv(rows, PROLOGUE_ROWS),)](
+    launch(_unpack_rows_kernel, (triton.cdiv(rows, PROLOGUE_ROWS),),
         bits, out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, num_warps=PROLOGUE_WARPS,
     )
     return out
@@ -136,7 +137,7 @@ def _with_chain(grad, d_own, signs, length: int, dim: int, spec, need: bool):
         return grad if accumulate else grad.zero_()
     total = d_own.sum(dim=(2, 3))  # (B, H)
     block = PROLOGUE_ROWS
-    torch.library.wrap_triton(_sign_chain_kernel)[(triton.cdiv(length, block), signs.shape[0] * signs.shape[1])](
+    launch(_sign_chain_kernel, (triton.cdiv(length, block), signs.shape[0] * signs.shape[1]),
         grad, signs, total, length, 1.0 / (length * dim), D=dim, DP=signs.shape[-1], BLOCK_L=block,
         ACCUMULATE=accumulate, num_warps=4,
     )
@@ -147,7 +148,7 @@ def _row_dots(out, grad_out, lse):
     """delta ``(B, H, N)`` float32: ``dO_i . O_i`` per query row (0 where ``lse`` is -inf)."""
     bsz, heads, n, dim_v = out.shape
     delta = torch.empty(bsz, heads, n, dtype=torch.float32, device=out.device)
-    torch.library.wrap_triton(_row_dot_kernel)[(triton.cdiv(n, PROLOGUE_ROWS), bsz * heads)](
+    launch(_row_dot_kernel, (triton.cdiv(n, PROLOGUE_ROWS), bsz * heads),
         out, grad_out, lse, delta, heads, n, *out.stride(), *grad_out.stride(),
         DV=dim_v, DVP=padded_dim(dim_v), BLOCK_N=PROLOGUE_ROWS, num_warps=4,
     )
@@ -223,7 +224,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
     rows_sum = torch.empty(bsz, heads, n, **f32) if plan.head_dbias else None
     sign_strides = (n * dp, dp, m * dp, dp)
     if plan.query_side:
-        torch.library.wrap_triton(_binary_attn_bwd_q_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
+        launch(_binary_attn_bwd_q_kernel, (triton.cdiv(n, cfg.block_n), bsz * heads),
             q_signs, k_signs, v, grad_out, row_state, a, b, bias_t, vscale, vstep, qclip if plan.dq else delta,
             delta, da if plan.da_rows else delta, dq if plan.dq else delta,
             rows_sum if rows_sum is not None else delta,
@@ -234,7 +235,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
         )
     gbias, gstrides = _bias_grad_buffer(bias, beta, plan, (bsz, heads, n, m))
     if plan.key_side:
-        torch.library.wrap_triton(_binary_attn_bwd_k_kernel)[(triton.cdiv(m, cfg.block_m), bsz * heads)](
+        launch(_binary_attn_bwd_k_kernel, (triton.cdiv(m, cfg.block_m), bsz * heads),
             q_signs, k_signs, v, grad_out, row_state, delta, a, b, bias_t, gbias if gbias is not None else delta,
             vscale, vstep, kclip if plan.dk else delta, dv if plan.dv else delta, dk if plan.dk else delta,
             db if plan.db else delta, da_cols if plan.da_by_keys else delta,

@@ -14,6 +14,7 @@ import triton
 
 from .configs import DEFAULT_LIMIT, STATIC_LIMIT
 from .forward_kernel import SCALARS_GIVEN, SCALARS_IN_KERNEL, _binary_attn_fwd_kernel
+from .launch import launch
 from .operands import BiasOperand, bias_operand, dense_table, uses_dense_table, value_scales
 from .plan import ForwardPlan, KernelOptions, forward_plan
 from .stats import pair_stats
@@ -129,7 +130,7 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
         vscale, vstep = value_scales(v) if pv_int8 else (lse, lse)
     cfg = plan.tiles
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
-    torch.library.wrap_triton(_binary_attn_fwd_kernel)[(triton.cdiv(n, cfg.block_n), bsz * heads)](
+    launch(_binary_attn_fwd_kernel, (triton.cdiv(n, cfg.block_n), bsz * heads),
         q_signs, k_signs, v, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), b_max,
         pick(beta.tensor), beta_max_t, vscale, vstep, *sign_strides, *v.stride(), *beta.strides,
         heads, n, m, spec.scale * LOG2E.value, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,

@@ -1,9 +1,10 @@
 """Launch a tl.dot kernel: through ``torch.library.wrap_triton`` while torch traces, directly in eager.
 
 In eager mode ``wrap_triton`` dispatches a higher-order op per launch (about 0.5 ms of host time on
-the H200 machine, measured by ``benchmarks/hopper_profile.py``), which the Hopper forward pays on
-every call because it runs inside an opaque custom op. CPU tensors (the interpreter, offline
-recording) keep the ``wrap_triton`` route.
+the H200 machine, measured by ``benchmarks/hopper_profile.py``): every tl.dot launch (stats pass,
+forward, backward, sign unpack, dense table) goes through here, so an eager call on CUDA tensors pays
+no dispatch per launch, and the Hopper forward's opaque custom op none either. CPU tensors (the
+interpreter, offline recording) keep the ``wrap_triton`` route.
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from bitlower.reference import V_LEVELS
 from bitlower.relpos import table_rows
 
 from .configs import DENSE_TABLE_MAX_ELEMENTS
+from .launch import launch
 from .tiles import BIAS_CODES, LOG2E, table_index
 
 DENSE_BLOCK = 64  # (64, 64) tiles of the materialised table bias: a pure copy, memory-bound
@@ -95,7 +96,7 @@ def dense_table(table: torch.Tensor, grid: tuple[int, int, int], n: int) -> torc
     """The table bias as a dense ``(1, H, N, N)`` tensor in the table's dtype (an exact copy of entries)."""
     heads = table.shape[1]
     out = torch.empty(1, heads, n, n, dtype=table.dtype, device=table.device)
-    launch = (triton.cdiv(n, DENSE_BLOCK), triton.cdiv(n, DENSE_BLOCK), heads)
-    torch.library.wrap_triton(_table_dense_kernel)[launch](
+    grid_dims = (triton.cdiv(n, DENSE_BLOCK), triton.cdiv(n, DENSE_BLOCK), heads)
+    launch(_table_dense_kernel, grid_dims,
         table, out, *table.stride(), n, n, *grid, HAS_PREFIX=grid[2] > 0, BLOCK=DENSE_BLOCK, num_warps=4)
     return out

@@ -8,9 +8,10 @@ main kernel's tensor-core dot reads (``signs=True``; int8, or float8 e4m3 bytes 
 kernel). Parallelised over (row block, batch*head, operand): ``pair_stats`` runs q and k of a call in
 one launch (grid axis 2; two launches when their lengths or dtypes differ); programs meet only in the
 atomics of the per-head sums and maxima. Two load forms (constexpr ``LOAD``): ``LOAD_TILE`` reads one
-``(BLOCK_L, DP)`` tile (16-byte vectors on contiguous rows; the "v2" option set and the Hopper forward), ``LOAD_WORDS`` one
-32-channel word at a time (64-byte row segments, nothing read past ``ceil(D / 32)`` words; the "v1"
-option set, measured faster than "v2" at padded D: DiT D 72, 0.207 vs 0.226 ms, kernel_notes round 4).
+``(BLOCK_L, DP)`` tile (16-byte vectors on contiguous rows; the "v2" option set and the Hopper
+forward), ``LOAD_WORDS`` one 32-channel word at a time (64-byte row segments, nothing read past
+``ceil(D / 32)`` words; the "v1" option set, measured faster than "v2" at padded D: DiT D 72, 0.207 vs
+0.226 ms, kernel_notes round 4).
 """
 from __future__ import annotations
 

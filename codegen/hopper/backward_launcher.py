@@ -27,6 +27,7 @@ from bitlower.relpos import dense_to_table_grad
 from ..backward import _row_dots
 from ..configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from ..forward_v2 import dense_table
+from ..launch import launch
 from ..operands import bias_operand
 from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
 from .backward_support import HopperBackwardConfig, hopper_backward_config
@@ -63,7 +64,7 @@ def sign_tiles(bits: torch.Tensor, dim: int, dtype: torch.dtype = torch.float8_e
     raw_dtype, one, minus_one = SIGN_BITS[dtype]
     out = torch.empty(bsz * heads, length, dp, dtype=raw_dtype, device=bits.device)
     rows = bsz * heads * length
-    torch.library.wrap_triton(_unpack_signs_kernel)[(triton.cdiv(rows, PROLOGUE_ROWS),)](
+    launch(_unpack_signs_kernel, (triton.cdiv(rows, PROLOGUE_ROWS),),
         bits, out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, ONE=one, MINUS_ONE=minus_one,
         num_warps=PROLOGUE_WARPS)
     return out.view(dtype)
