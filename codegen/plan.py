@@ -172,8 +172,8 @@ class ForwardPlan:
     tiles: TileConfig
     dot: int
     static_max: bool
-    dim_p: int = 0
-    dim_vp: int = 0
+    dim_p: int
+    dim_vp: int
 
 
 @dataclass(frozen=True)
@@ -185,9 +185,9 @@ class BackwardPlan:
     tiles: TileConfig
     dot: int
     ds_dot: int
-    kernel: str = "tldot"
-    dim_p: int = 0
-    dim_vp: int = 0
+    kernel: str
+    dim_p: int
+    dim_vp: int
 
 
 def dot_kind(dtype: torch.dtype, device: DeviceFacts) -> int:

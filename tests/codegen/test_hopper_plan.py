@@ -87,7 +87,7 @@ def test_fake_outputs_are_the_launchers_and_the_contracts(case, helpers):
     with FakeTensorMode(allow_non_fake_inputs=False) as mode:
         fake_call = [None if t is None else mode.from_tensor(t) for t in call[:6]]
         with _OpArgs() as recorded:
-            fake = hopper_forward(*fake_call, spec, ForwardPlan("hopper", None, 2, static_max))
+            fake = hopper_forward(*fake_call, spec, ForwardPlan("hopper", None, 2, static_max, 64, 64))
         contract = torch.ops.bitlower.binary_attention_fwd(*fake_call, *spec.op_args(), spec.save_bits)
     (args,) = recorded.seen
     assert CallSpec.from_op_args(*args[6:14]) == spec and args[14] is static_max
@@ -138,7 +138,7 @@ def test_the_operator_routes_the_hopper_plan_through_the_opaque_op_when_compiled
     if not _CPU_STUB.get("registered"):
         op.hopper_fwd.register_kernel("cpu")(_cpu_stub)
         _CPU_STUB["registered"] = True
-    plan = ForwardPlan("hopper", None, 2, True)
+    plan = ForwardPlan("hopper", None, 2, True, 64, 64)
     asked = ops._kernels_for
     monkeypatch.setattr(ops, "_kernels_for", lambda check, *args, **kwargs: plan if check == "unsupported_reason"
                         else asked(check, *args, **kwargs))
