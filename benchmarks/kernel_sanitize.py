@@ -152,11 +152,14 @@ def main(argv=None) -> int:
         keep = {int(i) for i in args.only.split(",")}
         grid = [c for c in grid if c["index"] in keep]
     tool = None if args.no_sanitizer else args.tool
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda c: run_case(c, folder, tool), grid))
-    with open(args.out / "kernel_sanitize.jsonl", "w") as handle:
-        for r in results:
+    results = []
+    # each case is written as it finishes, so a call cut short by its time limit keeps what it ran
+    with ThreadPoolExecutor(args.jobs) as pool, open(args.out / "kernel_sanitize.jsonl", "w") as handle:
+        for r in pool.map(lambda c: run_case(c, folder, tool), grid):
+            results.append(r)
             handle.write(json.dumps(r) + "\n")
+            handle.flush()
+            print(table([r]).splitlines()[-1], flush=True)
     import torch
     import triton
 

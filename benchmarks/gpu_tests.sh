@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every GPU test on the GPU machine in four parallel pytest shards (compiles are CPU-bound; the
+# tests are small), then the compute-sanitizer grid. Usage, from the repository root on that machine:
+#   bash benchmarks/gpu_tests.sh "$OUT"        (reports: $OUT/gpu_<shard>.txt, $OUT/sanitize.txt)
+set -u
+out=${1:?output folder}
+mkdir -p "$out"
+source benchmarks/device_env.sh
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv
+shard() {
+    local name=$1; shift
+    timeout "${SHARD_S:-390}" python -m pytest -m gpu -p no:cacheprovider --timeout 150 -q -rfE "$@" \
+        > "$out/gpu_$name.txt" 2>&1
+    echo "$name rc=$?" >> "$out/rc.txt"
+}
+shard hopper_bwd tests/codegen/test_gpu_hopper_bwd.py &
+shard hopper_misc tests/codegen/test_gpu_hopper.py tests/codegen/test_gpu_faults.py tests/bitlower tests/passes \
+    tests/codegen/test_hopper_plan.py &
+shard tldot tests/codegen/test_gpu.py &
+shard runtime tests/runtime &
+wait
+cat "$out/rc.txt"
+for f in "$out"/gpu_*.txt; do echo "== $f"; tail -n 15 "$f"; done
+if [ "${SANITIZE_S:-170}" -gt 0 ]; then
+    timeout "${SANITIZE_S:-170}" python benchmarks/kernel_sanitize.py --out "$out/san" --jobs 12 > "$out/sanitize.txt" 2>&1
+    echo "sanitize rc=$?"; tail -n 60 "$out/sanitize.txt"
+fi
