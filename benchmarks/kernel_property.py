@@ -38,6 +38,9 @@ LENGTHS = (1, 2, 7, 17, 31, 64, 100, 129, 197, 256, 300)
 LAYOUTS = ("contiguous", "bnhd", "strided_last", "offset")
 BIAS_KINDS = ("none", "head", "table", "dense", "mask")
 TOL = {"bfloat16": 1e-2, "float16": 1e-2, "float32": 1e-5}
+# unit roundoff of the P.V operand: the kernels round p = exp2(s2 - m) < 1 to it, so at M = 1 (reference error
+# 0: it returns v) the output is off by up to one rounding (tests/codegen/test_gpu_hopper.py, same bound)
+PV_ROUNDOFF = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11, "float32": 1e-6}
 
 
 def make_case(seed: int, index: int) -> dict:
@@ -199,7 +202,7 @@ def run_case(case: dict, device: str = "cuda") -> dict:
     mags = magnitude_grads(cpu64, kwargs)
     tol = TOL[case["dtype"]]
     out_err = _err(out, out64) / max(float(out64.norm()), 1e-30)
-    out_bound = 3 * _err(out_lp, out64) / max(float(out64.norm()), 1e-30) + 1e-6
+    out_bound = max(3 * _err(out_lp, out64) / max(float(out64.norm()), 1e-30), PV_ROUNDOFF[case["dtype"]])
     checks = {"out": (out_err, out_bound)}
     for name, g64 in grads64.items():
         mag = mags.get(name)

@@ -124,7 +124,9 @@ def run_case(case: dict, folder: Path, tool: str | None) -> dict:
     row = results[0] if results else {}
     return dict(case=case, name=_name(case), exit=proc.returncode, errors=errors,
                 error_count=int(summary.group(1)) if summary else None, last_launch=launches[-1] if launches else "",
-                held=row.get("held"), plan=row.get("plan"), python_error=row.get("error"), tail=text[-1500:])
+                held=row.get("held"), failed_checks=[name for name, (err, bound) in (row.get("checks") or {}).items()
+                                                     if err > bound],
+                plan=row.get("plan"), python_error=row.get("error"), tail=text[-1500:])
 
 
 def table(results: list[dict]) -> str:
@@ -132,7 +134,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         first = next(iter(r["errors"]), "")
         plan = (r["plan"] or {}).get("forward", "?") + " " + (r["plan"] or {}).get("tiles", "")
-        lines.append(f"| {r['name']} | {plan} | {r['held']} | {r['error_count']} | {first} | {r['last_launch']} |")
+        held = f"{r['held']} ({', '.join(r['failed_checks'])})" if r.get("failed_checks") else r["held"]
+        lines.append(f"| {r['name']} | {plan} | {held} | {r['error_count']} | {first} | {r['last_launch']} |")
     return "\n".join(lines)
 
 

@@ -294,4 +294,4 @@ def _launch_stats(x, spec, flags: dict, group, group2) -> None:
            WRITE_BITS=flags["words"] > 0, WRITE_CLIP=flags["clip_words"] > 0, WRITE_SIGNS=flags["signs"],
            WRITE_EFF=flags["eff"], GIVEN=flags["given"], SUM_ABS=flags["sum_abs"],
            SIGN_ONE=FP8_ONE if flags["fp8_signs"] else 1, HEAD_MAX=flags["head_max"],
-           LOAD=LOAD_WORDS if flags["word_loads"] else LOAD_TILE, PAIR=pair, num_warps=PROLOGUE_WARPS)
+           LOAD=(LOAD_WORDS if flags["word_loads"] else LOAD_TILE).value, PAIR=pair, num_warps=PROLOGUE_WARPS)
