@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench_common import bench, write_report
+from bench_common import timed, write_report
 
 SHAPES = [(256, 6, 197, 64), (64, 16, 256, 72), (32, 6, 1024, 64), (12, 6, 1680, 64), (8, 8, 4096, 64),
           (4, 16, 4096, 128), (1, 16, 16384, 64)]  # SPEC §6
@@ -129,20 +130,20 @@ def bench_case(shape, mode: str, configs) -> dict:
             notes[name] = "FAIL (dq, dk, dv errors " + ", ".join(f"{e:.1e}" for e in errs) + ")"
     rows.update(peer_rows(q, k, v, do, spec.scale))
     rows.update(operator_rows(q, k, v, do, mode))
-    times = {}
+    times, timing = {}, {}
     for name, run in rows.items():
         if notes.get(name):
             continue
         try:
-            times[name] = bench(run)
+            times[name], timing[name] = timed(run)
         except Exception as exc:  # noqa: BLE001 - e.g. a backend that refuses graph capture and eager alike
             notes[name] = f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
-    return dict(shape=list(shape), mode=mode, ms=times, notes=notes, errors=errors)
+    return dict(shape=list(shape), mode=mode, ms=times, timing=timing, notes=notes, errors=errors)
 
 
 def table(results: list[dict]) -> str:
     """One line per (shape, mode, row): ms and the ratio to cuDNN's time of the same pass."""
-    lines = ["| shape | mode | row | ms | vs cuDNN | dq, dk, dv error |", "|---|---|---|---|---|---|"]
+    lines = ["| shape | mode | row | ms | timing | vs cuDNN | dq, dk, dv error |", "|---|---|---|---|---|---|---|"]
     for r in results:
         names = list(r["ms"]) + [n for n in r["notes"] if n not in r["ms"]]
         for name in names:
@@ -154,7 +155,8 @@ def table(results: list[dict]) -> str:
             else:
                 cell, ratio = r["notes"][name], "-"
             errs = ", ".join(f"{e:.1e}" for e in r["errors"].get(name, [])) or "-"
-            lines.append(f"| {tuple(r['shape'])} | {r['mode']} | {name} | {cell} | {ratio} | {errs} |")
+            how = r.get("timing", {}).get(name, "-")
+            lines.append(f"| {tuple(r['shape'])} | {r['mode']} | {name} | {cell} | {how} | {ratio} | {errs} |")
     return "\n".join(lines)
 
 
@@ -166,15 +168,21 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["hamming", "ste"], choices=["hamming", "ste", "stopgrad"])
     parser.add_argument("--configs", nargs="*", default=[], metavar="BMxBNxS")
     parser.add_argument("--out", default=None, help="folder for attention_hopper_bwd.json / .md")
+    parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new case after this")
     args = parser.parse_args()
     for text in args.configs:
         parse_config(text)  # a malformed config fails before any GPU time is spent
     meta = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__)
     print(", ".join(f"{k} {v}" for k, v in meta.items()), flush=True)
-    results = []
+    results, start = [], time.monotonic()
     for index in args.shapes:
         for mode in args.modes:
+            if time.monotonic() - start > args.budget_s:
+                log.warning("time budget spent: %s %s and later cases not run", SHAPES[index], mode)
+                continue
             results.append(bench_case(SHAPES[index], mode, args.configs))
+            if args.out:  # the report so far: a call cut short by its time limit keeps its finished cases
+                write_report(args.out, "attention_hopper_bwd", dict(meta, results=results), table(results))
             print(f"{SHAPES[index]} {mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[-1]["ms"].items()),
                   flush=True)
     text = table(results)

@@ -18,15 +18,22 @@ log = logging.getLogger("bench")
 
 def bench(fn) -> float:
     """Median ms of CUDA-graph replays of ``fn``; plain event timing where capture fails."""
+    return timed(fn)[0]
+
+
+def timed(fn) -> tuple[float, str]:
+    """``(median ms, "graph")`` of CUDA-graph replays of ``fn`` (device time alone), or ``(ms, "events")`` of
+    plain event timing where capture fails (host dispatch included when the host is the slower side)."""
     import triton.testing as tt
 
     fn()
     torch.cuda.synchronize()
     try:
-        return float(tt.do_bench_cudagraph(fn, rep=100, return_mode="median"))
+        return float(tt.do_bench_cudagraph(fn, rep=100, return_mode="median")), "graph"
     except Exception as exc:  # noqa: BLE001 - some backends refuse capture; say so and time them plainly
-        log.warning("graph capture failed (%s); event timing", type(exc).__name__)
-        return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        log.warning("graph capture failed (%s: %s); event timing", type(exc).__name__, str(exc).splitlines()[0][:120])
+        torch.cuda.synchronize()
+        return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median")), "events"
 
 
 def guarded(rows: dict, name: str, fn) -> None:

@@ -131,6 +131,7 @@ def main() -> None:
         if index == args.shapes[0]:
             print(host_profile(rows_for(q, k, v, spec)["gluon"]), flush=True)
     if args.out:
+        os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "hopper_profile.json"), "w") as fh:
             json.dump(records, fh, indent=1)
 

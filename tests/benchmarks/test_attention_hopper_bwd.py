@@ -36,8 +36,10 @@ def test_slice_errors_are_zero_for_the_reference_itself_and_see_a_wrong_gradient
 def test_table_gives_ratios_to_cudnn_of_the_same_pass():
     result = dict(shape=[1, 2, 3, 64], mode="hamming", errors={"bwd gluon": [1e-3, 2e-3, 3e-3]},
                   ms={"bwd cudnn": 2.0, "bwd gluon": 1.0, "fwd+bwd cudnn": 3.0, "fwd+bwd bitlower gluon": 2.0},
+                  timing={"bwd cudnn": "events", "bwd gluon": "graph"},
                   notes={"bwd gluon 64x64x2": "FAIL (dq, dk, dv errors 1, 1, 1)"})
     text = ahb.table([result])
-    assert "| bwd gluon | 1.000 | 2.00x | 1.0e-03, 2.0e-03, 3.0e-03 |" in text
-    assert "| fwd+bwd bitlower gluon | 2.000 | 1.50x |" in text
+    assert "| bwd gluon | 1.000 | graph | 2.00x | 1.0e-03, 2.0e-03, 3.0e-03 |" in text
+    assert "| bwd cudnn | 2.000 | events | 1.00x |" in text
+    assert "| fwd+bwd bitlower gluon | 2.000 | - | 1.50x |" in text
     assert "FAIL" in text
