@@ -9,8 +9,9 @@ source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm --format=csv
 shard() {
     local name=$1; shift
-    timeout "${SHARD_S:-390}" python -m pytest -m gpu -p no:cacheprovider --timeout 150 -q -rfE "$@" \
-        > "$out/gpu_$name.txt" 2>&1
+    # SIGINT at the limit: pytest stops as on Ctrl-C and still prints the failures it has seen so far
+    timeout -s INT -k 20 "${SHARD_S:-390}" python -m pytest -m gpu -p no:cacheprovider --timeout 150 -q -rfE \
+        --tb=short "$@" > "$out/gpu_$name.txt" 2>&1
     echo "$name rc=$?" >> "$out/rc.txt"
 }
 shard hopper_bwd tests/codegen/test_gpu_hopper_bwd.py &

@@ -31,7 +31,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_NONE, BIAS_TABLE, FLT_MAX, LOG2E, add_dense_bias,
+from .tiles import (BIAS_DENSE, BIAS_HEAD, BIAS_MASK, BIAS_NONE, BIAS_TABLE, FLT_MAX, LOG2E, add_dense_bias, aligned,
                     bias_tile, fdot, int_to_float, load_bits, load_signs, mask_keep, round_half_even, table_index)
 
 
@@ -96,11 +96,13 @@ def _load_values(v_base, rows, row_mask, s_vm, s_vd, vscale, vstep, DV: tl.const
 
 @triton.jit
 def _row_dot_kernel(out_ptr, do_ptr, lse_ptr, delta_ptr, H, N, s_ob, s_oh, s_on, s_od, s_db, s_dh, s_dn, s_dd,
-                    DV: tl.constexpr, DVP: tl.constexpr, BLOCK_N: tl.constexpr):
+                    DV: tl.constexpr, DVP: tl.constexpr, BLOCK_N: tl.constexpr, ROW_ALIGN: tl.constexpr):
     """delta_i = dO_i . O_i in float32 over ``(B, H, N, DV)`` of any strides; program = (row block, b*h).
 
     A row without a kept key (``lse = -inf``, NaN output) takes ``delta = sum_j p_ij dp_ij = 0``.
     """
+    s_on = aligned(s_on, ROW_ALIGN)  # O and dO rows: 16-byte loads at Dv 72
+    s_dn = aligned(s_dn, ROW_ALIGN)
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
     h64 = (bh % H).to(tl.int64)
@@ -167,9 +169,12 @@ def _binary_attn_bwd_q_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
     PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
     NEED_DA: tl.constexpr, NEED_DQ: tl.constexpr, HEAD_DBIAS: tl.constexpr, DELTA_GIVEN: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """Query side of the backward for one (query block, batch*head); see the module notation."""
     scale = tl.cast(scale, tl.float32)  # float scalars may arrive as float64 under Inductor
+    s_vm = aligned(s_vm, ROW_ALIGN)  # V and dO rows: 16-byte loads at Dv 72
+    s_don = aligned(s_don, ROW_ALIGN)
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -312,13 +317,15 @@ def _binary_attn_bwd_k_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
     PV_INT8: tl.constexpr, DOT: tl.constexpr, DS_DOT: tl.constexpr,
     NEED_DV: tl.constexpr, NEED_DB: tl.constexpr, NEED_DK: tl.constexpr, BIAS_GRAD: tl.constexpr,
-    NEED_DA_COLS: tl.constexpr,
+    NEED_DA_COLS: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Key side of the backward for one (key block, batch*head); see the module notation.
 
     ``NEED_DA_COLS``: writes ``scale b_j sum_i dS_ij h_ij`` per key, whose sum over keys is ``sum_i da_i``.
     """
     scale = tl.cast(scale, tl.float32)  # float scalars may arrive as float64 under Inductor
+    s_vm = aligned(s_vm, ROW_ALIGN)  # V and dO rows: 16-byte loads at Dv 72
+    s_don = aligned(s_don, ROW_ALIGN)
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H

@@ -18,7 +18,7 @@ from .launch import launch
 from .operands import BiasOperand, bias_operand, dense_table, uses_dense_table, value_scales
 from .plan import ForwardPlan, KernelOptions, forward_plan
 from .stats import pair_stats
-from .tiles import BIAS_CODES, LOG2E
+from .tiles import BIAS_CODES, LOG2E, row_alignment
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
         D=dim, DP=dp, DV=dim_v, DVP=plan.dim_vp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
         MEAN_ABS=mean_abs, BIAS=beta.code, HAS_PREFIX=beta.has_prefix, STATIC_MAX=plan.static_max,
         LIMIT=limit, P_OFFSET=offset, DOT=plan.dot, SCALARS=opts.scalars, SIGN_STRIDES=opts.sign_strides,
-        BETA_MAX=beta_max is not None, PV_INT8=pv_int8,
+        BETA_MAX=beta_max is not None, PV_INT8=pv_int8, ROW_ALIGN=row_alignment(v.stride(2)),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state

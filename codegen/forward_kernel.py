@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .forward_tiles import attend_rows, bias_rows, store_rows
-from .tiles import BIAS_TABLE, abs_max, load_signs
+from .tiles import BIAS_TABLE, abs_max, aligned, load_signs
 
 SCALARS_IN_KERNEL = tl.constexpr(0)
 SCALARS_GIVEN = tl.constexpr(1)
@@ -57,7 +57,7 @@ def _binary_attn_fwd_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr,
     HAS_PREFIX: tl.constexpr, STATIC_MAX: tl.constexpr, LIMIT: tl.constexpr, P_OFFSET: tl.constexpr,
     DOT: tl.constexpr, SCALARS: tl.constexpr, SIGN_STRIDES: tl.constexpr, BETA_MAX: tl.constexpr,
-    PV_INT8: tl.constexpr,
+    PV_INT8: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Binary attention forward for one (query block, batch*head); see the module notation.
 
@@ -65,6 +65,7 @@ def _binary_attn_fwd_kernel(
     and ``beta_max_ptr``, the v2 set the sign strides and the 8-bit P.V scales.
     """
     scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars may arrive as float64 under Inductor
+    s_vm = aligned(s_vm, ROW_ALIGN)  # V rows: 16-byte loads at D 72
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)

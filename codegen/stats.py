@@ -25,6 +25,7 @@ from bitlower.packing import num_words
 
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .launch import launch
+from .tiles import row_alignment
 
 
 def round_to_dtype(value: float, dtype: torch.dtype) -> float:
@@ -55,6 +56,7 @@ def _tile_stats(
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
     WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
     GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr, HEAD_MAX: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """``LOAD_TILE``: the program's rows as one ``(BLOCK_L, DP)`` tile."""
     bh = tl.program_id(1)
@@ -63,7 +65,8 @@ def _tile_stats(
     d = tl.arange(0, DP)
     ch_mask = d < D
     base = x_ptr + (bh // H).to(tl.int64) * s_xb + (bh % H).to(tl.int64) * s_xh
-    x = tl.load(base + rows[:, None] * s_xl + d[None, :] * s_xd, mask=row_mask[:, None] & ch_mask[None, :],
+    row_start = tl.multiple_of(rows * s_xl, ROW_ALIGN)  # (BLOCK_L,) the hint gives 16-byte loads at D 72 too
+    x = tl.load(base + row_start[:, None] + d[None, :] * s_xd, mask=row_mask[:, None] & ch_mask[None, :],
                 other=0.0).to(tl.float32)  # (BLOCK_L, DP)
     out_row = bh.to(tl.int64) * L + rows  # (BLOCK_L,) row of (B*H*L)
     w = tl.arange(0, DP // 32)
@@ -95,6 +98,7 @@ def _word_stats(
     x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr, H, L, clip,
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
     WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, GIVEN: tl.constexpr, SUM_ABS: tl.constexpr,
+    ROW_ALIGN: tl.constexpr,
 ):
     """``LOAD_WORDS``: the program's rows one 32-channel word at a time; bits and eff always written."""
     pid_l = tl.program_id(0)
@@ -105,6 +109,7 @@ def _word_stats(
     row_mask = rows < L
     base = x_ptr + b.to(tl.int64) * s_xb + h.to(tl.int64) * s_xh
     out_row = bh.to(tl.int64) * L + rows  # (BLOCK_L,) row index into (B*H*L)
+    row_start = tl.multiple_of(rows * s_xl, ROW_ALIGN)  # (BLOCK_L,) as in _tile_stats
     lane = tl.arange(0, 32)
     has_nan = tl.zeros([BLOCK_L], dtype=tl.int32)
     abs_sum = tl.zeros([BLOCK_L], dtype=tl.float32)
@@ -112,7 +117,7 @@ def _word_stats(
         ch = w * 32 + lane
         ch_mask = ch < D
         mask = row_mask[:, None] & ch_mask[None, :]
-        x = tl.load(base + rows[:, None] * s_xl + ch[None, :] * s_xd, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(base + row_start[:, None] + ch[None, :] * s_xd, mask=mask, other=0.0).to(tl.float32)
         pos = (x >= 0) & ch_mask[None, :]
         word = tl.sum(pos.to(tl.int32) << lane[None, :], axis=1)  # distinct bits: sum == or
         tl.store(bits_ptr + out_row * W + w, word, mask=row_mask)
@@ -145,19 +150,19 @@ def _operand_stats(
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
     WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
     GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr, HEAD_MAX: tl.constexpr,
-    LOAD: tl.constexpr,
+    LOAD: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Stats of one operand by the ``LOAD`` form. ``LOAD_WORDS`` reads neither ``max_ptr`` (None) nor the
     ``WRITE_BITS`` / ``WRITE_EFF`` / ``SIGN_ONE`` / ``HEAD_MAX`` options (bits and eff always, int8 signs)."""
     if LOAD == LOAD_WORDS:
         _word_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr,
                     H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L, WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS,
-                    GIVEN=GIVEN, SUM_ABS=SUM_ABS)
+                    GIVEN=GIVEN, SUM_ABS=SUM_ABS, ROW_ALIGN=ROW_ALIGN)
     else:
         _tile_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr,
                     max_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L, WRITE_BITS=WRITE_BITS,
                     WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS, WRITE_EFF=WRITE_EFF, GIVEN=GIVEN,
-                    SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE, HEAD_MAX=HEAD_MAX)
+                    SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE, HEAD_MAX=HEAD_MAX, ROW_ALIGN=ROW_ALIGN)
 
 
 @triton.jit
@@ -170,7 +175,7 @@ def _stats_kernel(
     D: tl.constexpr, DP: tl.constexpr, W: tl.constexpr, BLOCK_L: tl.constexpr,
     WRITE_BITS: tl.constexpr, WRITE_CLIP: tl.constexpr, WRITE_SIGNS: tl.constexpr, WRITE_EFF: tl.constexpr,
     GIVEN: tl.constexpr, SUM_ABS: tl.constexpr, SIGN_ONE: tl.constexpr, HEAD_MAX: tl.constexpr,
-    LOAD: tl.constexpr, PAIR: tl.constexpr,
+    LOAD: tl.constexpr, PAIR: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     """Stats of one operand, or with ``PAIR`` of two (grid axis 2: the ``x`` group, then the ``x2`` group; q
     and k of one call, same length and dtype); see the module notation. Each group is passed whole to its
@@ -182,18 +187,18 @@ def _stats_kernel(
                            given2_ptr, sums2_ptr, max2_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L,
                            WRITE_BITS=WRITE_BITS, WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS,
                            WRITE_EFF=WRITE_EFF, GIVEN=GIVEN, SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE,
-                           HEAD_MAX=HEAD_MAX, LOAD=LOAD)
+                           HEAD_MAX=HEAD_MAX, LOAD=LOAD, ROW_ALIGN=ROW_ALIGN)
         else:
             _operand_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr,
                            sums_ptr, max_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L,
                            WRITE_BITS=WRITE_BITS, WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS,
                            WRITE_EFF=WRITE_EFF, GIVEN=GIVEN, SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE,
-                           HEAD_MAX=HEAD_MAX, LOAD=LOAD)
+                           HEAD_MAX=HEAD_MAX, LOAD=LOAD, ROW_ALIGN=ROW_ALIGN)
     else:
         _operand_stats(x_ptr, s_xb, s_xh, s_xl, s_xd, bits_ptr, clip_ptr, signs_ptr, eff_ptr, given_ptr, sums_ptr,
                        max_ptr, H, L, clip, D=D, DP=DP, W=W, BLOCK_L=BLOCK_L, WRITE_BITS=WRITE_BITS,
                        WRITE_CLIP=WRITE_CLIP, WRITE_SIGNS=WRITE_SIGNS, WRITE_EFF=WRITE_EFF, GIVEN=GIVEN,
-                       SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE, HEAD_MAX=HEAD_MAX, LOAD=LOAD)
+                       SUM_ABS=SUM_ABS, SIGN_ONE=SIGN_ONE, HEAD_MAX=HEAD_MAX, LOAD=LOAD, ROW_ALIGN=ROW_ALIGN)
 
 
 FP8_ONE = 0x38  # float8 e4m3 1.0 (exponent 7 = bias, mantissa 0); 0xB8 is -1.0, 0x00 is +0.0
@@ -294,4 +299,6 @@ def _launch_stats(x, spec, flags: dict, group, group2) -> None:
            WRITE_BITS=flags["words"] > 0, WRITE_CLIP=flags["clip_words"] > 0, WRITE_SIGNS=flags["signs"],
            WRITE_EFF=flags["eff"], GIVEN=flags["given"], SUM_ABS=flags["sum_abs"],
            SIGN_ONE=FP8_ONE if flags["fp8_signs"] else 1, HEAD_MAX=flags["head_max"],
-           LOAD=(LOAD_WORDS if flags["word_loads"] else LOAD_TILE).value, PAIR=pair, num_warps=PROLOGUE_WARPS)
+           LOAD=(LOAD_WORDS if flags["word_loads"] else LOAD_TILE).value, PAIR=pair,
+           ROW_ALIGN=row_alignment(x.stride(2), *(() if group2[0] is None else (group2[0].stride(2),))),
+           num_warps=PROLOGUE_WARPS)

@@ -168,3 +168,22 @@ def fdot(a, b, acc, DOT: tl.constexpr):
         return tl.dot(a.to(tl.float16), b.to(tl.float16), acc)
     else:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc)
+
+
+def row_alignment(*row_strides: int) -> int:
+    """The largest power of two <= 16 dividing every row stride (elements): a kernel's ``ROW_ALIGN``.
+
+    The JIT marks only integers divisible by 16, so rows of 72 elements (DiT's D 72) were loaded as
+    2-byte scalars; told 8, Triton issues 16-byte vectors where the base pointer is aligned too.
+    """
+    align = 16
+    while align > 1 and any(stride % align for stride in row_strides):
+        align //= 2
+    return align
+
+
+@triton.jit
+def aligned(stride, ROW_ALIGN: tl.constexpr):
+    """``stride`` itself (``ROW_ALIGN`` divides it: ``row_alignment``), written so Triton's alignment analysis
+    learns the divisor (``tl.multiple_of`` takes tensors only)."""
+    return stride // ROW_ALIGN * ROW_ALIGN

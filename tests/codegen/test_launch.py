@@ -1,4 +1,4 @@
-"""``codegen.launch``: kernel arguments reach Inductor's generated source as values, never as constexpr objects."""
+"""``codegen.launch``: arguments reach Inductor's generated source as values, not constexpr objects; row alignment hints."""
 import pytest
 import torch
 import triton
@@ -25,3 +25,11 @@ def test_the_value_runs():
     out = torch.zeros(8)
     launch(_fill_kernel, (1,), out, 5, VALUE=FORM.value, BLOCK=8)
     assert out.tolist() == [1.0] * 5 + [0.0] * 3
+
+
+@pytest.mark.parametrize("strides, expected", [((64,), 16), ((72,), 8), ((72, 64), 8), ((36,), 4), ((73,), 1),
+                                                ((0,), 16), ((144, 216), 8)])
+def test_row_alignment_is_the_largest_power_of_two_dividing_every_stride(strides, expected):
+    from bitlower.codegen.tiles import row_alignment
+
+    assert row_alignment(*strides) == expected
