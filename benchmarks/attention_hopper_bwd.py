@@ -26,7 +26,7 @@ import time
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bench_common import timed, write_report
+from bench_common import kernel_times, timed, write_report
 
 SHAPES = [(256, 6, 197, 64), (64, 16, 256, 72), (32, 6, 1024, 64), (12, 6, 1680, 64), (8, 8, 4096, 64),
           (4, 16, 4096, 128), (1, 16, 16384, 64)]  # SPEC §6
@@ -111,7 +111,7 @@ def operator_rows(q, k, v, do, mode: str):
             "fwd+bwd bitlower gluon": lambda: run(KernelOptions(backward="hopper"))}
 
 
-def bench_case(shape, mode: str, configs) -> dict:
+def bench_case(shape, mode: str, configs, kernels: bool = False) -> dict:
     from bitlower.spec import CallSpec
 
     bsz, heads, n, dim = shape
@@ -138,7 +138,10 @@ def bench_case(shape, mode: str, configs) -> dict:
             times[name], timing[name] = timed(run)
         except Exception as exc:  # noqa: BLE001 - e.g. a backend that refuses graph capture and eager alike
             notes[name] = f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
-    return dict(shape=list(shape), mode=mode, ms=times, timing=timing, notes=notes, errors=errors)
+    result = dict(shape=list(shape), mode=mode, ms=times, timing=timing, notes=notes, errors=errors)
+    if kernels:  # device time of each kernel a fused backward launches (torch.profiler, mean of 5 calls)
+        result["kernels"] = {name: kernel_times(rows[name]) for name in ("bwd tldot", "bwd gluon") if name in times}
+    return result
 
 
 def table(results: list[dict]) -> str:
@@ -169,6 +172,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=[], metavar="BMxBNxS")
     parser.add_argument("--out", default=None, help="folder for attention_hopper_bwd.json / .md")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new case after this")
+    parser.add_argument("--kernels", action="store_true", help="also each fused backward kernel's device time")
     args = parser.parse_args()
     for text in args.configs:
         parse_config(text)  # a malformed config fails before any GPU time is spent
@@ -180,7 +184,9 @@ def main() -> None:
             if time.monotonic() - start > args.budget_s:
                 log.warning("time budget spent: %s %s and later cases not run", SHAPES[index], mode)
                 continue
-            results.append(bench_case(SHAPES[index], mode, args.configs))
+            results.append(bench_case(SHAPES[index], mode, args.configs, args.kernels))
+            for name, per_kernel in results[-1].get("kernels", {}).items():
+                print(f"  {name} kernels: " + ", ".join(f"{k} {v:.4f}" for k, v in per_kernel.items()), flush=True)
             if args.out:  # the report so far: a call cut short by its time limit keeps its finished cases
                 write_report(args.out, "attention_hopper_bwd", dict(meta, results=results), table(results))
             print(f"{SHAPES[index]} {mode}: " + ", ".join(f"{k} {v:.3f}" for k, v in results[-1]["ms"].items()),

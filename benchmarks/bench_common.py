@@ -36,6 +36,23 @@ def timed(fn) -> tuple[float, str]:
         return float(tt.do_bench(fn, warmup=25, rep=100, return_mode="median")), "events"
 
 
+def kernel_times(fn, calls: int = 5) -> dict[str, float]:
+    """Mean device time (ms) per call of each kernel ``fn`` launches."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    out = {}
+    for evt in prof.key_averages():
+        if evt.device_time_total > 0:
+            out[evt.key[:60]] = round(evt.device_time_total / calls / 1000.0, 4)
+    return out
+
+
 def guarded(rows: dict, name: str, fn) -> None:
     """``rows[name]`` = time of ``fn``, or no row (logged) when that backend fails on this shape."""
     try:

@@ -24,8 +24,8 @@ import pstats
 import torch
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.profiler import ProfilerActivity, profile
 
+from bench_common import kernel_times
 from bitlower.codegen import forward
 from bitlower.codegen.hopper import launch_hopper_forward
 from bitlower.codegen.configs import padded_dim
@@ -61,21 +61,6 @@ def moved_bytes(name: str, q, k) -> int | None:
         rows = q.numel() // q.shape[-1] + k.numel() // k.shape[-1]
         return (q.numel() + k.numel()) * q.element_size() + rows * width
     return None
-
-
-def kernel_times(fn, calls: int = 5) -> dict[str, float]:
-    """Mean device time (ms) per call of each kernel ``fn`` launches."""
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        torch.cuda.synchronize()
-    out = {}
-    for evt in prof.key_averages():
-        if evt.device_time_total > 0:
-            out[evt.key[:60]] = round(evt.device_time_total / calls / 1000.0, 4)
-    return out
 
 
 def host_profile(fn, calls: int = 50) -> str:
