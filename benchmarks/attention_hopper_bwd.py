@@ -63,11 +63,13 @@ def slice_errors(grads, q, k, v, do, spec) -> list[float]:
 def backward_rows(q, k, v, do, spec, configs):
     """``{name: callable}`` of the fused backwards on one saved forward, and their slice errors."""
     from bitlower import codegen
+    from bitlower.codegen import KernelOptions
     from bitlower.codegen.hopper.backward_launcher import launch_hopper_backward
 
     saved = codegen.forward(q, k, v, None, None, None, spec)
     args = (do, v, None, *saved[1:], spec, q.shape[-1], NEEDS)
-    rows = {"bwd tldot": lambda: codegen.backward(*args, out=saved[0])}
+    tldot = KernelOptions(backward="tldot")  # the portable kernels (auto takes the Gluon ones at N >= 4096)
+    rows = {"bwd tldot": lambda: codegen.backward(*args, tldot, out=saved[0])}
     rows["bwd gluon"] = lambda: launch_hopper_backward(*args, out=saved[0])
     for cfg in configs:
         rows[f"bwd gluon {cfg}"] = lambda cfg=cfg: launch_hopper_backward(*args, out=saved[0], config=parse_config(cfg))
@@ -107,7 +109,7 @@ def operator_rows(q, k, v, do, mode: str):
         out = bitlower.binary_attention(*leaves, grad_mode=mode, kernel_options=options)
         return torch.autograd.grad(out, leaves, do)
 
-    return {"fwd+bwd bitlower tldot": lambda: run(None),
+    return {"fwd+bwd bitlower tldot": lambda: run(KernelOptions(backward="tldot")),
             "fwd+bwd bitlower gluon": lambda: run(KernelOptions(backward="hopper"))}
 
 

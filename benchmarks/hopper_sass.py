@@ -24,8 +24,13 @@ import kernel_resources as kr  # noqa: E402
 LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
-def sass(var: hb.Variant) -> str:
-    (kernel, args, kwargs), _ = hb.record_gluon(var)
+def sass(var) -> str:
+    """SASS of a forward ``hb.Variant`` or of the key-side kernel of a backward ``hb.BwdVariant``."""
+    if isinstance(var, hb.BwdVariant):
+        gluon_launches, _ = hb.record_gluon_bwd(var)
+        kernel, args, kwargs = next(x for x in gluon_launches if not x[0].__name__.startswith("_binary_attn_bwd_q"))
+    else:
+        (kernel, args, kwargs), _ = hb.record_gluon(var)
     compiled, _ = kr.compile_launch(kernel, args, kwargs, hb.SM90)
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "k.cubin")
@@ -63,7 +68,7 @@ def main() -> None:
     parser.add_argument("variants", nargs="*", default=["d64_mean_abs"])
     parser.add_argument("--dump", default=None, help="write the full SASS of the first variant here")
     args = parser.parse_args()
-    by_name = {v.name: v for v in hb.VARIANTS}
+    by_name = {v.name: v for v in hb.VARIANTS + hb.BWD_VARIANTS}
     for index, name in enumerate(args.variants):
         text = sass(by_name[name])
         if args.dump and index == 0:

@@ -20,8 +20,9 @@ Forward kernels (``ForwardPlan.kernel``):
 Backward kernels (``BackwardPlan.kernel``):
 - ``"tldot"``: the tl.dot kernels of ``codegen/backward_kernels.py`` (the portable path, every mode).
 - ``"hopper"``: the Gluon backward of ``codegen/hopper/kernel_bwd*.py`` (compute capability 9.x,
-  ``hamming``, ``stopgrad``, ``ste``), only when ``KernelOptions(backward="hopper")`` asks for it and
-  ``hopper_backward_unsupported`` accepts the call.
+  ``hamming``, ``stopgrad``, ``ste``) when ``KernelOptions(backward="hopper")`` asks for it, or by default
+  for long key sequences at D, Dv <= 64 (``auto_backward``), where ``hopper_backward_unsupported`` accepts
+  the call.
 """
 from __future__ import annotations
 
@@ -37,7 +38,12 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_ELEMENTS = 2**31 - 1  # kernels index with int32 offsets inside one (batch, head)
 MAX_BATCH_HEADS = 65535  # grid axis 1 holds batch * heads
 FORWARD_CHOICES = ("auto", "v1", "v2", "hopper")
-BACKWARD_CHOICES = ("auto", "hopper")  # auto: the tl.dot backward
+BACKWARD_CHOICES = ("auto", "tldot", "hopper")  # auto: auto_backward; tldot: the portable kernels forced
+# Keys from which the Gluon backward is the default on sm_90 (D, Dv <= 64). H200, session 8 (bf16 mean_abs,
+# backward alone): at (8, 8, 4096, 64) Gluon 1.46 ms vs tl.dot 1.84 (hamming), 3.09 vs 3.82 (ste); at
+# N <= 1680 the tl.dot backward was faster (0.43-0.47 vs 0.44-0.67 hamming, 0.84-0.89 vs 0.97-1.36 ste).
+HOPPER_BACKWARD_MIN_KEYS = 4096
+HOPPER_BACKWARD_MAX_AUTO_DIM = 64  # D 128 unmeasured
 
 
 @dataclass(frozen=True)
@@ -59,7 +65,8 @@ class KernelOptions:
 
     Args:
         forward: ``"auto"`` (the measured choice), ``"v1"``, ``"v2"`` or ``"hopper"`` (sm_90 Gluon).
-        backward: ``"auto"`` (the tl.dot backward) or ``"hopper"`` (sm_90 Gluon backward).
+        backward: ``"auto"`` (the measured choice, ``auto_backward``), ``"tldot"`` (the portable kernels) or
+            ``"hopper"`` (sm_90 Gluon backward).
         forward_tiles, backward_tiles: ``"BNxBMxWxS"`` tile configs replacing the table's.
         static_max: False forces the online softmax in the forward.
         min_width: the floor of the tl.dot kernels' padded head dims (``configs.padded_dim``): 64, or 32
@@ -278,11 +285,24 @@ def _hopper_backward_reason(call: CallFacts, spec, device: DeviceFacts) -> str |
     return hopper_backward_unsupported(call, spec, device)
 
 
+def auto_backward(call: CallFacts, spec, device: DeviceFacts) -> str:
+    """``"hopper"`` where the Gluon backward measured faster and covers the call, else ``"tldot"``.
+
+    Faster from ``HOPPER_BACKWARD_MIN_KEYS`` keys at D, Dv <= 64 on the H200 (numbers beside the constant).
+    """
+    long_keys = call.m >= HOPPER_BACKWARD_MIN_KEYS and max(call.dim, call.dim_v) <= HOPPER_BACKWARD_MAX_AUTO_DIM
+    if device.cuda and device.capability is not None and device.capability[0] == 9 and long_keys:
+        if _hopper_backward_reason(call, spec, device) is None:
+            return "hopper"
+    return "tldot"
+
+
 def plan_backward(call: CallFacts, spec, device: DeviceFacts, options: KernelOptions = KernelOptions()):
     """The ``BackwardPlan`` of a call, or the reason (a str) why the kernels cannot run it.
 
     ``KernelOptions(backward="hopper")``: the Gluon backward, or the reason it cannot run the call (as
     ``forward="hopper"``: the call then takes the reference path, it does not silently change family).
+    ``"auto"`` takes ``auto_backward``'s choice (the tl.dot backward wherever the Gluon one does not apply).
     """
     reason = _common_reason(call, spec, {"Dv": call.dim_v, "D": call.dim})
     if reason is None and options.backward == "hopper":
@@ -294,7 +314,7 @@ def plan_backward(call: CallFacts, spec, device: DeviceFacts, options: KernelOpt
     tiles = parse_tiles(options.backward_tiles)
     if tiles is None:
         tiles = INTERPRETER_CONFIG if device.interpreter else backward_table(call.n, call.m, dp, dvp, call.dtype)
-    kernel = "hopper" if options.backward == "hopper" else "tldot"
+    kernel = auto_backward(call, spec, device) if options.backward == "auto" else options.backward
     return BackwardPlan(tiles, dot, DOT_FP32 if dot == DOT_FP32 else DOT_BF16, kernel, dp, dvp)
 
 

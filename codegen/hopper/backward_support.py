@@ -50,23 +50,14 @@ class HopperBackwardConfig:
 
 
 def hopper_backward_config(n: int, dim: int, dim_v: int, grad_mode: str = "hamming") -> HopperBackwardConfig:
-    """The tile table (offline, ptxas of Triton 3.6; unmeasured: the GPU session's sweep decides).
+    """The tile table: 64 keys x 32 queries, 2 stages, every mode and head dim.
 
-    Registers per thread (hamming mean_abs; token + head bias in brackets), 32 queries per tile:
-    64 keys (4 warps): 113 [151] at D = Dv = 64 (4 CTAs per SM), 154 [196] at 128 (3 CTAs);
-    128 keys (8 warps): 120 [156] at 64 (2 CTAs, the same 16 warps per SM), 162 at 128 (1 CTA).
-    64 queries per tile: 186 / 226 at 64 keys (2 CTAs): S, dP, p and dS hold BLOCK_N / 2 float32 per
-    thread each, every per-query vector (m2, l2, delta, a) BLOCK_N / 4.
-    Every key-tile CTA streams all of its head's Q signs, dO and row vectors: ``(DP + 2 Dv + 16) / BLOCK_M``
-    bytes per score from L2 (3.25 at D 64 with 64 keys, ~6 TB/s at the predicted rate): 128 keys halve it
-    at D <= 64 for the same warps per SM; at D 128, 64 keys keep 12 warps per SM instead of 8.
-    ste (the dK accumulator, KC / 2 float32 more): 64 keys everywhere, 159 registers at D 64 (3 CTAs, 12 warps
-    per SM; 128 keys: 160, 1 CTA of 8 warps), 232 at 128; its query kernel 98 / 142.
+    Measured on the H200 (session 8, ``benchmarks/attention_hopper_bwd.py --configs``, bf16 mean_abs, D 64):
+    64 x 32 x 2 was the fastest or tied at every shape, hamming 0.588 / 0.667 / 0.531 / 0.442 / 1.461 ms
+    at N 197 / 256 (D 72) / 1024 / 1680 / 4096 against 0.608 / 0.667 / 0.559 / 0.480 / 1.577 for 128 keys,
+    and ste 3.09-3.13 ms at N 4096 against 3.84 for 128 keys x 32 queries. D 128 is unmeasured; its ptxas
+    counts (64 keys: 154 registers, 3 CTAs per SM; 128 keys: 162, 1 CTA) give the same choice.
     """
-    if grad_mode == "ste":
-        return HopperBackwardConfig(64, 32, 2)
-    if max(dim, dim_v) <= 64:
-        return HopperBackwardConfig(128, 32, 2)
     return HopperBackwardConfig(64, 32, 2)
 
 

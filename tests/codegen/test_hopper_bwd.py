@@ -44,6 +44,31 @@ def test_default_plan_keeps_the_tl_dot_backward(gluon_ok):
     assert isinstance(plan, BackwardPlan) and plan.kernel == "tldot"
 
 
+@pytest.mark.parametrize("facts, device, kernel", [
+    (dict(n=4096, m=4096), SM90, "hopper"),  # measured faster from 4096 keys at D 64
+    (dict(n=64, m=4096), SM90, "hopper"),  # the key length decides (the kernel walks every query per key tile)
+    (dict(n=1680, m=1680), SM90, "tldot"),  # measured slower at N <= 1680
+    (dict(n=4096, m=4096, dim=128, dim_v=128), SM90, "tldot"),  # D 128 unmeasured
+    (dict(n=4096, m=4096, dtype=torch.float32), SM90, "tldot"),  # the Gluon backward takes 16-bit only
+    (dict(n=4096, m=4096), DeviceFacts(cuda=True, capability=(8, 0)), "tldot"),
+])
+def test_default_plan_takes_the_gluon_backward_at_long_key_sequences(facts, device, kernel, gluon_ok):
+    plan = plan_backward(_facts(**facts), CallSpec(scale=0.125, grad_mode="hamming"), device)
+    assert isinstance(plan, BackwardPlan) and plan.kernel == kernel, plan
+
+
+def test_default_plan_without_the_gluon_api_is_the_tl_dot_backward():
+    """CI's Triton (3.9) has another Gluon API: the default never picks a kernel that cannot build."""
+    plan = plan_backward(_facts(n=4096, m=4096), CallSpec(scale=0.125, grad_mode="hamming"), SM90)
+    assert isinstance(plan, BackwardPlan) and plan.kernel == "tldot"
+
+
+def test_tldot_option_forces_the_portable_backward(gluon_ok):
+    plan = plan_backward(_facts(n=4096, m=4096), CallSpec(scale=0.125, grad_mode="ste"), SM90,
+                         KernelOptions(backward="tldot"))
+    assert isinstance(plan, BackwardPlan) and plan.kernel == "tldot"
+
+
 @pytest.mark.parametrize("mode", ["hamming", "stopgrad", "ste"])
 @pytest.mark.parametrize("weighting, bias_kind", [("mean_abs", "none"), ("none", "head"), ("token", "dense"),
                                                   ("token", "table"), ("mean_abs", "mask")])
@@ -83,7 +108,7 @@ def test_backward_option_is_validated_and_encoded():
 
 
 def test_config_table_and_validation():
-    assert hopper_backward_config(4096, 64, 64) == HopperBackwardConfig(128, 32, 2)
+    assert hopper_backward_config(4096, 64, 64) == HopperBackwardConfig(64, 32, 2)
     assert hopper_backward_config(4096, 128, 128) == HopperBackwardConfig(64, 32, 2)
     assert hopper_backward_config(4096, 64, 64, "ste") == HopperBackwardConfig(64, 32, 2)
     assert HopperBackwardConfig().num_warps == 4 and HopperBackwardConfig(128).num_warps == 8
