@@ -156,6 +156,7 @@ class Row:
 class Ctx:
     device: torch.device
     tiny: bool
+    kernel_options: str = ""  # the bitlower backend's kernel_options for every bitlower row ("": the plan's own)
 
     @property
     def cuda(self) -> bool:
@@ -253,7 +254,11 @@ def measure(row: Row, backend: str, ctx: Ctx, timed: bool = True) -> dict:
     model, inputs, batch = build(spec, ctx, train=row.kind == "train")
     torch._dynamo.reset()
     before = _snapshot()
-    options = {"grad_mode": row.grad_mode} if backend == "bitlower" and row.grad_mode else None
+    options = {}
+    if backend == "bitlower":
+        options.update({"grad_mode": row.grad_mode} if row.grad_mode else {})
+        options.update({"kernel_options": ctx.kernel_options} if ctx.kernel_options else {})
+    options = options or None
     fn = torch.compile(model, backend=backend, options=options)
     step = make_step(row.kind, fn, model, inputs, ctx)
     ctx.sync()
@@ -309,7 +314,7 @@ def compile_child(row: Row, backend: str, ctx: Ctx) -> dict:
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor"),
                "TRITON_CACHE_DIR": os.path.join(cache, "triton")}
         cmd = [sys.executable, os.path.abspath(__file__), "--compile-child", backend, "--rows", row.name,
-               "--device", ctx.device.type] + (["--tiny"] if ctx.tiny else [])
+               "--device", ctx.device.type, "--kernel-options", ctx.kernel_options] + (["--tiny"] if ctx.tiny else [])
         proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True, timeout=240)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_PREFIX)]
     if proc.returncode or not lines:
@@ -357,6 +362,8 @@ def parse_args(argv=None):
     parser.add_argument("--budget-s", type=float, default=None,
                         help="start no row whose predicted time would end past this (default 540 on a full CUDA "
                              "run, none otherwise)")
+    parser.add_argument("--kernel-options", default="", help='bitlower backend kernel_options for every bitlower '
+                        'row, e.g. "forward=hopper" (the Gluon sm_90 forward); default: the kernel plan\'s choice')
     parser.add_argument("--compile-child", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -365,6 +372,10 @@ def parse_args(argv=None):
         parser.error(str(err))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here (use --device cpu --tiny for a smoke run)")
+    try:
+        BackendConfig(kernel_options=args.kernel_options)
+    except ValueError as err:
+        parser.error(str(err))
     if args.budget_s is None:
         args.budget_s = 540.0 if args.device == "cuda" and not args.tiny else float("inf")
     return args
@@ -424,7 +435,7 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    ctx = Ctx(torch.device(args.device), args.tiny)
+    ctx = Ctx(torch.device(args.device), args.tiny, args.kernel_options)
     configure(ctx, child=bool(args.compile_child))
     if args.compile_child:
         print(CHILD_PREFIX + json.dumps(measure(args.rows[0], args.compile_child, ctx, timed=False)), flush=True)

@@ -40,6 +40,9 @@ class BackendConfig:
         skip: ``fnmatch`` patterns over module paths (``"blocks.0.*"``, ``"*.cross_attn"``)
             whose sites are left alone.
         min_seq_len: sites with fewer query tokens than this are left alone.
+        kernel_options: a ``bitlower.codegen.KernelOptions`` (or its ``encode()`` string) given to every
+            rewritten call: the kernel plan's overrides inside compiled models, e.g.
+            ``options={"kernel_options": "forward=hopper"}`` for the Gluon sm_90 forward.
 
     Raises:
         ValueError: an unknown mode name, a negative ``min_seq_len``, patterns not strings.
@@ -58,9 +61,10 @@ class BackendConfig:
     gqa: str = "repeat"
     skip: tuple[str, ...] = ()
     min_seq_len: int = 0
+    kernel_options: str = ""
 
     def __init__(self, attention: AttentionConfig | None = None, *, masks: str = "carry", causal: str = "mask",
-                 gqa: str = "repeat", skip=(), min_seq_len: int = 0, **attention_options):
+                 gqa: str = "repeat", skip=(), min_seq_len: int = 0, kernel_options="", **attention_options):
         unknown = sorted(set(attention_options) - set(ATTENTION_OPTIONS))
         if unknown:
             raise TypeError(f"BackendConfig got unknown keyword argument(s) {unknown}")
@@ -74,7 +78,8 @@ class BackendConfig:
         check_choice("causal", causal, CAUSAL_HANDLING)
         check_choice("gqa", gqa, GQA_HANDLING)
         for name, value in (("attention", attention), ("masks", masks), ("causal", causal), ("gqa", gqa),
-                            ("skip", _patterns(skip)), ("min_seq_len", _min_seq_len(min_seq_len))):
+                            ("skip", _patterns(skip)), ("min_seq_len", _min_seq_len(min_seq_len)),
+                            ("kernel_options", _kernel_options(kernel_options))):
             object.__setattr__(self, name, value)
 
     @property
@@ -135,3 +140,19 @@ def _min_seq_len(value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"min_seq_len must be a non-negative int, got {value!r}")
     return value
+
+
+def _kernel_options(value) -> str:
+    """``value`` (a ``KernelOptions`` or its encoded string) as the operator's argument, checked by decoding."""
+    from bitlower.codegen.plan import KernelOptions
+
+    if not isinstance(value, (str, KernelOptions)):
+        raise ValueError(f"kernel_options must be a bitlower.codegen.KernelOptions or its encode() string, "
+                         f"got {value!r}")
+    try:
+        options = value if isinstance(value, KernelOptions) else KernelOptions.decode(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"kernel_options {value!r}: {err}") from None
+    if options.counted:
+        raise ValueError("kernel_options: 'counted' is the backend's own mark, not an option")
+    return options.encode()

@@ -184,7 +184,8 @@ def rewrite_site(gm: GraphModule, site: AttentionSite, config: BackendConfig) ->
     save_bits = bool(value_of(site.anchor).requires_grad)  # traced under grad mode with grad-requiring inputs
     scale = _times_powers(emit, site.canonical.scale, site.canonical.scale_factors)  # a float or a SymFloat node
     spec = dataclasses.replace(config.attention.call_spec(1.0, bias_kind=kind), save_bits=save_bits)
-    call = emit.call(OPERATOR, *spec.fwd_args(q, k, v, None, None, bias, scale=scale))  # scale: a float or a node
+    call = emit.call(OPERATOR, *spec.fwd_args(q, k, v, None, None, bias, scale=scale,  # scale: a float or a node
+                                              kernel_options=config.kernel_options))
     out = emit.call(operator.getitem, call, 0)  # (B, H, N, Dv)
     out = _rows_without_keys(emit, site, v, bias, kind, flat, out)
     if flat:

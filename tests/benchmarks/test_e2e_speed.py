@@ -47,3 +47,15 @@ def test_tiny_cpu_rows_write_table_plot_and_jsonl(tmp_path):
     assert "### infer" in proc.stdout and "### train" in proc.stdout
     png = (tmp_path / "e2e_speed_rows_tiny.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5_000
+
+
+def test_kernel_options_reach_the_bitlower_rows_and_bad_ones_are_refused(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--rows", ROWS[0],
+                           "--kernel-options", "forward=v1", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, row = [json.loads(line) for line in (tmp_path / "e2e_speed_rows_tiny.jsonl").read_text().splitlines()]
+    assert row["bitlower"]["options"] == {"kernel_options": "forward=v1"} and row["inductor"]["options"] is None
+    bad = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--rows", ROWS[0],
+                          "--kernel-options", "forward=cudnn"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "forward must be one of" in bad.stderr

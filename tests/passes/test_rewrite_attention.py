@@ -199,3 +199,22 @@ def test_find_attention_does_not_change_the_graph():
     code = gm.code
     assert len(find_attention(gm.graph)) == 1
     assert gm.code == code
+
+
+def test_backend_kernel_options_reach_every_rewritten_call():
+    """``options={"kernel_options": ...}`` is each call's plan override (e.g. the Gluon forward in a model)."""
+    from bitlower.codegen import KernelOptions
+
+    gm, _ = rewrite(deit, *qkv(), kernel_options="forward=hopper;backward=tldot")
+    (call,) = operator_calls(gm)
+    options = KernelOptions.decode(call.args[-1])
+    assert (options.forward, options.backward) == ("hopper", "tldot")
+    default, _ = rewrite(deit, *qkv())
+    assert operator_calls(default)[0].args[-1] == ""
+
+
+@pytest.mark.parametrize("value, match", [("forward=cudnn", "forward must be one of"), ("bogus=1", "bogus"),
+                                          ("counted=True", "backend's own mark"), (3, "KernelOptions")])
+def test_bad_backend_kernel_options_are_named(value, match):
+    with pytest.raises(ValueError, match=match):
+        BackendConfig(kernel_options=value)
