@@ -1,7 +1,8 @@
 """Hopper (sm_90) binary-attention backward in Gluon, key side (every mode): a CTA per 64 or 128 keys.
 
-Unverified on a GPU (written offline; ``tests/codegen/test_gpu_hopper_bwd.py`` is its check). Compiled for
-sm_90 with Triton 3.6 by ``benchmarks/hopper_build.py`` (registers and spills printed there).
+Checked on the H200 (Triton 3.6) against the float64 reference by ``tests/codegen/test_gpu_hopper_bwd.py`` (127
+cases, session 7); speed in ``benchmarks/kernel_notes.md`` (session 8: 64 keys x 32 queries is the table's
+tile). Compiled for sm_90 with Triton 3.6 by ``benchmarks/hopper_build.py`` (registers and spills printed there).
 
 Notation (SPEC §4; the tl.dot backward's, ``codegen/backward_kernels.py``): tiles are held transposed, keys
 x queries (rows j, columns i). ``h_ij = <sgn q_i, sgn k_j>``; ``c_ij = (a_i scale log2 e) b_j``;

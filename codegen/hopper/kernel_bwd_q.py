@@ -1,6 +1,6 @@
 """Hopper (sm_90) binary-attention backward in Gluon, the query side of ``ste``: dQ's sign term per query tile.
 
-Unverified on a GPU (written offline; ``tests/codegen/test_gpu_hopper_bwd.py`` is its check). Compiled for
+Checked on the H200 (Triton 3.6) by ``tests/codegen/test_gpu_hopper_bwd.py`` (session 7). Compiled for
 sm_90 with Triton 3.6 by ``benchmarks/hopper_build.py``. The key side (dV, dK, the scalar and bias
 gradients) is ``kernel_bwd._binary_attn_bwd_sm90_kernel``; this kernel forms only
 
