@@ -133,7 +133,8 @@ def table(results: list[dict]) -> str:
     lines = ["| case | plan | held | sanitizer errors | first error | last launch |", "|---|---|---|---|---|---|"]
     for r in results:
         first = next(iter(r["errors"]), "")
-        plan = (r["plan"] or {}).get("forward", "?") + " " + (r["plan"] or {}).get("tiles", "")
+        described = r["plan"] or {}
+        plan = " ".join(described.get(key, "?" if key == "forward" else "") for key in ("forward", "tiles", "backward"))
         held = f"{r['held']} ({', '.join(r['failed_checks'])})" if r.get("failed_checks") else r["held"]
         lines.append(f"| {r['name']} | {plan} | {held} | {r['error_count']} | {first} | {r['last_launch']} |")
     return "\n".join(lines)

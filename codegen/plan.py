@@ -331,7 +331,8 @@ def forward_plan(q, k, v, bias, spec, options: KernelOptions = KernelOptions()) 
 
 
 def describe_call(tensors: dict, kwargs: dict) -> dict:
-    """``{"forward": kernel or "fallback: reason", "tiles": ...}`` of a ``binary_attention`` call (reports)."""
+    """``{"forward": kernel or "fallback: reason", "tiles": ..., "backward": kernel or "fallback: reason"}`` of a
+    ``binary_attention`` call (reports)."""
     from bitlower.spec import CallSpec
 
     q, k, v = tensors["q"], tensors["k"], tensors["v"]
@@ -342,10 +343,13 @@ def describe_call(tensors: dict, kwargs: dict) -> dict:
         return {"forward": "reference (CPU)"}
     call = CallFacts.of(q, k, v, tensors.get("bias"))
     options = kwargs.get("kernel_options") or KernelOptions()
-    plan = plan_forward(call, spec, DeviceFacts.of(q.device), options)
+    device = DeviceFacts.of(q.device)
+    plan = plan_forward(call, spec, device, options)
     if isinstance(plan, str):
         return {"forward": f"fallback: {plan}"}
-    return {"forward": plan.kernel, "tiles": "x".join(str(x) for x in plan.tiles.__dict__.values())}
+    bwd = plan_backward(call, spec, device, options)
+    return {"forward": plan.kernel, "tiles": "x".join(str(x) for x in plan.tiles.__dict__.values()),
+            "backward": f"fallback: {bwd}" if isinstance(bwd, str) else bwd.kernel}
 
 
 def gpu_tiles(q, k, v, bias, spec, kernel: str) -> tuple[TileConfig, TileConfig]:
