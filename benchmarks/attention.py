@@ -5,7 +5,9 @@ shapes of SPEC §6? Every time is the median of CUDA-graph replays (``do_bench_c
 Python launch overhead is out of all rows alike. TFLOP/s-equivalent counts the flops of ordinary
 attention: forward ``4 B H N M D``, forward+backward ``14 B H N M D`` (QK^T, PV; backward 2.5x).
 
-``bitlower`` is the operator as a user calls it (forward kernel picked by ``codegen.plan``).
+``bitlower`` is the operator as a user calls it (forward kernel picked by ``codegen.plan``). ``bitlower_gluon``
+(forward, checked against float64 first) and ``bitlower_{hamming,ste}_gluon`` (forward + backward) ask for the
+Gluon sm_90 kernels (``KernelOptions(forward="hopper", backward="hopper")``) where the plan takes them.
 With ``--diagnostics``, round-2 rows (``bitlower_v2*``) time the forward variants of ``codegen.forward_v2`` beside the
 default choice, each after a correctness check on fresh random inputs with a
 NaN-poisoned output buffer against a float64 reference (a failing variant gets no time, only FAIL).
@@ -123,6 +125,38 @@ def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:
     for cfg in V2_SWEEP if sweep else ():
         _variant(rows, checks, "bitlower_v2@{}x{}w{}s{}".format(*cfg), direct(infer, config=TileConfig(*cfg)),
                  shape, infer, bench_args=args)
+
+
+def _gluon_rows(shape, fwd_rows: dict, bwd_rows: dict, checks: dict) -> None:
+    """The Gluon sm_90 kernels through the operator (``KernelOptions(forward="hopper", backward="hopper")``):
+    forward checked against float64 first; rows only where the plan takes them (no timed fallback)."""
+    import bitlower
+    from bitlower.codegen.plan import CallFacts, DeviceFacts, KernelOptions, plan_backward, plan_forward
+    from bitlower.spec import CallSpec
+
+    bsz, heads, n, dim = shape
+    q, k, v = _inputs(shape)
+    call, device = CallFacts.of(q, k, v), DeviceFacts.of(q.device)
+    gluon = KernelOptions(forward="hopper", backward="hopper")
+    infer = CallSpec(scale=dim ** -0.5, save_bits=False)
+    reason = plan_forward(call, infer, device, gluon)
+    if isinstance(reason, str):
+        log.info("Gluon rows skipped at %s: %s", shape, reason)
+        return
+
+    def op(q, k, v, a, b, table):
+        return bitlower.binary_attention(q, k, v, kernel_options=KernelOptions(forward="hopper"))
+    _variant(fwd_rows, checks, "bitlower_gluon", op, shape, infer, bench_args=(q, k, v, None, None, None))
+    qg, kg, vg = _inputs(shape, grad=True)
+    do = torch.randn_like(qg)
+    for mode in ("hamming", "ste"):
+        train = CallSpec(scale=dim ** -0.5, grad_mode=mode, save_bits=True)
+        reason = plan_backward(call, train, device, gluon)
+        if isinstance(reason, str):
+            log.info("Gluon %s backward row skipped at %s: %s", mode, shape, reason)
+            continue
+        _guarded(bwd_rows, f"bitlower_{mode}_gluon", lambda m=mode: torch.autograd.grad(
+            bitlower.binary_attention(qg, kg, vg, grad_mode=m, kernel_options=gluon), (qg, kg, vg), do))
 
 
 def _kernel_resources() -> list:
@@ -296,6 +330,7 @@ def main() -> None:
             break
         res = {"shape": shape, "fwd": _forward_rows(shape, not args.no_flex, args.diagnostics),
                "fwd+bwd": _fwd_bwd_rows(shape, args.diagnostics), "checks": {}}
+        _gluon_rows(shape, res["fwd"], res["fwd+bwd"], res["checks"])
         sweep = str(SHAPES.index(shape)) in args.v2_sweep.split(",")
         if args.diagnostics or sweep:
             _v2_forward_rows(shape, res["fwd"], res["checks"], sweep)
