@@ -7,8 +7,9 @@ not), ``tiles`` (device helpers), ``stats`` (the sign + pack + scalars pass of e
 ``forward_tiles`` (the forward's key-tile loop), ``forward_kernel`` (the tl.dot forward, option sets
 "v1"/"v2") / ``backward_kernels`` (the ``@triton.jit`` kernels), ``forward`` / ``backward``
 (launchers that own strides, grid and option choice), ``operands`` (bias and value operands),
-``configs`` (the measured tile table), ``hopper`` (the sm_90 Gluon forward); ``forward_v2`` keeps the
-former round-2 names.
+``configs`` (the measured tile table), ``launch`` (direct launches in eager, ``wrap_triton`` while tracing),
+``hopper`` (the sm_90 Gluon forward and backward, chosen by ``plan`` on compute capability 9.x);
+``forward_v2`` keeps the former round-2 names.
 """
 from __future__ import annotations
 
