@@ -25,7 +25,7 @@ from bitlower.packing import num_words
 
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .launch import launch
-from .tiles import row_alignment
+from .tiles import aligned, row_alignment
 
 
 def round_to_dtype(value: float, dtype: torch.dtype) -> float:
@@ -65,8 +65,8 @@ def _tile_stats(
     d = tl.arange(0, DP)
     ch_mask = d < D
     base = x_ptr + (bh // H).to(tl.int64) * s_xb + (bh % H).to(tl.int64) * s_xh
-    row_start = tl.multiple_of(rows * s_xl, ROW_ALIGN)  # (BLOCK_L,) the hint gives 16-byte loads at D 72 too
-    x = tl.load(base + row_start[:, None] + d[None, :] * s_xd, mask=row_mask[:, None] & ch_mask[None, :],
+    s_xl = aligned(s_xl, ROW_ALIGN)  # rows of 72 elements: 16-byte loads too
+    x = tl.load(base + rows[:, None] * s_xl + d[None, :] * s_xd, mask=row_mask[:, None] & ch_mask[None, :],
                 other=0.0).to(tl.float32)  # (BLOCK_L, DP)
     out_row = bh.to(tl.int64) * L + rows  # (BLOCK_L,) row of (B*H*L)
     w = tl.arange(0, DP // 32)
@@ -109,7 +109,7 @@ def _word_stats(
     row_mask = rows < L
     base = x_ptr + b.to(tl.int64) * s_xb + h.to(tl.int64) * s_xh
     out_row = bh.to(tl.int64) * L + rows  # (BLOCK_L,) row index into (B*H*L)
-    row_start = tl.multiple_of(rows * s_xl, ROW_ALIGN)  # (BLOCK_L,) as in _tile_stats
+    s_xl = aligned(s_xl, ROW_ALIGN)
     lane = tl.arange(0, 32)
     has_nan = tl.zeros([BLOCK_L], dtype=tl.int32)
     abs_sum = tl.zeros([BLOCK_L], dtype=tl.float32)
@@ -117,7 +117,7 @@ def _word_stats(
         ch = w * 32 + lane
         ch_mask = ch < D
         mask = row_mask[:, None] & ch_mask[None, :]
-        x = tl.load(base + row_start[:, None] + ch[None, :] * s_xd, mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(base + rows[:, None] * s_xl + ch[None, :] * s_xd, mask=mask, other=0.0).to(tl.float32)
         pos = (x >= 0) & ch_mask[None, :]
         word = tl.sum(pos.to(tl.int32) << lane[None, :], axis=1)  # distinct bits: sum == or
         tl.store(bits_ptr + out_row * W + w, word, mask=row_mask)
