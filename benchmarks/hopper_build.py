@@ -6,7 +6,10 @@ the GPU machine, and with how many registers, spill bytes and shared-memory byte
 ``wrap_triton``, ``codegen.hopper.launcher._launch`` for the Gluon kernel) and compiled with
 ``triton.compile`` (``GluonASTSource`` for Gluon); registers and spill stack come from ``cuobjdump``,
 and for Gluon kernels ``ptxas -v`` is re-run on the PTX to report its wgmma serialisation notes (C7514).
-Gluon variants compile for sm_90 only; the tl.dot kernels for sm_80 and sm_90.
+Gluon variants compile for sm_90 only; the tl.dot kernels for sm_80 and sm_90. Python float arguments
+are typed fp32 as Triton's JIT types them (eager calls, Gluon), except for the tl.dot kernels at sm_90,
+which get fp64 as Inductor's generated code types them for ``wrap_triton`` kernels on CUDA: both typings
+of every tl.dot kernel compile (a float64 scalar reaching a float32 loop-carried value fails to compile).
 
     PYTHONPATH=<triton 3.6 folder> python benchmarks/hopper_build.py [--jobs 2] [--quick]
 
@@ -238,7 +241,7 @@ def build(index: int):
     label, kernel, args, kwargs, target, main, vector_rows = WORK[index]
     start = time.time()
     try:
-        compiled, options = kr.compile_launch(kernel, args, kwargs, target)
+        compiled, options = kr.compile_launch(kernel, args, kwargs, target, float_type(kernel, target))
         regs, stack = _usage(compiled)
         ptx = compiled.asm["ptx"]
         notes = ptxas_notes(ptx) if kernel.is_gluon() else ""
@@ -248,6 +251,11 @@ def build(index: int):
     except Exception:  # noqa: BLE001 - a compile failure is the result being reported
         return dict(label=label, arch=target.arch, ok=False, error=traceback.format_exc(limit=3)[-600:],
                     main=main, seconds=time.time() - start)
+
+
+def float_type(kernel, target) -> str:
+    """``"fp64"`` (Inductor's typing) for tl.dot kernels at sm_90, else ``"fp32"`` (the JIT's); module notes."""
+    return "fp64" if target.arch == 90 and not kernel.is_gluon() else "fp32"
 
 
 def _key(kernel, args, kwargs, arch):

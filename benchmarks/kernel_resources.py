@@ -48,8 +48,12 @@ class Recorder:
         return launch
 
 
-def specialise(kernel, args, kwargs):
-    """``(signature, constexprs, attrs, options)`` as Triton's JIT would build them for this launch."""
+def specialise(kernel, args, kwargs, float_type: str = "fp32"):
+    """``(signature, constexprs, attrs, options)`` as Triton's JIT would build them for this launch.
+
+    ``float_type``: the type of Python float arguments, ``"fp32"`` as Triton's JIT types them, ``"fp64"``
+    as Inductor types them in the code it generates for ``wrap_triton`` kernels on CUDA.
+    """
     options = {key: kwargs.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in kwargs}
     signature, constexprs, attrs = {}, {}, {}
     values = dict(zip(kernel.arg_names, args), **kwargs)
@@ -74,7 +78,7 @@ def specialise(kernel, args, kwargs):
                 if value % 16 == 0 and not param.do_not_specialize:
                     attrs[(index,)] = [["tt.divisibility", 16]]
         elif isinstance(value, float):
-            signature[name] = "fp32"
+            signature[name] = float_type
         elif value is None:
             signature[name], constexprs[name] = "constexpr", None
         else:
@@ -82,9 +86,10 @@ def specialise(kernel, args, kwargs):
     return signature, constexprs, attrs, options
 
 
-def compile_launch(kernel, args, kwargs, target=TARGET):
-    """``(compiled, options)``: one recorded launch compiled for ``target`` (Gluon or tl kernels)."""
-    signature, constexprs, attrs, options = specialise(kernel, list(args), dict(kwargs))
+def compile_launch(kernel, args, kwargs, target=TARGET, float_type: str = "fp32"):
+    """``(compiled, options)``: one recorded launch compiled for ``target`` (Gluon or tl kernels);
+    ``float_type`` as ``specialise``."""
+    signature, constexprs, attrs, options = specialise(kernel, list(args), dict(kwargs), float_type)
     source = ASTSource
     if getattr(kernel, "is_gluon", lambda: False)():
         from triton.experimental.gluon._runtime import GluonASTSource

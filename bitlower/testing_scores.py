@@ -159,7 +159,7 @@ def _mask(graph: ScoresGraph, s, m):
         return s.masked_fill(m, fill)
     if graph.mask == "where":
         return torch.where(~m, s, fill)
-    return s + torch.zeros(m.shape, dtype=s.dtype).masked_fill(m, fill)
+    return s + torch.zeros(m.shape, dtype=s.dtype, device=s.device).masked_fill(m, fill)
 
 
 def _sdpa(graph: ScoresGraph, q, k, v, b, m, product):

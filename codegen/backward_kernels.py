@@ -172,7 +172,8 @@ def _binary_attn_bwd_q_kernel(
     ROW_ALIGN: tl.constexpr,
 ):
     """Query side of the backward for one (query block, batch*head); see the module notation."""
-    scale = tl.cast(scale, tl.float32)  # float scalars may arrive as float64 under Inductor
+    scale = tl.cast(scale, tl.float32)  # float scalars arrive as float64 under Inductor
+    scale_log2 = tl.cast(scale_log2, tl.float32)
     s_vm = aligned(s_vm, ROW_ALIGN)  # V and dO rows: 16-byte loads at Dv 72
     s_don = aligned(s_don, ROW_ALIGN)
     pid_n = tl.program_id(0)
@@ -323,7 +324,8 @@ def _binary_attn_bwd_k_kernel(
 
     ``NEED_DA_COLS``: writes ``scale b_j sum_i dS_ij h_ij`` per key, whose sum over keys is ``sum_i da_i``.
     """
-    scale = tl.cast(scale, tl.float32)  # float scalars may arrive as float64 under Inductor
+    scale = tl.cast(scale, tl.float32)  # float scalars arrive as float64 under Inductor
+    scale_log2 = tl.cast(scale_log2, tl.float32)
     s_vm = aligned(s_vm, ROW_ALIGN)  # V and dO rows: 16-byte loads at Dv 72
     s_don = aligned(s_don, ROW_ALIGN)
     pid_m = tl.program_id(0)

@@ -64,7 +64,7 @@ def _binary_attn_fwd_kernel(
     Arguments an option set does not read arrive as None (constexpr): the v1 set leaves ``bmax_ptr``
     and ``beta_max_ptr``, the v2 set the sign strides and the 8-bit P.V scales.
     """
-    scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars may arrive as float64 under Inductor
+    scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars arrive as float64 under Inductor
     s_vm = aligned(s_vm, ROW_ALIGN)  # V rows: 16-byte loads at D 72
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)

@@ -180,7 +180,7 @@ def _stats_kernel(
     """Stats of one operand, or with ``PAIR`` of two (grid axis 2: the ``x`` group, then the ``x2`` group; q
     and k of one call, same length and dtype); see the module notation. Each group is passed whole to its
     own call, so the JIT's specialisation of each argument (a stride of 1, say) stays its own."""
-    clip = tl.cast(clip, tl.float32)  # float scalars may arrive as float64 under Inductor
+    clip = tl.cast(clip, tl.float32)  # float scalars arrive as float64 under Inductor
     if PAIR:
         if tl.program_id(2) == 1:
             _operand_stats(x2_ptr, s2_xb, s2_xh, s2_xl, s2_xd, bits2_ptr, clip2_ptr, signs2_ptr, eff2_ptr,

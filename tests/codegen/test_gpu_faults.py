@@ -46,15 +46,10 @@ def _run_alone(cases: list[dict], tmp_path: Path) -> list[dict]:
     return rows
 
 
-FAULT_4 = pytest.mark.xfail(strict=True, reason="issue 20 item 4: the backward now forms p from the saved row state "
-                             "(m2, log2 l) and the forward's s2 bit for bit (dv within 3e-8 under the interpreter), "
-                             "not yet run on the H200 (FMA contraction of s2 - m2 may differ there); remove "
-                             "the marker once this passes on the GPU")
-
-
-@pytest.mark.parametrize("name", [n if "magnitude" not in n else pytest.param(n, marks=FAULT_4)
-                                  for n in sorted(REPRODUCERS)])
+@pytest.mark.parametrize("name", sorted(REPRODUCERS))
 def test_reproducer_holds(name, tmp_path):
+    """Each reproducer holds its checks; ``hamming_large_magnitude_d72`` (the backward forms p from the saved
+    row state and the forward's s2 bit for bit) passed on the H200 in session 9."""
     (row,) = _run_alone([REPRODUCERS[name]], tmp_path)
     assert "error" not in row, row.get("error")
     assert not row["fallbacks"], row["fallbacks"]
