@@ -53,7 +53,7 @@ class Variant:
     bias: str = "none"
     save_bits: bool = False
     static_max: bool = True
-    config: tuple[int, ...] | None = None  # (block_n, block_m, stages[, peel])
+    config: tuple[int, ...] | None = None  # (block_n, block_m, stages[, peel[, poly_exp]])
     main: bool = False  # a main config: must not spill
 
 
@@ -77,6 +77,10 @@ VARIANTS = [
     Variant("d64_peel", (8, 8, 4096, 64, 64), config=(64, 64, 2, 1)),
     Variant("d128_peel", (4, 16, 4096, 128, 128), config=(64, 64, 2, 1)),
     Variant("d128_bn128", (4, 16, 4096, 128, 128), config=(128, 64, 2)),
+    Variant("d64_poly8", (8, 8, 4096, 64, 64), config=(64, 64, 2, 0, 8)),
+    Variant("d64_poly4", (8, 8, 4096, 64, 64), config=(64, 64, 2, 0, 4)),
+    Variant("d128_poly8", (4, 16, 4096, 128, 128), config=(64, 64, 2, 0, 8)),
+    Variant("d64_mask_poly8", (8, 8, 1024, 64, 64), bias="mask", config=(64, 64, 2, 0, 8)),
 ]
 QUICK = ("d64_mean_abs", "d128_mean_abs", "d72_dit", "d64_mask")
 

@@ -21,7 +21,7 @@ Backward kernels (``BackwardPlan.kernel``):
 - ``"tldot"``: the tl.dot kernels of ``codegen/backward_kernels.py`` (the portable path, every mode).
 - ``"hopper"``: the Gluon backward of ``codegen/hopper/kernel_bwd*.py`` (compute capability 9.x,
   ``hamming``, ``stopgrad``, ``ste``) when ``KernelOptions(backward="hopper")`` asks for it, or by default
-  for long key sequences at D, Dv <= 64 (``auto_backward``), where ``hopper_backward_unsupported`` accepts
+  for long key sequences at D, Dv <= 128 (``auto_backward``), where ``hopper_backward_unsupported`` accepts
   the call.
 """
 from __future__ import annotations
@@ -39,11 +39,13 @@ MAX_ELEMENTS = 2**31 - 1  # kernels index with int32 offsets inside one (batch, 
 MAX_BATCH_HEADS = 65535  # grid axis 1 holds batch * heads
 FORWARD_CHOICES = ("auto", "v1", "v2", "hopper")
 BACKWARD_CHOICES = ("auto", "tldot", "hopper")  # auto: auto_backward; tldot: the portable kernels forced
-# Keys from which the Gluon backward is the default on sm_90 (D, Dv <= 64). H200, session 8 (bf16 mean_abs,
-# backward alone): at (8, 8, 4096, 64) Gluon 1.46 ms vs tl.dot 1.84 (hamming), 3.09 vs 3.82 (ste); at
-# N <= 1680 the tl.dot backward was faster (0.43-0.47 vs 0.44-0.67 hamming, 0.84-0.89 vs 0.97-1.36 ste).
+# Keys from which the Gluon backward is the default on sm_90 (D, Dv <= 128). H200, bf16 mean_abs, backward
+# alone: at (8, 8, 4096, 64) Gluon 1.46 ms vs tl.dot 1.84 (hamming), 3.09 vs 3.82 (ste) (session 8); at
+# (4, 16, 4096, 128) 2.23 vs 2.85 (hamming), 5.34 vs 7.74 (ste); at (1, 16, 16384, 64) 4.37 vs 6.86, 9.33 vs
+# 14.35 (session 9); at N <= 1680 the tl.dot backward was faster (0.43-0.47 vs 0.44-0.67 hamming, 0.84-0.89
+# vs 0.97-1.36 ste).
 HOPPER_BACKWARD_MIN_KEYS = 4096
-HOPPER_BACKWARD_MAX_AUTO_DIM = 64  # D 128 unmeasured
+HOPPER_BACKWARD_MAX_AUTO_DIM = 128
 
 
 @dataclass(frozen=True)
@@ -288,7 +290,7 @@ def _hopper_backward_reason(call: CallFacts, spec, device: DeviceFacts) -> str |
 def auto_backward(call: CallFacts, spec, device: DeviceFacts) -> str:
     """``"hopper"`` where the Gluon backward measured faster and covers the call, else ``"tldot"``.
 
-    Faster from ``HOPPER_BACKWARD_MIN_KEYS`` keys at D, Dv <= 64 on the H200 (numbers beside the constant).
+    Faster from ``HOPPER_BACKWARD_MIN_KEYS`` keys at D, Dv <= 128 on the H200 (numbers beside the constant).
     """
     long_keys = call.m >= HOPPER_BACKWARD_MIN_KEYS and max(call.dim, call.dim_v) <= HOPPER_BACKWARD_MAX_AUTO_DIM
     if device.cuda and device.capability is not None and device.capability[0] == 9 and long_keys:

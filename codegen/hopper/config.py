@@ -22,12 +22,15 @@ class HopperConfig:
         stages: K-sign and V tiles in the shared-memory ring.
         peel: peel the last key tile so only it masks columns >= M (311 instead of 346 instructions per
             tile at D 64, but 157 registers instead of 125: 3 CTAs per SM instead of 4).
+        poly_exp: 0 (every exp2 on the MUFU), or 4 / 8: one exp2 in that many as a polynomial on the FMA
+            pipes (``exp2_mix``; unmeasured: the XU pipe is the forward's busiest, 65 % at N 4096 D 64).
     """
 
     block_n: int = 64
     block_m: int = 64
     stages: int = 2
     peel: bool = False
+    poly_exp: int = 0
 
     def __post_init__(self):
         if self.block_n not in (64, 128):
@@ -36,6 +39,8 @@ class HopperConfig:
             raise ValueError(f"block_m must be 32, 64 or 128, got {self.block_m}")
         if not 2 <= self.stages <= 4:
             raise ValueError(f"stages must be in [2, 4], got {self.stages}")
+        if self.poly_exp not in (0, 4, 8):
+            raise ValueError(f"poly_exp must be 0, 4 or 8, got {self.poly_exp}")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
 
     @property

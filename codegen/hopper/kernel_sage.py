@@ -51,6 +51,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
                                                               warpgroup_mma_wait)
 
+from .exp2_mix import exp2
+
 LOG2E = gl.constexpr(1.4426950408889634)  # 1 / ln(2)
 LN2 = gl.constexpr(0.6931471805599453)  # ln(2)
 NEG_INIT = gl.constexpr(-3.4028234663852886e38)  # running-max start -FLT_MAX: finite, as the tl.dot kernels'
@@ -60,7 +62,6 @@ BIAS_NONE = gl.constexpr(0)
 BIAS_HEAD = gl.constexpr(1)
 BIAS_DENSE = gl.constexpr(3)  # also the table bias, materialised densely by the launcher
 BIAS_MASK = gl.constexpr(4)
-
 
 @gluon.jit
 def _load_k(k_desc, k_s, k_bar, bh, tile, pred, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
@@ -112,7 +113,8 @@ def _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIA
 
 @gluon.jit
 def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
-           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr):
+           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
+           POLY_EVERY: gl.constexpr):
     """``(p, m, l, alpha)`` of one score tile ``h`` (float32 integers): p = exp2(s2 - m) float32.
 
     ``is_last`` (a uniform runtime flag): the tile may hold columns ``>= M`` (zero-filled K rows), set
@@ -143,7 +145,9 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
     else:  # one FFMA per score: f * c - m (+ beta2)
         x = gl.fma(f, scale, gl.zeros_like(f) + shift - m_i[:, None])
         x = _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS, EVEN_M)
-    p = gl.exp2(x)
+    # x is in [-LIMIT, P_OFFSET] under the static maximum without a mask, a dense bias or columns past M
+    clamp: gl.constexpr = ONLINE or not EVEN_M or BIAS == BIAS_DENSE or BIAS == BIAS_MASK
+    p = exp2(x, POLY_EVERY, clamp)
     l_i = l_i + gl.sum(p, axis=1)
     return p, m_i, l_i, alpha
 
@@ -161,7 +165,7 @@ def _step(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, 
           b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
           BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr,
-          o_layout: gl.constexpr, p_layout: gl.constexpr):
+          o_layout: gl.constexpr, p_layout: gl.constexpr, POLY_EVERY: gl.constexpr):
     """Iteration ``j``: enters with tile j's probabilities ``pf`` and P.V_{j-1} in flight; leaves with
     tile j+1's probabilities and P.V_j in flight (``LAST``, constexpr or a uniform flag: tile j+1 is the
     last, its columns ``>= M`` masked)."""
@@ -179,7 +183,7 @@ def _step(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, 
     s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # retires S_{j+1}; P.V_j stays in flight
     _load_k(k_desc, k_s, k_bar, bh, j + 1 + STAGES, j + 1 + STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
-                                 (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE, EVEN_M)
+                                 (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY)
     return s, o, p, pf, m_i, l_i, alpha
 
 
@@ -202,7 +206,7 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
             rows, row_mask, bh, b, h, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
             EVEN_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr,
             NKC: gl.constexpr, DVP: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr, s_layout: gl.constexpr,
-            o_layout: gl.constexpr):
+            o_layout: gl.constexpr, POLY_EVERY: gl.constexpr):
     """All key tiles of the program: ``(o, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised).
 
     Iteration ``j`` enters with the probabilities of tile j in registers (``pn``) and the P.V of tile
@@ -218,7 +222,7 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
     _load_k(k_desc, k_s, k_bar, bh, STAGES, STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base,
-                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE, EVEN_M)
+                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY)
     p = gl.zeros([BLOCK_N, BLOCK_M], pdt, p_layout)
     o = warpgroup_mma_init(gl.zeros([BLOCK_N, DVP], gl.float32, o_layout))  # loop-carried as an async result
     if PEEL:  # the last tile's probabilities peeled: only it masks columns >= M (ptxas: more registers)
@@ -226,12 +230,12 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
             s, o, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
                 b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False, MEAN_ABS, BIAS, ONLINE,
-                EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+                EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, POLY_EVERY)
         if n_tiles >= 2:
             s, o, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, n_tiles - 2, n_tiles, s, o, p, pf, m_i, l_i, alpha,
                 c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, True, MEAN_ABS,
-                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, POLY_EVERY)
             o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
         else:
             o_done = _last_pv(v_s, v_bar, 0, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
@@ -240,7 +244,7 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
             s, o, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
                 b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, j + 2 == n_tiles, MEAN_ABS,
-                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout)
+                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, POLY_EVERY)
         o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
     return o_done, l_i, m_i
 
@@ -299,7 +303,8 @@ def _binary_attn_fwd_sm90_kernel(
     beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
-    P_OFFSET: gl.constexpr, PEEL: gl.constexpr, EVEN_M: gl.constexpr, num_warps: gl.constexpr,
+    P_OFFSET: gl.constexpr, PEEL: gl.constexpr, EVEN_M: gl.constexpr, POLY_EVERY: gl.constexpr,
+    num_warps: gl.constexpr,
 ):
     """Binary attention forward of one (query tile, batch*head); see the module notation."""
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
@@ -349,15 +354,18 @@ def _binary_attn_fwd_sm90_kernel(
         if gl.max(bound, axis=0) * 2.0 <= LIMIT:
             o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                                  False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+                                  False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
+                                  POLY_EVERY)
         else:
             o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                                  True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+                                  True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
+                                  POLY_EVERY)
     else:
         o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                               b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                              True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout)
+                              True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
+                              POLY_EVERY)
     mbarrier.invalidate(q_bar.index(0))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bar.index(i))

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.gpu
 SHAPES = [(2, 3, 1, 64, 64), (2, 3, 17, 64, 64), (2, 3, 197, 64, 64), (1, 2, 1000, 64, 64), (2, 2, 197, 128, 128),
           (2, 2, 256, 72, 72), (1, 2, 333, 80, 80), (1, 2, 130, 96, 96), (1, 2, 1000, 128, 64)]
 ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}  # unit roundoff (half an ulp of 1)
-CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3)]
+CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3), HopperConfig(poly_exp=8),
+           HopperConfig(poly_exp=4)]  # poly_exp: exp2_mix, unmeasured on the GPU so far
 
 
 def _poison():
