@@ -14,7 +14,7 @@ from bitlower.testing_scores import ScoresGraph, check_compiled_or_left_alone, c
     scores_graphs
 
 CPU_EXAMPLES = 30  # ~0.3 s each on one CI core (a Dynamo capture and the rewrite, no Inductor)
-GPU_EXAMPLES = 60
+GPU_EXAMPLES = 30  # one Inductor compile each: 60 did not finish inside a 257 s shard on the H200 (session 9)
 
 REPRODUCERS = [  # issue 19: each was rewritten wrongly (or crashed) before the fix
     ScoresGraph(softmax="method", dim=-2),  # item 1: softmax over the queries
