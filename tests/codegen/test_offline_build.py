@@ -127,6 +127,9 @@ def test_config_table_and_validation():
         HopperConfig(32, 64, 2)
     with pytest.raises(ValueError, match="stages"):
         HopperConfig(64, 64, 1)
+    assert HopperConfig(*map(int, "64x64x2x0x8".split("x"))).poly_exp == 8  # attention_hopper.py --configs
+    with pytest.raises(ValueError, match="poly_exp"):
+        HopperConfig(poly_exp=3)
 
 
 def _build_module():
