@@ -7,7 +7,7 @@ the plan's ``hopper_forward_unsupported(call, spec, device)`` returns None; the 
 Files: ``support`` (the predicates, TMA repair of v), ``config`` (tiles, operand widths), ``launcher``
 (host side), ``op`` (the opaque ``bitlower::hopper_fwd`` operator and ``hopper_forward``, the adapter
 ``codegen.forward`` calls), ``kernel_sage`` (the Gluon kernel, imported only at launch: Gluon's API is
-Triton-version specific). Checked on the H200 by ``tests/codegen/test_gpu_hopper.py``.
+Triton-version specific), ``exp2_mix`` (its optional MUFU/polynomial exp2, ``HopperConfig.poly_exp``). Checked on the H200 by ``tests/codegen/test_gpu_hopper.py``.
 The backward (``KernelOptions(backward="hopper")``, and the plan's default from 4096 keys at D, Dv <= 128:
 ``plan.auto_backward``): ``backward_support``, ``backward_launcher``, ``backward_op`` (``bitlower::hopper_bwd``),
 ``kernel_bwd`` / ``kernel_bwd_q``; checked on the H200 by ``tests/codegen/test_gpu_hopper_bwd.py``.
