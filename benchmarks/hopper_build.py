@@ -53,7 +53,7 @@ class Variant:
     bias: str = "none"
     save_bits: bool = False
     static_max: bool = True
-    config: tuple[int, ...] | None = None  # (block_n, block_m, stages[, peel[, poly_exp]])
+    config: tuple[int, ...] | None = None  # (block_n, block_m, stages[, peel[, poly_exp[, mma_rowsum]]])
     main: bool = False  # a main config: must not spill
 
 
@@ -81,6 +81,10 @@ VARIANTS = [
     Variant("d64_poly4", (8, 8, 4096, 64, 64), config=(64, 64, 2, 0, 4)),
     Variant("d128_poly8", (4, 16, 4096, 128, 128), config=(64, 64, 2, 0, 8)),
     Variant("d64_mask_poly8", (8, 8, 1024, 64, 64), bias="mask", config=(64, 64, 2, 0, 8)),
+    Variant("d64_rowsum", (8, 8, 4096, 64, 64), config=(64, 64, 2, 0, 0, 1)),
+    Variant("d128_rowsum", (4, 16, 4096, 128, 128), config=(64, 64, 2, 0, 0, 1)),
+    Variant("d64_mask_rowsum", (8, 8, 1024, 64, 64), bias="mask", config=(64, 64, 2, 0, 0, 1)),
+    Variant("d64_bn128_rowsum", (8, 8, 4096, 64, 64), config=(128, 64, 2, 0, 0, 1)),
 ]
 QUICK = ("d64_mean_abs", "d128_mean_abs", "d72_dit", "d64_mask")
 

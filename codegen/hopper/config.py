@@ -23,7 +23,11 @@ class HopperConfig:
         peel: peel the last key tile so only it masks columns >= M (311 instead of 346 instructions per
             tile at D 64, but 157 registers instead of 125: 3 CTAs per SM instead of 4).
         poly_exp: 0 (every exp2 on the MUFU), or 4 / 8: one exp2 in that many as a polynomial on the FMA
-            pipes (``exp2_mix``; unmeasured: the XU pipe is the forward's busiest, 65 % at N 4096 D 64).
+            pipes (``exp2_mix``). Slower on the H200 (session 10, N 4096 D 64: 0.515 / 0.544 ms against
+            0.490 with 0): the loop is issue- and latency-bound, not MUFU-bound.
+        mma_rowsum: the row sums l of P on the tensor cores (one more wgmma per tile, P times a ones
+            tile) instead of 32 FADD and 4 SHFL per thread; l then sums P as rounded for the P.V
+            product, so lse is exact to that operand's roundoff (not float32's), the output as before.
     """
 
     block_n: int = 64
@@ -31,6 +35,7 @@ class HopperConfig:
     stages: int = 2
     peel: bool = False
     poly_exp: int = 0
+    mma_rowsum: bool = False
 
     def __post_init__(self):
         if self.block_n not in (64, 128):
@@ -42,6 +47,7 @@ class HopperConfig:
         if self.poly_exp not in (0, 4, 8):
             raise ValueError(f"poly_exp must be 0, 4 or 8, got {self.poly_exp}")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
+        object.__setattr__(self, "mma_rowsum", bool(self.mma_rowsum))
 
     @property
     def num_warps(self) -> int:

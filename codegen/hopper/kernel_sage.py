@@ -30,6 +30,10 @@ float32 probabilities of tile j in registers and the P.V of tile j-1 in flight:
     probs   f = h (integer sums of +-1.0 below 2**8: exact in the float32 accumulator)
             x = f * c - m (mean_abs; c = scale a b log2 e per (b, h))  or  (f * b_j) * c_i - m_i
             x += beta2 (dense tile) / x = -inf where the mask is False; p = exp2(x); l += rowsum p
+``ROWSUM_MMA`` (``HopperConfig.mma_rowsum``): l is not summed per tile (32 FADD + 4 SHFL per thread at
+BLOCK_M 64) but accumulated on the tensor cores as ``lsum += bf16(p_j) . 1`` (a ``(BLOCK_M, 8)`` ones
+tile in shared memory, one more async wgmma group beside each P.V): 211 -> 176 instructions per tile
+at D 64, 127 registers (ptxas, Triton 3.6).
 so tile j+1's exp2 runs on the MUFU while P.V_j runs on the tensor cores (SASS, sm_90, ptxas of
 Triton 3.6: 8 back-to-back HGMMA, then ``WARPGROUP.DEPBAR.LE gsb0, 0x1``, then the MUFU.EX2 block).
 Row maximum: static ``m_i = bound_i - P_OFFSET`` with ``bound_i = |c_i| max|b| D + max|beta2|``
@@ -42,26 +46,19 @@ Registers (ptxas, per thread, 4 warps, BLOCK_N 64, bf16, static + online loops i
 BLOCK_M/2 float32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32. At BLOCK_M 64:
 123 (D 64, float8 QK; 4 CTAs per SM), 163 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 219 (2 CTAs, int8
 QK); PEEL: 157 at D 64 (int8 QK); no spills.
-``benchmarks/hopper_build.py`` prints them per variant.
+``benchmarks/hopper_build.py`` prints them per variant. Row scalars and the epilogue: ``kernel_sage_rows``.
 """
 from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
-                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_init, warpgroup_mma_wait)
 
 from .exp2_mix import exp2
+from .kernel_sage_rows import BIAS_DENSE, BIAS_MASK, LOG2E, NEG_INIT, TINY, _row_scalars, _store
 
-LOG2E = gl.constexpr(1.4426950408889634)  # 1 / ln(2)
-LN2 = gl.constexpr(0.6931471805599453)  # ln(2)
-NEG_INIT = gl.constexpr(-3.4028234663852886e38)  # running-max start -FLT_MAX: finite, as the tl.dot kernels'
-# (a row whose every score is -FLT_MAX, a finfo.min padding fill, then averages uniformly, as the reference)
-TINY = gl.constexpr(5.421010862427522e-20)  # 2**-64: beta * TINY - FLT_MAX is -FLT_MAX for finite beta, -inf for -inf
-BIAS_NONE = gl.constexpr(0)
-BIAS_HEAD = gl.constexpr(1)
-BIAS_DENSE = gl.constexpr(3)  # also the table bias, materialised densely by the launcher
-BIAS_MASK = gl.constexpr(4)
+ONES_N = gl.constexpr(8)  # width of the ones operand of ROWSUM_MMA (the smallest wgmma N)
 
 @gluon.jit
 def _load_k(k_desc, k_s, k_bar, bh, tile, pred, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
@@ -114,8 +111,9 @@ def _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIA
 @gluon.jit
 def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
            MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
-           POLY_EVERY: gl.constexpr):
-    """``(p, m, l, alpha)`` of one score tile ``h`` (float32 integers): p = exp2(s2 - m) float32.
+           POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr):
+    """``(p, m, l, alpha)`` of one score tile ``h`` (float32 integers): p = exp2(s2 - m) float32
+    (l unchanged under ``ROWSUM_MMA``: the tensor cores sum P).
 
     ``is_last`` (a uniform runtime flag): the tile may hold columns ``>= M`` (zero-filled K rows), set
     to -inf here only, so full tiles pay no column mask.
@@ -148,7 +146,8 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
     # x is in [-LIMIT, P_OFFSET] under the static maximum without a mask, a dense bias or columns past M
     clamp: gl.constexpr = ONLINE or not EVEN_M or BIAS == BIAS_DENSE or BIAS == BIAS_MASK
     p = exp2(x, POLY_EVERY, clamp)
-    l_i = l_i + gl.sum(p, axis=1)
+    if not ROWSUM_MMA:
+        l_i = l_i + gl.sum(p, axis=1)
     return p, m_i, l_i, alpha
 
 
@@ -161,59 +160,85 @@ def _rescale(o, alpha, o_layout: gl.constexpr, ONLINE: gl.constexpr):
 
 
 @gluon.jit
-def _step(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
-          b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
+def _step(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, lsum, p, pf, m_i, l_i, alpha, c,
+          c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
           BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr,
-          o_layout: gl.constexpr, p_layout: gl.constexpr, POLY_EVERY: gl.constexpr):
+          o_layout: gl.constexpr, p_layout: gl.constexpr, l_layout: gl.constexpr, POLY_EVERY: gl.constexpr,
+          ROWSUM_MMA: gl.constexpr):
     """Iteration ``j``: enters with tile j's probabilities ``pf`` and P.V_{j-1} in flight; leaves with
     tile j+1's probabilities and P.V_j in flight (``LAST``, constexpr or a uniform flag: tile j+1 is the
-    last, its columns ``>= M`` masked)."""
+    last, its columns ``>= M`` masked). ``ROWSUM_MMA``: P.1_j is issued (and retired) with P.V_j."""
     s = _issue_qk(q_s, k_s, k_bar, j + 1, s, NKC, STAGES)
     # retires P.V_{j-1}. ONLINE rescales O next: after a partial wait ptxas cannot prove the P.V it
     # reads retired and serialises every wgmma of the kernel, the static loop's too (C7514); a full
     # wait keeps that cost in the fallback loop.
-    o, p = warpgroup_mma_wait(num_outstanding=0 if ONLINE else NKC, deps=(o, p))
+    o, p, lsum = _retire_pv(o, p, lsum, 0 if ONLINE else NKC, ROWSUM_MMA)
     _load_v(v_desc, v_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M, STAGES)
-    o = _rescale(o, alpha, o_layout, ONLINE)
-    p = gl.convert_layout(pf.to(v_desc.dtype), p_layout)
-    slot = j % STAGES
-    mbarrier.wait(v_bar.index(slot), (j // STAGES) & 1)
-    o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
-    s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # retires S_{j+1}; P.V_j stays in flight
+    o, lsum, p = _issue_pv(v_s, ones_s, v_bar, j, o, lsum, pf, alpha, STAGES, ONLINE, o_layout, p_layout, l_layout,
+                           ROWSUM_MMA)
+    # retires S_{j+1}; P.V_j (and P.1_j) stay in flight
+    s = warpgroup_mma_wait(num_outstanding=2 if ROWSUM_MMA else 1, deps=(s,))
     _load_k(k_desc, k_s, k_bar, bh, j + 1 + STAGES, j + 1 + STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
-                                 (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY)
-    return s, o, p, pf, m_i, l_i, alpha
+                                 (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY,
+                                 ROWSUM_MMA)
+    return s, o, lsum, p, pf, m_i, l_i, alpha
 
 
 @gluon.jit
-def _last_pv(v_s, v_bar, last, o, p, pf, alpha, STAGES: gl.constexpr, ONLINE: gl.constexpr,
-             o_layout: gl.constexpr, p_layout: gl.constexpr):
-    """Retire everything, then ``O += P_last . V_last``; returns the finished (retired) O."""
-    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
+def _retire_pv(o, p, lsum, outstanding: gl.constexpr, ROWSUM_MMA: gl.constexpr):
+    """Wait until at most ``outstanding`` wgmma groups are in flight: P.V (and P.1) retired."""
+    if ROWSUM_MMA:
+        o, p, lsum = warpgroup_mma_wait(num_outstanding=outstanding, deps=(o, p, lsum))
+    else:
+        o, p = warpgroup_mma_wait(num_outstanding=outstanding, deps=(o, p))
+    return o, p, lsum
+
+
+@gluon.jit
+def _issue_pv(v_s, ones_s, v_bar, tile, o, lsum, pf, alpha, STAGES: gl.constexpr, ONLINE: gl.constexpr,
+              o_layout: gl.constexpr, p_layout: gl.constexpr, l_layout: gl.constexpr, ROWSUM_MMA: gl.constexpr):
+    """Rescale (ONLINE), round P to V's type and issue ``O += P . V_tile`` (and ``lsum += P . 1``) async."""
     o = _rescale(o, alpha, o_layout, ONLINE)
     p = gl.convert_layout(pf.to(v_s.dtype), p_layout)
-    slot = last % STAGES
-    mbarrier.wait(v_bar.index(slot), (last // STAGES) & 1)
+    slot = tile % STAGES
+    mbarrier.wait(v_bar.index(slot), (tile // STAGES) & 1)
     o = warpgroup_mma(p, v_s.index(slot), o, is_async=True)
-    o, p = warpgroup_mma_wait(num_outstanding=0, deps=(o, p))
-    return o
+    if ROWSUM_MMA:
+        lsum = _rescale(lsum, alpha, l_layout, ONLINE)
+        p_l = gl.convert_layout(p, gl.DotOperandLayout(operand_index=0, parent=l_layout, k_width=2))
+        lsum = warpgroup_mma(p_l, ones_s.permute((1, 0)), lsum, is_async=True)
+    return o, lsum, p
 
 
 @gluon.jit
-def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm,
+def _last_pv(v_s, ones_s, v_bar, last, o, lsum, p, pf, alpha, STAGES: gl.constexpr, ONLINE: gl.constexpr,
+             o_layout: gl.constexpr, p_layout: gl.constexpr, l_layout: gl.constexpr, ROWSUM_MMA: gl.constexpr):
+    """Retire everything, then ``O += P_last . V_last``; returns the finished (retired) O and lsum."""
+    o, p, lsum = _retire_pv(o, p, lsum, 0, ROWSUM_MMA)
+    o, lsum, p = _issue_pv(v_s, ones_s, v_bar, last, o, lsum, pf, alpha, STAGES, ONLINE, o_layout, p_layout,
+                           l_layout, ROWSUM_MMA)
+    o, p, lsum = _retire_pv(o, p, lsum, 0, ROWSUM_MMA)
+    return o, lsum
+
+
+@gluon.jit
+def _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm,
             rows, row_mask, bh, b, h, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
             EVEN_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr,
             NKC: gl.constexpr, DVP: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr, s_layout: gl.constexpr,
-            o_layout: gl.constexpr, POLY_EVERY: gl.constexpr):
+            o_layout: gl.constexpr, POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr):
     """All key tiles of the program: ``(o, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised).
 
     Iteration ``j`` enters with the probabilities of tile j in registers (``pn``) and the P.V of tile
     j-1 in flight; it issues S_{j+1}, retires P.V_{j-1}, issues P.V_j, retires S_{j+1} and computes the
-    probabilities of tile j+1 while P.V_j runs on the tensor cores.
+    probabilities of tile j+1 while P.V_j runs on the tensor cores. ``ROWSUM_MMA``: l is the
+    ``(BLOCK_N, ONES_N)`` accumulator ``lsum = P . 1`` (its columns equal), issued beside each P.V.
     """
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[BLOCK_N // 16, 1],
+                                                       instr_shape=[16, ONES_N, 16])
     pdt: gl.constexpr = v_desc.dtype
     n_tiles = gl.cdiv(M, BLOCK_M)
     col_base = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
@@ -222,79 +247,39 @@ def _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, 
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
     _load_k(k_desc, k_s, k_bar, bh, STAGES, STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base,
-                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY)
+                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY, ROWSUM_MMA)
     p = gl.zeros([BLOCK_N, BLOCK_M], pdt, p_layout)
     o = warpgroup_mma_init(gl.zeros([BLOCK_N, DVP], gl.float32, o_layout))  # loop-carried as an async result
+    lsum = l_i  # unused without ROWSUM_MMA
+    if ROWSUM_MMA:
+        lsum = warpgroup_mma_init(gl.zeros([BLOCK_N, ONES_N], gl.float32, l_layout))
     if PEEL:  # the last tile's probabilities peeled: only it masks columns >= M (ptxas: more registers)
         for j in range(n_tiles - 2):
-            s, o, p, pf, m_i, l_i, alpha = _step(
-                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
-                b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False, MEAN_ABS, BIAS, ONLINE,
-                EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, POLY_EVERY)
+            s, o, lsum, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, lsum, p, pf, m_i, l_i, alpha,
+                c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False, MEAN_ABS,
+                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, l_layout, POLY_EVERY, ROWSUM_MMA)
+        last = 0
         if n_tiles >= 2:
-            s, o, p, pf, m_i, l_i, alpha = _step(
-                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, n_tiles - 2, n_tiles, s, o, p, pf, m_i, l_i, alpha,
-                c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, True, MEAN_ABS,
-                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, POLY_EVERY)
-            o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
-        else:
-            o_done = _last_pv(v_s, v_bar, 0, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
+            s, o, lsum, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, n_tiles - 2, n_tiles, s, o, lsum, p, pf, m_i,
+                l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, True,
+                MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, l_layout, POLY_EVERY,
+                ROWSUM_MMA)
+            last = n_tiles - 1
     else:  # one loop; the uniform last-tile flag is if-converted by ptxas (an FSEL per score, every tile)
         for j in range(n_tiles - 1):
-            s, o, p, pf, m_i, l_i, alpha = _step(
-                q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, p, pf, m_i, l_i, alpha, c, c_rows,
-                b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, j + 2 == n_tiles, MEAN_ABS,
-                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, POLY_EVERY)
-        o_done = _last_pv(v_s, v_bar, n_tiles - 1, o, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout)
+            s, o, lsum, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, lsum, p, pf, m_i, l_i, alpha,
+                c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, j + 2 == n_tiles,
+                MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, l_layout, POLY_EVERY,
+                ROWSUM_MMA)
+        last = n_tiles - 1
+    o_done, lsum = _last_pv(v_s, ones_s, v_bar, last, o, lsum, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout,
+                            l_layout, ROWSUM_MMA)
+    if ROWSUM_MMA:
+        l_i = gl.convert_layout(gl.max(lsum, axis=1), gl.SliceLayout(1, s_layout))  # the ONES_N columns are equal
     return o_done, l_i, m_i
-
-
-@gluon.jit
-def _fill_rows(ptr, value, length, start, step, BLOCK: gl.constexpr, num_warps: gl.constexpr):
-    """``ptr[r] = value`` for rows ``start, start + BLOCK, ...`` stepping by ``step`` (mean_abs scalars)."""
-    layout: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-    for r0 in range(start, length, step):
-        r = r0 + gl.arange(0, BLOCK, layout=layout)
-        gl.store(ptr + r, gl.full([BLOCK], value, gl.float32, layout), mask=r < length)
-
-
-@gluon.jit
-def _row_scalars(a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h,
-                 bh, b, h, pid_n, N, M, scale_log2, inv_nd, inv_md, D: gl.constexpr, MEAN_ABS: gl.constexpr,
-                 BIAS: gl.constexpr, BETA_MAX: gl.constexpr, BLOCK_N: gl.constexpr, row_layout: gl.constexpr,
-                 num_warps: gl.constexpr):
-    """``(rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr)`` of the program's rows.
-
-    mean_abs: ``c = scale a b log2 e`` of the (batch, head), and this program's share of the a_eff /
-    b_eff rows written; token/none: ``c_i = scale a_i log2 e`` per row. ``bound_i >= |s2_ij|``.
-    """
-    bh64 = bh.to(gl.int64)
-    rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=row_layout)
-    row_mask = rows < N
-    scale_log2 = scale_log2.to(gl.float32)
-    if MEAN_ABS:
-        a_head = gl.load(sums_q_ptr + bh) * inv_nd
-        b_head = gl.load(sums_k_ptr + bh) * inv_md
-        c = a_head * scale_log2 * b_head
-        c_rows = gl.full([BLOCK_N], 0.0, gl.float32, row_layout) + c
-        b_max = 1.0
-        _fill_rows(a_ptr + bh64 * N, a_head, N, pid_n * BLOCK_N, N, BLOCK_N, num_warps)
-        _fill_rows(b_ptr + bh64 * M, b_head, M, pid_n * BLOCK_N, gl.num_programs(0) * BLOCK_N, BLOCK_N, num_warps)
-    else:
-        c = 0.0
-        c_rows = gl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0) * scale_log2
-        b_max = gl.load(bmax_ptr + bh)
-    row_shift = 0.0
-    bias_base = bias_ptr
-    if BIAS == BIAS_HEAD:  # a per-head shift moves every score of a row: only the lse takes it
-        row_shift = gl.load(bias_ptr + h) * LOG2E
-    if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
-        bias_base = bias_ptr + b.to(gl.int64) * s_bias_b + h.to(gl.int64) * s_bias_h
-    beta_max = 0.0
-    if BETA_MAX:
-        beta_max = gl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units
-    bound = gl.abs(c_rows) * b_max * D + beta_max  # (BLOCK_N,) >= |s2_ij|
-    return rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_ptr + bh64 * M
 
 
 @gluon.jit
@@ -304,7 +289,7 @@ def _binary_attn_fwd_sm90_kernel(
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
     P_OFFSET: gl.constexpr, PEEL: gl.constexpr, EVEN_M: gl.constexpr, POLY_EVERY: gl.constexpr,
-    num_warps: gl.constexpr,
+    ROWSUM_MMA: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Binary attention forward of one (query tile, batch*head); see the module notation."""
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
@@ -348,43 +333,35 @@ def _binary_attn_fwd_sm90_kernel(
     rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr = _row_scalars(
         a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h, bh, b, h, pid_n,
         N, M, scale_log2, inv_nd, inv_md, D, MEAN_ABS, BIAS, BETA_MAX, BLOCK_N, row_layout, num_warps)
+    ones_s = v_s  # the ones operand of ROWSUM_MMA (K-major, written once), else unused
+    if ROWSUM_MMA:
+        ones_s = gl.allocate_shared_memory(v_desc.dtype, [ONES_N, BLOCK_M],
+                                           gl.NVMMASharedLayout.get_default_for([ONES_N, BLOCK_M], v_desc.dtype))
+        ones_s.store(gl.full([ONES_N, BLOCK_M], 1.0, v_desc.dtype,
+                             gl.BlockedLayout([1, 8], [ONES_N, 32 // ONES_N], [1, num_warps], [1, 0])))
+        fence_async_shared()
+        gl.thread_barrier()
     mbarrier.wait(q_bar.index(0), 0)
     online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
     if STATIC_MAX:
         if gl.max(bound, axis=0) * 2.0 <= LIMIT:
-            o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows,
+            o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
                                   False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
-                                  POLY_EVERY)
+                                  POLY_EVERY, ROWSUM_MMA)
         else:
-            o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
+            o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
                                   True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
-                                  POLY_EVERY)
+                                  POLY_EVERY, ROWSUM_MMA)
     else:
-        o, l_i, m_i = _attend(q_s, k_s, v_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
+        o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                               b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
                               True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
-                              POLY_EVERY)
+                              POLY_EVERY, ROWSUM_MMA)
     mbarrier.invalidate(q_bar.index(0))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bar.index(i))
         mbarrier.invalidate(v_bar.index(i))
     _store(out_ptr, lse_ptr, state_ptr, o, l_i, m_i, row_shift, bh64 * N, rows, row_mask, pid_n * BLOCK_N, N, DV,
            BLOCK_N, DVP, o_layout)
-
-
-@gluon.jit
-def _store(out_ptr, lse_ptr, state_ptr, o, l_i, m_i, row_shift, row0, rows, row_mask, start, N, DV: gl.constexpr,
-           BLOCK_N: gl.constexpr, DVP: gl.constexpr, o_layout: gl.constexpr):
-    """out ``(B, H, N, DV)`` contiguous = o / l; lse ``(B, H, N)`` natural log; row state ``(B, H, N, 2)``:
-    ``m + row_shift`` and ``log2(l)`` apart (the backward's ``exp2((s2 - m) - log2 l)``)."""
-    o_rows = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, o_layout))
-    o_cols = gl.arange(0, DVP, layout=gl.SliceLayout(0, o_layout))
-    out = o / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
-    ptrs = out_ptr + (row0 + o_rows)[:, None] * DV + o_cols[None, :]
-    gl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=(o_rows < N)[:, None] & (o_cols < DV)[None, :])
-    lse = (m_i + gl.log2(l_i) + row_shift) * LN2
-    gl.store(lse_ptr + row0 + rows, lse, mask=row_mask)
-    gl.store(state_ptr + 2 * (row0 + rows), m_i + row_shift, mask=row_mask)
-    gl.store(state_ptr + 2 * (row0 + rows) + 1, gl.log2(l_i), mask=row_mask)

@@ -122,6 +122,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     kwargs = dict(D=dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, MEAN_ABS=mean_abs, BIAS=code,
                   BETA_MAX=beta_max is not None, STATIC_MAX=static_max and static_ok, LIMIT=limit,
                   P_OFFSET=offset, PEEL=cfg.peel, EVEN_M=m % cfg.block_m == 0, POLY_EVERY=cfg.poly_exp,
+                  ROWSUM_MMA=cfg.mma_rowsum,
                   num_warps=cfg.num_warps)
     _launch(_binary_attn_fwd_sm90_kernel, (-(-n // cfg.block_n), bsz * heads), args, kwargs)
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state

@@ -56,12 +56,12 @@ def test_refuses_mixed_dtypes(gluon_ok):
 
 
 def test_kernel_bias_codes_are_the_launchers():
-    """kernel_sage spells the bias codes itself (Gluon constexprs); they must be tiles.BIAS_CODES'."""
-    from bitlower.codegen.hopper import kernel_sage
+    """kernel_sage_rows spells the bias codes itself (Gluon constexprs); they must be tiles.BIAS_CODES'."""
+    from bitlower.codegen.hopper import kernel_sage_rows
     from bitlower.codegen.tiles import BIAS_CODES
 
     for kind in ("none", "head", "dense", "mask"):
-        assert getattr(kernel_sage, f"BIAS_{kind.upper()}").value == BIAS_CODES[kind], kind
+        assert getattr(kernel_sage_rows, f"BIAS_{kind.upper()}").value == BIAS_CODES[kind], kind
 
 
 @pytest.mark.parametrize("change, words", [
@@ -128,6 +128,7 @@ def test_config_table_and_validation():
     with pytest.raises(ValueError, match="stages"):
         HopperConfig(64, 64, 1)
     assert HopperConfig(*map(int, "64x64x2x0x8".split("x"))).poly_exp == 8  # attention_hopper.py --configs
+    assert HopperConfig(*map(int, "64x64x2x0x0x1".split("x"))).mma_rowsum is True
     with pytest.raises(ValueError, match="poly_exp"):
         HopperConfig(poly_exp=3)
 

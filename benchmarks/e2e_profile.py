@@ -1,0 +1,71 @@
+"""Where does a compiled model's inference time go? CUDA kernel times per backend, one process.
+
+Question: which kernels make a bitlower-compiled timm/DiT model slower or faster than Inductor's? For
+each backend (Inductor; bitlower with the plan's kernels; bitlower with extra kernel options) one model
+from ``e2e_speed.MODELS`` is compiled, warmed up and run ``--steps`` times under ``torch.profiler``;
+the table lists each kernel's summed CUDA time per step. Usage, on the GPU machine:
+
+    python benchmarks/e2e_profile.py --model vit_s8_320 --kernel-options "" "forward=hopper" --out $OUT
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import e2e_speed  # noqa: E402
+
+log = logging.getLogger("e2e_profile")
+
+
+def kernel_table(model: str, backend: str, kernel_options: str, steps: int) -> list[tuple[str, float, int]]:
+    """(kernel name, CUDA us per step, launches per step), longest first."""
+    ctx = e2e_speed.Ctx(torch.device("cuda"), tiny=False, kernel_options=kernel_options)
+    spec = e2e_speed.MODELS[model]
+    net, inputs, _ = e2e_speed.build(spec, ctx, train=False)
+    torch._dynamo.reset()
+    options = {"kernel_options": kernel_options} if backend == "bitlower" and kernel_options else None
+    step = e2e_speed.make_step("infer", torch.compile(net, backend=backend, options=options), net, inputs, ctx)
+    for _ in range(3):
+        step()
+    ctx.sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        ctx.sync()
+    rows = [(e.key, e.device_time_total / steps, e.count // steps) for e in prof.key_averages()
+            if e.device_time_total > 0]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vit_s8_320", choices=sorted(e2e_speed.MODELS))
+    parser.add_argument("--kernel-options", nargs="*", default=[""],
+                        help='bitlower kernel_options, one bitlower run each ("": the plan\'s choice)')
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--top", type=int, default=14)
+    parser.add_argument("--out", type=Path, default=None, help="folder for e2e_profile_<model>.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    runs = [("inductor", "")] + [("bitlower", opts) for opts in args.kernel_options]
+    lines = [f"# {args.model}, inference, CUDA kernel time per step ({torch.cuda.get_device_name()})", ""]
+    for backend, opts in runs:
+        rows = kernel_table(args.model, backend, opts, args.steps)
+        total = sum(us for _, us, _ in rows)
+        lines += [f"## {backend} {opts or '(plan)'}: {total / 1e3:.3f} ms of kernels per step", "",
+                  "| kernel | us/step | launches/step |", "|---|---|---|"]
+        lines += [f"| {name[:90]} | {us:.1f} | {n} |" for name, us, n in rows[:args.top]]
+        lines.append("")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"e2e_profile_{args.model}.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()
