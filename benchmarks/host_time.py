@@ -1,0 +1,60 @@
+"""Host (CPU) time of one bitlower forward call per path, beside its GPU time.
+
+Question: is a path host-bound inside a whole model? Each path is called ``--calls`` times back to
+back without synchronising; the wall time per call while the GPU queue keeps filling is the host
+cost (the queue is far from full at 100 calls). GPU time per call: ``triton.testing.do_bench``.
+Paths: the Gluon launcher (``launch_hopper_forward``), the same through its opaque operator
+(``torch.ops.bitlower.hopper_fwd``), and the public eager API (``bitlower.binary_attention``, the
+plan's kernels). Usage, on the GPU machine: ``python benchmarks/host_time.py --shape 32 6 1601 64``.
+"""
+import argparse
+import time
+
+import torch
+from triton.testing import do_bench
+
+import bitlower
+from bitlower.codegen.hopper import launch_hopper_forward
+from bitlower.spec import CallSpec
+
+
+def host_us(fn, calls: int) -> float:
+    """Mean host microseconds per call of ``calls`` unsynchronised calls (after a synchronised warm-up)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls * 1e6
+    torch.cuda.synchronize()
+    return host
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=4, default=[32, 6, 1601, 64], metavar=("B", "H", "N", "D"))
+    parser.add_argument("--calls", type=int, default=100)
+    args = parser.parse_args()
+    bsz, heads, n, dim = args.shape
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(bsz, n, 3, heads, dim, device="cuda", generator=gen).to(torch.bfloat16)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, D) views, as timm's attention
+    spec = CallSpec(scale=dim ** -0.5)
+    paths = {
+        "launch_hopper_forward": lambda: launch_hopper_forward(q, k, v, None, None, None, spec),
+        "torch.ops.bitlower.hopper_fwd": lambda: torch.ops.bitlower.hopper_fwd(
+            q, k, v, None, None, None, *spec.op_args(), spec.save_bits, True),
+        "bitlower.binary_attention": lambda: bitlower.binary_attention(q, k, v),
+    }
+    print(f"shape {tuple(args.shape)}, {torch.cuda.get_device_name()}, {args.calls} calls")
+    print("| path | host us/call | GPU us/call |\n|---|---|---|")
+    with torch.no_grad():
+        for name, fn in paths.items():
+            host = host_us(fn, args.calls)
+            gpu = do_bench(fn, warmup=50, rep=200, return_mode="median") * 1e3
+            print(f"| {name} | {host:.1f} | {gpu:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
