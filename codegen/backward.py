@@ -18,7 +18,7 @@ from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .launch import launch
 from .operands import bias_operand, value_scales
 from .plan import BackwardPlan, CallFacts, DeviceFacts, KernelOptions, plan_backward
-from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, row_alignment, unpack_sign_bits
+from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, operand_alignment, unpack_sign_bits
 
 _NONE, _HEAD, _TABLE, _DENSE = BIAS_NONE.value, BIAS_HEAD.value, BIAS_TABLE.value, BIAS_DENSE.value
 
@@ -151,7 +151,7 @@ def _row_dots(out, grad_out, lse):
     launch(_row_dot_kernel, (triton.cdiv(n, PROLOGUE_ROWS), bsz * heads),
         out, grad_out, lse, delta, heads, n, *out.stride(), *grad_out.stride(),
         DV=dim_v, DVP=padded_dim(dim_v), BLOCK_N=PROLOGUE_ROWS,
-        ROW_ALIGN=row_alignment(out.stride(2), grad_out.stride(2)), num_warps=4,
+        ROW_ALIGN=operand_alignment(out, grad_out), num_warps=4,
     )
     return delta
 
@@ -219,7 +219,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
     common = dict(
         D=head_dim, DP=dp, DV=dim_v, DVP=dvp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m, BIAS=beta.code,
         HAS_PREFIX=beta.has_prefix, PV_INT8=spec.pv_quant == "int8", DOT=kplan.dot,
-        DS_DOT=kplan.ds_dot, ROW_ALIGN=row_alignment(v.stride(2), grad_out.stride(2)),
+        DS_DOT=kplan.ds_dot, ROW_ALIGN=operand_alignment(v, grad_out),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     bias_t = beta.tensor if beta.tensor is not None else delta

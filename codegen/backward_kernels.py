@@ -101,8 +101,8 @@ def _row_dot_kernel(out_ptr, do_ptr, lse_ptr, delta_ptr, H, N, s_ob, s_oh, s_on,
 
     A row without a kept key (``lse = -inf``, NaN output) takes ``delta = sum_j p_ij dp_ij = 0``.
     """
-    s_on = aligned(s_on, ROW_ALIGN)  # O and dO rows: 16-byte loads at Dv 72
-    s_dn = aligned(s_dn, ROW_ALIGN)
+    s_ob, s_oh, s_on = aligned(s_ob, ROW_ALIGN), aligned(s_oh, ROW_ALIGN), aligned(s_on, ROW_ALIGN)  # 16-byte loads
+    s_db, s_dh, s_dn = aligned(s_db, ROW_ALIGN), aligned(s_dh, ROW_ALIGN), aligned(s_dn, ROW_ALIGN)  # at Dv 72
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
     h64 = (bh % H).to(tl.int64)
@@ -174,8 +174,8 @@ def _binary_attn_bwd_q_kernel(
     """Query side of the backward for one (query block, batch*head); see the module notation."""
     scale = tl.cast(scale, tl.float32)  # float scalars arrive as float64 under Inductor
     scale_log2 = tl.cast(scale_log2, tl.float32)
-    s_vm = aligned(s_vm, ROW_ALIGN)  # V and dO rows: 16-byte loads at Dv 72
-    s_don = aligned(s_don, ROW_ALIGN)
+    s_vb, s_vh, s_vm = aligned(s_vb, ROW_ALIGN), aligned(s_vh, ROW_ALIGN), aligned(s_vm, ROW_ALIGN)  # 16-byte loads
+    s_dob, s_doh, s_don = aligned(s_dob, ROW_ALIGN), aligned(s_doh, ROW_ALIGN), aligned(s_don, ROW_ALIGN)  # at Dv 72
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
@@ -326,8 +326,8 @@ def _binary_attn_bwd_k_kernel(
     """
     scale = tl.cast(scale, tl.float32)  # float scalars arrive as float64 under Inductor
     scale_log2 = tl.cast(scale_log2, tl.float32)
-    s_vm = aligned(s_vm, ROW_ALIGN)  # V and dO rows: 16-byte loads at Dv 72
-    s_don = aligned(s_don, ROW_ALIGN)
+    s_vb, s_vh, s_vm = aligned(s_vb, ROW_ALIGN), aligned(s_vh, ROW_ALIGN), aligned(s_vm, ROW_ALIGN)  # 16-byte loads
+    s_dob, s_doh, s_don = aligned(s_dob, ROW_ALIGN), aligned(s_doh, ROW_ALIGN), aligned(s_don, ROW_ALIGN)  # at Dv 72
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H

@@ -18,7 +18,8 @@ from .launch import launch
 from .operands import BiasOperand, bias_operand, dense_table, uses_dense_table, value_scales
 from .plan import ForwardPlan, KernelOptions, forward_plan
 from .stats import pair_stats
-from .tiles import BIAS_CODES, LOG2E, row_alignment
+from bitlower.output_layout import new_output
+from .tiles import BIAS_CODES, LOG2E, operand_alignment
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if a_rows is None else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if b_rows is None else b_rows
     beta, beta_max = _bias(bias, spec, (bsz, heads, n, m), opts, table_dense)
-    out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
+    out = new_output(bsz, heads, n, dim_v, like=v)  # (B, N, H, Dv) storage, as SDPA's
     lse = torch.empty(bsz, heads, n, **f32)
     row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
     pick = lambda t: lse if t is None else t  # noqa: E731 - a pointer the kernel does not read
@@ -132,12 +133,12 @@ def forward_tl_dot(q, k, v, a, b, bias, spec, plan: ForwardPlan, *, table_dense:
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     launch(_binary_attn_fwd_kernel, (triton.cdiv(n, cfg.block_n), bsz * heads),
         q_signs, k_signs, v, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), b_max,
-        pick(beta.tensor), beta_max_t, vscale, vstep, *sign_strides, *v.stride(), *beta.strides,
+        pick(beta.tensor), beta_max_t, vscale, vstep, *sign_strides, *v.stride(), *out.stride()[:3], *beta.strides,
         heads, n, m, spec.scale * LOG2E.value, 1.0 / (n * dim), 1.0 / (m * dim), beta.rows, *beta.grid,
         D=dim, DP=dp, DV=dim_v, DVP=plan.dim_vp, BLOCK_N=cfg.block_n, BLOCK_M=cfg.block_m,
         MEAN_ABS=mean_abs, BIAS=beta.code, HAS_PREFIX=beta.has_prefix, STATIC_MAX=plan.static_max,
         LIMIT=limit, P_OFFSET=offset, DOT=plan.dot, SCALARS=opts.scalars, SIGN_STRIDES=opts.sign_strides,
-        BETA_MAX=beta_max is not None, PV_INT8=pv_int8, ROW_ALIGN=row_alignment(v.stride(2)),
+        BETA_MAX=beta_max is not None, PV_INT8=pv_int8, ROW_ALIGN=operand_alignment(v, out),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state

@@ -51,7 +51,7 @@ def _fill_rows(ptr, value, length, start, step, BLOCK: tl.constexpr):
 def _binary_attn_fwd_kernel(
     qs_ptr, ks_ptr, v_ptr, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
     beta_max_ptr, vscale_ptr, vstep_ptr,
-    s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_bias_b, s_bias_h, s_bn, s_bm,
+    s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_ob, s_oh, s_on, s_bias_b, s_bias_h, s_bn, s_bm,
     H, N, M, scale_log2, inv_nd, inv_md, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, MEAN_ABS: tl.constexpr, BIAS: tl.constexpr,
@@ -65,7 +65,8 @@ def _binary_attn_fwd_kernel(
     and ``beta_max_ptr``, the v2 set the sign strides and the 8-bit P.V scales.
     """
     scale_log2 = tl.cast(scale_log2, tl.float32)  # float scalars arrive as float64 under Inductor
-    s_vm = aligned(s_vm, ROW_ALIGN)  # V rows: 16-byte loads at D 72
+    s_vb, s_vh, s_vm = aligned(s_vb, ROW_ALIGN), aligned(s_vh, ROW_ALIGN), aligned(s_vm, ROW_ALIGN)  # V and out:
+    s_ob, s_oh, s_on = aligned(s_ob, ROW_ALIGN), aligned(s_oh, ROW_ALIGN), aligned(s_on, ROW_ALIGN)  # 16 B at D 72
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
     b64 = (bh // H).to(tl.int64)
@@ -124,5 +125,5 @@ def _binary_attn_fwd_kernel(
         s_bn, s_bm, vscale, M, grid_h, grid_w, prefix, BLOCK_N=BLOCK_N, D=D, DP=DP, DV=DV, DVP=DVP,
         BLOCK_M=BLOCK_M, MEAN_ABS=MEAN_ABS, BIAS=BIAS, HAS_PREFIX=HAS_PREFIX, DOT=DOT, STATIC_MAX=STATIC_MAX,
         LIMIT=LIMIT, P_OFFSET=P_OFFSET, PV_INT8=PV_INT8)
-    store_rows(out_ptr, lse_ptr, state_ptr, acc, l_i, m_i, row_shift, bh64 * N + rows, row_mask, scale_out,
-               DV=DV, DVP=DVP, PV_INT8=PV_INT8)
+    store_rows(out_ptr + b64 * s_ob + h64 * s_oh, s_on, lse_ptr, state_ptr, acc, l_i, m_i, row_shift, rows,
+               bh64 * N + rows, row_mask, scale_out, DV=DV, DVP=DVP, PV_INT8=PV_INT8)

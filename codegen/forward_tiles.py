@@ -189,9 +189,10 @@ def bias_rows(bias_ptr, b64, h64, table_rows, s_bias_b, s_bias_h, BIAS: tl.const
 
 
 @triton.jit
-def store_rows(out_ptr, lse_ptr, state_ptr, acc, l_i, m_i, row_shift, out_rows, row_mask, scale_out,
+def store_rows(out_base, s_on, lse_ptr, state_ptr, acc, l_i, m_i, row_shift, rows, out_rows, row_mask, scale_out,
                DV: tl.constexpr, DVP: tl.constexpr, PV_INT8: tl.constexpr):
-    """out = acc / l (or acc * step for the 8-bit P.V), the natural-log lse of the rows, and the row
+    """out = acc / l (or acc * step for the 8-bit P.V) at ``out_base + rows * s_on`` (the program's
+    (batch, head), rows ``rows``; channels contiguous), the natural-log lse of the rows, and the row
     state ``(B, H, N, 2)``: ``m + row_shift`` and ``log2(l)`` apart, so the backward's
     ``exp2((s2 - m) - log2 l)`` keeps ``log2 l`` where ``m + log2 l`` rounds to ``m`` (|s2| ~ 1e7)."""
     dv = tl.arange(0, DVP)
@@ -199,7 +200,7 @@ def store_rows(out_ptr, lse_ptr, state_ptr, acc, l_i, m_i, row_shift, out_rows, 
         out = acc * scale_out[None, :]
     else:
         out = acc / l_i[:, None]
-    tl.store(out_ptr + out_rows[:, None] * DV + dv[None, :], out.to(out_ptr.dtype.element_ty),
+    tl.store(out_base + rows[:, None].to(tl.int64) * s_on + dv[None, :], out.to(out_base.dtype.element_ty),
              mask=row_mask[:, None] & (dv < DV)[None, :])
     lse = (m_i + tl.log2(l_i) + row_shift) * LN2  # back to natural log
     tl.store(lse_ptr + out_rows, lse, mask=row_mask)

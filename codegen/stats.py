@@ -25,7 +25,7 @@ from bitlower.packing import num_words
 
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .launch import launch
-from .tiles import aligned, row_alignment
+from .tiles import aligned, operand_alignment
 
 
 def round_to_dtype(value: float, dtype: torch.dtype) -> float:
@@ -64,8 +64,8 @@ def _tile_stats(
     row_mask = rows < L
     d = tl.arange(0, DP)
     ch_mask = d < D
-    base = x_ptr + (bh // H).to(tl.int64) * s_xb + (bh % H).to(tl.int64) * s_xh
-    s_xl = aligned(s_xl, ROW_ALIGN)  # rows of 72 elements: 16-byte loads too
+    base = x_ptr + (bh // H).to(tl.int64) * aligned(s_xb, ROW_ALIGN) + (bh % H).to(tl.int64) * aligned(s_xh, ROW_ALIGN)
+    s_xl = aligned(s_xl, ROW_ALIGN)  # rows (and heads) of 72 elements: 16-byte loads too
     x = tl.load(base + rows[:, None] * s_xl + d[None, :] * s_xd, mask=row_mask[:, None] & ch_mask[None, :],
                 other=0.0).to(tl.float32)  # (BLOCK_L, DP)
     out_row = bh.to(tl.int64) * L + rows  # (BLOCK_L,) row of (B*H*L)
@@ -107,7 +107,7 @@ def _word_stats(
     h = bh % H
     rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     row_mask = rows < L
-    base = x_ptr + b.to(tl.int64) * s_xb + h.to(tl.int64) * s_xh
+    base = x_ptr + b.to(tl.int64) * aligned(s_xb, ROW_ALIGN) + h.to(tl.int64) * aligned(s_xh, ROW_ALIGN)
     out_row = bh.to(tl.int64) * L + rows  # (BLOCK_L,) row index into (B*H*L)
     s_xl = aligned(s_xl, ROW_ALIGN)
     lane = tl.arange(0, 32)
@@ -300,5 +300,5 @@ def _launch_stats(x, spec, flags: dict, group, group2) -> None:
            WRITE_EFF=flags["eff"], GIVEN=flags["given"], SUM_ABS=flags["sum_abs"],
            SIGN_ONE=FP8_ONE if flags["fp8_signs"] else 1, HEAD_MAX=flags["head_max"],
            LOAD=(LOAD_WORDS if flags["word_loads"] else LOAD_TILE).value, PAIR=pair,
-           ROW_ALIGN=row_alignment(x.stride(2), *(() if group2[0] is None else (group2[0].stride(2),))),
+           ROW_ALIGN=operand_alignment(x, *(() if group2[0] is None else (group2[0],))),
            num_warps=PROLOGUE_WARPS)

@@ -182,6 +182,13 @@ def row_alignment(*row_strides: int) -> int:
     return align
 
 
+def operand_alignment(*tensors: torch.Tensor) -> int:
+    """``row_alignment`` of the batch, head and row strides of ``(B, H, L, D)`` operands, over the dims of
+    more than one index (a size-1 dim's stride never moves an address): views of a fused qkv or
+    ``(B, N, H, D)`` storage have a head stride of D (72 at DiT), which the JIT does not mark either."""
+    return row_alignment(*(t.stride(d) for t in tensors for d in range(3) if t.shape[d] > 1))
+
+
 @triton.jit
 def aligned(stride, ROW_ALIGN: tl.constexpr):
     """``stride`` itself (``ROW_ALIGN`` divides it: ``row_alignment``), written so Triton's alignment analysis

@@ -69,15 +69,16 @@ def _row_scalars(a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_
 
 
 @gluon.jit
-def _store(out_ptr, lse_ptr, state_ptr, o, l_i, m_i, row_shift, row0, rows, row_mask, start, N, DV: gl.constexpr,
-           BLOCK_N: gl.constexpr, DVP: gl.constexpr, o_layout: gl.constexpr):
-    """out ``(B, H, N, DV)`` contiguous = o / l; lse ``(B, H, N)`` natural log; row state ``(B, H, N, 2)``:
-    ``m + row_shift`` and ``log2(l)`` apart (the backward's ``exp2((s2 - m) - log2 l)``)."""
+def _store(out_base, s_on, lse_ptr, state_ptr, o, l_i, m_i, row_shift, row0, rows, row_mask, start, N,
+           DV: gl.constexpr, BLOCK_N: gl.constexpr, DVP: gl.constexpr, o_layout: gl.constexpr):
+    """out = o / l at ``out_base + row * s_on`` (the program's (batch, head), channels contiguous); lse
+    ``(B, H, N)`` natural log; row state ``(B, H, N, 2)``: ``m + row_shift`` and ``log2(l)`` apart (the
+    backward's ``exp2((s2 - m) - log2 l)``)."""
     o_rows = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, o_layout))
     o_cols = gl.arange(0, DVP, layout=gl.SliceLayout(0, o_layout))
     out = o / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
-    ptrs = out_ptr + (row0 + o_rows)[:, None] * DV + o_cols[None, :]
-    gl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=(o_rows < N)[:, None] & (o_cols < DV)[None, :])
+    ptrs = out_base + o_rows[:, None].to(gl.int64) * s_on + o_cols[None, :]
+    gl.store(ptrs, out.to(out_base.dtype.element_ty), mask=(o_rows < N)[:, None] & (o_cols < DV)[None, :])
     lse = (m_i + gl.log2(l_i) + row_shift) * LN2
     gl.store(lse_ptr + row0 + rows, lse, mask=row_mask)
     gl.store(state_ptr + 2 * (row0 + rows), m_i + row_shift, mask=row_mask)

@@ -16,6 +16,8 @@ import functools
 
 import torch
 
+from bitlower.output_layout import new_output
+
 from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
 from ..operands import dense_table
 from ..operands import bias_operand
@@ -102,7 +104,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else b_rows
     code, beta, strides, beta_max, static_ok = hopper_bias(bias, spec, (bsz, heads, n, m))
-    out = torch.empty(bsz, heads, n, dim_v, dtype=v.dtype, device=v.device)
+    out = new_output(bsz, heads, n, dim_v, like=v)  # (B, N, H, Dv) storage, as SDPA's
     lse = torch.empty(bsz, heads, n, **f32)
     row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
     v = tma_readable(v)

@@ -107,6 +107,21 @@ def test_inf_does_not_crash():
     assert out.shape == v.shape
 
 
+def test_output_layout_is_sdpa_flash_layout_eager_and_compiled():
+    """(B, H, N, Dv) in (B, N, H, Dv) storage on every path: the heads merge with a view, as after
+    SDPA's flash/cuDNN backends; the compiled graph's merged output equals the eager one."""
+    q, k, v = (torch.randn(2, 3, 9, 16) for _ in range(3))
+    out = bitlower.binary_attention(q, k, v)
+    assert out.transpose(1, 2).is_contiguous()
+
+    def merged(q, k, v):
+        return bitlower.binary_attention(q, k, v).transpose(1, 2).reshape(2, 9, 48)
+
+    compiled = torch.compile(merged, backend="bitlower", fullgraph=True)
+    torch.testing.assert_close(compiled(q, k, v), merged(q, k, v), rtol=1e-6, atol=1e-6)
+    assert merged(q, k, v)._base is not None  # a view of the operator's output, no copy
+
+
 def test_save_bits_false_keeps_output_and_drops_bits(case_factory, op_runner):
     case = case_factory("mean_abs", "table", dtype=torch.float32)
     d = case["q"].shape[-1]

@@ -51,6 +51,15 @@ def test_forward_matches_reference(case, helpers):
     _check(got, reference.forward(q, k, v, a, b, bias, spec), helpers.rel_err)
 
 
+def test_output_has_sdpa_layout(helpers):
+    """out is (B, H, N, Dv) in (B, N, H, Dv) storage (transpose(1, 2) is contiguous, as SDPA's flash/cuDNN
+    outputs, so timm's ``transpose(1, 2).reshape(B, N, C)`` is a view), every element the reference's."""
+    q, k, v, a, b, bias, spec = helpers.make_call(bsz=2, heads=3)
+    out = forward(q, k, v, a, b, bias, spec)[0]
+    assert out.transpose(1, 2).is_contiguous() and out.stride()[1:] != out.contiguous().stride()[1:]
+    assert helpers.rel_err(out, reference.forward(q, k, v, a, b, bias, spec)[0]) <= FP32_BOUND
+
+
 @pytest.mark.parametrize("case", [dict(), dict(weighting="token", bias_kind="table")], ids=["mean_abs", "token-table"])
 def test_online_softmax_path(case, helpers):
     """static_max=False runs the running-max loop; a huge scale trips the static guard on its own."""

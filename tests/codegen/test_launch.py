@@ -33,3 +33,16 @@ def test_row_alignment_is_the_largest_power_of_two_dividing_every_stride(strides
     from bitlower.codegen.tiles import row_alignment
 
     assert row_alignment(*strides) == expected
+
+
+def test_operand_alignment_covers_batch_head_and_row_strides():
+    """A (B, N, H, 72) view has head stride 72 (8-aligned, not the 16 the JIT marks); size-1 dims do not count."""
+    from bitlower.codegen.tiles import operand_alignment
+
+    qkv = torch.empty(2, 5, 3, 4, 72)  # (B, N, 3, H, D), a fused projection
+    q = qkv[:, :, 0].transpose(1, 2)  # (B, H, N, D): strides (N*3*H*D, D, 3*H*D, 1)
+    assert operand_alignment(q) == 8
+    assert operand_alignment(torch.empty(2, 4, 5, 64)) == 16
+    odd = torch.empty(1, 1, 5, 64).as_strided((1, 1, 5, 64), (7, 3, 64, 1))  # B = H = 1: their strides never move
+    assert operand_alignment(odd) == 16
+    assert operand_alignment(torch.empty(2, 4, 5, 64), torch.empty(2, 4, 5, 73)[..., :64]) == 1
