@@ -15,6 +15,7 @@ from triton.testing import do_bench
 
 import bitlower
 from bitlower.codegen.hopper import launch_hopper_forward
+from bitlower.source_hash import SOURCE_HASH
 from bitlower.spec import CallSpec
 
 
@@ -44,7 +45,7 @@ def main() -> None:
     paths = {
         "launch_hopper_forward": lambda: launch_hopper_forward(q, k, v, None, None, None, spec),
         "torch.ops.bitlower.hopper_fwd": lambda: torch.ops.bitlower.hopper_fwd(
-            q, k, v, None, None, None, *spec.op_args(), spec.save_bits, True),
+            q, k, v, None, None, None, *spec.op_args(), spec.save_bits, True, SOURCE_HASH),
         "bitlower.binary_attention": lambda: bitlower.binary_attention(q, k, v),
     }
     print(f"shape {tuple(args.shape)}, {torch.cuda.get_device_name()}, {args.calls} calls")

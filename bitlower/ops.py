@@ -30,6 +30,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from bitlower import autograd, reference, reference_backward
 from bitlower.counters import counters
+from bitlower.output_layout import in_output_layout, new_output
 from bitlower.packing import num_words
 from bitlower.spec import CallSpec
 
@@ -103,11 +104,13 @@ def binary_attention_fwd(
     ste_clip: float,
     save_bits: bool = True,
     kernel_options: str = "",
+    source: str = "",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Binary attention forward; see ``bitlower.reference.forward`` for the outputs.
 
     ``kernel_options``: overrides of the kernel plan (``codegen.plan.KernelOptions.encode()``); an
-    argument, so Inductor's caches key it.
+    argument, so Inductor's caches key it. ``source``: ``source_hash.SOURCE_HASH`` from bitlower's callers
+    (unused here; it makes cached graphs version-specific).
     """
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     plan = _kernels_for("unsupported_reason", (q, k, v, a, b, bias), spec, kernel_options)
@@ -115,19 +118,20 @@ def binary_attention_fwd(
         from bitlower import codegen
 
         return _drop_bits(codegen.forward(q, k, v, a, b, bias, spec, plan=plan), spec)
-    return _drop_bits(reference.forward(q, k, v, a, b, bias, spec), spec)
+    out, *rest = reference.forward(q, k, v, a, b, bias, spec)
+    return _drop_bits((in_output_layout(out), *rest), spec)  # the kernels' output layout on every path
 
 
 @binary_attention_fwd.register_fake
 def _binary_attention_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip,
-                               save_bits=True, kernel_options=""):
+                               save_bits=True, kernel_options="", source=""):
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     bsz, heads, n, m = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     planes, words = spec.planes, num_words(q.shape[-1]) if save_bits else 0
     clip_words = words if spec.saves_clip_bits else 0
     acc = reference.compute_dtype(q.dtype)
     return (
-        v.new_empty(bsz, heads, n, v.shape[-1]),
+        new_output(bsz, heads, n, v.shape[-1], like=v),
         q.new_empty(bsz, heads, n, dtype=acc),
         q.new_empty(bsz, heads, n, planes, words, dtype=torch.int32),
         q.new_empty(bsz, heads, m, planes, words, dtype=torch.int32),
@@ -163,6 +167,7 @@ def binary_attention_bwd(
     needs: list[bool],
     out: Optional[Tensor] = None,
     kernel_options: str = "",
+    source: str = "",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty.
 
@@ -184,7 +189,7 @@ def binary_attention_bwd(
 @binary_attention_bwd.register_fake
 def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, scale, weighting,
                                bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs, out=None,
-                               kernel_options=""):
+                               kernel_options="", source=""):
     bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]
     acc = a.dtype
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bitlower.source_hash import SOURCE_HASH
+
 WEIGHTINGS = ("none", "mean_abs", "token", "bilinear")
 BIAS_KINDS = ("none", "head", "table", "dense", "mask")
 GRAD_MODES = ("ste", "stopgrad", "hamming")
@@ -12,9 +14,9 @@ OP_ARGS = ("scale", "weighting", "bias_kind", "grid", "grad_mode", "pv_quant", "
 # ``bitlower::binary_attention_fwd``'s parameters in schema order: the tensors, OP_ARGS, the options
 # (tests/bitlower/test_call_contract.py checks this against the registered schema).
 FWD_TENSORS = ("q", "k", "v", "a", "b", "bias")
-FWD_OPTIONS = ("save_bits", "kernel_options")
+FWD_OPTIONS = ("save_bits", "kernel_options", "source")
 FWD_PARAMS = FWD_TENSORS + OP_ARGS + FWD_OPTIONS
-FWD_DEFAULTS = {"save_bits": True, "kernel_options": ""}
+FWD_DEFAULTS = {"save_bits": True, "kernel_options": "", "source": ""}
 # Bias kinds whose tensor is a float the backward differentiates (a bool mask has no gradient).
 GRAD_BIAS_KINDS = ("head", "table", "dense")
 
@@ -94,7 +96,7 @@ def fwd_op_args(q, k, v, a, b, bias, *, scale, weighting, bias_kind, grid, grad_
     """``binary_attention_fwd``'s positional arguments (``FWD_PARAMS``) by name: the one place their order is
     written. Plain tuple building, so ``torch.compile`` traces it without a break (``bitlower.functional``)."""
     return (q, k, v, a, b, bias, scale, weighting, bias_kind, list(grid), grad_mode, pv_quant, float(ste_clip),
-            bool(save_bits), kernel_options)
+            bool(save_bits), kernel_options, SOURCE_HASH)  # SOURCE_HASH: caches key bitlower's version
 
 
 def bind_fwd_args(args, kwargs=None) -> dict:

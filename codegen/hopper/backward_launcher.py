@@ -13,7 +13,7 @@ the calls ``backward_support.hopper_backward_unsupported`` accepts, with ``out``
    bias gradient's final shape.
 
 The Gluon kernel is launched directly (``kernel[grid](...)``), not through ``torch.library.wrap_triton``:
-under ``torch.compile`` it must run inside an opaque custom op (``backward_op.hopper_bwd``).
+under ``torch.compile`` it must run inside an opaque operator (``backward_op``, ``bitlower::hopper_bwd``).
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 As ``op.hopper_fwd``: the Gluon kernel is launched directly (host ``TensorDescriptor``s), so it cannot run
 on the fake tensors of the ``triton_op`` body Inductor traces (``bitlower::binary_attention_bwd``).
-``hopper_bwd`` is a ``torch.library.custom_op``: traced, one opaque node whose fake implementation gives
-the launcher's output metadata; run, ``backward_launcher.launch_hopper_backward``. Gradients that are not
-wanted cross as empty ``(0,)`` tensors (the operator's convention) and come back as None from
-:func:`hopper_backward`.
+``hopper_bwd`` is an opaque CUDA operator (``opaque.cuda_operator``): traced, one opaque node whose fake
+implementation gives the launcher's output metadata; run, ``backward_launcher.launch_hopper_backward``.
+Gradients that are not wanted cross as empty ``(0,)`` tensors (the operator's convention) and come back
+as None from :func:`hopper_backward`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from torch import Tensor
 from bitlower.spec import CallSpec
 
 from .backward_launcher import launch_hopper_backward
+from .opaque import cuda_operator
+from bitlower.source_hash import SOURCE_HASH
 
 
 def run_flat(
@@ -41,6 +43,7 @@ def run_flat(
     ste_clip: float,
     head_dim: int,
     needs: list[bool],
+    source: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The op's (CUDA) implementation: ``launch_hopper_backward``; an unwanted gradient is ``empty(0)``."""
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
@@ -49,7 +52,6 @@ def run_flat(
     return tuple(grad_out.new_empty(0) if g is None else g for g in grads)
 
 
-hopper_bwd = torch.library.custom_op("bitlower::hopper_bwd", run_flat, mutates_args=(), device_types="cuda")
 
 
 def wanted_shapes(grad_out, v, bias, a, b, spec, head_dim: int, needs) -> list:
@@ -69,9 +71,9 @@ def wanted_shapes(grad_out, v, bias, a, b, spec, head_dim: int, needs) -> list:
     ]
 
 
-@hopper_bwd.register_fake
+@cuda_operator("hopper_bwd", run_flat)  # defines bitlower::hopper_bwd; this is its fake
 def _hopper_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, out, scale, weighting,
-                     bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs):
+                     bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs, source):
     """Fresh contiguous gradients (``launch_hopper_backward``): dq/dk/da/db float32, dv in v's dtype
     ``(B, H, M, Dv)``, the bias gradient in the bias's shape and dtype; ``(0,)`` where not wanted."""
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
@@ -92,6 +94,6 @@ def hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, ro
     if out is None:
         raise ValueError("the Hopper backward needs out, the forward's output (delta_i = dO_i . O_i)")
     grads = torch.ops.bitlower.hopper_bwd(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, out,
-                                          *spec.op_args(), head_dim, [bool(x) for x in needs])
+                                          *spec.op_args(), head_dim, [bool(x) for x in needs], SOURCE_HASH)
     shapes = wanted_shapes(grad_out, v, bias, a, b, spec, head_dim, needs)
     return tuple(None if s is None else g for g, s in zip(grads, shapes))

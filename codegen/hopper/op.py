@@ -2,9 +2,10 @@
 
 The Gluon kernel is launched directly (host ``TensorDescriptor``s, ``kernel[grid](...)``), not through
 ``torch.library.wrap_triton``, so it cannot run on the fake tensors of the ``triton_op`` body that
-Inductor traces (``bitlower::binary_attention_fwd``). ``hopper_fwd`` is a ``torch.library.custom_op``:
-traced, it is one opaque node whose fake implementation gives the launcher's output metadata; run, it
-calls ``launcher.launch_hopper_forward``. The call spec crosses as the op's flat arguments
+Inductor traces (``bitlower::binary_attention_fwd``). ``hopper_fwd`` is an opaque CUDA operator
+(``opaque.cuda_operator``: no Python dispatch layers per call): traced, it is one opaque node whose
+fake implementation gives the launcher's output metadata; run, it calls
+``launcher.launch_hopper_forward``. The call spec crosses as the op's flat arguments
 (``CallSpec.op_args`` / ``CallSpec.from_op_args``).
 """
 from __future__ import annotations
@@ -14,10 +15,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from bitlower.output_layout import new_output
 from bitlower.packing import num_words
 from bitlower.spec import CallSpec
 
 from .launcher import launch_hopper_forward
+from .opaque import cuda_operator
+from bitlower.source_hash import SOURCE_HASH
 
 
 def run_flat(
@@ -36,24 +40,24 @@ def run_flat(
     ste_clip: float,
     save_bits: bool,
     static_max: bool,
+    source: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The op's (CUDA) implementation: ``launch_hopper_forward`` on the spec of the flat arguments.
 
-    The arguments after the tensors are ``spec.OP_ARGS``, then ``save_bits`` and ``static_max``.
+    The arguments after the tensors are ``spec.OP_ARGS``, then ``save_bits``, ``static_max`` and ``source``
+    (``source_hash.SOURCE_HASH``: unused here; it puts bitlower's source into every graph that calls the
+    operator, so Inductor's caches never replay wrapper code of another version).
     """
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     return launch_hopper_forward(q, k, v, a, b, bias, spec, static_max=static_max)
 
 
-hopper_fwd = torch.library.custom_op("bitlower::hopper_fwd", run_flat, mutates_args=(), device_types="cuda")
-
-
-@hopper_fwd.register_fake
+@cuda_operator("hopper_fwd", run_flat)  # defines bitlower::hopper_fwd; this is its fake
 def _hopper_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip,
-                     save_bits, static_max):
-    """The launcher's outputs, all fresh contiguous tensors (``launch_hopper_forward``, ``stats.head_stats``).
+                     save_bits, static_max, source):
+    """The launcher's outputs, fresh tensors (``launch_hopper_forward``, ``stats.head_stats``).
 
-    out ``(B, H, N, Dv)`` in v's dtype; lse ``(B, H, N)`` float32; bits ``(B, H, L, 1, W)`` int32 with
+    out ``(B, H, N, Dv)`` in v's dtype, ``(B, N, H, Dv)`` storage (``output_layout``); the rest contiguous: lse ``(B, H, N)`` float32; bits ``(B, H, L, 1, W)`` int32 with
     ``W = num_words(D)`` when ``save_bits`` else 0, clip bits ``W`` words only for ``ste``; a_eff / b_eff
     ``(B, H, L, 1)`` float32; row_state ``(B, H, N, 2)`` float32.
     """
@@ -64,7 +68,7 @@ def _hopper_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, gra
     clip_words = words if spec.saves_clip_bits else 0
     f32, i32 = dict(dtype=torch.float32), dict(dtype=torch.int32)
     return (
-        v.new_empty(bsz, heads, n, v.shape[-1]),
+        new_output(bsz, heads, n, v.shape[-1], like=v),
         q.new_empty(bsz, heads, n, **f32),
         q.new_empty(bsz, heads, n, 1, words, **i32),
         q.new_empty(bsz, heads, m, 1, words, **i32),
@@ -87,4 +91,4 @@ def hopper_forward(q, k, v, a, b, bias, spec, plan):
         ``spec.save_bits``).
     """
     return tuple(torch.ops.bitlower.hopper_fwd(q, k, v, a, b, bias, *spec.op_args(), spec.save_bits,
-                                               plan.static_max))
+                                               plan.static_max, SOURCE_HASH))

@@ -11,6 +11,7 @@ import torch
 from bitlower import ops, reference
 from bitlower.config import AttentionConfig
 from bitlower.functional import binary_attention
+from bitlower.source_hash import SOURCE_HASH
 from bitlower.runtime.config import BinarizeConfig
 from bitlower.runtime.core import BinaryAttentionCore, Geometry
 from bitlower.spec import FWD_PARAMS, GRAD_MODES, WEIGHTINGS, CallSpec, bind_fwd_args, spec_of_fwd_args
@@ -34,14 +35,15 @@ def test_spec_round_trips_through_the_operator_arguments(spec):
     bound = bind_fwd_args(args)
     assert spec_of_fwd_args(bound) == spec and bound["kernel_options"] == "x" and bound["q"] is q
     assert CallSpec.from_op_args(*spec.op_args(), save_bits=spec.save_bits) == spec
-    assert spec_of_fwd_args(bind_fwd_args(args[:-2])) == dataclasses.replace(spec, save_bits=True)  # defaults
+    assert bound["source"] == SOURCE_HASH  # bitlower's version in every emitted call (source_hash)
+    assert spec_of_fwd_args(bind_fwd_args(args[:-3])) == dataclasses.replace(spec, save_bits=True)  # defaults
 
 
 def test_bind_rejects_bad_calls():
     with pytest.raises(TypeError, match="lacks"):
         bind_fwd_args((None,) * 6)
-    with pytest.raises(TypeError, match="takes 15 arguments"):
-        bind_fwd_args((None,) * 16)
+    with pytest.raises(TypeError, match="takes 16 arguments"):
+        bind_fwd_args((None,) * 17)
 
 
 @pytest.mark.parametrize("weighting", WEIGHTINGS)

@@ -302,7 +302,7 @@ def test_the_opaque_op_traces_whole_and_returns_the_launchers_gradients(helpers)
     """``hopper_backward`` through ``bitlower::hopper_bwd``: eagerly, and in a ``fullgraph=True`` graph (its fake
     implementation gives the metadata AOTAutograd traces), the gradients of ``reference_backward``."""
     if not _CPU_STUB["registered"]:
-        backward_op.hopper_bwd.register_kernel("cpu")(_cpu_stub)
+        torch.library.register_kernel("bitlower::hopper_bwd", "cpu", _cpu_stub)
         _CPU_STUB["registered"] = True
     q, k, v, a, b, bias, spec = helpers.make_call(grad_mode="hamming", weighting="token", bias_kind="dense")
     out, *saved = reference.forward(q, k, v, a, b, bias, spec)

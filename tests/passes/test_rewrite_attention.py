@@ -204,13 +204,14 @@ def test_find_attention_does_not_change_the_graph():
 def test_backend_kernel_options_reach_every_rewritten_call():
     """``options={"kernel_options": ...}`` is each call's plan override (e.g. the Gluon forward in a model)."""
     from bitlower.codegen import KernelOptions
+    from bitlower.spec import bind_fwd_args
 
     gm, _ = rewrite(deit, *qkv(), kernel_options="forward=hopper;backward=tldot")
     (call,) = operator_calls(gm)
-    options = KernelOptions.decode(call.args[-1])
+    options = KernelOptions.decode(bind_fwd_args(call.args, call.kwargs)["kernel_options"])
     assert (options.forward, options.backward) == ("hopper", "tldot")
     default, _ = rewrite(deit, *qkv())
-    assert operator_calls(default)[0].args[-1] == ""
+    assert bind_fwd_args(operator_calls(default)[0].args)["kernel_options"] == ""
 
 
 @pytest.mark.parametrize("value, match", [("forward=cudnn", "forward must be one of"), ("bogus=1", "bogus"),
