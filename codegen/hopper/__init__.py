@@ -1,8 +1,9 @@
 """Hopper (compute capability 9.x) forward and backward written in Gluon (Triton 3.6): the sm_90 family.
 
-Run only when asked for, ``KernelOptions(forward="hopper")`` (the default plan does not pick it
-yet: inside whole compiled models it is slower than the tl.dot forward, host time per call,
-``benchmarks/kernel_notes.md`` session 10), and when the plan's ``hopper_forward_unsupported(call, spec, device)`` returns None; the tl.dot kernels
+Run only when asked for, ``KernelOptions(forward="hopper")`` (the default plan does not pick it yet:
+inside whole compiled models it is slower than the tl.dot forward, host time per call,
+``benchmarks/kernel_notes.md`` session 10), and when the plan's
+``hopper_forward_unsupported(call, spec, device)`` returns None; the tl.dot kernels
 (``codegen/forward*.py``) stay the portable path (Ampere, other GPUs, the interpreter).
 Files: ``support`` (the predicates, TMA repair of v), ``config`` (tiles, operand widths), ``launcher``
 (host side), ``opaque`` (how the opaque operators are defined), ``op`` (the opaque

@@ -58,8 +58,9 @@ def _hopper_fwd_fake(q, k, v, a, b, bias, scale, weighting, bias_kind, grid, gra
     """The launcher's outputs, fresh tensors (``launch_hopper_forward``, ``stats.head_stats``).
 
     out ``(B, H, N, Dv)`` in v's dtype, ``(B, N, H, Dv)`` storage (``output_layout``); the rest contiguous:
-    lse ``(B, H, N)`` float32; bits ``(B, H, L, 1, W)`` int32 with ``W = num_words(D)`` when ``save_bits`` else 0, clip bits ``W`` words only for ``ste``; a_eff / b_eff
-    ``(B, H, L, 1)`` float32; row_state ``(B, H, N, 2)`` float32.
+    lse ``(B, H, N)`` float32; bits ``(B, H, L, 1, W)`` int32 with ``W = num_words(D)`` when ``save_bits``
+    else 0, clip bits ``W`` words only for ``ste``; a_eff / b_eff ``(B, H, L, 1)`` float32; row_state
+    ``(B, H, N, 2)`` float32.
     """
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     bsz, heads, n, dim = q.shape
