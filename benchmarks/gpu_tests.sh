@@ -16,7 +16,9 @@ shard() {
 }
 shard hopper_bwd tests/codegen/test_gpu_hopper_bwd.py &
 shard hopper_misc tests/codegen/test_gpu_hopper.py tests/codegen/test_gpu_faults.py tests/bitlower tests/passes \
-    tests/codegen/test_hopper_plan.py &
+    tests/codegen/test_hopper_plan.py --deselect tests/bitlower/test_testing_scores.py &
+# the GPU property alone (30 Inductor compiles; did not fit beside the others in 480 s, session 10)
+shard scores tests/bitlower/test_testing_scores.py --timeout "${SHARD_S:-390}" &
 shard tldot tests/codegen/test_gpu.py &
 shard runtime tests/runtime &
 wait
