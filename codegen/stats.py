@@ -231,7 +231,7 @@ def head_stats(x: torch.Tensor, given: torch.Tensor | None, spec, *, eff: bool, 
         maxes ``(B, H)`` max ``|eff|`` or None; signs int8 (float8 e4m3 with ``fp8_signs``) or None.
     """
     flags = _flags(x, given is not None, spec, eff, signs, fp8_signs, head_max, word_loads, dim_p)
-    group, outputs = _operand_group(x, given, flags)
+    group, outputs = _operand_group(x, given, flags, _zero_sums(x, flags, 1)[0])
     _launch_stats(x, spec, flags, group, (None,) * len(group))
     return outputs
 
@@ -247,8 +247,9 @@ def pair_stats(q: torch.Tensor, k: torch.Tensor, a: torch.Tensor | None, b: torc
     if q.shape[2] != k.shape[2] or q.dtype != k.dtype or (a is None) != (b is None):
         return head_stats(q, a, spec, **options), head_stats(k, b, spec, **options)
     flags = _flags(q, a is not None, spec, **options)
-    q_group, q_outputs = _operand_group(q, a, flags)
-    k_group, k_outputs = _operand_group(k, b, flags)
+    q_zeros, k_zeros = _zero_sums(q, flags, 2)  # one fill for both operands' accumulators
+    q_group, q_outputs = _operand_group(q, a, flags, q_zeros)
+    k_group, k_outputs = _operand_group(k, b, flags, k_zeros)
     _launch_stats(q, spec, flags, q_group, k_group)
     return q_outputs, k_outputs
 
@@ -267,16 +268,25 @@ def _flags(x, given: bool, spec, eff, signs, fp8_signs, head_max, word_loads, di
                 sum_abs=spec.weighting == "mean_abs")
 
 
-def _operand_group(x, given, flags: dict):
-    """The kernel arguments of one operand (input, strides, outputs or dummies) and the outputs it returns."""
+def _zero_sums(x, flags: dict, operands: int):
+    """``operands`` ``(2, B, H)`` float32 zero blocks (|x| sums, max |eff|) from one allocation and fill,
+    or Nones when the pass accumulates neither."""
+    if not (flags["sum_abs"] or flags["head_max"]):
+        return (None,) * operands
+    return torch.zeros(operands, 2, x.shape[0], x.shape[1], dtype=torch.float32, device=x.device).unbind(0)
+
+
+def _operand_group(x, given, flags: dict, zeros):
+    """The kernel arguments of one operand (input, strides, outputs or dummies) and the outputs it returns;
+    ``zeros``: its ``(2, B, H)`` block of ``_zero_sums`` (or None)."""
     bsz, heads, length, _ = x.shape
     dev = x.device
     f32 = dict(dtype=torch.float32, device=dev)
     bits = torch.empty(bsz, heads, length, 1, flags["words"], dtype=torch.int32, device=dev)
     clip = torch.empty(bsz, heads, length, 1, flags["clip_words"], dtype=torch.int32, device=dev)
     eff_rows = torch.empty(bsz, heads, length, 1, **f32) if flags["eff"] else None
-    sums = torch.zeros(bsz, heads, **f32) if flags["sum_abs"] else None
-    maxes = torch.zeros(bsz, heads, **f32) if flags["head_max"] else None
+    sums = zeros[0] if flags["sum_abs"] else None  # (B, H) views, contiguous
+    maxes = zeros[1] if flags["head_max"] else None
     sign_t = torch.empty(bsz, heads, length, flags["dim_p"], dtype=torch.int8, device=dev) if flags["signs"] else None
     dummy = bits if flags["words"] else torch.empty(1, dtype=torch.int32, device=dev)
     fdummy = torch.empty(1, **f32)
