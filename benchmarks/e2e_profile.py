@@ -21,8 +21,9 @@ import e2e_speed  # noqa: E402
 log = logging.getLogger("e2e_profile")
 
 
-def kernel_table(model: str, backend: str, kernel_options: str, steps: int) -> list[tuple[str, float, int]]:
-    """(kernel name, CUDA us per step, launches per step), longest first."""
+def kernel_table(model: str, backend: str, kernel_options: str, steps: int):
+    """``(rows, wall_ms)``: rows (kernel name, CUDA us per step, launches per step), longest first; wall_ms the
+    step's median wall time (``e2e_speed.time_ms``): wall minus the kernels' sum is the GPU's idle time."""
     ctx = e2e_speed.Ctx(torch.device("cuda"), tiny=False, kernel_options=kernel_options)
     spec = e2e_speed.MODELS[model]
     net, inputs, _ = e2e_speed.build(spec, ctx, train=False)
@@ -38,7 +39,7 @@ def kernel_table(model: str, backend: str, kernel_options: str, steps: int) -> l
         ctx.sync()
     rows = [(e.key, e.device_time_total / steps, e.count // steps) for e in prof.key_averages()
             if e.device_time_total > 0]
-    return sorted(rows, key=lambda r: -r[1])
+    return sorted(rows, key=lambda r: -r[1]), e2e_speed.time_ms(step, ctx)
 
 
 def main() -> None:
@@ -54,9 +55,10 @@ def main() -> None:
     runs = [("inductor", "")] + [("bitlower", opts) for opts in args.kernel_options]
     lines = [f"# {args.model}, inference, CUDA kernel time per step ({torch.cuda.get_device_name()})", ""]
     for backend, opts in runs:
-        rows = kernel_table(args.model, backend, opts, args.steps)
+        rows, wall_ms = kernel_table(args.model, backend, opts, args.steps)
         total = sum(us for _, us, _ in rows)
-        lines += [f"## {backend} {opts or '(plan)'}: {total / 1e3:.3f} ms of kernels per step", "",
+        lines += [f"## {backend} {opts or '(plan)'}: {total / 1e3:.3f} ms of kernels per step, {wall_ms:.3f} ms wall "
+                  f"(GPU idle {wall_ms - total / 1e3:.3f} ms)", "",
                   "| kernel | us/step | launches/step |", "|---|---|---|"]
         lines += [f"| {name[:90]} | {us:.1f} | {n} |" for name, us, n in rows[:args.top]]
         lines.append("")
