@@ -12,7 +12,6 @@ import math
 
 import torch
 
-from bitlower.source_hash import SOURCE_HASH
 from bitlower.spec import FWD_PARAMS, FWD_TENSORS, bind_fwd_args, spec_of_fwd_args
 
 
@@ -52,7 +51,7 @@ def _backward(ctx, grad_out, *unused_grads):
                            "call it with save_bits=True when gradients are needed")
     grads = torch.ops.bitlower.binary_attention_bwd(
         grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state, *ctx.spec.op_args(),
-        ctx.head_dim, needs, out, ctx.kernel_options, SOURCE_HASH,
+        ctx.head_dim, needs, out, ctx.kernel_options,
     )
     dq, dk, dv, da, db, dbias = (g if need and g.numel() else None for g, need in zip(grads, needs))
     if dq is not None:

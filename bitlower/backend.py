@@ -8,10 +8,9 @@ without the entry point gets the name from ``bitlower.registration`` on ``import
 Flow: the Dynamo graph (torch-level IR) -> ``bitlower.passes.rewrite_attention`` ->
 ``bitlower.passes.kernel_fallback.count_kernel_fallbacks`` ->
 ``torch._inductor.compile_fx.compile_fx``, the function ``backend="inductor"`` calls. A graph
-without accepted attention sites reaches ``compile_fx`` unchanged. The rewrite is done before
-``compile_fx``, so Inductor's caches key the rewritten graph itself (the operator call and its static
-arguments are part of it); the only pass handed to Inductor is ``source_key.SourceKey``, a no-op whose
-uuid puts bitlower's source into those keys.
+without accepted attention sites reaches ``compile_fx`` unchanged. No pass is handed to
+Inductor: the rewrite is done before ``compile_fx``, so Inductor's caches key the rewritten
+graph itself (the operator call and its static arguments are part of it, ``source_hash`` included).
 
 Kernel fallbacks (CUDA calls the fused kernels do not cover) are counted here, on every compile,
 because a cache hit in ``compile_fx`` skips the trace of the operator's body where the choice
@@ -32,7 +31,6 @@ from bitlower.backend_config import BackendConfig
 from bitlower.counters import kept_on_success
 from bitlower.passes.kernel_fallback import count_kernel_fallbacks
 from bitlower.passes.rewrite_attention import rewrite_attention
-from bitlower.source_key import with_source_key
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,7 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
         patches = {**list_mode_options(mode), **patches}
     with kept_on_success():  # a compile that raises (a Dynamo restart) drops the graph and its counts
         gm = count_kernel_fallbacks(rewrite_attention(gm, config))
-        return compile_fx(gm, example_inputs, config_patches=with_source_key(patches))
+        return compile_fx(gm, example_inputs, config_patches=patches)
 
 
 def bitlower_eager_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | None = None,

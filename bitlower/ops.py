@@ -110,7 +110,7 @@ def binary_attention_fwd(
 
     ``kernel_options``: overrides of the kernel plan (``codegen.plan.KernelOptions.encode()``); an
     argument, so Inductor's caches key it. ``source``: ``source_hash.SOURCE_HASH`` from bitlower's callers
-    (unused here; it makes cached graphs version-specific).
+    (unused here; it makes the cached graphs that call the operator version-specific, the backward with them).
     """
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     plan = _kernels_for("unsupported_reason", (q, k, v, a, b, bias), spec, kernel_options)
@@ -167,7 +167,6 @@ def binary_attention_bwd(
     needs: list[bool],
     out: Optional[Tensor] = None,
     kernel_options: str = "",
-    source: str = "",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty.
 
@@ -189,7 +188,7 @@ def binary_attention_bwd(
 @binary_attention_bwd.register_fake
 def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, scale, weighting,
                                bias_kind, grid, grad_mode, pv_quant, ste_clip, head_dim, needs, out=None,
-                               kernel_options="", source=""):
+                               kernel_options=""):
     bsz, heads, n, m = grad_out.shape[0], grad_out.shape[1], qbits.shape[2], kbits.shape[2]
     acc = a.dtype
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)

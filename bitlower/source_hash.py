@@ -1,9 +1,12 @@
 """``SOURCE_HASH``: a digest of the Python of bitlower's compiled path, computed once at import.
 
-It is the last argument of every operator call bitlower emits (``spec.fwd_op_args``, the backward and
-the opaque Gluon operators), so the graphs ``torch.compile`` caches differ between versions: a warm
-Inductor or AOTAutograd cache never replays wrapper code built against another version's operator
-contract (session 10 hit exactly that after changing the output layout). Files: every ``.py`` of
+It is the last argument (``source``) of every ``bitlower::binary_attention_fwd`` call bitlower emits
+(``spec.fwd_op_args``: the functional API and the rewrite pass) and of the opaque Gluon operators
+(``bitlower::hopper_fwd`` / ``hopper_bwd``), so the graphs ``torch.compile`` caches differ between
+versions. The AOTAutograd cache keys the graph before the operator's body is traced (the first);
+Inductor's FX graph cache keys the traced graph, where an opaque operator's output strides come from
+its fake, which the key does not see (the second). Session 10 hit the latter after changing the output
+layout: a warm cache replayed a wrapper asserting the old strides. Files: every ``.py`` of
 ``bitlower``, ``bitlower.codegen`` and ``bitlower.passes``, found without importing them.
 """
 from __future__ import annotations

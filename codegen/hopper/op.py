@@ -45,8 +45,8 @@ def run_flat(
     """The op's (CUDA) implementation: ``launch_hopper_forward`` on the spec of the flat arguments.
 
     The arguments after the tensors are ``spec.OP_ARGS``, then ``save_bits``, ``static_max`` and ``source``
-    (``source_hash.SOURCE_HASH``: unused here; it puts bitlower's source into every graph that calls the
-    operator, so Inductor's caches never replay wrapper code of another version).
+    (``source_hash.SOURCE_HASH``: unused here; the fake's output strides are not part of the graph Inductor's
+    FX graph cache keys, the argument is, so a warm cache never replays another version's wrapper).
     """
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip, save_bits)
     return launch_hopper_forward(q, k, v, a, b, bias, spec, static_max=static_max)
