@@ -192,5 +192,6 @@ def operand_alignment(*tensors: torch.Tensor) -> int:
 @triton.jit
 def aligned(stride, ROW_ALIGN: tl.constexpr):
     """``stride`` itself (``ROW_ALIGN`` divides it: ``row_alignment``), written so Triton's alignment analysis
-    learns the divisor (``tl.multiple_of`` takes tensors only)."""
+    learns the divisor (``tl.multiple_of`` takes tensors only). The one exception: the stride of a size-1
+    dim, which ``operand_alignment`` leaves out; rounded here, it only ever multiplies index 0."""
     return stride // ROW_ALIGN * ROW_ALIGN
