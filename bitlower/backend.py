@@ -7,8 +7,10 @@ without the entry point gets the name from ``bitlower.registration`` on ``import
 
 Flow: the Dynamo graph (torch-level IR) -> ``bitlower.passes.rewrite_attention`` ->
 ``bitlower.passes.kernel_fallback.count_kernel_fallbacks`` ->
+``bitlower.passes.softmax_axis_guard.guard_softmax_axes`` (softmaxes over a non-last axis, which
+Inductor's attention pattern would silently turn into a softmax over the keys) ->
 ``torch._inductor.compile_fx.compile_fx``, the function ``backend="inductor"`` calls. A graph
-without accepted attention sites reaches ``compile_fx`` unchanged. No pass is handed to
+without accepted attention sites and without such softmaxes reaches ``compile_fx`` unchanged. No pass is handed to
 Inductor: the rewrite is done before ``compile_fx``, so Inductor's caches key the rewritten
 graph itself (the operator call and its static arguments are part of it, ``source_hash`` included).
 
@@ -31,6 +33,7 @@ from bitlower.backend_config import BackendConfig
 from bitlower.counters import kept_on_success
 from bitlower.passes.kernel_fallback import count_kernel_fallbacks
 from bitlower.passes.rewrite_attention import rewrite_attention
+from bitlower.passes.softmax_axis_guard import guard_softmax_axes
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
             raise ValueError(f"unknown mode {mode!r} for backend 'bitlower'; modes are {sorted(modes)}")
         patches = {**list_mode_options(mode), **patches}
     with kept_on_success():  # a compile that raises (a Dynamo restart) drops the graph and its counts
-        gm = count_kernel_fallbacks(rewrite_attention(gm, config))
+        gm = guard_softmax_axes(count_kernel_fallbacks(rewrite_attention(gm, config)))
         return compile_fx(gm, example_inputs, config_patches=patches)
 
 
