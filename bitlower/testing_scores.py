@@ -78,9 +78,21 @@ class ScoresGraph:
                           channel=(self.head_dim,))
         return shapes[self.factor_shape]
 
-    def fill_value(self) -> float:
+    def fill_fits(self) -> bool:
+        """Eager runs the graph: a masked_fill / additive fill must be representable in the dtype
+        (``masked_fill(m, -1e9)`` on float16 scores raises)."""
+        fill = self.written_fill()
+        return self.mask in ("none", "where") or fill == float("-inf") or fill >= torch.finfo(self.dtype).min
+
+    def written_fill(self) -> float:
+        """The fill as the graph's source writes it."""
         return {"-inf": float("-inf"), "finfo.min": torch.finfo(self.dtype).min, "-1e9": -1e9,
                 "-100": -100.0}[self.fill]
+
+    def fill_value(self) -> float:
+        """The fill as the graph's dtype holds it (``where(keep, s, -1e9)`` on float16 fills -inf), so a
+        float64 run of the graph fills what eager fills."""
+        return torch.tensor(self.written_fill(), dtype=torch.float64).to(self.dtype).item()
 
     def inputs(self, seed: int = 0) -> dict[str, torch.Tensor]:
         """``q, k, v`` and, where the graph takes them, ``w`` (factor), ``b`` (bias), ``m`` (True = masked)."""
@@ -159,7 +171,7 @@ def build(graph: ScoresGraph, product=torch.matmul, scores: list | None = None):
 def _mask(graph: ScoresGraph, s, m):
     if m is None:
         return s
-    fill = graph.fill_value()
+    fill = graph.written_fill() if s.dtype == graph.dtype else graph.fill_value()  # float64 runs: eager's fill
     if graph.mask == "masked_fill":
         return s.masked_fill(m, fill)
     if graph.mask == "where":
@@ -295,17 +307,22 @@ def rounding_bound(graph: ScoresGraph, scores: torch.Tensor, masked, v: torch.Te
                    units: float) -> torch.Tensor:
     """Per output element, how far ``softmax(s) @ v`` may move when each score moves by ``units * |s|``.
 
-    To first order a score perturbation d moves P by ``P (d - sum_axis P d)``, so
-    ``|dP| <= e (P |s| + P * sum_axis P |s|)`` with ``e = units``, and ``|d out| <= |dP| @ |v|``. Scores a
-    ``masked_fill`` / ``where`` mask sets are exact (the fill replaces them) and count as 0.
+    With score perturbations ``|d_i| <= e_i`` and ``E`` their largest along the softmax axis,
+    ``p'_i = p_i exp(d_i) / sum_j p_j exp(d_j)`` lies within ``p_i exp(+-(e_i + E))``, so
+    ``|dp_i| <= min(1, p_i expm1(e_i + E))`` (no first-order step: at q magnitude 1e6 a perturbation can
+    move the argmax), and ``|d out| <= |dp| @ |v|``. Scores a ``masked_fill`` / ``where`` mask sets are
+    exact (the fill replaces them) and move by 0.
     """
     s = scores.double()
-    p = torch.softmax(s, softmax_axis(graph, s.dim())).nan_to_num(0.0)  # rows without a kept key: 0
-    size = s.abs()
+    axis = softmax_axis(graph, s.dim())
+    size = s.abs().nan_to_num(0.0, posinf=0.0)  # -inf scores have p = 0
     if masked is not None and graph.mask in ("masked_fill", "where"):
         size = size.masked_fill(masked, 0.0)
-    weighted = (p * size).nan_to_num(0.0, posinf=0.0)
-    moved = units * (weighted + p * weighted.sum(softmax_axis(graph, s.dim()), keepdim=True))
+    moves = units * size
+    total = moves + moves.amax(axis, keepdim=True)
+    log_growth = torch.where(total > 30, total, torch.log(torch.expm1(total)))  # log(expm1(t)), t > 0
+    log_p = torch.log_softmax(s, axis)
+    moved = torch.exp(torch.clamp(log_p + log_growth, max=0.0)).nan_to_num(0.0)  # rows keeping no key: 0
     return moved @ v.abs()
 
 
@@ -338,4 +355,4 @@ def scores_graphs(dtypes=(torch.float32, torch.float64), max_len: int = 10, head
         m=st.integers(2, max_len),
         head_dim=st.sampled_from(tuple(head_dims)),
         magnitude=st.sampled_from(tuple(magnitudes)),
-    )
+    ).filter(ScoresGraph.fill_fits)

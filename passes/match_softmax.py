@@ -37,6 +37,15 @@ def _fill_is_mask(value) -> bool:
     return is_number(value) and (value == -math.inf or value <= MASK_FILL_LIMIT)
 
 
+def _held_fill(value, scores) -> float:
+    """``value`` as the scores' dtype holds it: ``where(keep, s, -1e9)`` on float16 scores fills -inf,
+    so eager's fully masked rows are NaN there, not uniform."""
+    example = value_of(scores)
+    if example is None or not example.is_floating_point():
+        return float(value)
+    return torch.tensor(float(value), dtype=torch.float64).to(example.dtype).item()
+
+
 def _mul_steps(role: Role) -> Iterator[Step]:
     a, b = role.args["input"], role.args["other"]
     for x, factor in ((a, b), (b, a)):
@@ -59,7 +68,8 @@ def _add_steps(role: Role) -> Iterator[Step]:
 
 def _masked_fill_steps(role: Role) -> Iterator[Step]:
     fill = role.args["value"]
-    op = ScoreOp("mask", role.args["mask"], keep=False, fill=float(fill)) if _fill_is_mask(fill) else \
+    op = ScoreOp("mask", role.args["mask"], keep=False, fill=_held_fill(fill, role.args["input"])) \
+        if _fill_is_mask(fill) else \
         ScoreOp("unsupported", SkipReason.MASKED_FILL_VALUE)
     yield role.args["input"], [op]
 
@@ -67,9 +77,9 @@ def _masked_fill_steps(role: Role) -> Iterator[Step]:
 def _where_steps(role: Role) -> Iterator[Step]:
     cond, a, b = role.args["condition"], role.args["input"], role.args["other"]
     if is_tensor(a) and _fill_is_mask(b):
-        yield a, [ScoreOp("mask", cond, keep=True, fill=float(b))]
+        yield a, [ScoreOp("mask", cond, keep=True, fill=_held_fill(b, a))]
     if is_tensor(b) and _fill_is_mask(a):
-        yield b, [ScoreOp("mask", cond, keep=False, fill=float(a))]
+        yield b, [ScoreOp("mask", cond, keep=False, fill=_held_fill(a, b))]
 
 
 def _cast_steps(role: Role) -> Iterator[Step]:

@@ -30,6 +30,8 @@ REPRODUCERS = [  # issue 19: each was rewritten wrongly (or crashed) before the 
     ScoresGraph(softmax="sdpa", mask="masked_fill", fully_masked=True),  # SDPA all-False row: 0 like eager SDPA
     ScoresGraph(magnitude=1e30),  # item 4: row sums up to 3.0
     ScoresGraph(bias=True, round_trip=True, mask="masked_fill", fill="finfo.min", fully_masked=True),  # issue 21
+    # where(keep, s, -1e9) on float16 fills -inf: eager's fully masked row is NaN, not the mean of v
+    ScoresGraph(mask="where", fill="-1e9", fully_masked=True, dtype=torch.float16),
 ]
 
 
