@@ -284,9 +284,11 @@ def check_compiled_or_left_alone(graph: ScoresGraph, seed: int = 0, device: str 
     scores = []
     exact = {n: x.double() if x.is_floating_point() else x for n, x in named.items()}
     want = build(graph, product=binary_product if rewritten else torch.matmul, scores=scores)(**exact)
-    # unit roundoffs per score: the kernels' float32 scale, product with the integer score, bias add;
-    # compiled eager: the product's, scale's, factor's and bias's roundings in the dtype, its float32 sums
     f32 = torch.finfo(torch.promote_types(graph.dtype, torch.float32)).eps / 2
+    # unit roundoffs per score. Rewritten: the kernels' float32 scale, its product with the exact integer
+    # score, the bias add. Left alone: four roundings in the dtype (product, scale, factor, bias: the most
+    # any generated graph writes before its softmax) and the product's float32 sums (D of them, taken
+    # relative to |s|, which holds without cancellation)
     units = 3 * f32 if rewritten else 4 * torch.finfo(graph.dtype).eps / 2 + graph.head_dim * f32
     extra = rounding_bound(graph, scores[0], exact.get("m"), exact["v"], units)
     assert_same(f"{graph} ({'rewritten' if rewritten else 'left alone'})", got.cpu(), want,

@@ -19,7 +19,7 @@ from torch.fx import Node
 
 from bitlower.passes import einsum_forms
 from bitlower.passes.match_blend import match_blend
-from bitlower.passes.op_table import Role, is_number, is_tensor, normalize_dim, role_of, tensor_rank, value_of
+from bitlower.passes.op_table import Role, is_number, is_tensor, role_of, softmax_axis, value_of
 from bitlower.passes.reasons import SkipReason
 from bitlower.passes.site import AttentionSite, Reshaped, ScoreOp, module_path
 
@@ -317,8 +317,8 @@ def softmax_axis_reason(role: Role) -> SkipReason | None:
         return SkipReason.SOFTMAX_DIM_IMPLICIT
     if not isinstance(dim, int) or isinstance(dim, bool):
         return SkipReason.SOFTMAX_DIM_NOT_CONSTANT
-    rank = tensor_rank(role.args["input"])
-    if normalize_dim(dim, rank) != rank - 1:
+    axis = softmax_axis(role)
+    if axis is None or axis[0] != axis[1] - 1:  # None: the scores' rank is unknown
         return SkipReason.SOFTMAX_NOT_OVER_KEYS
     return None
 

@@ -154,6 +154,21 @@ def normalize_dim(dim: int, rank: int) -> int:
     return dim + rank if dim < 0 else dim
 
 
+def softmax_axis(role: Role) -> tuple[int, int] | None:
+    """``(axis, rank)`` of a softmax role, the axis non-negative (no ``dim``: F.softmax's implicit,
+    deprecated axis), or None when the input's rank or the axis is not known at trace time."""
+    x = role.args["input"]
+    if value_of(x) is None and not (isinstance(x, Node) and "tensor_meta" in x.meta):
+        return None
+    rank = tensor_rank(x)
+    dim = role.args.get("dim")
+    if dim is None:
+        dim = F._get_softmax_dim("softmax", rank, 3)
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        return None
+    return normalize_dim(dim, rank), rank
+
+
 def swaps_last_two(role: Role) -> bool:
     """A transpose or permute that exchanges the last two dims and keeps the others."""
     rank = tensor_rank(role.args["input"])

@@ -16,28 +16,13 @@ from __future__ import annotations
 import logging
 
 import torch
-import torch.nn.functional as F
 from torch.fx import GraphModule
 
 from bitlower.counters import counters
 from bitlower.passes.emit import Emitter
-from bitlower.passes.op_table import normalize_dim, role_of, tensor_rank
+from bitlower.passes.op_table import role_of, softmax_axis
 
 log = logging.getLogger(__name__)
-
-
-def _softmax_axis(role) -> int | None:
-    """The softmax's axis as a non-negative index, or None where it cannot be read statically."""
-    try:
-        rank = tensor_rank(role.args["input"])
-    except (AttributeError, KeyError, TypeError):
-        return None
-    dim = role.args.get("dim")
-    if dim is None:  # F.softmax's implicit, deprecated axis
-        dim = F._get_softmax_dim("softmax", rank, 3)
-    if not isinstance(dim, int) or isinstance(dim, bool):
-        return None
-    return normalize_dim(dim, rank)
 
 
 def guard_softmax_axes(gm: GraphModule) -> GraphModule:
@@ -50,10 +35,10 @@ def guard_softmax_axes(gm: GraphModule) -> GraphModule:
         role = role_of(node)
         if role is None or role.name != "softmax":
             continue
-        axis = _softmax_axis(role)
-        rank = tensor_rank(role.args["input"]) if axis is not None else 0
-        if axis is None or axis == rank - 1:
+        read = softmax_axis(role)
+        if read is None or read[0] == read[1] - 1:
             continue
+        axis, rank = read
         emit = Emitter(gm.graph, node)
         moved = emit.call(torch.movedim, role.args["input"], axis, -1)
         soft = emit.call(torch.softmax, moved, -1, dtype=role.args.get("dtype"))

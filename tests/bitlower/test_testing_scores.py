@@ -57,6 +57,16 @@ def test_the_property_fails_on_a_wrong_rewrite(monkeypatch):
         check_rewrite_or_left_alone(ScoresGraph(softmax="method", dim=-2), seed=0)
 
 
+def test_the_compiled_check_fails_on_a_wrong_rewrite(monkeypatch):
+    """The compiled check's rounding bound is not vacuous at magnitude 1: a rewrite over the wrong axis,
+    compiled by Inductor on the CPU, is caught."""
+    from bitlower.passes import match_softmax
+
+    monkeypatch.setattr(match_softmax, "softmax_axis_reason", lambda role: None)
+    with pytest.raises(AssertionError, match="rewritten"):
+        check_compiled_or_left_alone(ScoresGraph(softmax="method", dim=-2), seed=0, device="cpu")
+
+
 @pytest.mark.gpu
 @settings(max_examples=GPU_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow], phases=GPU_PHASES)
 @given(graph=scores_graphs(dtypes=(torch.float16, torch.bfloat16, torch.float32), max_len=40, head_dims=(16, 64),
