@@ -85,6 +85,18 @@ VARIANTS = [
     Variant("d128_rowsum", (4, 16, 4096, 128, 128), config=(64, 64, 2, 0, 0, 1)),
     Variant("d64_mask_rowsum", (8, 8, 1024, 64, 64), bias="mask", config=(64, 64, 2, 0, 0, 1)),
     Variant("d64_bn128_rowsum", (8, 8, 4096, 64, 64), config=(128, 64, 2, 0, 0, 1)),
+    Variant("ws2_d64", (8, 8, 4096, 64, 64), config=(64, 64, 2, 0, 0, 0, 2), main=True),
+    Variant("ws2_d128", (4, 16, 4096, 128, 128), config=(64, 64, 2, 0, 0, 0, 2), main=True),
+    Variant("ws3_d64", (8, 8, 4096, 64, 64), config=(64, 64, 3, 0, 0, 0, 3), main=True),
+    Variant("ws2_d64_s4", (8, 8, 4096, 64, 64), config=(64, 64, 4, 0, 0, 0, 2)),
+    Variant("ws1_d64", (8, 8, 4096, 64, 64), config=(64, 64, 2, 0, 0, 0, 1)),
+    Variant("ws2_d72_dit", (64, 16, 256, 72, 72), config=(64, 64, 2, 0, 0, 0, 2)),
+    Variant("ws2_d64_mask", (8, 8, 1024, 64, 64), bias="mask", config=(64, 64, 2, 0, 0, 0, 2)),
+    Variant("ws2_d64_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head",
+            config=(64, 64, 2, 0, 0, 0, 2)),
+    Variant("ws2_vit_table_token", (16, 6, 197, 64, 64), weighting="token", bias="table",
+            config=(64, 64, 2, 0, 0, 0, 2)),
+    Variant("ws2_d64_train_bits", (8, 8, 1024, 64, 64), save_bits=True, config=(64, 64, 2, 0, 0, 0, 2)),
 ]
 QUICK = ("d64_mean_abs", "d128_mean_abs", "d72_dit", "d64_mask")
 
@@ -271,8 +283,9 @@ def _key(kernel, args, kwargs, arch):
     return kernel.__name__, arch, tuple(sorted(signature.items())), repr(sorted(constexprs.items())), repr(options)
 
 
-def jobs(quick: bool):
-    """Every distinct compile: the Gluon variants (sm_90) and the tl.dot launches (sm_80 and sm_90)."""
+def jobs(quick: bool, only: str = ""):
+    """Every distinct compile: the Gluon variants (sm_90) and the tl.dot launches (sm_80 and sm_90);
+    ``only``: the Gluon forward variants whose names start with it, nothing else."""
     seen, out = set(), []
 
     def add(label, kernel, args, kwargs, targets, main=False, vector_rows=False):
@@ -283,12 +296,14 @@ def jobs(quick: bool):
                 out.append((label, kernel, args, kwargs, target, main, vector_rows))
 
     for var in VARIANTS:
-        if quick and var.name not in QUICK:
+        if (quick and var.name not in QUICK) or not var.name.startswith(only):
             continue
         (kernel, args, kwargs), tl_launches = record_gluon(var)
         add(f"gluon {var.name}", kernel, args, kwargs, (SM90,), var.main)
         for tl_kernel, tl_args, tl_kwargs in tl_launches:
             add(f"{tl_kernel.__name__} ({var.name})", tl_kernel, tl_args, tl_kwargs, (SM80, SM90))
+    if only:
+        return out
     for var in BWD_VARIANTS:
         if quick and var.name not in BWD_QUICK:
             continue
@@ -319,10 +334,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="compile processes")
     parser.add_argument("--quick", action="store_true", help="the main variants and one tl.dot shape only")
+    parser.add_argument("--only", default="", help="only the Gluon forward variants with this name prefix")
     args = parser.parse_args()
     start = time.time()
     print(f"Triton {triton.__version__} ({triton.__file__})", flush=True)
-    WORK[:] = jobs(args.quick)
+    WORK[:] = jobs(args.quick, args.only)
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("fork")) as pool:
         results = list(pool.map(build, range(len(WORK))))
     for result in results:

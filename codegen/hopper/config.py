@@ -28,6 +28,8 @@ class HopperConfig:
         mma_rowsum: the row sums l of P on the tensor cores (one more wgmma per tile, P times a ones
             tile) instead of 32 FADD and 4 SHFL per thread; l then sums P as rounded for the P.V
             product, so lse is exact to that operand's roundoff (not float32's), the output as before.
+        consumers: 0 for structure (a) (``kernel_sage``); 1-3 for structure (b) (``kernel_pingpong``): a
+            producer warp and that many 64-row consumer warpgroups per CTA taking turns (block_n 64).
     """
 
     block_n: int = 64
@@ -36,6 +38,7 @@ class HopperConfig:
     peel: bool = False
     poly_exp: int = 0
     mma_rowsum: bool = False
+    consumers: int = 0
 
     def __post_init__(self):
         if self.block_n not in (64, 128):
@@ -46,13 +49,28 @@ class HopperConfig:
             raise ValueError(f"stages must be in [2, 4], got {self.stages}")
         if self.poly_exp not in (0, 4, 8):
             raise ValueError(f"poly_exp must be 0, 4 or 8, got {self.poly_exp}")
+        if not 0 <= self.consumers <= 3:
+            raise ValueError(f"consumers must be in [0, 3], got {self.consumers}")
+        if self.consumers and (self.block_n != 64 or self.peel or self.poly_exp or self.mma_rowsum):
+            raise ValueError("consumers > 0 takes block_n 64 without peel, poly_exp or mma_rowsum")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
         object.__setattr__(self, "mma_rowsum", bool(self.mma_rowsum))
 
     @property
     def num_warps(self) -> int:
-        """One warpgroup (4 warps) per 64 query rows."""
-        return self.block_n // 16
+        """One warpgroup (4 warps) per 64 query rows; structure (b): the default partition's warpgroup."""
+        return 4 if self.consumers else self.block_n // 16
+
+    @property
+    def rows_per_cta(self) -> int:
+        """Query rows of one CTA."""
+        return self.block_n * max(1, self.consumers)
+
+    @property
+    def consumer_regs(self) -> int:
+        """setmaxnreg of each consumer warpgroup under structure (b): the 64K-register file split over
+        the consumers and the producer's warpgroup (24 each), in multiples of 8, at most 240."""
+        return min(240, (65536 // 128 - 24) // max(1, self.consumers) // 8 * 8)
 
 
 def sign_chunks(dim: int) -> tuple[int, int]:

@@ -31,13 +31,14 @@ def _fill_rows(ptr, value, length, start, step, BLOCK: gl.constexpr, num_warps: 
 
 @gluon.jit
 def _row_scalars(a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h,
-                 bh, b, h, pid_n, N, M, scale_log2, inv_nd, inv_md, D: gl.constexpr, MEAN_ABS: gl.constexpr,
+                 bh, b, h, pid_n, n_prog, N, M, scale_log2, inv_nd, inv_md, D: gl.constexpr, MEAN_ABS: gl.constexpr,
                  BIAS: gl.constexpr, BETA_MAX: gl.constexpr, BLOCK_N: gl.constexpr, row_layout: gl.constexpr,
                  num_warps: gl.constexpr):
     """``(rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr)`` of the program's rows.
 
     mean_abs: ``c = scale a b log2 e`` of the (batch, head), and this program's share of the a_eff /
     b_eff rows written; token/none: ``c_i = scale a_i log2 e`` per row. ``bound_i >= |s2_ij|``.
+    ``pid_n`` / ``n_prog``: this query tile's index and the number of query tiles of a (batch, head).
     """
     bh64 = bh.to(gl.int64)
     rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=row_layout)
@@ -50,7 +51,7 @@ def _row_scalars(a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_
         c_rows = gl.full([BLOCK_N], 0.0, gl.float32, row_layout) + c
         b_max = 1.0
         _fill_rows(a_ptr + bh64 * N, a_head, N, pid_n * BLOCK_N, N, BLOCK_N, num_warps)
-        _fill_rows(b_ptr + bh64 * M, b_head, M, pid_n * BLOCK_N, gl.num_programs(0) * BLOCK_N, BLOCK_N, num_warps)
+        _fill_rows(b_ptr + bh64 * M, b_head, M, pid_n * BLOCK_N, n_prog * BLOCK_N, BLOCK_N, num_warps)
     else:
         c = 0.0
         c_rows = gl.load(a_ptr + bh64 * N + rows, mask=row_mask, other=0.0) * scale_log2

@@ -116,16 +116,20 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     v_desc = _descriptor(v, [1, 1, cfg.block_m, value_width(dim_v)])
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
-    from .kernel_sage import _binary_attn_fwd_sm90_kernel
-
     args = (q_desc, k_desc, v_desc, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
             pick(beta), pick(beta_max), *strides, heads, n, m, spec.scale * LOG2E.value,
             1.0 / (n * dim), 1.0 / (m * dim))
     kwargs = dict(D=dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, MEAN_ABS=mean_abs, BIAS=code,
                   BETA_MAX=beta_max is not None, STATIC_MAX=static_max and static_ok, LIMIT=limit,
-                  P_OFFSET=offset, PEEL=cfg.peel, EVEN_M=m % cfg.block_m == 0, POLY_EVERY=cfg.poly_exp,
-                  ROWSUM_MMA=cfg.mma_rowsum,
-                  num_warps=cfg.num_warps)
-    _launch(_binary_attn_fwd_sm90_kernel, (-(-n // cfg.block_n), bsz * heads), args, kwargs)
+                  P_OFFSET=offset, EVEN_M=m % cfg.block_m == 0, num_warps=cfg.num_warps)
+    if cfg.consumers:
+        from .kernel_pingpong import _binary_attn_fwd_sm90_ws_kernel as kernel
+
+        kwargs.update(NC=cfg.consumers, CONSUMER_REGS=cfg.consumer_regs)
+    else:
+        from .kernel_sage import _binary_attn_fwd_sm90_kernel as kernel
+
+        kwargs.update(PEEL=cfg.peel, POLY_EVERY=cfg.poly_exp, ROWSUM_MMA=cfg.mma_rowsum)
+    _launch(kernel, (-(-n // cfg.rows_per_cta), bsz * heads), args, kwargs)
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state
 

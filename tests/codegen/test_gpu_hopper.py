@@ -22,7 +22,10 @@ SHAPES = [(2, 3, 1, 64, 64), (2, 3, 17, 64, 64), (2, 3, 197, 64, 64), (1, 2, 100
           (2, 2, 256, 72, 72), (1, 2, 333, 80, 80), (1, 2, 130, 96, 96), (1, 2, 1000, 128, 64)]
 ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}  # unit roundoff (half an ulp of 1)
 CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3), HopperConfig(poly_exp=8),
-           HopperConfig(poly_exp=4), HopperConfig(mma_rowsum=True), HopperConfig(128, 64, 2, mma_rowsum=True)]
+           HopperConfig(poly_exp=4), HopperConfig(mma_rowsum=True), HopperConfig(128, 64, 2, mma_rowsum=True),
+           HopperConfig(consumers=1), HopperConfig(consumers=2), HopperConfig(consumers=3),
+           HopperConfig(64, 64, 4, consumers=2), HopperConfig(64, 64, 3, consumers=3)]
+PINGPONG = [HopperConfig(consumers=2), HopperConfig(consumers=3)]
 
 
 def _poison():
@@ -125,13 +128,25 @@ def test_row_sums_on_the_tensor_cores(shape, case):
     _check(_call(shape, dtype, weighting, bias_kind), HopperConfig(mma_rowsum=True))
 
 
-def test_loose_bound_takes_the_running_maximum():
+@pytest.mark.parametrize("config", PINGPONG, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("case", [("mean_abs", "none", torch.bfloat16), ("token", "mask", torch.bfloat16),
+                                  ("none", "head", torch.float16)], ids=str)
+def test_pingpong_consumers(config, shape, case):
+    """Structure (b): rows split over 2 or 3 consumer warpgroups, tiles shared; every shape and a bias each."""
+    weighting, bias_kind, dtype = case
+    _check(_call(shape, dtype, weighting, bias_kind), config)
+
+
+@pytest.mark.parametrize("config", [None] + PINGPONG, ids=str)
+def test_loose_bound_takes_the_running_maximum(config):
     q, k, v, a, b, bias, spec = _call((2, 2, 333, 64, 64), torch.bfloat16, "token", "none")
     a = a * 40.0  # |c_i| max|b| D far above the static limit: the in-kernel guard must switch
-    _check((q, k, v, a, b, bias, spec))
+    _check((q, k, v, a, b, bias, spec), config)
 
 
-def test_integer_scores_bit_for_bit():
+@pytest.mark.parametrize("config", [None] + PINGPONG, ids=str)
+def test_integer_scores_bit_for_bit(config):
     """V = identity makes O = P; log P differences give h_ij - h_i0 exactly (steps of 2 * scale)."""
     n = dim = 64
     q = torch.randn(1, 2, n, dim, device="cuda").to(torch.bfloat16)
@@ -141,7 +156,7 @@ def test_integer_scores_bit_for_bit():
     reason = hopper_tensors_unsupported(q, k, v, None, None, None, spec)
     if reason:
         pytest.skip(reason)
-    out, _, qbits, kbits, *_ = launch_hopper_forward(q, k, v, None, None, None, spec)
+    out, _, qbits, kbits, *_ = launch_hopper_forward(q, k, v, None, None, None, spec, config=config)
     h = reference.integer_scores(qbits, kbits, dim, torch.int64)[..., 0, 0]  # (B, H, N, M)
     logp = out.double().log()
     diff = torch.round((logp - logp[..., :1]) / spec.scale).long()
