@@ -3,10 +3,11 @@
 One process, one GPU call: for each SPEC §6 shape (bf16, forward, mean_abs, inference) it draws fresh
 non-zero inputs, checks the Gluon forward (and the tl.dot v2 forward) against the float64 reference on
 one (batch, 2 heads) slice before timing (a row that fails is printed as FAIL and not timed), then
-times every row with ``triton.testing.do_bench`` medians. Ratio = fastest SDPA backend time / row time
+times every row with ``triton.testing.do_bench`` medians (``--graph``: ``do_bench_cudagraph``, GPU time
+without the host's launch cost, as ``attention.py``). Ratio = fastest SDPA backend time / row time
 (> 1: faster than the fastest SDPA). The Gluon rows include the stats pass (what the operator runs).
 
-    python benchmarks/attention_hopper.py [--shapes 0 1 2] [--configs 64x128x2 128x64x2 64x64x2x1] [--out DIR]
+    python benchmarks/attention_hopper.py [--shapes 0 1 2] [--configs 64x128x2 128x64x2 64x64x2x1] [--graph] [--out DIR]
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def peer_rows(q, k, v, scale):
     return rows
 
 
-def bench_shape(shape, configs, rep: int):
+def bench_shape(shape, configs, rep: int, graph: bool = False):
     bsz, heads, n, dim = shape
     gen = torch.Generator(device="cuda").manual_seed(n * dim + bsz)
     q, k, v = (torch.randn(bsz, heads, n, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
@@ -94,7 +95,10 @@ def bench_shape(shape, configs, rep: int):
         if notes.get(name):
             continue
         try:
-            times[name] = triton.testing.do_bench(run, warmup=25, rep=rep, return_mode="median")
+            if graph:
+                times[name] = triton.testing.do_bench_cudagraph(run, rep=rep, return_mode="median")
+            else:
+                times[name] = triton.testing.do_bench(run, warmup=25, rep=rep, return_mode="median")
         except Exception as exc:  # noqa: BLE001 - e.g. an SDPA backend that refuses the shape
             notes[name] = f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
     return times, notes
@@ -121,12 +125,13 @@ def main() -> None:
     parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))))
     parser.add_argument("--configs", nargs="*", default=[], metavar="BNxBMxS[xPEEL]", help="extra Gluon tile configs")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time (ms)")
+    parser.add_argument("--graph", action="store_true", help="CUDA-graph replay times (GPU time)")
     parser.add_argument("--out", default=None, help="folder for attention_hopper.json / .md")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}", flush=True)
     results = []
     for index in args.shapes:
-        times, notes = bench_shape(SHAPES[index], args.configs, args.rep)
+        times, notes = bench_shape(SHAPES[index], args.configs, args.rep, args.graph)
         results.append(dict(shape=SHAPES[index], ms=times, notes={k: v for k, v in notes.items() if v}))
         print(f"shape {SHAPES[index]}: " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()), flush=True)
     text = table(results)

@@ -29,7 +29,9 @@ class HopperConfig:
             tile) instead of 32 FADD and 4 SHFL per thread; l then sums P as rounded for the P.V
             product, so lse is exact to that operand's roundoff (not float32's), the output as before.
         consumers: 0 for structure (a) (``kernel_sage``); 1-3 for structure (b) (``kernel_pingpong``): a
-            producer warp and that many 64-row consumer warpgroups per CTA taking turns (block_n 64).
+            producer warp and that many 64-row consumer warpgroups per CTA (block_n 64).
+        pingpong: under structure (b), the consumers take turns issuing their products (FlashAttention-3's
+            schedule); False lets them issue freely.
     """
 
     block_n: int = 64
@@ -39,6 +41,7 @@ class HopperConfig:
     poly_exp: int = 0
     mma_rowsum: bool = False
     consumers: int = 0
+    pingpong: bool = True
 
     def __post_init__(self):
         if self.block_n not in (64, 128):
@@ -51,10 +54,11 @@ class HopperConfig:
             raise ValueError(f"poly_exp must be 0, 4 or 8, got {self.poly_exp}")
         if not 0 <= self.consumers <= 3:
             raise ValueError(f"consumers must be in [0, 3], got {self.consumers}")
-        if self.consumers and (self.block_n != 64 or self.peel or self.poly_exp or self.mma_rowsum):
-            raise ValueError("consumers > 0 takes block_n 64 without peel, poly_exp or mma_rowsum")
+        if self.consumers and (self.block_n != 64 or self.peel or self.poly_exp):
+            raise ValueError("consumers > 0 takes block_n 64 without peel or poly_exp")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
         object.__setattr__(self, "mma_rowsum", bool(self.mma_rowsum))
+        object.__setattr__(self, "pingpong", bool(self.pingpong))
 
     @property
     def num_warps(self) -> int:

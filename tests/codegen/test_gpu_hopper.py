@@ -24,7 +24,9 @@ ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}  # unit roundo
 CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3), HopperConfig(poly_exp=8),
            HopperConfig(poly_exp=4), HopperConfig(mma_rowsum=True), HopperConfig(128, 64, 2, mma_rowsum=True),
            HopperConfig(consumers=1), HopperConfig(consumers=2), HopperConfig(consumers=3),
-           HopperConfig(64, 64, 4, consumers=2), HopperConfig(64, 64, 3, consumers=3)]
+           HopperConfig(64, 64, 4, consumers=2), HopperConfig(64, 64, 3, consumers=3),
+           HopperConfig(64, 64, 3, consumers=3, pingpong=False), HopperConfig(64, 64, 3, mma_rowsum=True, consumers=3),
+           HopperConfig(64, 128, 2, consumers=2)]
 PINGPONG = [HopperConfig(consumers=2), HopperConfig(consumers=3)]
 
 
