@@ -95,10 +95,17 @@ def value_width(dim_v: int) -> int:
 
 
 def hopper_config(n: int, dim: int, dim_v: int) -> HopperConfig:
-    """The tile table (offline, ptxas, Triton 3.6): 64 x 64 tiles, 2 stages at every head dim.
+    """The tile table: 64 x 64 tiles, 2 stages (structure (a)); 3 free-issuing consumers (structure (b)) where
+    they measured faster: N >= 4096 with Dv > 64, and N >= 8192.
 
     Registers per thread (4 warps): 126 at D = Dv = 64 (4 CTAs per SM by registers, 28.8 KB shared
     each), 168 at 128 (3 CTAs); 64 x 128 tiles take 226 at D 64 (2 CTAs). H200 (session 8): 0.686 / 1.842 ms at
     (4, 16, 4096, 128) / (1, 16, 16384, 64) against 0.756 / 1.892 (64 x 128 x 2) and 0.838 / 2.008 (64 x 64 x 3).
+    H200 (session 12, CUDA-graph GPU time, ``attention_hopper.py --graph``), structure (a) against 3 consumers
+    without turns, 3 stages: 0.757 / 0.697 ms at (4, 16, 4096, 128), 1.884 / 1.801 at (1, 16, 16384, 64),
+    0.509 / 0.521 at (8, 8, 4096, 64), 0.120 / 0.130 at (12, 6, 1680, 64), 0.124 / 0.158 at (32, 6, 1024, 64)
+    (192-row CTAs, one per SM: fewer, larger waves).
     """
+    if n >= 8192 or (n >= 4096 and dim_v > 64):
+        return HopperConfig(64, 64, 3, consumers=3, pingpong=False)
     return HopperConfig(64, 64, 2)

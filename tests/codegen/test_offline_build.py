@@ -121,6 +121,9 @@ def test_value_width_is_a_power_of_two_cover():
 
 def test_config_table_and_validation():
     assert hopper_config(4096, 64, 64) == HopperConfig(64, 64, 2)
+    assert hopper_config(4096, 128, 128) == HopperConfig(64, 64, 3, consumers=3, pingpong=False)
+    assert hopper_config(16384, 64, 64).rows_per_cta == 192
+    assert HopperConfig(64, 64, 3, consumers=3).consumer_regs == 160
     assert hopper_config(256, 72, 72).num_warps == 4
     assert HopperConfig(128, 64, 2).num_warps == 8
     with pytest.raises(ValueError, match="block_n"):
