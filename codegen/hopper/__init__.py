@@ -8,9 +8,11 @@ inside whole compiled models it is slower than the tl.dot forward, host time per
 Files: ``support`` (the predicates, TMA repair of v), ``config`` (tiles, operand widths), ``launcher``
 (host side), ``opaque`` (how the opaque operators are defined), ``op`` (the opaque
 ``bitlower::hopper_fwd`` operator and ``hopper_forward``, the adapter ``codegen.forward`` calls),
-``kernel_sage`` (the Gluon kernel, imported only at launch: Gluon's API is Triton-version specific) with
-``kernel_sage_rows`` (its row scalars and epilogue), ``exp2_mix`` (its optional MUFU/polynomial exp2,
-``HopperConfig.poly_exp``). Checked on the H200 by ``tests/codegen/test_gpu_hopper.py``.
+``kernel_sage`` (structure (a), one warpgroup per 64-row CTA; imported only at launch: Gluon's API is
+Triton-version specific) with ``kernel_sage_rows`` (its row scalars and epilogue), ``exp2_mix`` (its optional
+MUFU/polynomial exp2, ``HopperConfig.poly_exp``), ``kernel_pingpong`` (structure (b): a TMA producer warp and
+consumer warpgroups, ``HopperConfig.consumers``; the tile table's choice at long sequences).
+Checked on the H200 by ``tests/codegen/test_gpu_hopper.py``.
 The backward (``KernelOptions(backward="hopper")``, and the plan's default from 4096 keys at D, Dv <= 128:
 ``plan.auto_backward``): ``backward_support``, ``backward_launcher``, ``backward_op`` (``bitlower::hopper_bwd``),
 ``kernel_bwd`` / ``kernel_bwd_q``; checked on the H200 by ``tests/codegen/test_gpu_hopper_bwd.py``.
