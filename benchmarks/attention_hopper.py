@@ -7,7 +7,8 @@ times every row with ``triton.testing.do_bench`` medians (``--graph``: ``do_benc
 without the host's launch cost, as ``attention.py``). Ratio = fastest SDPA backend time / row time
 (> 1: faster than the fastest SDPA). The Gluon rows include the stats pass (what the operator runs).
 
-    python benchmarks/attention_hopper.py [--shapes 0 1 2] [--configs 64x128x2 128x64x2 64x64x2x1] [--graph] [--out DIR]
+    python benchmarks/attention_hopper.py [--shapes 0 1 2] [--extra 2,16,8192,64] [--configs 64x128x2 128x64x2 64x64x2x1]
+        [--graph] [--out DIR]
 """
 from __future__ import annotations
 
@@ -123,6 +124,7 @@ def table(results) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))))
+    parser.add_argument("--extra", nargs="*", default=[], metavar="B,H,N,D", help="shapes beyond SPEC §6")
     parser.add_argument("--configs", nargs="*", default=[], metavar="BNxBMxS[xPEEL]", help="extra Gluon tile configs")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time (ms)")
     parser.add_argument("--graph", action="store_true", help="CUDA-graph replay times (GPU time)")
@@ -130,10 +132,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}", flush=True)
     results = []
-    for index in args.shapes:
-        times, notes = bench_shape(SHAPES[index], args.configs, args.rep, args.graph)
-        results.append(dict(shape=SHAPES[index], ms=times, notes={k: v for k, v in notes.items() if v}))
-        print(f"shape {SHAPES[index]}: " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()), flush=True)
+    shapes = [SHAPES[index] for index in args.shapes] + [tuple(map(int, text.split(","))) for text in args.extra]
+    for shape in shapes:
+        times, notes = bench_shape(shape, args.configs, args.rep, args.graph)
+        results.append(dict(shape=shape, ms=times, notes={k: v for k, v in notes.items() if v}))
+        print(f"shape {shape}: " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()), flush=True)
     text = table(results)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
