@@ -57,7 +57,7 @@ def bitlower_rows(q, k, v, spec, configs):
     return rows
 
 
-def peer_rows(q, k, v, scale):
+def peer_rows(q, k, v, scale, flex_row: bool = True):
     """``{name: callable}`` of the SDPA backends, FlexAttention and SageAttention (when importable)."""
     def sdpa(backend):
         def run():
@@ -65,9 +65,10 @@ def peer_rows(q, k, v, scale):
                 return (torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale),)
         return run
     rows = {name: sdpa(backend) for name, backend in SDPA.items()}
-    from torch.nn.attention.flex_attention import flex_attention
-    flex = torch.compile(flex_attention)
-    rows["flex_attention"] = lambda: (flex(q, k, v, scale=scale),)
+    if flex_row:
+        from torch.nn.attention.flex_attention import flex_attention
+        flex = torch.compile(flex_attention)
+        rows["flex_attention"] = lambda: (flex(q, k, v, scale=scale),)
     try:
         from sageattention import sageattn
         rows["sageattention"] = lambda: (sageattn(q, k, v, tensor_layout="HND", is_causal=False, sm_scale=scale),)
@@ -76,7 +77,7 @@ def peer_rows(q, k, v, scale):
     return rows
 
 
-def bench_shape(shape, configs, rep: int, graph: bool = False):
+def bench_shape(shape, configs, rep: int, graph: bool = False, flex_row: bool = True):
     bsz, heads, n, dim = shape
     gen = torch.Generator(device="cuda").manual_seed(n * dim + bsz)
     q, k, v = (torch.randn(bsz, heads, n, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
@@ -91,7 +92,7 @@ def bench_shape(shape, configs, rep: int, graph: bool = False):
             notes[name] = checked(run, q, k, v, spec)
         except Exception as exc:  # noqa: BLE001 - a crashing row is reported, the others still run
             notes[name] = f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
-    rows.update(peer_rows(q, k, v, spec.scale))
+    rows.update(peer_rows(q, k, v, spec.scale, flex_row))
     for name, run in rows.items():
         if notes.get(name):
             continue
@@ -123,7 +124,8 @@ def table(results) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))))
+    parser.add_argument("--shapes", type=int, nargs="*", default=list(range(len(SHAPES))))
+    parser.add_argument("--no-flex", action="store_true", help="skip the FlexAttention row (compile time)")
     parser.add_argument("--extra", nargs="*", default=[], metavar="B,H,N,D", help="shapes beyond SPEC §6")
     parser.add_argument("--configs", nargs="*", default=[], metavar="BNxBMxS[xPEEL]", help="extra Gluon tile configs")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time (ms)")
@@ -134,7 +136,7 @@ def main() -> None:
     results = []
     shapes = [SHAPES[index] for index in args.shapes] + [tuple(map(int, text.split(","))) for text in args.extra]
     for shape in shapes:
-        times, notes = bench_shape(shape, args.configs, args.rep, args.graph)
+        times, notes = bench_shape(shape, args.configs, args.rep, args.graph, not args.no_flex)
         results.append(dict(shape=shape, ms=times, notes={k: v for k, v in notes.items() if v}))
         print(f"shape {shape}: " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()), flush=True)
     text = table(results)
