@@ -95,8 +95,9 @@ def value_width(dim_v: int) -> int:
 
 
 def hopper_config(n: int, dim: int, dim_v: int) -> HopperConfig:
-    """The tile table: 64 x 64 tiles, 2 stages (structure (a)); 3 free-issuing consumers (structure (b)) where
-    they measured faster: N >= 4096 with Dv > 64, and N >= 8192.
+    """The tile table: 64 x 64 tiles, 2 stages (structure (a)); 3 free-issuing consumers (structure (b)) at
+    N >= 4096 with Dv > 64, and N >= 8192: measured faster at (4, 16, 4096, 128) and (1, 16, 16384, 64), slower
+    at N <= 4096 with D 64; the other shapes in those two ranges (Dv 72-96, N 8192) are not measured yet.
 
     Registers per thread (4 warps): 126 at D = Dv = 64 (4 CTAs per SM by registers, 28.8 KB shared
     each), 168 at 128 (3 CTAs); 64 x 128 tiles take 226 at D 64 (2 CTAs). H200 (session 8): 0.686 / 1.842 ms at
