@@ -23,8 +23,9 @@ class HopperConfig:
         peel: peel the last key tile so only it masks columns >= M (311 instead of 346 instructions per
             tile at D 64, but 157 registers instead of 125: 3 CTAs per SM instead of 4).
         poly_exp: 0 (every exp2 on the MUFU), or 4 / 8: one exp2 in that many as a polynomial on the FMA
-            pipes (``exp2_mix``). Slower on the H200 (session 10, N 4096 D 64: 0.515 / 0.544 ms against
-            0.490 with 0): the loop is issue- and latency-bound, not MUFU-bound.
+            pipes (``exp2_mix``). Slower on the H200 under structure (a) (session 10, N 4096 D 64: 0.515 /
+            0.544 ms against 0.490 with 0): its loop issues 211 instructions per tile. Under structure (b) with
+            ``mma_rowsum`` the loop issues 153 (202 with poly_exp 4; unmeasured).
         mma_rowsum: the row sums l of P on the tensor cores (one more wgmma per tile, P times a ones
             tile) instead of 32 FADD and 4 SHFL per thread; l then sums P as rounded for the P.V
             product, so lse is exact to that operand's roundoff (not float32's), the output as before.
@@ -54,8 +55,8 @@ class HopperConfig:
             raise ValueError(f"poly_exp must be 0, 4 or 8, got {self.poly_exp}")
         if not 0 <= self.consumers <= 3:
             raise ValueError(f"consumers must be in [0, 3], got {self.consumers}")
-        if self.consumers and (self.block_n != 64 or self.peel or self.poly_exp):
-            raise ValueError("consumers > 0 takes block_n 64 without peel or poly_exp")
+        if self.consumers and (self.block_n != 64 or self.peel):
+            raise ValueError("consumers > 0 takes block_n 64 without peel")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
         object.__setattr__(self, "mma_rowsum", bool(self.mma_rowsum))
         object.__setattr__(self, "pingpong", bool(self.pingpong))

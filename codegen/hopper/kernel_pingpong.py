@@ -65,7 +65,7 @@ def _consume(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_empty, v_empty, turn, m_i, c
              s_bm, rows, row_mask, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
              EVEN_M: gl.constexpr, CONSUMER: gl.constexpr, TURNS: gl.constexpr, BLOCK_N: gl.constexpr,
              BLOCK_M: gl.constexpr, NKC: gl.constexpr, DVP: gl.constexpr, STAGES: gl.constexpr,
-             ROWSUM_MMA: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr):
+             ROWSUM_MMA: gl.constexpr, POLY_EVERY: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr):
     """All key tiles of one consumer: ``(o, l, m)``, ``o = sum_j p_ij V_j`` unnormalised (module schedule).
     ``ROWSUM_MMA``: l accumulated as ``P . 1`` beside each P.V (``kernel_sage``'s option)."""
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
@@ -80,7 +80,7 @@ def _consume(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_empty, v_empty, turn, m_i, c
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
     mbarrier.arrive(k_empty.index(0))
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base,
-                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE, EVEN_M, 0, ROWSUM_MMA)
+                                 M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY, ROWSUM_MMA)
     o = gl.zeros([BLOCK_N, DVP], gl.float32, o_layout)  # retired at every loop edge
     lsum = l_i  # unused without ROWSUM_MMA
     if ROWSUM_MMA:
@@ -95,7 +95,7 @@ def _consume(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_empty, v_empty, turn, m_i, c
         mbarrier.arrive(k_empty.index(j % STAGES))
         pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
                                      j * BLOCK_M + col_base, M, j + 1 == n_tiles, MEAN_ABS, BIAS, ONLINE, EVEN_M,
-                                     0, ROWSUM_MMA)
+                                     POLY_EVERY, ROWSUM_MMA)
         o, p, lsum = _retire_pv(o, p, lsum, 0, ROWSUM_MMA)
         mbarrier.arrive(v_empty.index((j - 1) % STAGES))
     _take_turn(turn, n_tiles, CONSUMER, TURNS)
@@ -112,7 +112,8 @@ def _consume(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_empty, v_empty, turn, m_i, c
 @gluon.jit
 def _consumer(smem, ptrs, D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr,
               MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, BETA_MAX: gl.constexpr, LIMIT: gl.constexpr, P_OFFSET: gl.constexpr, EVEN_M: gl.constexpr, CONSUMER: gl.constexpr,
-              NC: gl.constexpr, PINGPONG: gl.constexpr, ROWSUM_MMA: gl.constexpr, BLOCK_N: gl.constexpr,
+              NC: gl.constexpr, PINGPONG: gl.constexpr, ROWSUM_MMA: gl.constexpr, POLY_EVERY: gl.constexpr,
+              BLOCK_N: gl.constexpr,
               BLOCK_M: gl.constexpr, DVP: gl.constexpr):
     """One consumer warpgroup: its 64 query rows, row scalars to epilogue. ``smem``: the kernel's shared
     buffers and barriers; ``ptrs``: its pointer and scalar arguments (tuples of runtime values: a
@@ -141,12 +142,12 @@ def _consumer(smem, ptrs, D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, 
         o, l_i, m_i = _consume(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_empty, v_empty, turn, bound - P_OFFSET, c, c_rows,
                                b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, M, MEAN_ABS, BIAS, False, EVEN_M,
                                CONSUMER, NC if PINGPONG else 0, BLOCK_N, BLOCK_M, NKC, DVP, STAGES, ROWSUM_MMA,
-                               s_layout, o_layout)
+                               POLY_EVERY, s_layout, o_layout)
     else:
         o, l_i, m_i = _consume(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_empty, v_empty, turn, online_m, c, c_rows,
                                b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, M, MEAN_ABS, BIAS, True, EVEN_M,
                                CONSUMER, NC if PINGPONG else 0, BLOCK_N, BLOCK_M, NKC, DVP, STAGES, ROWSUM_MMA,
-                               s_layout, o_layout)
+                               POLY_EVERY, s_layout, o_layout)
     _store(out_ptr + (b.to(gl.int64) * N * H + h) * DV, H * DV, lse_ptr, state_ptr, o, l_i, m_i, row_shift,
            bh.to(gl.int64) * N, rows, row_mask, prog * BLOCK_N, N, DV, BLOCK_N, DVP, o_layout)
 
@@ -179,7 +180,7 @@ def _binary_attn_fwd_sm90_ws_kernel(
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, LIMIT: gl.constexpr,
     P_OFFSET: gl.constexpr, EVEN_M: gl.constexpr, NC: gl.constexpr, PINGPONG: gl.constexpr,
-    ROWSUM_MMA: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+    ROWSUM_MMA: gl.constexpr, POLY_EVERY: gl.constexpr, CONSUMER_REGS: gl.constexpr,
     num_warps: gl.constexpr,
 ):
     """Binary attention forward of NC query tiles of one (batch, head); see the module notation."""
@@ -222,25 +223,31 @@ def _binary_attn_fwd_sm90_ws_kernel(
     if NC == 1:
         gl.warp_specialize([
             (_consumer, (smem, ptrs, D, DV, NKC, STAGES, MEAN_ABS, BIAS, BETA_MAX, LIMIT, P_OFFSET, EVEN_M,
-                         0, NC, PINGPONG, ROWSUM_MMA, BLOCK_N, BLOCK_M, DVP)),
+                         0, NC, PINGPONG, ROWSUM_MMA, POLY_EVERY, BLOCK_N, BLOCK_M,
+                         DVP)),
             (_producer, (q_desc, k_desc, v_desc, smem, H, M, NKC, STAGES, NC, BLOCK_N, BLOCK_M, KC)),
         ], [1], [PRODUCER_REGS])
     elif NC == 2:
         gl.warp_specialize([
             (_consumer, (smem, ptrs, D, DV, NKC, STAGES, MEAN_ABS, BIAS, BETA_MAX, LIMIT, P_OFFSET, EVEN_M,
-                         0, NC, PINGPONG, ROWSUM_MMA, BLOCK_N, BLOCK_M, DVP)),
+                         0, NC, PINGPONG, ROWSUM_MMA, POLY_EVERY, BLOCK_N, BLOCK_M,
+                         DVP)),
             (_consumer, (smem, ptrs, D, DV, NKC, STAGES, MEAN_ABS, BIAS, BETA_MAX, LIMIT, P_OFFSET, EVEN_M,
-                         1, NC, PINGPONG, ROWSUM_MMA, BLOCK_N, BLOCK_M, DVP)),
+                         1, NC, PINGPONG, ROWSUM_MMA, POLY_EVERY, BLOCK_N, BLOCK_M,
+                         DVP)),
             (_producer, (q_desc, k_desc, v_desc, smem, H, M, NKC, STAGES, NC, BLOCK_N, BLOCK_M, KC)),
         ], [CONSUMER_WARPS, 1], [CONSUMER_REGS, PRODUCER_REGS])
     else:
         gl.warp_specialize([
             (_consumer, (smem, ptrs, D, DV, NKC, STAGES, MEAN_ABS, BIAS, BETA_MAX, LIMIT, P_OFFSET, EVEN_M,
-                         0, NC, PINGPONG, ROWSUM_MMA, BLOCK_N, BLOCK_M, DVP)),
+                         0, NC, PINGPONG, ROWSUM_MMA, POLY_EVERY, BLOCK_N, BLOCK_M,
+                         DVP)),
             (_consumer, (smem, ptrs, D, DV, NKC, STAGES, MEAN_ABS, BIAS, BETA_MAX, LIMIT, P_OFFSET, EVEN_M,
-                         1, NC, PINGPONG, ROWSUM_MMA, BLOCK_N, BLOCK_M, DVP)),
+                         1, NC, PINGPONG, ROWSUM_MMA, POLY_EVERY, BLOCK_N, BLOCK_M,
+                         DVP)),
             (_consumer, (smem, ptrs, D, DV, NKC, STAGES, MEAN_ABS, BIAS, BETA_MAX, LIMIT, P_OFFSET, EVEN_M,
-                         2, NC, PINGPONG, ROWSUM_MMA, BLOCK_N, BLOCK_M, DVP)),
+                         2, NC, PINGPONG, ROWSUM_MMA, POLY_EVERY, BLOCK_N, BLOCK_M,
+                         DVP)),
             (_producer, (q_desc, k_desc, v_desc, smem, H, M, NKC, STAGES, NC, BLOCK_N, BLOCK_M, KC)),
         ], [CONSUMER_WARPS, CONSUMER_WARPS, 1], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
     for i in gl.static_range(NC):

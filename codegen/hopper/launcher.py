@@ -126,7 +126,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
         from .kernel_pingpong import _binary_attn_fwd_sm90_ws_kernel as kernel
 
         kwargs.update(static_ok=int(kwargs.pop("STATIC_MAX")), NC=cfg.consumers, PINGPONG=cfg.pingpong,
-                      ROWSUM_MMA=cfg.mma_rowsum, CONSUMER_REGS=cfg.consumer_regs)
+                      ROWSUM_MMA=cfg.mma_rowsum, POLY_EVERY=cfg.poly_exp, CONSUMER_REGS=cfg.consumer_regs)
     else:
         from .kernel_sage import _binary_attn_fwd_sm90_kernel as kernel
 

@@ -26,7 +26,8 @@ CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3), HopperConfig
            HopperConfig(consumers=1), HopperConfig(consumers=2), HopperConfig(consumers=3),
            HopperConfig(64, 64, 4, consumers=2), HopperConfig(64, 64, 3, consumers=3),
            HopperConfig(64, 64, 3, consumers=3, pingpong=False), HopperConfig(64, 64, 3, mma_rowsum=True, consumers=3),
-           HopperConfig(64, 128, 2, consumers=2)]
+           HopperConfig(64, 128, 2, consumers=2), HopperConfig(64, 64, 3, 0, 4, True, 3, False),
+           HopperConfig(64, 64, 3, 0, 8, True, 3, False)]
 PINGPONG = [HopperConfig(consumers=2), HopperConfig(consumers=3)]
 
 
