@@ -7,8 +7,8 @@ times every row with ``triton.testing.do_bench`` medians (``--graph``: ``do_benc
 without the host's launch cost, as ``attention.py``). Ratio = fastest SDPA backend time / row time
 (> 1: faster than the fastest SDPA). The Gluon rows include the stats pass (what the operator runs).
 
-    python benchmarks/attention_hopper.py [--shapes 0 1 2] [--extra 2,16,8192,64] [--configs 64x128x2 128x64x2 64x64x2x1]
-        [--graph] [--out DIR]
+    python benchmarks/attention_hopper.py [--shapes 0 1 2] [--extra 2,16,8192,64]
+        [--configs 64x128x2 128x64x2 64x64x2x1] [--no-flex] [--graph] [--out DIR]
 """
 from __future__ import annotations
 

@@ -111,9 +111,9 @@ def _consume(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_empty, v_empty, turn, m_i, c
 
 @gluon.jit
 def _consumer(smem, ptrs, D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr,
-              MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, BETA_MAX: gl.constexpr, LIMIT: gl.constexpr, P_OFFSET: gl.constexpr, EVEN_M: gl.constexpr, CONSUMER: gl.constexpr,
-              NC: gl.constexpr, PINGPONG: gl.constexpr, ROWSUM_MMA: gl.constexpr, POLY_EVERY: gl.constexpr,
-              BLOCK_N: gl.constexpr,
+              MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, BETA_MAX: gl.constexpr, LIMIT: gl.constexpr,
+              P_OFFSET: gl.constexpr, EVEN_M: gl.constexpr, CONSUMER: gl.constexpr, NC: gl.constexpr,
+              PINGPONG: gl.constexpr, ROWSUM_MMA: gl.constexpr, POLY_EVERY: gl.constexpr, BLOCK_N: gl.constexpr,
               BLOCK_M: gl.constexpr, DVP: gl.constexpr):
     """One consumer warpgroup: its 64 query rows, row scalars to epilogue. ``smem``: the kernel's shared
     buffers and barriers; ``ptrs``: its pointer and scalar arguments (tuples of runtime values: a
@@ -153,8 +153,8 @@ def _consumer(smem, ptrs, D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, 
 
 
 @gluon.jit
-def _producer(q_desc, k_desc, v_desc, smem, H, M, NKC: gl.constexpr, STAGES: gl.constexpr, NC: gl.constexpr, BLOCK_N: gl.constexpr,
-              BLOCK_M: gl.constexpr, KC: gl.constexpr):
+def _producer(q_desc, k_desc, v_desc, smem, H, M, NKC: gl.constexpr, STAGES: gl.constexpr, NC: gl.constexpr,
+              BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr):
     """The TMA warp: every consumer's Q-sign tile, then K-sign and V tiles as ring slots empty."""
     q_s, k_s, v_s, ones_s, q_bar, k_bar, v_bar, k_empty, v_empty, turn = smem
     bh = gl.program_id(1)

@@ -332,7 +332,8 @@ def _binary_attn_fwd_sm90_kernel(
 
     rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr = _row_scalars(
         a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h, bh, b, h, pid_n,
-        gl.num_programs(0), N, M, scale_log2, inv_nd, inv_md, D, MEAN_ABS, BIAS, BETA_MAX, BLOCK_N, row_layout, num_warps)
+        gl.num_programs(0), N, M, scale_log2, inv_nd, inv_md, D, MEAN_ABS, BIAS, BETA_MAX, BLOCK_N, row_layout,
+        num_warps)
     ones_s = v_s  # the ones operand of ROWSUM_MMA (K-major, written once), else unused
     if ROWSUM_MMA:
         ones_s = gl.allocate_shared_memory(v_desc.dtype, [ONES_N, BLOCK_M],
