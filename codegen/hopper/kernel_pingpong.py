@@ -24,10 +24,9 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from .kernel_sage import ONES_N, _issue_pv, _load_k, _load_v, _probs, _retire_pv
+from .kernel_sage import ONES_N, _issue_pv, _load_k, _load_v, _ones_operand, _probs, _retire_pv
 from .kernel_sage_rows import NEG_INIT, _row_scalars, _store
 
 CONSUMER_WARPS = gl.constexpr(4)
@@ -200,14 +199,7 @@ def _binary_attn_fwd_sm90_ws_kernel(
     v_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    ones_s = v_s  # the ones operand of ROWSUM_MMA (K-major, written once before the partitions), else unused
-    if ROWSUM_MMA:
-        ones_s = gl.allocate_shared_memory(v_desc.dtype, [ONES_N, BLOCK_M],
-                                           gl.NVMMASharedLayout.get_default_for([ONES_N, BLOCK_M], v_desc.dtype))
-        ones_s.store(gl.full([ONES_N, BLOCK_M], 1.0, v_desc.dtype,
-                             gl.BlockedLayout([1, 8], [ONES_N, 32 // ONES_N], [1, num_warps], [1, 0])))
-        fence_async_shared()
-        gl.thread_barrier()
+    ones_s = _ones_operand(v_s, ROWSUM_MMA, BLOCK_M, num_warps)  # written before the partitions start
     for i in gl.static_range(NC):
         mbarrier.init(q_bar.index(i), count=1)
         mbarrier.init(turn.index(i), count=1)

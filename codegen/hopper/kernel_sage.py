@@ -283,6 +283,21 @@ def _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows,
 
 
 @gluon.jit
+def _ones_operand(v_s, ROWSUM_MMA: gl.constexpr, BLOCK_M: gl.constexpr, num_warps: gl.constexpr):
+    """The ``(ONES_N, BLOCK_M)`` ones operand of ROWSUM_MMA in shared memory (K-major, written once by all
+    ``num_warps`` warps), or ``v_s`` as an unused placeholder."""
+    ones_s = v_s
+    if ROWSUM_MMA:
+        ones_s = gl.allocate_shared_memory(v_s.dtype, [ONES_N, BLOCK_M],
+                                           gl.NVMMASharedLayout.get_default_for([ONES_N, BLOCK_M], v_s.dtype))
+        ones_s.store(gl.full([ONES_N, BLOCK_M], 1.0, v_s.dtype,
+                             gl.BlockedLayout([1, 8], [ONES_N, 32 // ONES_N], [1, num_warps], [1, 0])))
+        fence_async_shared()
+        gl.thread_barrier()
+    return ones_s
+
+
+@gluon.jit
 def _binary_attn_fwd_sm90_kernel(
     q_desc, k_desc, v_desc, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
     beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
@@ -334,14 +349,7 @@ def _binary_attn_fwd_sm90_kernel(
         a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h, bh, b, h, pid_n,
         gl.num_programs(0), N, M, scale_log2, inv_nd, inv_md, D, MEAN_ABS, BIAS, BETA_MAX, BLOCK_N, row_layout,
         num_warps)
-    ones_s = v_s  # the ones operand of ROWSUM_MMA (K-major, written once), else unused
-    if ROWSUM_MMA:
-        ones_s = gl.allocate_shared_memory(v_desc.dtype, [ONES_N, BLOCK_M],
-                                           gl.NVMMASharedLayout.get_default_for([ONES_N, BLOCK_M], v_desc.dtype))
-        ones_s.store(gl.full([ONES_N, BLOCK_M], 1.0, v_desc.dtype,
-                             gl.BlockedLayout([1, 8], [ONES_N, 32 // ONES_N], [1, num_warps], [1, 0])))
-        fence_async_shared()
-        gl.thread_barrier()
+    ones_s = _ones_operand(v_s, ROWSUM_MMA, BLOCK_M, num_warps)
     mbarrier.wait(q_bar.index(0), 0)
     online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
     if STATIC_MAX:
