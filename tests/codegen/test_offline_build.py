@@ -134,6 +134,13 @@ def test_config_table_and_validation():
     assert HopperConfig(*map(int, "64x64x2x0x0x1".split("x"))).mma_rowsum is True
     with pytest.raises(ValueError, match="poly_exp"):
         HopperConfig(poly_exp=3)
+    free = HopperConfig(*map(int, "64x64x3x0x0x0x3x0".split("x")))  # structure (b): 3 consumers, no turns
+    assert (free.consumers, free.pingpong, free.num_warps, free.rows_per_cta) == (3, False, 4, 192)
+    assert HopperConfig(consumers=2).consumer_regs == 240  # (512 - 24) / 2 capped at setmaxnreg's 240
+    with pytest.raises(ValueError, match="consumers"):
+        HopperConfig(consumers=4)
+    with pytest.raises(ValueError, match="block_n 64"):
+        HopperConfig(128, 64, 2, consumers=2)
 
 
 def _build_module():
