@@ -59,7 +59,10 @@ class Variant:
 
 VARIANTS = [
     Variant("d64_mean_abs", (8, 8, 4096, 64, 64), main=True),
-    Variant("d128_mean_abs", (4, 16, 4096, 128, 128), main=True),
+    Variant("d128_mean_abs", (4, 16, 4096, 128, 128), config=(64, 64, 2), main=True),  # structure (a)
+    # the tile table's choice at this shape (3 consumers): 8 B spilled, one STL/LDL pair per consumer in the
+    # partition set-up, none in the key loop (SASS, session 12); reported, not gating
+    Variant("d128_table", (4, 16, 4096, 128, 128)),
     Variant("d64_fp16", (8, 8, 4096, 64, 64), dtype=torch.float16, main=True),
     Variant("d64_none", (8, 8, 4096, 64, 64), weighting="none", main=True),
     Variant("d64_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head"),
