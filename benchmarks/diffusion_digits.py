@@ -38,8 +38,8 @@ Expected 2-4 minutes wall, not yet measured: section 3 of RESULTS.md measured 22
 step of a small ViT in this runtime on an H100; 3,100 steps per seed at up to 40 ms with three workers
 sharing the GPU is about 2 minutes, plus start-up, kernel compilation and sampling. ``--budget-s 450``
 stops the workers at 7.5 minutes whatever happens. CPU smoke run (under a minute, numbers
-meaningless): ``python benchmarks/diffusion_digits.py --steps 8 --qat-steps 4 --samples-per-class 2
---classifier-steps 20 --seeds 0 1 --jobs 2 --out runs/diffusion_smoke``.
+meaningless): ``python benchmarks/diffusion_digits.py --steps 8 --qat-steps 4 --batch-size 16 --samples-per-class 2
+--sample-steps 5 --classifier-steps 20 --seeds 0 1 --jobs 2 --out runs/diffusion_smoke``.
 
 Writes ``diffusion_digits.{json,md}``, ``samples_<model>_seed<k>.png``, ``samples_real_test.png`` (test
 images, same layout) and ``seed_<k>/`` (worker log, training metrics, the seed's results).
@@ -91,6 +91,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--samples-per-class", type=int, default=100)
     parser.add_argument("--cfg-scale", type=float, default=2.0)
+    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps per sample (smoke runs: fewer)")
     parser.add_argument("--classifier-steps", type=int, default=1500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=0, help="workers at a time (0: all seeds on CUDA, 1 on CPU)")
@@ -266,7 +267,7 @@ def run_seed(args) -> None:
     train_x, train_y = load_digits_tensors("train")
     test_x, test_y = load_digits_tensors("test")
     data = TensorDataset(train_x.to(device), train_y.to(device)), TensorDataset(test_x.to(device), test_y.to(device))
-    diffusion = DiffusionConfig(cfg_scale=args.cfg_scale)
+    diffusion = DiffusionConfig(cfg_scale=args.cfg_scale, sample_steps=args.sample_steps)
     models = train_models(args, seed, data, diffusion, record)
     classifier = DigitsClassifier().to(device)
     classifier.load_state_dict(torch.load(Path(args.out) / "classifier.pt", map_location=device))
@@ -288,7 +289,7 @@ def worker_command(args, seed: int) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker-seed", str(seed), "--out", args.out,
            "--device", args.device, "--steps", str(args.steps), "--qat-steps", str(args.qat_steps),
            "--batch-size", str(args.batch_size), "--samples-per-class", str(args.samples_per_class),
-           "--cfg-scale", str(args.cfg_scale)]
+           "--cfg-scale", str(args.cfg_scale), "--sample-steps", str(args.sample_steps)]
     return cmd + (["--compile-backend", args.compile_backend] if args.compile_backend else [])
 
 

@@ -1,25 +1,38 @@
-"""``benchmarks/diffusion_digits.py`` on CPU: two seeds in parallel workers, a few steps, and the time budget."""
+"""``benchmarks/diffusion_digits.py`` on CPU: two seeds in parallel workers, a few steps, and the time budget.
+
+The driver (classifier, workers, table) runs in this process (its ``main``); each seed is a worker
+process of the script, as on the GPU.
+"""
+import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "diffusion_digits.py"
-TINY = ["--device", "cpu", "--steps", "4", "--qat-steps", "2", "--samples-per-class", "2", "--classifier-steps", "10"]
+TINY = ["--device", "cpu", "--steps", "4", "--qat-steps", "2", "--batch-size", "16", "--samples-per-class", "2",
+        "--sample-steps", "5", "--classifier-steps", "10"]
 MODELS = ("full_precision", "fp_start", "post_training_binarized", "binary_qat_distilled")
 
 
-def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *TINY, "--out", str(out), *extra], capture_output=True,
-                          text=True, timeout=300)
+@pytest.fixture(scope="module")
+def diffusion_digits():
+    spec = importlib.util.spec_from_file_location("diffusion_digits", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def run(diffusion_digits, out: Path, *extra: str) -> int:
+    return diffusion_digits.main([*TINY, "--out", str(out), *extra])
 
 
 @pytest.mark.slow
-def test_two_seeds_same_budget_table_and_grids(tmp_path):
-    proc = run(tmp_path, "--seeds", "0", "1", "--jobs", "2")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+def test_two_seeds_same_budget_table_and_grids(diffusion_digits, tmp_path):
+    assert run(diffusion_digits, tmp_path, "--seeds", "0", "1", "--jobs", "2") == 0
     record = json.loads((tmp_path / "diffusion_digits.json").read_text())
     assert [seed["seed"] for seed in record["seeds"]] == [0, 1] and all(s["complete"] for s in record["seeds"])
     for seed in record["seeds"]:
@@ -40,9 +53,8 @@ def test_two_seeds_same_budget_table_and_grids(tmp_path):
     assert "2 FP + 2 QAT = 4" in table and " ± " in table
 
 
-def test_budget_stops_workers_and_still_writes_the_table(tmp_path):
-    proc = run(tmp_path, "--seeds", "0", "--budget-s", "0.5")
-    assert proc.returncode == 1
+def test_budget_stops_workers_and_still_writes_the_table(diffusion_digits, tmp_path):
+    assert run(diffusion_digits, tmp_path, "--seeds", "0", "--budget-s", "0.5") == 1
     record = json.loads((tmp_path / "diffusion_digits.json").read_text())
     assert "seed 0 stopped at the 0 s budget" in record["status"]
     assert "| full precision | 4 | — |" in (tmp_path / "diffusion_digits.md").read_text()

@@ -1,21 +1,55 @@
 """``benchmarks/e2e_speed.py`` end to end in its tiny CPU mode: one inference row, one training row.
 
-The script is not a package module, so it runs as a fresh ``python benchmarks/e2e_speed.py``
-process, as on the H100; the test reads back the jsonl, md and png it writes.
+The script is not a package module, so each run is a fresh ``python benchmarks/e2e_speed.py``
+process, as on the H100; the test reads back the jsonl, md and png it writes. The script runs a tiny
+CPU row on one thread, so this file's two runs start together, one per core of a 2-core machine. A
+refused option never gets past the argument parser, which runs in this process.
 """
+import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "e2e_speed.py"
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPT = BENCHMARKS / "e2e_speed.py"
 ROWS = ["infer:vit_s16_224", "train:vit_s8_320:hamming"]
+RUNS = {  # run name -> the script's arguments after --device cpu --tiny
+    "rows": ["--rows", *ROWS],
+    "kernel_options": ["--rows", ROWS[0], "--kernel-options", "forward=v1"],
+}
 
 
-def test_tiny_cpu_rows_write_table_plot_and_jsonl(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--rows", *ROWS,
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def started(tmp_path_factory):
+    """Every run of ``RUNS``, started at once: ``{name: (out folder, process)}``; output in ``std{out,err}.txt``."""
+    runs = {}
+    for name, args in RUNS.items():
+        out = tmp_path_factory.mktemp(f"e2e_{name}") / "out"
+        with open(out.parent / "stdout.txt", "w") as stdout, open(out.parent / "stderr.txt", "w") as stderr:
+            proc = subprocess.Popen([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", *args, "--out", str(out)],
+                                    stdout=stdout, stderr=stderr, text=True)
+        runs[name] = (out, proc)
+    yield runs
+    for _, proc in runs.values():
+        if proc.poll() is None:  # a test that did not get to wait for its run
+            proc.kill()
+            proc.wait()
+
+
+def finished(started, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """The run's output folder and its process, waited for."""
+    out, proc = started[name]
+    proc.wait(timeout=300)
+    return out, subprocess.CompletedProcess(proc.args, proc.returncode, (out.parent / "stdout.txt").read_text(),
+                                            (out.parent / "stderr.txt").read_text())
+
+
+def test_tiny_cpu_rows_write_table_plot_and_jsonl(started):
+    tmp_path, proc = finished(started, "rows")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     meta, *rows = [json.loads(line) for line in (tmp_path / "e2e_speed_rows_tiny.jsonl").read_text().splitlines()]
@@ -49,13 +83,22 @@ def test_tiny_cpu_rows_write_table_plot_and_jsonl(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 5_000
 
 
-def test_kernel_options_reach_the_bitlower_rows_and_bad_ones_are_refused(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--rows", ROWS[0],
-                           "--kernel-options", "forward=v1", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def e2e_speed(monkeypatch):
+    """The script as a module (its folder on ``sys.path``, as when it runs)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("e2e_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernel_options_reach_the_bitlower_rows_and_bad_ones_are_refused(started, e2e_speed, capsys):
+    tmp_path, proc = finished(started, "kernel_options")
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, row = [json.loads(line) for line in (tmp_path / "e2e_speed_rows_tiny.jsonl").read_text().splitlines()]
     assert row["bitlower"]["options"] == {"kernel_options": "forward=v1"} and row["inductor"]["options"] is None
-    bad = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--rows", ROWS[0],
-                          "--kernel-options", "forward=cudnn"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "forward must be one of" in bad.stderr
+    with pytest.raises(SystemExit) as bad:
+        e2e_speed.parse_args(["--device", "cpu", "--tiny", "--rows", ROWS[0], "--kernel-options", "forward=cudnn"])
+    assert bad.value.code == 2 and "forward must be one of" in capsys.readouterr().err

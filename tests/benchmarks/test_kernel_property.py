@@ -2,19 +2,33 @@
 
 The GPU run is the issue-20 property test; this checks the script itself: random cases built in every
 layout, one worker process per batch, float64 golden and term-scale bounds computed, jsonl and md written.
+The parent (its ``main``) runs in this process; each batch is a fresh worker process of the script.
 """
+import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "kernel_property.py"
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPT = BENCHMARKS / "kernel_property.py"
 
 
-def test_cpu_smoke_run_writes_rows_and_summary(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--cases", "2", "--batch", "1",
-                           "--seed", "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+@pytest.fixture
+def kernel_property(monkeypatch):
+    """The script as a module (its folder on ``sys.path``, as when it runs)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location("kernel_property", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_smoke_run_writes_rows_and_summary(kernel_property, tmp_path):
+    assert kernel_property.main(["--device", "cpu", "--cases", "2", "--batch", "1", "--seed", "3",
+                                 "--out", str(tmp_path)]) == 0
     rows = [json.loads(line) for line in (tmp_path / "kernel_property.jsonl").read_text().splitlines()]
     done = [r for r in rows if "started" not in r]
     assert [r["case"]["index"] for r in done] == [0, 1]

@@ -1,22 +1,37 @@
-"""``benchmarks/scale_out.py`` on CPU: the driver launches 1 and 2 gloo processes through torchrun."""
+"""``benchmarks/scale_out.py`` on CPU: the driver launches 1 and 2 gloo processes through torchrun.
+
+The driver runs in this process (its ``main``); every run it launches is a ``torchrun`` of the script's
+``--worker`` mode in fresh processes, as on the GPUs.
+"""
+import importlib.util
 import json
+import logging
 import math
-import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale_out.py"
 STEPS = 12
 
 
-def run_driver(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--out", str(out), *extra],
-                          capture_output=True, text=True, timeout=240)
+@pytest.fixture(scope="module")
+def scale_out():
+    spec = importlib.util.spec_from_file_location("scale_out", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
 
 
-def test_one_and_two_processes_give_curves_and_efficiency(tmp_path):
-    proc = run_driver(tmp_path, "--steps", str(STEPS), "--warmup", "2", "--window", "3")
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+def run_driver(scale_out, out: Path, *extra: str) -> int:
+    return scale_out.main(["--device", "cpu", "--out", str(out), *extra])
+
+
+def test_one_and_two_processes_give_curves_and_efficiency(scale_out, tmp_path):
+    assert run_driver(scale_out, tmp_path, "--steps", str(STEPS), "--warmup", "2", "--window", "3") == 0
     record = json.loads((tmp_path / "scale_out.json").read_text())
     runs = record["runs"]
     assert sorted(runs) == ["1gpu", "1gpu_noise", "2gpu"]
@@ -36,10 +51,10 @@ def test_one_and_two_processes_give_curves_and_efficiency(tmp_path):
     assert "Scaling efficiency" in table and f"{efficiency:.3f}" in table
 
 
-def test_a_failing_run_is_reported(tmp_path):
+def test_a_failing_run_is_reported(scale_out, tmp_path, caplog):
     # 3 heads do not divide width 64: every worker fails while building the model.
-    proc = run_driver(tmp_path, "--steps", "4", "--warmup", "1", "--model-arg", "num_heads=3")
-    assert proc.returncode == 1
-    assert "1gpu failed" in proc.stderr and "num_heads=3 must divide" in proc.stderr
+    with caplog.at_level(logging.INFO, logger="scale_out"):
+        assert run_driver(scale_out, tmp_path, "--steps", "4", "--warmup", "1", "--model-arg", "num_heads=3") == 1
+    assert "1gpu failed" in caplog.text and "num_heads=3 must divide" in caplog.text
     assert not (tmp_path / "2gpu").exists()  # the scaled run is not started after a failed baseline
     assert json.loads((tmp_path / "scale_out.json").read_text())["status"]["1gpu"].startswith("failed")

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -59,11 +57,9 @@ def test_ordering_claims_by_hand(bench):
     assert bench.ordering(summary)["hamming ≈ base"] is False and bench.ordering(summary)["holds"] is False
 
 
-def test_budget_stops_the_workers_and_still_writes_the_table(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--seeds", "0", "--methods", "base", "hamming",
-                           "--jobs", "1", "--budget-s", "0", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stderr[-2000:]
+def test_budget_stops_the_workers_and_still_writes_the_table(bench, tmp_path):
+    assert bench.main(["--smoke", "--seeds", "0", "--methods", "base", "hamming", "--jobs", "1", "--budget-s", "0",
+                       "--out", str(tmp_path)]) == 1
     record = json.loads((tmp_path / "segmentation_digits.json").read_text())
     assert record["status"] == {"base_seed0": "stopped at the 0 s budget", "hamming_seed0": "not started (budget)"}
     assert "Unfinished: base_seed0 stopped" in (tmp_path / "segmentation_digits.md").read_text()

@@ -36,10 +36,11 @@ def test_console_script_points_at_main():
     assert scripts.get("bitlower") == "bitlower.app.cli:main"
 
 
-def test_demo_quick_end_to_end(tmp_path):
+def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    proc = run_cli("demo", "--quick", "--no-progress", "--threads", "1", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
+    code = main(["demo", "--quick", "--no-progress", "--threads", "1", "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
     results = json.loads((out / "demo.json").read_text())
     assert set(results["phases"]) == {"full_precision", "post_training_binary", "qat_distilled"}
     for phase in results["phases"].values():
@@ -55,7 +56,7 @@ def test_demo_quick_end_to_end(tmp_path):
     png = (out / "demo_curves.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     for text in ("full precision", "post-training", "QAT + hard distillation", "SDPA ms", "wall time"):
-        assert text in proc.stdout
+        assert text in printed.out
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from bitlower.app.demo import cpu_threads
 from bitlower.models import DiT, DiTConfig, load_digits_tensors, vit_tiny
 from bitlower.runtime import (PRESETS, CheckpointError, DiffusionConfig, DistillConfig, NoiseSchedule, TrainConfig,
                               binarize_, ddim_sample, preset, train_classifier, train_diffusion)
@@ -165,29 +166,39 @@ if int(__import__("os").environ.get("RANK", "0")) == 0:
 """
 
 
-def run_workers(world: int, out: Path, port: int) -> None:
+def start_workers(world: int, out: Path, port: int) -> list[subprocess.Popen]:
     procs = []
     for rank in range(world):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-        if world == 1:
-            for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
-                env.pop(key)
         procs.append(subprocess.Popen([sys.executable, "-c", DDP_WORKER, str(out)], env=env,
                                       stderr=subprocess.PIPE))
+    return procs
+
+
+def wait_workers(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err.decode()[-3000:]
 
 
-def test_ddp_two_processes_match_one(tmp_path):
+def test_ddp_two_processes_match_one(tmp_path, monkeypatch):
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    run_workers(1, tmp_path / "one.pt", port)
-    run_workers(2, tmp_path / "two.pt", port)
+    procs = start_workers(2, tmp_path / "two.pt", port)
+    try:
+        # One process: the same worker code here, while the two start up; without RANK / WORLD_SIZE it
+        # starts no process group; one thread, as the workers' OMP_NUM_THREADS=1.
+        for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setattr(sys, "argv", ["-c", str(tmp_path / "one.pt")])
+        with cpu_threads(1):
+            exec(DDP_WORKER, {"__name__": "__main__"})
+    finally:
+        wait_workers(procs)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     for key in one:
         # Two half-batch mean gradients averaged by all-reduce vs one full-batch mean: float32
