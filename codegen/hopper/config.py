@@ -25,7 +25,8 @@ class HopperConfig:
         poly_exp: 0 (every exp2 on the MUFU), or 4 / 8: one exp2 in that many as a polynomial on the FMA
             pipes (``exp2_mix``). Slower on the H200 under structure (a) (session 10, N 4096 D 64: 0.515 /
             0.544 ms against 0.490 with 0): its loop issues 211 instructions per tile. Under structure (b) with
-            ``mma_rowsum`` the loop issues 153 (202 with poly_exp 4; unmeasured).
+            ``mma_rowsum`` (153 instructions, 202 with poly_exp 4) no faster either (session 13: 1.857 / 1.915 /
+            1.841 ms at (1, 16, 16384, 64) with 0 / 4 / 8): the exp2 unit does not bind (``hopper_ablation.py``).
         mma_rowsum: the row sums l of P on the tensor cores (one more wgmma per tile, P times a ones
             tile) instead of 32 FADD and 4 SHFL per thread; l then sums P as rounded for the P.V
             product, so lse is exact to that operand's roundoff (not float32's), the output as before.
@@ -33,6 +34,10 @@ class HopperConfig:
             producer warp and that many 64-row consumer warpgroups per CTA (block_n 64).
         pingpong: under structure (b), the consumers take turns issuing their products (FlashAttention-3's
             schedule); False lets them issue freely.
+        qk_ahead: under structure (a), the static-maximum loop of ``kernel_sage_ahead`` (S_{j+1} issued
+            before tile j's exp2, not after it; P through shared memory); the running maximum keeps the other
+            loop. Slower on the H200 (session 13: 2.146 against 1.865 ms at (1, 16, 16384, 64), 0.577 against
+            0.505 at (8, 8, 4096, 64)).
     """
 
     block_n: int = 64
@@ -43,6 +48,7 @@ class HopperConfig:
     mma_rowsum: bool = False
     consumers: int = 0
     pingpong: bool = True
+    qk_ahead: bool = False
 
     def __post_init__(self):
         if self.block_n not in (64, 128):
@@ -57,9 +63,12 @@ class HopperConfig:
             raise ValueError(f"consumers must be in [0, 3], got {self.consumers}")
         if self.consumers and (self.block_n != 64 or self.peel):
             raise ValueError("consumers > 0 takes block_n 64 without peel")
+        if self.qk_ahead and (self.consumers or self.peel):
+            raise ValueError("qk_ahead is structure (a)'s loop: consumers 0, no peel (it peels the last tile itself)")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
         object.__setattr__(self, "mma_rowsum", bool(self.mma_rowsum))
         object.__setattr__(self, "pingpong", bool(self.pingpong))
+        object.__setattr__(self, "qk_ahead", bool(self.qk_ahead))
 
     @property
     def num_warps(self) -> int:
@@ -98,7 +107,9 @@ def value_width(dim_v: int) -> int:
 def hopper_config(n: int, dim: int, dim_v: int) -> HopperConfig:
     """The tile table: 64 x 64 tiles, 2 stages (structure (a)); 3 free-issuing consumers (structure (b)) at
     N >= 4096 with Dv > 64, and N >= 8192: measured faster at (4, 16, 4096, 128) and (1, 16, 16384, 64), slower
-    at N <= 4096 with D 64; the other shapes in those two ranges (Dv 72-96, N 8192) are not measured yet.
+    at N <= 4096 with D 64. Session 13 measured the table's extrapolations (``attention_hopper.py --graph``):
+    1.290 ms (1.41x cuDNN) at (2, 16, 8192, 128), 1.314 (1.35x) at (8, 16, 4096, 96), 0.948 (1.27x) at
+    (2, 16, 8192, 64); (16, 16, 2048, 128) stays structure (a): 0.847 against 0.835 with 3 consumers + rowsum.
 
     Registers per thread (4 warps): 126 at D = Dv = 64 (4 CTAs per SM by registers, 28.8 KB shared
     each), 168 at 128 (3 CTAs); 64 x 128 tiles take 226 at D 64 (2 CTAs). H200 (session 8): 0.686 / 1.842 ms at

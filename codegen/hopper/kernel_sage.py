@@ -47,6 +47,7 @@ BLOCK_M/2 float32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32
 123 (D 64, float8 QK; 4 CTAs per SM), 163 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 219 (2 CTAs, int8
 QK); PEEL: 157 at D 64 (int8 QK); no spills.
 ``benchmarks/hopper_build.py`` prints them per variant. Row scalars and the epilogue: ``kernel_sage_rows``.
+``QK_AHEAD`` (``HopperConfig.qk_ahead``, measured slower): the static maximum runs ``kernel_sage_ahead``'s loop.
 """
 from __future__ import annotations
 
@@ -109,15 +110,9 @@ def _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIA
 
 
 @gluon.jit
-def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
-           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
-           POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr):
-    """``(p, m, l, alpha)`` of one score tile ``h`` (float32 integers): p = exp2(s2 - m) float32
-    (l unchanged under ``ROWSUM_MMA``: the tensor cores sum P).
-
-    ``is_last`` (a uniform runtime flag): the tile may hold columns ``>= M`` (zero-filled K rows), set
-    to -inf here only, so full tiles pay no column mask.
-    """
+def _scaled(h, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, MEAN_ABS: gl.constexpr,
+            BIAS: gl.constexpr):
+    """``(f, scale, shift)`` of one score tile ``h`` (float32 integers): log2 score = f * scale + shift."""
     f = h  # float32 integer scores from the float8 +-1 product (exact)
     if MEAN_ABS:
         scale = gl.zeros_like(f) + c
@@ -131,8 +126,41 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
         beta = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=0.0)
         beta = beta.to(gl.float32)
         shift = gl.maximum(beta * LOG2E, beta * TINY + NEG_INIT)  # finfo.min * log2(e) stays finite
+    return f, scale, shift
+
+
+@gluon.jit
+def _static_scores(h, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
+                   MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, EVEN_M: gl.constexpr):
+    """``x = s2 - m`` under the static maximum, one FFMA per score (+ beta2), masked as ``_mask_scores``."""
+    f, scale, shift = _scaled(h, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, MEAN_ABS, BIAS)
+    x = gl.fma(f, scale, gl.zeros_like(f) + shift - m_i[:, None])
+    return _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS, EVEN_M)
+
+
+@gluon.jit
+def _exp_rows(x, l_i, POLY_EVERY: gl.constexpr, CLAMP: gl.constexpr, ROWSUM_MMA: gl.constexpr):
+    """``(p, l)``: p = exp2(x) float32, l += rowsum p (unchanged under ``ROWSUM_MMA``: the tensor cores sum P)."""
+    p = exp2(x, POLY_EVERY, CLAMP)
+    if not ROWSUM_MMA:
+        l_i = l_i + gl.sum(p, axis=1)
+    return p, l_i
+
+
+@gluon.jit
+def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
+           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
+           POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr):
+    """``(p, m, l, alpha)`` of one score tile ``h`` (float32 integers): p = exp2(s2 - m) float32
+    (l unchanged under ``ROWSUM_MMA``: the tensor cores sum P).
+
+    ``is_last`` (a uniform runtime flag): the tile may hold columns ``>= M`` (zero-filled K rows), set
+    to -inf here only, so full tiles pay no column mask.
+    """
     alpha = l_i  # unused unless ONLINE
     if ONLINE:
+        f, scale, shift = _scaled(h, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, MEAN_ABS,
+                                  BIAS)
         s = gl.fma(f, scale, gl.zeros_like(f) + shift)
         s = _mask_scores(s, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS, EVEN_M)
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
@@ -140,14 +168,12 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
         l_i = l_i * alpha
         m_i = m_new
         x = s - m_i[:, None]
-    else:  # one FFMA per score: f * c - m (+ beta2)
-        x = gl.fma(f, scale, gl.zeros_like(f) + shift - m_i[:, None])
-        x = _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS, EVEN_M)
+    else:
+        x = _static_scores(h, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last,
+                           MEAN_ABS, BIAS, EVEN_M)
     # x is in [-LIMIT, P_OFFSET] under the static maximum without a mask, a dense bias or columns past M
     clamp: gl.constexpr = ONLINE or not EVEN_M or BIAS == BIAS_DENSE or BIAS == BIAS_MASK
-    p = exp2(x, POLY_EVERY, clamp)
-    if not ROWSUM_MMA:
-        l_i = l_i + gl.sum(p, axis=1)
+    p, l_i = _exp_rows(x, l_i, POLY_EVERY, clamp, ROWSUM_MMA)
     return p, m_i, l_i, alpha
 
 
@@ -304,7 +330,7 @@ def _binary_attn_fwd_sm90_kernel(
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
     P_OFFSET: gl.constexpr, PEEL: gl.constexpr, EVEN_M: gl.constexpr, POLY_EVERY: gl.constexpr,
-    ROWSUM_MMA: gl.constexpr, num_warps: gl.constexpr,
+    ROWSUM_MMA: gl.constexpr, QK_AHEAD: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Binary attention forward of one (query tile, batch*head); see the module notation."""
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
@@ -354,10 +380,16 @@ def _binary_attn_fwd_sm90_kernel(
     online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
     if STATIC_MAX:
         if gl.max(bound, axis=0) * 2.0 <= LIMIT:
-            o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows,
-                                  b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                                  False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
-                                  POLY_EVERY, ROWSUM_MMA)
+            if QK_AHEAD:
+                o, l_i, m_i = _attend_ahead(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c,
+                                            c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M,
+                                            MEAN_ABS, BIAS, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, s_layout,
+                                            o_layout, POLY_EVERY, ROWSUM_MMA)
+            else:
+                o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c,
+                                      c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M,
+                                      MEAN_ABS, BIAS, False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL,
+                                      s_layout, o_layout, POLY_EVERY, ROWSUM_MMA)
         else:
             o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
@@ -376,3 +408,6 @@ def _binary_attn_fwd_sm90_kernel(
     # passed: three stride arguments cost 17 registers (123 -> 140 at D 64, 3 CTAs per SM instead of 4)
     _store(out_ptr + (b.to(gl.int64) * N * H + h) * DV, H * DV, lse_ptr, state_ptr, o, l_i, m_i, row_shift,
            bh64 * N, rows, row_mask, pid_n * BLOCK_N, N, DV, BLOCK_N, DVP, o_layout)
+
+
+from .kernel_sage_ahead import _attend_ahead  # noqa: E402 - below the helpers that module imports from this one

@@ -1,0 +1,39 @@
+"""``benchmarks/hopper_ablation.py`` on the CPU: each mode swaps what it names, and only that (the timing is GPU-only)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import hopper_ablation as ha  # noqa: E402
+from bitlower.codegen import stats  # noqa: E402
+from bitlower.codegen.hopper import kernel_sage  # noqa: E402
+
+SWAPPED = {"noexp": ("exp2", ha._exp2_as_multiply), "nopv": ("_issue_pv", ha._issue_pv_skipped),
+           "noqk": ("_issue_qk", ha._issue_qk_skipped)}
+
+
+@pytest.fixture
+def restored(monkeypatch):
+    """Every global ``patch`` may set, put back after the test."""
+    for name, _ in SWAPPED.values():
+        monkeypatch.setattr(kernel_sage, name, getattr(kernel_sage, name))
+    monkeypatch.setattr(stats, "PROLOGUE_ROWS", stats.PROLOGUE_ROWS)
+    monkeypatch.setattr(stats, "PROLOGUE_WARPS", stats.PROLOGUE_WARPS)
+
+
+@pytest.mark.parametrize("mode", ["noexp", "nopv", "noqk", "noexp+nopv"])
+def test_loop_modes_swap_their_helpers_only(mode, restored):
+    before = {name: getattr(kernel_sage, name) for name, _ in SWAPPED.values()}
+    ha.patch(mode)
+    for part, (name, stand_in) in SWAPPED.items():
+        assert getattr(kernel_sage, name) is (stand_in if part in mode.split("+") else before[name])
+
+
+def test_stats_modes_set_rows_and_warps(restored):
+    ha.patch("stats_128x8")
+    assert (stats.PROLOGUE_ROWS, stats.PROLOGUE_WARPS) == (128, 8)
+    ha.patch("base")
+    assert (stats.PROLOGUE_ROWS, stats.PROLOGUE_WARPS) == (128, 8)  # base changes nothing
