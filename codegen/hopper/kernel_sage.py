@@ -47,7 +47,8 @@ BLOCK_M/2 float32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32
 123 (D 64, float8 QK; 4 CTAs per SM), 163 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 219 (2 CTAs, int8
 QK); PEEL: 157 at D 64 (int8 QK); no spills.
 ``benchmarks/hopper_build.py`` prints them per variant. Row scalars and the epilogue: ``kernel_sage_rows``.
-``QK_AHEAD`` (``HopperConfig.qk_ahead``, measured slower): the static maximum runs ``kernel_sage_ahead``'s loop.
+``QK_AHEAD`` (``HopperConfig.qk_ahead``): the static maximum runs ``kernel_sage_ahead``'s loop (1, measured
+slower) or ``kernel_sage_ahead_registers``' (2, unmeasured).
 """
 from __future__ import annotations
 
@@ -380,7 +381,12 @@ def _binary_attn_fwd_sm90_kernel(
     online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
     if STATIC_MAX:
         if gl.max(bound, axis=0) * 2.0 <= LIMIT:
-            if QK_AHEAD:
+            if QK_AHEAD == 2:
+                o, l_i, m_i = _attend_ahead_registers(
+                    q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows, b_rows_ptr,
+                    bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS, EVEN_M, BLOCK_N, BLOCK_M, KC,
+                    NKC, DVP, STAGES, s_layout, o_layout, POLY_EVERY)
+            elif QK_AHEAD == 1:
                 o, l_i, m_i = _attend_ahead(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c,
                                             c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M,
                                             MEAN_ABS, BIAS, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, s_layout,
@@ -410,4 +416,5 @@ def _binary_attn_fwd_sm90_kernel(
            bh64 * N, rows, row_mask, pid_n * BLOCK_N, N, DV, BLOCK_N, DVP, o_layout)
 
 
-from .kernel_sage_ahead import _attend_ahead  # noqa: E402 - below the helpers that module imports from this one
+from .kernel_sage_ahead import _attend_ahead  # noqa: E402 - below the helpers those modules import from this one
+from .kernel_sage_ahead_registers import _attend_ahead_registers  # noqa: E402

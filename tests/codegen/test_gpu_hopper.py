@@ -28,9 +28,10 @@ CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3), HopperConfig
            HopperConfig(64, 64, 3, consumers=3, pingpong=False), HopperConfig(64, 64, 3, mma_rowsum=True, consumers=3),
            HopperConfig(64, 128, 2, consumers=2), HopperConfig(64, 64, 3, 0, 4, True, 3, False),
            HopperConfig(64, 64, 3, 0, 8, True, 3, False), HopperConfig(qk_ahead=True),
-           HopperConfig(mma_rowsum=True, qk_ahead=True), HopperConfig(64, 64, 3, qk_ahead=True)]
+           HopperConfig(mma_rowsum=True, qk_ahead=True), HopperConfig(64, 64, 3, qk_ahead=True), HopperConfig(qk_ahead=2),
+           HopperConfig(64, 64, 3, qk_ahead=2), HopperConfig(poly_exp=8, qk_ahead=2)]
 PINGPONG = [HopperConfig(consumers=2), HopperConfig(consumers=3)]
-AHEAD = [HopperConfig(qk_ahead=True), HopperConfig(mma_rowsum=True, qk_ahead=True)]
+AHEAD = [HopperConfig(qk_ahead=2), HopperConfig(qk_ahead=True), HopperConfig(mma_rowsum=True, qk_ahead=True)]
 
 
 def _poison():
@@ -148,7 +149,8 @@ def test_pingpong_consumers(config, shape, case):
 @pytest.mark.parametrize("case", [("mean_abs", "none", torch.bfloat16), ("token", "mask", torch.bfloat16),
                                   ("none", "head", torch.float16), ("mean_abs", "dense", torch.bfloat16)], ids=str)
 def test_qk_ahead_loop(config, shape, case):
-    """``kernel_sage_ahead``: S one tile ahead, P through shared memory, the last tile after the loop."""
+    """S one tile ahead: P in registers (``kernel_sage_ahead_registers``, qk_ahead 2) or through shared memory
+    (``kernel_sage_ahead``, qk_ahead 1); the last tile after the loop."""
     weighting, bias_kind, dtype = case
     _check(_call(shape, dtype, weighting, bias_kind), config)
 
