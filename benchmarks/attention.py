@@ -147,6 +147,14 @@ def _gluon_rows(shape, fwd_rows: dict, bwd_rows: dict, checks: dict) -> None:
     def op(q, k, v, a, b, table):
         return bitlower.binary_attention(q, k, v, kernel_options=KernelOptions(forward="hopper"))
     _variant(fwd_rows, checks, "bitlower_gluon", op, shape, infer, bench_args=(q, k, v, None, None, None))
+    tt = CallSpec(scale=dim ** -0.5, weighting="token", bias_kind="table", grid=GRIDS[n], save_bits=False)
+    if not isinstance(plan_forward(call, tt, device, gluon), str):  # the table gathered in the Gluon kernel
+
+        def op_tt(q, k, v, a, b, table):
+            return bitlower.binary_attention(q, k, v, bias=table, bias_kind="table", grid=GRIDS[n], weighting="token",
+                                             a=a, b=b, kernel_options=KernelOptions(forward="hopper"))
+        _variant(fwd_rows, checks, "bitlower_gluon_table_token", op_tt, shape, tt, True,
+                 bench_args=(q, k, v, *_table_token_inputs(shape)))
     qg, kg, vg = _inputs(shape, grad=True)
     do = torch.randn_like(qg)
     for mode in ("hamming", "ste"):

@@ -29,7 +29,8 @@ float32 probabilities of tile j in registers and the P.V of tile j-1 in flight:
     refill  K slot of tile j+1 with tile j+1+STAGES
     probs   f = h (integer sums of +-1.0 below 2**8: exact in the float32 accumulator)
             x = f * c - m (mean_abs; c = scale a b log2 e per (b, h))  or  (f * b_j) * c_i - m_i
-            x += beta2 (dense tile) / x = -inf where the mask is False; p = exp2(x); l += rowsum p
+            x += beta2 (dense tile, or the table gathered per score) / x = -inf where the mask is False;
+            p = exp2(x); l += rowsum p
 ``ROWSUM_MMA`` (``HopperConfig.mma_rowsum``): l is not summed per tile (32 FADD + 4 SHFL per thread at
 BLOCK_M 64) but accumulated on the tensor cores as ``lsum += bf16(p_j) . 1`` (a ``(BLOCK_M, 8)`` ones
 tile in shared memory, one more async wgmma group beside each P.V): 211 -> 176 instructions per tile
@@ -58,7 +59,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
 from .exp2_mix import exp2
-from .kernel_sage_rows import BIAS_DENSE, BIAS_MASK, LOG2E, NEG_INIT, TINY, _row_scalars, _store
+from .kernel_sage_rows import BIAS_DENSE, BIAS_MASK, BIAS_TABLE, LOG2E, NEG_INIT, TINY, _row_scalars, _store
 
 ONES_N = gl.constexpr(8)  # width of the ones operand of ROWSUM_MMA (the smallest wgmma N)
 
@@ -127,6 +128,11 @@ def _scaled(h, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M,
         beta = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=0.0)
         beta = beta.to(gl.float32)
         shift = gl.maximum(beta * LOG2E, beta * TINY + NEG_INIT)  # finfo.min * log2(e) stays finite
+    if BIAS == BIAS_TABLE:  # row i - column j indexes the head's extended table (self-attention: N == M)
+        keep = row_mask[:, None] & (cols < M)[None, :]
+        r_i = gl.load(bias_base + rows, mask=row_mask, other=0.0).to(gl.int32, bitcast=True)
+        c_j = gl.load(bias_base + M + cols, mask=cols < M, other=0.0).to(gl.int32, bitcast=True)
+        shift = gl.load(bias_base + 2 * M + (r_i[:, None] - c_j[None, :]), mask=keep, other=0.0)
     return f, scale, shift
 
 

@@ -16,7 +16,8 @@ NEG_INIT = gl.constexpr(-3.4028234663852886e38)  # running-max start -FLT_MAX: f
 TINY = gl.constexpr(5.421010862427522e-20)  # 2**-64: beta * TINY - FLT_MAX is -FLT_MAX for finite beta, -inf for -inf
 BIAS_NONE = gl.constexpr(0)
 BIAS_HEAD = gl.constexpr(1)
-BIAS_DENSE = gl.constexpr(3)  # also the table bias, materialised densely by the launcher
+BIAS_TABLE = gl.constexpr(2)  # gathered per score from the launcher's per-head table rows (``table_rows_operand``)
+BIAS_DENSE = gl.constexpr(3)
 BIAS_MASK = gl.constexpr(4)
 
 
@@ -62,6 +63,8 @@ def _row_scalars(a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_
         row_shift = gl.load(bias_ptr + h) * LOG2E
     if BIAS == BIAS_DENSE or BIAS == BIAS_MASK:
         bias_base = bias_ptr + b.to(gl.int64) * s_bias_b + h.to(gl.int64) * s_bias_h
+    if BIAS == BIAS_TABLE:  # this head's row of the table operand (``launcher.table_rows_operand``)
+        bias_base = bias_ptr + h.to(gl.int64) * s_bias_h
     beta_max = 0.0
     if BETA_MAX:
         beta_max = gl.load(beta_max_ptr + h)  # max |beta2| of this head, log2 units

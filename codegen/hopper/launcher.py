@@ -19,7 +19,6 @@ import torch
 from bitlower.output_layout import new_output
 
 from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
-from ..operands import dense_table
 from ..operands import bias_operand
 from ..stats import pair_stats
 from ..tiles import BIAS_CODES, LOG2E
@@ -58,18 +57,49 @@ def _dense_beta_max(bias: torch.Tensor, heads: int) -> torch.Tensor:
     return (mag.to(torch.float32).amax(dim=(0, 2, 3)) * LOG2E.value).expand(heads).contiguous()  # (H,)
 
 
+def table_rows_operand(table: torch.Tensor, grid: tuple[int, int, int], n: int) -> torch.Tensor:
+    """``(H, 2N + L)`` float32: per head, the row terms ``r_t`` and column terms ``c_t`` of the N tokens (int32 bit
+    patterns), then an extended table ``ext`` (log2 units) with ``ext[r_i - c_j] = table[index(i, j), h]``.
+
+    Patch tokens: ``r = term + C``, ``c = term`` with ``term = y (2 Gw - 1) + x`` and ``C = (Gh - 1)(2 Gw - 1) + Gw - 1``,
+    so ``r_i - c_j`` is ``bitlower.relpos``' patch row in ``[0, R0)``, ``R0 = (2 Gh - 1)(2 Gw - 1)``. Prefix tokens
+    take terms that land in three regions past R0 holding the prefix rows: ``[R0, R0 + C]`` (prefix query: row R0),
+    ``[R0 + C + 1, R0 + 2 C + 1]`` (prefix key: row R0 + 1) and ``R0 + 2 C + 2 + C`` (both: row R0 + 2). One integer
+    subtraction and one gather per score, no selects (the kernel: ``kernel_sage._scaled``). L is about 10 Gh Gw
+    (160 KB per head at a 64 x 64 grid); one 64 x 64 tile reads about 2 x 64 neighbouring entries of it.
+    """
+    grid_h, grid_w, prefix = grid
+    width = 2 * grid_w - 1
+    r0, c0 = (2 * grid_h - 1) * width, (grid_h - 1) * width + grid_w - 1
+    span = c0 + 1  # patch terms are in [0, span)
+    t = torch.arange(n, device=table.device)
+    patch = (t - prefix).clamp(min=0)
+    term = (patch // grid_w) * width + patch % grid_w  # (N,)
+    is_prefix = t < prefix
+    row_terms = torch.where(is_prefix, r0 + span - 1, term + c0)
+    col_terms = torch.where(is_prefix, c0 - r0 - span, term)
+    heads = table.shape[1]
+    values = table.to(torch.float32).t() * LOG2E.value  # (H, R0 + 3)
+    ext = values[:, r0 + 2:r0 + 3].expand(heads, r0 + 2 * span + c0 + 1).clone()  # prefix -> prefix fills the tail
+    ext[:, :r0] = values[:, :r0]
+    ext[:, r0:r0 + span] = values[:, r0:r0 + 1]  # prefix query -> patch key
+    ext[:, r0 + span:r0 + 2 * span] = values[:, r0 + 1:r0 + 2]  # patch query -> prefix key
+    terms = torch.cat([row_terms, col_terms]).to(torch.int32).view(torch.float32)  # (2N,) bit patterns
+    return torch.cat([terms.expand(heads, 2 * n), ext], dim=1).contiguous()  # (H, 2N + L)
+
+
 def hopper_bias(bias, spec, shape4):
     """``(code, tensor, strides, beta_max, static_ok)`` of the bias as the kernel reads it.
 
-    A table bias becomes a dense ``(1, H, N, N)`` tile (``operands.dense_table``); a caller's dense
-    bias gets a per-head bound when it is shared over the batch (one pass over the bias tensor itself),
-    else the kernel runs the running maximum (``static_ok`` False).
+    A table bias is gathered in the kernel from ``table_rows_operand`` (strides ``(0, 2N + L, 0, 0)``: no
+    ``(H, N, N)`` tensor); a caller's dense bias gets a per-head bound when it is shared over the batch (one pass
+    over the bias tensor itself), else the kernel runs the running maximum (``static_ok`` False).
     """
     bsz, heads, n, m = shape4
     if spec.bias_kind == "table":
         beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E.value).contiguous()  # (H,)
-        view = dense_table(bias, spec.grid, n).expand(shape4)  # (B, H, N, M), stride 0 on B
-        return BIAS_CODES["dense"], view, tuple(view.stride()), beta_max, True
+        rows = table_rows_operand(bias, spec.grid, n)
+        return BIAS_CODES["table"], rows, (0, rows.stride(0), 0, 0), beta_max, True
     operand = bias_operand(bias, spec, shape4)
     if spec.bias_kind == "dense":
         shared = bias.numel() <= heads * n * m

@@ -145,7 +145,7 @@ def _shape_reason(call: CallFacts, spec) -> str | None:
         return "the Hopper forward's table bias needs self-attention (N == M)"
     if call.batch * call.heads > MAX_BATCH_HEADS:
         return f"the Hopper forward takes at most {MAX_BATCH_HEADS} batch*heads"
-    if spec.bias_kind in ("dense", "mask", "table") and call.n * call.m > MAX_TILE_OFFSET:
+    if spec.bias_kind in ("dense", "mask") and call.n * call.m > MAX_TILE_OFFSET:  # a table is gathered per head
         return "the Hopper forward indexes one head's (N, M) bias with int32: N * M must be < 2**31"
     if call.empty:
         return "the Hopper forward needs non-empty tensors"

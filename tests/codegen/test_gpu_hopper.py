@@ -20,6 +20,7 @@ pytestmark = pytest.mark.gpu
 
 SHAPES = [(2, 3, 1, 64, 64), (2, 3, 17, 64, 64), (2, 3, 197, 64, 64), (1, 2, 1000, 64, 64), (2, 2, 197, 128, 128),
           (2, 2, 256, 72, 72), (1, 2, 333, 80, 80), (1, 2, 130, 96, 96), (1, 2, 1000, 128, 64)]
+TABLE_GRIDS = {197: (14, 14, 1), 256: (16, 16, 0), 1025: (32, 32, 1), 4097: (64, 64, 1)}  # N -> (Gh, Gw, prefix)
 ROUNDOFF = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}  # unit roundoff (half an ulp of 1)
 CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3), HopperConfig(poly_exp=8),
            HopperConfig(poly_exp=4), HopperConfig(mma_rowsum=True), HopperConfig(128, 64, 2, mma_rowsum=True),
@@ -60,8 +61,8 @@ def _call(shape, dtype, weighting, bias_kind):
         bias[..., 0] = True  # no fully masked row (the reference gives NaN there, as the kernel)
     elif bias_kind == "table":
         from bitlower.relpos import table_rows
-        grid = (14, 14, 1)
-        bias = (0.5 * torch.randn(table_rows(14, 14), heads, device="cuda")).to(dtype)
+        grid = TABLE_GRIDS[n]
+        bias = (0.5 * torch.randn(table_rows(*grid[:2]), heads, device="cuda")).to(dtype)
     spec = CallSpec(scale=dim ** -0.5, weighting=weighting, bias_kind=bias_kind, grid=grid, save_bits=True)
     return q, k, v, a, b, bias, spec
 
@@ -112,6 +113,13 @@ def test_biases_against_float64(shape, bias_kind):
 @pytest.mark.parametrize("dim", [64, 72, 128])
 def test_table_bias_and_token_weighting(dim):
     _check(_call((2, 3, 197, dim, dim), torch.bfloat16, "token", "table"))
+
+
+@pytest.mark.parametrize("n", [256, 1025, 4097])
+@pytest.mark.parametrize("config", [None, HopperConfig(64, 64, 3, consumers=3, pingpong=False)], ids=str)
+def test_table_bias_gathered_in_the_kernel(n, config):
+    """The table gathered per score (``launcher.table_rows_operand``): grids with and without a prefix token."""
+    _check(_call((1, 2, n, 64, 64), torch.bfloat16, "mean_abs", "table"), config)
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 197, 64, 64), (1, 2, 1000, 128, 128), (2, 2, 256, 72, 72)], ids=str)

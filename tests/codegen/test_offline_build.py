@@ -60,7 +60,7 @@ def test_kernel_bias_codes_are_the_launchers():
     from bitlower.codegen.hopper import kernel_sage_rows
     from bitlower.codegen.tiles import BIAS_CODES
 
-    for kind in ("none", "head", "dense", "mask"):
+    for kind in ("none", "head", "table", "dense", "mask"):
         assert getattr(kernel_sage_rows, f"BIAS_{kind.upper()}").value == BIAS_CODES[kind], kind
 
 
