@@ -29,8 +29,9 @@ CONFIGS = [None, HopperConfig(128, 64, 2), HopperConfig(64, 64, 3), HopperConfig
            HopperConfig(64, 64, 3, consumers=3, pingpong=False), HopperConfig(64, 64, 3, mma_rowsum=True, consumers=3),
            HopperConfig(64, 128, 2, consumers=2), HopperConfig(64, 64, 3, 0, 4, True, 3, False),
            HopperConfig(64, 64, 3, 0, 8, True, 3, False), HopperConfig(qk_ahead=True),
-           HopperConfig(mma_rowsum=True, qk_ahead=True), HopperConfig(64, 64, 3, qk_ahead=True), HopperConfig(qk_ahead=2),
-           HopperConfig(64, 64, 3, qk_ahead=2), HopperConfig(poly_exp=8, qk_ahead=2)]
+           HopperConfig(mma_rowsum=True, qk_ahead=True), HopperConfig(64, 64, 3, qk_ahead=True),
+           HopperConfig(qk_ahead=2), HopperConfig(64, 64, 3, qk_ahead=2), HopperConfig(poly_exp=8, qk_ahead=2),
+           HopperConfig(128, 64, 2, qk_ahead=2), HopperConfig(64, 32, 2), HopperConfig(64, 32, 3)]
 PINGPONG = [HopperConfig(consumers=2), HopperConfig(consumers=3)]
 AHEAD = [HopperConfig(qk_ahead=2), HopperConfig(qk_ahead=True), HopperConfig(mma_rowsum=True, qk_ahead=True)]
 
