@@ -3,27 +3,19 @@
 The driver (classifier, workers, table) runs in this process (its ``main``); each seed is a worker
 process of the script, as on the GPU.
 """
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "diffusion_digits.py"
 TINY = ["--device", "cpu", "--steps", "4", "--qat-steps", "2", "--batch-size", "16", "--samples-per-class", "2",
         "--sample-steps", "5", "--classifier-steps", "10"]
 MODELS = ("full_precision", "fp_start", "post_training_binarized", "binary_qat_distilled")
 
 
 @pytest.fixture(scope="module")
-def diffusion_digits():
-    spec = importlib.util.spec_from_file_location("diffusion_digits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def diffusion_digits(load_script):
+    return load_script("diffusion_digits")
 
 
 def run(diffusion_digits, out: Path, *extra: str) -> int:

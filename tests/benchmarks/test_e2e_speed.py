@@ -5,7 +5,6 @@ process, as on the H100; the test reads back the jsonl, md and png it writes. Th
 CPU row on one thread, so this file's two runs start together, one per core of a 2-core machine. A
 refused option never gets past the argument parser, which runs in this process.
 """
-import importlib.util
 import json
 import math
 import subprocess
@@ -83,15 +82,9 @@ def test_tiny_cpu_rows_write_table_plot_and_jsonl(started):
     assert png.startswith(b"\x89PNG") and len(png) > 5_000
 
 
-@pytest.fixture
-def e2e_speed(monkeypatch):
-    """The script as a module (its folder on ``sys.path``, as when it runs)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("e2e_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def e2e_speed(load_script):
+    return load_script("e2e_speed")
 
 
 def test_kernel_options_reach_the_bitlower_rows_and_bad_ones_are_refused(started, e2e_speed, capsys):

@@ -4,26 +4,14 @@ The GPU run is the issue-20 property test; this checks the script itself: random
 layout, one worker process per batch, float64 golden and term-scale bounds computed, jsonl and md written.
 The parent (its ``main``) runs in this process; each batch is a fresh worker process of the script.
 """
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-SCRIPT = BENCHMARKS / "kernel_property.py"
 
-
-@pytest.fixture
-def kernel_property(monkeypatch):
-    """The script as a module (its folder on ``sys.path``, as when it runs)."""
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location("kernel_property", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def kernel_property(load_script):
+    return load_script("kernel_property")
 
 
 def test_cpu_smoke_run_writes_rows_and_summary(kernel_property, tmp_path):

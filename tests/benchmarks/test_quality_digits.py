@@ -5,29 +5,21 @@ exact CPU reference at N = 1024 takes ~90 s for one seed even at batch 4).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality_digits.py"
 TINY = ["--fp-steps", "2", "--qat-steps", "1", "--batch-size", "4", "--threads", "1"]
 TEST_IMAGES = 6
 
 
 @pytest.fixture(scope="module")
-def qd():
-    spec = importlib.util.spec_from_file_location("quality_digits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def qd(load_script):
+    return load_script("quality_digits")
 
 
 @pytest.fixture(autouse=True)

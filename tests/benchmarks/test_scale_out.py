@@ -3,27 +3,19 @@
 The driver runs in this process (its ``main``); every run it launches is a ``torchrun`` of the script's
 ``--worker`` mode in fresh processes, as on the GPUs.
 """
-import importlib.util
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale_out.py"
 STEPS = 12
 
 
 @pytest.fixture(scope="module")
-def scale_out():
-    spec = importlib.util.spec_from_file_location("scale_out", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def scale_out(load_script):
+    return load_script("scale_out")
 
 
 def run_driver(scale_out, out: Path, *extra: str) -> int:

@@ -1,23 +1,17 @@
 """``benchmarks/segmentation_digits.py`` on CPU: the smoke pipeline (table, ordering, PNG), workers, budget."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "segmentation_digits.py"
 METHODS = ["base", "sign_ste", "sign_stopgrad", "hamming"]
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("segmentation_digits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("segmentation_digits")
 
 
 @pytest.fixture(autouse=True)
