@@ -69,6 +69,8 @@ VARIANTS = [
     Variant("d64_dense", (8, 8, 1024, 64, 64), bias="dense", main=True),
     Variant("d64_mask", (8, 8, 1024, 64, 64), bias="mask", main=True),
     Variant("vit_table_token", (16, 6, 197, 64, 64), weighting="token", bias="table"),
+    Variant("d64_table_token", (8, 8, 4096, 64, 64), weighting="token", bias="table", main=True),
+    Variant("d64_table", (8, 8, 4096, 64, 64), bias="table"),
     Variant("d72_dit", (64, 16, 256, 72, 72), main=True),
     Variant("d80", (2, 4, 333, 80, 80)),
     Variant("d96", (2, 4, 130, 96, 96)),

@@ -1,13 +1,19 @@
 """Host (CPU) time of one bitlower forward call per path, beside its GPU time.
 
 Question: is a path host-bound inside a whole model? Each path is called ``--calls`` times back to
-back without synchronising; the wall time per call while the GPU queue keeps filling is the host
-cost (the queue is far from full at 100 calls). GPU time per call: ``triton.testing.do_bench``.
-Paths: the Gluon launcher (``launch_hopper_forward``), the same through its opaque operator
-(``torch.ops.bitlower.hopper_fwd``), and the public eager API (``bitlower.binary_attention``, the
-plan's kernels). Usage, on the GPU machine: ``python benchmarks/host_time.py --shape 32 6 1601 64``.
+back without synchronising; the wall time per call is the host cost while the GPU time per call is
+shorter (else the launch queue fills and the wall time is the GPU's: take a small ``--shape`` for the
+host time alone). GPU time per call: ``triton.testing.do_bench``. Paths: the Gluon launcher
+(``launch_hopper_forward``), the same through its opaque operator (``torch.ops.bitlower.hopper_fwd``), the
+public eager API (``bitlower.binary_attention``, the plan's kernels) and that call compiled
+(``fullgraph=True``), with the plan's forward and with ``forward="hopper"``. Usage, on the GPU machine:
+``python benchmarks/host_time.py --shape 32 6 1601 64``; ``--profile K`` adds the K functions with the most
+cumulative host time under ``cProfile`` per path (where the host time goes).
 """
 import argparse
+import cProfile
+import io
+import pstats
 import time
 
 import torch
@@ -15,6 +21,7 @@ from triton.testing import do_bench
 
 import bitlower
 from bitlower.codegen.hopper import launch_hopper_forward
+from bitlower.codegen.plan import KernelOptions
 from bitlower.source_hash import SOURCE_HASH
 from bitlower.spec import CallSpec
 
@@ -32,21 +39,39 @@ def host_us(fn, calls: int) -> float:
     return host
 
 
+def profile_table(fn, calls: int, top: int) -> str:
+    """``cProfile`` of ``calls`` unsynchronised calls: the ``top`` entries by cumulative time (us per call)."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        fn()
+    profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(top)
+    return text.getvalue()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=4, default=[32, 6, 1601, 64], metavar=("B", "H", "N", "D"))
     parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--profile", type=int, default=0, metavar="K", help="print cProfile's top K per path")
     args = parser.parse_args()
     bsz, heads, n, dim = args.shape
     gen = torch.Generator(device="cuda").manual_seed(0)
     qkv = torch.randn(bsz, n, 3, heads, dim, device="cuda", generator=gen).to(torch.bfloat16)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, D) views, as timm's attention
     spec = CallSpec(scale=dim ** -0.5)
+    hopper = KernelOptions(forward="hopper")  # one object: built per call, Dynamo would guard its fields each call
     paths = {
         "launch_hopper_forward": lambda: launch_hopper_forward(q, k, v, None, None, None, spec),
         "torch.ops.bitlower.hopper_fwd": lambda: torch.ops.bitlower.hopper_fwd(
             q, k, v, None, None, None, *spec.op_args(), spec.save_bits, True, SOURCE_HASH),
         "bitlower.binary_attention": lambda: bitlower.binary_attention(q, k, v),
+        "compiled, plan": torch.compile(lambda: bitlower.binary_attention(q, k, v), fullgraph=True),
+        "compiled, forward=hopper": torch.compile(lambda: bitlower.binary_attention(
+            q, k, v, kernel_options=hopper), fullgraph=True),
     }
     print(f"shape {tuple(args.shape)}, {torch.cuda.get_device_name()}, {args.calls} calls")
     print("| path | host us/call | GPU us/call |\n|---|---|---|")
@@ -55,6 +80,8 @@ def main() -> None:
             host = host_us(fn, args.calls)
             gpu = do_bench(fn, warmup=50, rep=200, return_mode="median") * 1e3
             print(f"| {name} | {host:.1f} | {gpu:.1f} |")
+        for name, fn in paths.items() if args.profile else ():
+            print(f"\n## {name}: cProfile, {args.calls} calls\n{profile_table(fn, args.calls, args.profile)}")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ Forward kernels (``ForwardPlan.kernel``):
 - ``"v2"``: the same kernel with ``SCALARS_GIVEN``: the tile-load stats pass, maxima precomputed, a table
   bias materialised densely; measured faster for mean_abs at power-of-two D and for every table bias
   (benchmarks/kernel_notes.md, rounds 2 and 4).
-- ``"hopper"``: the Gluon forward of ``codegen/hopper`` (compute capability 9.x), only when
-  ``KernelOptions(forward="hopper")`` asks for it and ``hopper_forward_unsupported`` accepts the call.
+- ``"hopper"``: the Gluon forward of ``codegen/hopper`` (compute capability 9.x, Triton 3.6): the default
+  (``auto_forward``) wherever ``hopper_forward_unsupported`` accepts the call, or asked for by
+  ``KernelOptions(forward="hopper")``.
 
 Backward kernels (``BackwardPlan.kernel``):
 - ``"tldot"``: the tl.dot kernels of ``codegen/backward_kernels.py`` (the portable path, every mode).
@@ -223,12 +224,19 @@ def _common_reason(call: CallFacts, spec, dims: dict[str, int]) -> str | None:
     return None
 
 
-def auto_forward(call: CallFacts, spec) -> str:
-    """The tl.dot forward measured faster for this call (benchmarks/kernel_notes.md, round 4).
+def auto_forward(call: CallFacts, spec, device: DeviceFacts | None = None) -> str:
+    """The forward measured faster for this call.
 
-    v2 for a table bias (1.2-4.8x over v1's gather) and for ``mean_abs`` at a power-of-two D (ViT-S 0.136
-    vs 0.144 ms, N 4096 0.611 vs 0.639); v1 at padded D (DiT D 72: 0.207 vs 0.226) and for 8-bit P.V.
+    ``"hopper"`` (the Gluon forward) on compute capability 9.x wherever it covers the call: faster than every
+    tl.dot forward at every shape measured on the H200 (``benchmarks/RESULTS.md``: 0.118 vs 0.124 ms at N 197,
+    0.140 vs 0.202 at DiT's D 72, 1.20-1.33x cuDNN at N >= 1680 where v2 is 0.93-1.05x). Else the tl.dot
+    forward (benchmarks/kernel_notes.md, round 4): v2 for a table bias (1.2-4.8x over v1's gather) and for
+    ``mean_abs`` at a power-of-two D (ViT-S 0.136 vs 0.144 ms, N 4096 0.611 vs 0.639); v1 at padded D (DiT D 72:
+    0.207 vs 0.226) and for 8-bit P.V.
     """
+    hopper_device = device is not None and device.cuda and device.capability is not None and device.capability[0] == 9
+    if hopper_device and _hopper_reason(call, spec, device) is None:
+        return "hopper"
     if spec.pv_quant != "none":
         return "v1"
     if spec.bias_kind == "table":
@@ -257,7 +265,7 @@ def plan_forward(call: CallFacts, spec, device: DeviceFacts, options: KernelOpti
         reason = "codegen table bias needs self-attention (N == M)"
     if reason is not None:
         return reason
-    kernel = auto_forward(call, spec) if options.forward == "auto" else options.forward
+    kernel = auto_forward(call, spec, device) if options.forward == "auto" else options.forward
     if kernel == "v2" and spec.pv_quant != "none":
         kernel = "v1"  # v2 has no 8-bit P.V
     if kernel == "hopper":

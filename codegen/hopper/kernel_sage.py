@@ -128,11 +128,11 @@ def _scaled(h, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M,
         beta = gl.load(bias_base + rows[:, None] * s_bn + cols[None, :] * s_bm, mask=keep, other=0.0)
         beta = beta.to(gl.float32)
         shift = gl.maximum(beta * LOG2E, beta * TINY + NEG_INIT)  # finfo.min * log2(e) stays finite
-    if BIAS == BIAS_TABLE:  # row i - column j indexes the head's extended table (self-attention: N == M)
-        keep = row_mask[:, None] & (cols < M)[None, :]
-        r_i = gl.load(bias_base + rows, mask=row_mask, other=0.0).to(gl.int32, bitcast=True)
-        c_j = gl.load(bias_base + M + cols, mask=cols < M, other=0.0).to(gl.int32, bitcast=True)
-        shift = gl.load(bias_base + 2 * M + (r_i[:, None] - c_j[None, :]), mask=keep, other=0.0)
+    if BIAS == BIAS_TABLE:  # ext[r_i - c_j] (self-attention: N == M); the operand is padded to the tiles: no masks
+        r_i = gl.load(bias_base + rows).to(gl.int32, bitcast=True)  # row terms at 0
+        neg_c = gl.load(bias_base + s_bn + cols).to(gl.int32, bitcast=True)  # -c_j at s_bn
+        row_ptrs = bias_base + s_bm + r_i  # the extended table at s_bm
+        shift = gl.load(row_ptrs[:, None] + neg_c[None, :])
     return f, scale, shift
 
 
@@ -141,7 +141,10 @@ def _static_scores(h, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_ma
                    MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, EVEN_M: gl.constexpr):
     """``x = s2 - m`` under the static maximum, one FFMA per score (+ beta2), masked as ``_mask_scores``."""
     f, scale, shift = _scaled(h, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, MEAN_ABS, BIAS)
-    x = gl.fma(f, scale, gl.zeros_like(f) + shift - m_i[:, None])
+    if BIAS == BIAS_TABLE or BIAS == BIAS_DENSE:  # a tile of shifts (0 + shift is not folded: -0.0)
+        x = gl.fma(f, scale, shift - m_i[:, None])
+    else:
+        x = gl.fma(f, scale, gl.zeros_like(f) + shift - m_i[:, None])
     return _mask_scores(x, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS, EVEN_M)
 
 
@@ -168,7 +171,10 @@ def _probs(h, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
     if ONLINE:
         f, scale, shift = _scaled(h, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, cols, M, MEAN_ABS,
                                   BIAS)
-        s = gl.fma(f, scale, gl.zeros_like(f) + shift)
+        if BIAS == BIAS_TABLE or BIAS == BIAS_DENSE:
+            s = gl.fma(f, scale, shift)
+        else:
+            s = gl.fma(f, scale, gl.zeros_like(f) + shift)
         s = _mask_scores(s, bias_base, s_bn, s_bm, rows, row_mask, cols, M, is_last, BIAS, EVEN_M)
         m_new = gl.maximum(m_i, gl.max(s, axis=1))
         alpha = gl.exp2(m_i - m_new)

@@ -57,49 +57,59 @@ def _dense_beta_max(bias: torch.Tensor, heads: int) -> torch.Tensor:
     return (mag.to(torch.float32).amax(dim=(0, 2, 3)) * LOG2E.value).expand(heads).contiguous()  # (H,)
 
 
-def table_rows_operand(table: torch.Tensor, grid: tuple[int, int, int], n: int) -> torch.Tensor:
-    """``(H, 2N + L)`` float32: per head, the row terms ``r_t`` and column terms ``c_t`` of the N tokens (int32 bit
-    patterns), then an extended table ``ext`` (log2 units) with ``ext[r_i - c_j] = table[index(i, j), h]``.
+def table_rows_operand(table: torch.Tensor, grid: tuple[int, int, int], n: int, rows_pad: int | None = None,
+                       cols_pad: int | None = None) -> torch.Tensor:
+    """``(H, NP + MP + L)`` float32: per head, the row terms ``r_t`` of NP rows, the negated column terms ``-c_t`` of
+    MP columns (both int32 bit patterns), then an extended table ``ext`` (log2 units) with
+    ``ext[r_i - c_j] = table[index(i, j), h]``. NP = ``rows_pad`` and MP = ``cols_pad`` (default N) are at least N:
+    the padding repeats token 0's terms, so every row and column a kernel tile holds gathers inside ``ext`` and
+    the kernel needs no masks.
 
     Patch tokens: ``r = term + C``, ``c = term`` with ``term = y (2 Gw - 1) + x`` and ``C = (Gh - 1)(2 Gw - 1) + Gw - 1``,
     so ``r_i - c_j`` is ``bitlower.relpos``' patch row in ``[0, R0)``, ``R0 = (2 Gh - 1)(2 Gw - 1)``. Prefix tokens
     take terms that land in three regions past R0 holding the prefix rows: ``[R0, R0 + C]`` (prefix query: row R0),
     ``[R0 + C + 1, R0 + 2 C + 1]`` (prefix key: row R0 + 1) and ``R0 + 2 C + 2 + C`` (both: row R0 + 2). One integer
-    subtraction and one gather per score, no selects (the kernel: ``kernel_sage._scaled``). L is about 10 Gh Gw
+    add and one gather per score, no selects (the kernel: ``kernel_sage._scaled``). L is about 10 Gh Gw
     (160 KB per head at a 64 x 64 grid); one 64 x 64 tile reads about 2 x 64 neighbouring entries of it.
     """
     grid_h, grid_w, prefix = grid
+    rows_pad, cols_pad = rows_pad or n, cols_pad or n
+    if rows_pad < n or cols_pad < n:
+        raise ValueError(f"rows_pad and cols_pad must be >= N = {n}, got {rows_pad}, {cols_pad}")
     width = 2 * grid_w - 1
     r0, c0 = (2 * grid_h - 1) * width, (grid_h - 1) * width + grid_w - 1
     span = c0 + 1  # patch terms are in [0, span)
-    t = torch.arange(n, device=table.device)
+    t = torch.arange(max(rows_pad, cols_pad), device=table.device)
+    t = torch.where(t < n, t, torch.zeros_like(t))  # padding: token 0's terms
     patch = (t - prefix).clamp(min=0)
-    term = (patch // grid_w) * width + patch % grid_w  # (N,)
+    term = (patch // grid_w) * width + patch % grid_w
     is_prefix = t < prefix
-    row_terms = torch.where(is_prefix, r0 + span - 1, term + c0)
-    col_terms = torch.where(is_prefix, c0 - r0 - span, term)
+    row_terms = torch.where(is_prefix, r0 + span - 1, term + c0)[:rows_pad]
+    col_terms = torch.where(is_prefix, c0 - r0 - span, term)[:cols_pad]
     heads = table.shape[1]
     values = table.to(torch.float32).t() * LOG2E.value  # (H, R0 + 3)
     ext = values[:, r0 + 2:r0 + 3].expand(heads, r0 + 2 * span + c0 + 1).clone()  # prefix -> prefix fills the tail
     ext[:, :r0] = values[:, :r0]
     ext[:, r0:r0 + span] = values[:, r0:r0 + 1]  # prefix query -> patch key
     ext[:, r0 + span:r0 + 2 * span] = values[:, r0 + 1:r0 + 2]  # patch query -> prefix key
-    terms = torch.cat([row_terms, col_terms]).to(torch.int32).view(torch.float32)  # (2N,) bit patterns
-    return torch.cat([terms.expand(heads, 2 * n), ext], dim=1).contiguous()  # (H, 2N + L)
+    terms = torch.cat([row_terms, -col_terms]).to(torch.int32).view(torch.float32)  # (NP + MP,) bit patterns
+    return torch.cat([terms.expand(heads, rows_pad + cols_pad), ext], dim=1).contiguous()
 
 
-def hopper_bias(bias, spec, shape4):
+def hopper_bias(bias, spec, shape4, pads: tuple[int, int]):
     """``(code, tensor, strides, beta_max, static_ok)`` of the bias as the kernel reads it.
 
-    A table bias is gathered in the kernel from ``table_rows_operand`` (strides ``(0, 2N + L, 0, 0)``: no
-    ``(H, N, N)`` tensor); a caller's dense bias gets a per-head bound when it is shared over the batch (one pass
+    A table bias is gathered in the kernel from ``table_rows_operand`` padded to ``pads`` (the rows and columns
+    the launch's tiles cover), strides ``(0, NP + MP + L, NP, NP + MP)``: the head, then the offsets of the column
+    terms and of the extended table (no ``(H, N, N)`` tensor); a caller's dense bias gets a per-head bound when it is shared over the batch (one pass
     over the bias tensor itself), else the kernel runs the running maximum (``static_ok`` False).
     """
     bsz, heads, n, m = shape4
     if spec.bias_kind == "table":
         beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E.value).contiguous()  # (H,)
-        rows = table_rows_operand(bias, spec.grid, n)
-        return BIAS_CODES["table"], rows, (0, rows.stride(0), 0, 0), beta_max, True
+        rows_pad, cols_pad = pads
+        rows = table_rows_operand(bias, spec.grid, n, rows_pad, cols_pad)
+        return BIAS_CODES["table"], rows, (0, rows.stride(0), rows_pad, rows_pad + cols_pad), beta_max, True
     operand = bias_operand(bias, spec, shape4)
     if spec.bias_kind == "dense":
         shared = bias.numel() <= heads * n * m
@@ -133,12 +143,13 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     f32 = dict(dtype=torch.float32, device=q.device)
     a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else a_rows
     b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else b_rows
-    code, beta, strides, beta_max, static_ok = hopper_bias(bias, spec, (bsz, heads, n, m))
+    cfg = config or hopper_config(n, dim, dim_v)
+    pads = (-(-n // cfg.rows_per_cta) * cfg.rows_per_cta, -(-m // cfg.block_m) * cfg.block_m)
+    code, beta, strides, beta_max, static_ok = hopper_bias(bias, spec, (bsz, heads, n, m), pads)
     out = new_output(bsz, heads, n, dim_v, like=v)  # (B, N, H, Dv) storage, as SDPA's
     lse = torch.empty(bsz, heads, n, **f32)
     row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
     v = tma_readable(v)
-    cfg = config or hopper_config(n, dim, dim_v)
     kc, nkc = sign_chunks(dim)
     dp = q_signs.shape[-1]
     q_desc = _descriptor(q_signs.view(bsz * heads, n, dp), [1, cfg.block_n, kc])

@@ -14,21 +14,28 @@ from bitlower.codegen.hopper.launcher import table_rows_operand
 from bitlower.relpos import relative_position_index, table_rows
 
 
+@pytest.mark.parametrize("pads", [(0, 0), (64, 128)], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("grid", [(14, 14, 1), (3, 5, 0), (1, 1, 2), (4, 2, 3), (32, 32, 1), (7, 1, 1)], ids=str)
-def test_every_pair_gathers_its_table_row(grid):
+def test_every_pair_gathers_its_table_row(grid, pads):
     grid_h, grid_w, prefix = grid
     n, heads = prefix + grid_h * grid_w, 3
+    rows_pad, cols_pad = (n + extra for extra in pads)  # a launch's tiles cover rows and columns past N
     table = torch.randn(table_rows(grid_h, grid_w), heads, dtype=torch.bfloat16)
-    operand = table_rows_operand(table, grid, n)  # (H, 2N + L)
+    operand = table_rows_operand(table, grid, n, rows_pad, cols_pad)  # (H, NP + MP + L)
     assert operand.dtype == torch.float32 and operand.shape[0] == heads and operand.is_contiguous()
-    r = operand[:, :n].view(torch.int32).long()  # (H, N)
-    c = operand[:, n:2 * n].view(torch.int32).long()
-    ext = operand[:, 2 * n:]
-    idx = r[:, :, None] - c[:, None, :]  # (H, N, N)
+    r = operand[:, :rows_pad].view(torch.int32).long()  # (H, NP)
+    neg_c = operand[:, rows_pad:rows_pad + cols_pad].view(torch.int32).long()  # (H, MP)
+    ext = operand[:, rows_pad + cols_pad:]
+    idx = r[:, :, None] + neg_c[:, None, :]  # (H, NP, MP): what the kernel gathers, padding included, unmasked
     assert idx.min() >= 0 and idx.max() < ext.shape[1]
-    got = torch.gather(ext, 1, idx.reshape(heads, -1)).reshape(heads, n, n)
+    got = torch.gather(ext, 1, idx.reshape(heads, -1)).reshape(heads, rows_pad, cols_pad)[:, :n, :n]
     want = table.float()[relative_position_index(grid_h, grid_w, prefix)].permute(2, 0, 1) * math.log2(math.e)
     assert torch.equal(got, want)  # the same float32 products: exact
+
+
+def test_pads_shorter_than_the_sequence_are_refused():
+    with pytest.raises(ValueError, match="rows_pad and cols_pad must be >= N"):
+        table_rows_operand(torch.zeros(table_rows(2, 2), 1), (2, 2, 0), 4, 3, 4)
 
 
 def test_length_is_linear_in_the_grid():
