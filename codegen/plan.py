@@ -15,8 +15,8 @@ Forward kernels (``ForwardPlan.kernel``):
   bias materialised densely; measured faster for mean_abs at power-of-two D and for every table bias
   (benchmarks/kernel_notes.md, rounds 2 and 4).
 - ``"hopper"``: the Gluon forward of ``codegen/hopper`` (compute capability 9.x, Triton 3.6): the default
-  (``auto_forward``) wherever ``hopper_forward_unsupported`` accepts the call, or asked for by
-  ``KernelOptions(forward="hopper")``.
+  (``auto_forward``) at D = Dv in 64, 128 wherever ``hopper_forward_unsupported`` accepts the call, or asked
+  for by ``KernelOptions(forward="hopper")`` (any D it covers).
 
 Backward kernels (``BackwardPlan.kernel``):
 - ``"tldot"``: the tl.dot kernels of ``codegen/backward_kernels.py`` (the portable path, every mode).
@@ -46,6 +46,7 @@ BACKWARD_CHOICES = ("auto", "tldot", "hopper")  # auto: auto_backward; tldot: th
 # 14.35 (session 9); at N <= 1680 the tl.dot backward was faster (0.43-0.47 vs 0.44-0.67 hamming, 0.84-0.89
 # vs 0.97-1.36 ste).
 HOPPER_BACKWARD_MIN_KEYS = 4096
+HOPPER_AUTO_DIMS = (64, 128)  # head dims (D = Dv) at which the Gluon forward is the default on sm_90 (auto_forward)
 HOPPER_BACKWARD_MAX_AUTO_DIM = 128
 
 
@@ -227,15 +228,19 @@ def _common_reason(call: CallFacts, spec, dims: dict[str, int]) -> str | None:
 def auto_forward(call: CallFacts, spec, device: DeviceFacts | None = None) -> str:
     """The forward measured faster for this call.
 
-    ``"hopper"`` (the Gluon forward) on compute capability 9.x wherever it covers the call: faster than every
-    tl.dot forward at every shape measured on the H200 (``benchmarks/RESULTS.md``: 0.118 vs 0.124 ms at N 197,
-    0.140 vs 0.202 at DiT's D 72, 1.20-1.33x cuDNN at N >= 1680 where v2 is 0.93-1.05x). Else the tl.dot
-    forward (benchmarks/kernel_notes.md, round 4): v2 for a table bias (1.2-4.8x over v1's gather) and for
+    ``"hopper"`` (the Gluon forward) on compute capability 9.x at D = Dv in ``HOPPER_AUTO_DIMS`` wherever it
+    covers the call: as kernels faster than every tl.dot forward at every shape measured on the H200
+    (``benchmarks/RESULTS.md``: 0.118 vs 0.124 ms at N 197, 1.20-1.33x cuDNN at N >= 1680 where v2 is
+    0.93-1.05x), and in whole timm ViTs (session 14, ``e2e_speed.py``: ViT-B/16 1024 1.09x Inductor, ViT-S/8 320
+    1.04x, ViT-S/16 224 0.96x, against 1.03x / 1.00x / 0.94x with the tl.dot forward). Not at DiT's D 72: the
+    kernel is faster (0.140 vs 0.202 ms) but DiT-XL/2 256 ran 0.26x Inductor with it (1.06x with tl.dot),
+    not yet explained (kernel_notes.md, session 14). Else the tl.dot forward (benchmarks/kernel_notes.md, round 4): v2 for a table bias (1.2-4.8x over v1's gather) and for
     ``mean_abs`` at a power-of-two D (ViT-S 0.136 vs 0.144 ms, N 4096 0.611 vs 0.639); v1 at padded D (DiT D 72:
     0.207 vs 0.226) and for 8-bit P.V.
     """
     hopper_device = device is not None and device.cuda and device.capability is not None and device.capability[0] == 9
-    if hopper_device and _hopper_reason(call, spec, device) is None:
+    measured = call.dim == call.dim_v and call.dim in HOPPER_AUTO_DIMS
+    if hopper_device and measured and _hopper_reason(call, spec, device) is None:
         return "hopper"
     if spec.pv_quant != "none":
         return "v1"

@@ -205,3 +205,21 @@ def test_compiled_hopper_forward_feeds_the_backward(helpers):
     default = bitlower.binary_attention(q, k, v)  # the tl.dot forward, the same backward
     (dq_default,) = torch.autograd.grad(default, (q,), torch.ones_like(default))
     assert helpers.rel_err(dq_eager, dq_default) <= 1e-2
+
+
+@pytest.mark.gpu
+def test_the_default_plan_runs_the_gluon_forward_on_sm90(helpers):
+    """D = Dv = 64, bf16, on an sm_90 GPU with Triton 3.6: the plan's default forward is the Gluon kernel."""
+    q, k, v, a, b, bias, spec = helpers.make_call(2, 3, 197, 197, 64, 64, dtype=torch.bfloat16, device="cuda")
+    if isinstance(plan_forward(CallFacts.of(q, k, v), spec, DeviceFacts.of(q.device), KernelOptions(forward="hopper")),
+                  str):
+        pytest.skip("this GPU or Triton does not run the Gluon forward")
+    launches = []
+    original = launcher._launch
+    count = lambda kernel, grid, args, kwargs: (launches.append(grid), original(kernel, grid, args, kwargs))  # noqa: E731
+    with mock.patch.object(launcher, "_launch", count):
+        out = bitlower.binary_attention(q, k, v)
+    assert len(launches) == 1
+    ref64 = reference.forward(q.double(), k.double(), v.double(), None, None, None, spec)[0]
+    ref_lp = reference.forward(q, k, v, None, None, None, spec)[0]
+    assert helpers.rel_err(out, ref64) <= 3 * helpers.rel_err(ref_lp, ref64) + 1e-6
