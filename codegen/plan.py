@@ -47,6 +47,11 @@ BACKWARD_CHOICES = ("auto", "tldot", "hopper")  # auto: auto_backward; tldot: th
 # vs 0.97-1.36 ste).
 HOPPER_BACKWARD_MIN_KEYS = 4096
 HOPPER_AUTO_DIMS = (64, 128)  # head dims (D = Dv) at which the Gluon forward is the default on sm_90 (auto_forward)
+# Score work (B H N M D) below which the plan keeps the tl.dot forward on sm_90: the Gluon forward is launched from
+# Python inside an opaque operator (~0.4 ms of host time per call on the H200 machine, session 14), while Inductor
+# launches the tl.dot kernels itself. DiT-XL/2 256 (B 16, H 16, N 256, D 72: 1.2e9 per call, 0.37 ms of GPU time per
+# block) ran 0.26x Inductor with the Gluon forward; ViT-S/16 224 (3.8e9) 0.96x, ViT-S/8 320 (3.1e10) 1.04x.
+HOPPER_AUTO_MIN_WORK = 2**31
 HOPPER_BACKWARD_MAX_AUTO_DIM = 128
 
 
@@ -228,18 +233,22 @@ def _common_reason(call: CallFacts, spec, dims: dict[str, int]) -> str | None:
 def auto_forward(call: CallFacts, spec, device: DeviceFacts | None = None) -> str:
     """The forward measured faster for this call.
 
-    ``"hopper"`` (the Gluon forward) on compute capability 9.x at D = Dv in ``HOPPER_AUTO_DIMS`` wherever it
-    covers the call: as kernels faster than every tl.dot forward at every shape measured on the H200
-    (``benchmarks/RESULTS.md``: 0.118 vs 0.124 ms at N 197, 1.20-1.33x cuDNN at N >= 1680 where v2 is
-    0.93-1.05x), and in whole timm ViTs (session 14, ``e2e_speed.py``: ViT-B/16 1024 1.09x Inductor, ViT-S/8 320
-    1.04x, ViT-S/16 224 0.96x, against 1.03x / 1.00x / 0.94x with the tl.dot forward). Not at DiT's D 72: the
-    kernel is faster (0.140 vs 0.202 ms) but DiT-XL/2 256 ran 0.26x Inductor with it (1.06x with tl.dot),
-    not yet explained (kernel_notes.md, session 14). Else the tl.dot forward (benchmarks/kernel_notes.md, round 4): v2 for a table bias (1.2-4.8x over v1's gather) and for
-    ``mean_abs`` at a power-of-two D (ViT-S 0.136 vs 0.144 ms, N 4096 0.611 vs 0.639); v1 at padded D (DiT D 72:
-    0.207 vs 0.226) and for 8-bit P.V.
+    ``"hopper"`` (the Gluon forward) on compute capability 9.x at D = Dv in ``HOPPER_AUTO_DIMS`` and at least
+    ``HOPPER_AUTO_MIN_WORK`` score work per call, wherever it covers the call: as kernels faster than every tl.dot
+    forward at every shape measured on the H200 (``benchmarks/RESULTS.md``: 0.118 vs 0.124 ms at N 197,
+    1.20-1.33x cuDNN at N >= 1680 where v2 is 0.93-1.05x), and in whole timm ViTs (session 14, ``e2e_speed.py``:
+    ViT-B/16 1024 1.09x Inductor, ViT-S/8 320 1.04x, ViT-S/16 224 0.96x, against 1.03x / 1.00x / 0.94x with the
+    tl.dot forward). Not at DiT's D 72: the kernel is faster (0.140 vs 0.202 ms) but DiT-XL/2 256 ran 0.26x
+    Inductor with it (1.06x with tl.dot), most likely host-bound (kernel_notes.md, session 14).
+
+    Else the tl.dot forward (benchmarks/kernel_notes.md, round 4): v2 for a table bias (1.2-4.8x over v1's
+    gather) and for ``mean_abs`` at a power-of-two D (ViT-S 0.136 vs 0.144 ms, N 4096 0.611 vs 0.639); v1 at
+    padded D (DiT D 72: 0.207 vs 0.226) and for 8-bit P.V.
     """
-    hopper_device = device is not None and device.cuda and device.capability is not None and device.capability[0] == 9
-    measured = call.dim == call.dim_v and call.dim in HOPPER_AUTO_DIMS
+    hopper_device = (device is not None and device.cuda and device.capability is not None
+                     and device.capability[0] == 9)
+    work = call.batch * call.heads * call.n * call.m * call.dim
+    measured = call.dim == call.dim_v and call.dim in HOPPER_AUTO_DIMS and work >= HOPPER_AUTO_MIN_WORK
     if hopper_device and measured and _hopper_reason(call, spec, device) is None:
         return "hopper"
     if spec.pv_quant != "none":

@@ -72,28 +72,39 @@ def table_rows_operand(table: torch.Tensor, grid: tuple[int, int, int], n: int, 
     add and one gather per score, no selects (the kernel: ``kernel_sage._scaled``). L is about 10 Gh Gw
     (160 KB per head at a 64 x 64 grid); one 64 x 64 tile reads about 2 x 64 neighbouring entries of it.
     """
-    grid_h, grid_w, prefix = grid
     rows_pad, cols_pad = rows_pad or n, cols_pad or n
     if rows_pad < n or cols_pad < n:
         raise ValueError(f"rows_pad and cols_pad must be >= N = {n}, got {rows_pad}, {cols_pad}")
+    terms, source = _table_layout(tuple(grid), n, rows_pad, cols_pad, table.device)
+    heads, width = table.shape[1], rows_pad + cols_pad
+    operand = torch.empty(heads, width + source.numel(), dtype=torch.float32, device=table.device)
+    operand[:, :width] = terms
+    torch.mul(table.t().to(torch.float32).index_select(1, source), LOG2E.value, out=operand[:, width:])
+    return operand
+
+
+@functools.lru_cache(maxsize=64)
+def _table_layout(grid: tuple[int, int, int], n: int, rows_pad: int, cols_pad: int, device: torch.device):
+    """``(terms, source)`` of ``table_rows_operand``, which do not depend on the table's values: ``terms``
+    ``(NP + MP,)`` float32 holding the int32 row terms and negated column terms, ``source`` ``(L,)`` int64 the
+    table row each ``ext`` entry copies (cached: the operand is then one copy and one gather per call)."""
+    grid_h, grid_w, prefix = grid
     width = 2 * grid_w - 1
     r0, c0 = (2 * grid_h - 1) * width, (grid_h - 1) * width + grid_w - 1
     span = c0 + 1  # patch terms are in [0, span)
-    t = torch.arange(max(rows_pad, cols_pad), device=table.device)
+    t = torch.arange(max(rows_pad, cols_pad), device=device)
     t = torch.where(t < n, t, torch.zeros_like(t))  # padding: token 0's terms
     patch = (t - prefix).clamp(min=0)
     term = (patch // grid_w) * width + patch % grid_w
     is_prefix = t < prefix
     row_terms = torch.where(is_prefix, r0 + span - 1, term + c0)[:rows_pad]
     col_terms = torch.where(is_prefix, c0 - r0 - span, term)[:cols_pad]
-    heads = table.shape[1]
-    values = table.to(torch.float32).t() * LOG2E.value  # (H, R0 + 3)
-    ext = values[:, r0 + 2:r0 + 3].expand(heads, r0 + 2 * span + c0 + 1).clone()  # prefix -> prefix fills the tail
-    ext[:, :r0] = values[:, :r0]
-    ext[:, r0:r0 + span] = values[:, r0:r0 + 1]  # prefix query -> patch key
-    ext[:, r0 + span:r0 + 2 * span] = values[:, r0 + 1:r0 + 2]  # patch query -> prefix key
-    terms = torch.cat([row_terms, -col_terms]).to(torch.int32).view(torch.float32)  # (NP + MP,) bit patterns
-    return torch.cat([terms.expand(heads, rows_pad + cols_pad), ext], dim=1).contiguous()
+    source = torch.full((r0 + 2 * span + c0 + 1,), r0 + 2, device=device)  # prefix -> prefix fills the tail
+    source[:r0] = torch.arange(r0, device=device)
+    source[r0:r0 + span] = r0  # prefix query -> patch key
+    source[r0 + span:r0 + 2 * span] = r0 + 1  # patch query -> prefix key
+    terms = torch.cat([row_terms, -col_terms]).to(torch.int32).view(torch.float32)  # bit patterns
+    return terms, source
 
 
 def hopper_bias(bias, spec, shape4, pads: tuple[int, int]):
@@ -101,14 +112,15 @@ def hopper_bias(bias, spec, shape4, pads: tuple[int, int]):
 
     A table bias is gathered in the kernel from ``table_rows_operand`` padded to ``pads`` (the rows and columns
     the launch's tiles cover), strides ``(0, NP + MP + L, NP, NP + MP)``: the head, then the offsets of the column
-    terms and of the extended table (no ``(H, N, N)`` tensor); a caller's dense bias gets a per-head bound when it is shared over the batch (one pass
-    over the bias tensor itself), else the kernel runs the running maximum (``static_ok`` False).
+    terms and of the extended table (no ``(H, N, N)`` tensor). A caller's dense bias gets a per-head bound when it
+    is shared over the batch (one pass over the bias tensor itself), else the kernel runs the running maximum
+    (``static_ok`` False).
     """
     bsz, heads, n, m = shape4
     if spec.bias_kind == "table":
-        beta_max = (bias.to(torch.float32).abs().amax(dim=0) * LOG2E.value).contiguous()  # (H,)
         rows_pad, cols_pad = pads
         rows = table_rows_operand(bias, spec.grid, n, rows_pad, cols_pad)
+        beta_max = rows[:, rows_pad + cols_pad:].abs().amax(dim=1)  # (H,) max |beta2|: ext holds every table row
         return BIAS_CODES["table"], rows, (0, rows.stride(0), rows_pad, rows_pad + cols_pad), beta_max, True
     operand = bias_operand(bias, spec, shape4)
     if spec.bias_kind == "dense":

@@ -209,8 +209,8 @@ def test_compiled_hopper_forward_feeds_the_backward(helpers):
 
 @pytest.mark.gpu
 def test_the_default_plan_runs_the_gluon_forward_on_sm90(helpers):
-    """D = Dv = 64, bf16, on an sm_90 GPU with Triton 3.6: the plan's default forward is the Gluon kernel."""
-    q, k, v, a, b, bias, spec = helpers.make_call(2, 3, 197, 197, 64, 64, dtype=torch.bfloat16, device="cuda")
+    """D = Dv = 64, bf16, 2**31 score work, on an sm_90 GPU with Triton 3.6: the default forward is the Gluon kernel."""
+    q, k, v, a, b, bias, spec = helpers.make_call(4, 8, 1024, 1024, 64, 64, dtype=torch.bfloat16, device="cuda")
     if isinstance(plan_forward(CallFacts.of(q, k, v), spec, DeviceFacts.of(q.device), KernelOptions(forward="hopper")),
                   str):
         pytest.skip("this GPU or Triton does not run the Gluon forward")

@@ -44,3 +44,17 @@ def test_length_is_linear_in_the_grid():
     n = 1 + 64 * 64
     operand = table_rows_operand(torch.zeros(table_rows(64, 64), 2), grid, n)
     assert operand.shape[1] < 2 * n + 10 * 64 * 64
+
+
+def test_the_table_bound_is_the_largest_table_entry_per_head():
+    """``hopper_bias`` reads max |beta2| per head off the operand's extended table: every table row is in it."""
+    from bitlower.codegen.hopper.launcher import hopper_bias
+    from bitlower.spec import CallSpec
+
+    grid, heads = (5, 4, 1), 3
+    n = 1 + 5 * 4
+    table = torch.randn(table_rows(5, 4), heads, dtype=torch.bfloat16)
+    table[-1, 1] = -40.0  # the prefix -> prefix row holds head 1's largest magnitude
+    spec = CallSpec(scale=0.125, bias_kind="table", grid=grid)
+    *_, beta_max, static_ok = hopper_bias(table, spec, (2, heads, n, n), (64, 64))
+    assert static_ok and torch.equal(beta_max, table.float().abs().amax(dim=0) * math.log2(math.e))

@@ -17,6 +17,11 @@ def _call(dim=64, dim_v=None, n=197, dtype=torch.bfloat16):
     return CallFacts(2, 3, n, n, dim, dim_v or dim, dtype, 2 * 3 * n * 256, False)
 
 
+def _big(dim, dim_v=None):
+    """A call above ``plan.HOPPER_AUTO_MIN_WORK``: (16, 8, 4096, 4096)."""
+    return CallFacts(16, 8, 4096, 4096, dim, dim_v or dim, torch.bfloat16, 16 * 8 * 4096 * 256, False)
+
+
 def test_measured_choice_and_overrides():
     spec = CallSpec(scale=0.125)
     assert plan_forward(_call(64), spec, H100).kernel == "v2"  # mean_abs at a power-of-two D
@@ -60,9 +65,9 @@ def test_hopper_forward_is_asked_for_and_gated_by_capability(monkeypatch):
     monkeypatch.setattr(support, "gluon_unavailable", lambda version=None: None if version == "3.6.0" else "?")
     got = plan_forward(_call(64), spec, H100, hopper)  # its tiles (the tl.dot table's) are not read
     assert (got.kernel, got.dot, got.static_max) == ("hopper", configs.DOT_BF16, True)
-    for call in (_call(64), _call(128)):  # the default at the measured head dims where it covers the call
+    for call in (_big(64), _big(128)):  # the default at the measured head dims where it covers the call
         assert plan_forward(call, spec, H100).kernel == "hopper"
-    for call in (_call(72), _call(128, 64)):  # D 72: DiT measured slower; D != Dv: unmeasured
+    for call in (_call(64), _big(72), _big(128, 64)):  # small work: host-bound; D 72: DiT slower; D != Dv: unmeasured
         assert plan_forward(call, spec, H100).kernel in ("v1", "v2")
         assert plan_forward(call, spec, H100, hopper).kernel == "hopper"  # still there when asked for
     assert plan_forward(_call(64, dtype=torch.float32), spec, H100).kernel in ("v1", "v2")
