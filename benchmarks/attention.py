@@ -29,16 +29,14 @@ import time
 
 import torch
 
-from bench_common import bar_plot, bench, guarded, poison, write_report
+from bench_common import TABLE_GRIDS as GRIDS, bar_plot, bench, guarded, poison, table_token_inputs, write_report
 
 SHAPES = [(256, 6, 197, 64), (64, 16, 256, 72), (32, 6, 1024, 64), (12, 6, 1680, 64), (8, 8, 4096, 64),
           (4, 16, 4096, 128), (1, 16, 16384, 64)]
-GRIDS = {197: (14, 14, 1), 256: (16, 16, 0), 1024: (32, 32, 0), 1680: (40, 42, 0), 4096: (64, 64, 0),
-         16384: (128, 128, 0)}  # patch grids (Gh, Gw, prefix) giving each N, for the table bias
 log = logging.getLogger("bench")
 
 
-_bench, _guarded, _poison = bench, guarded, poison  # benchmarks/bench_common.py
+_bench, _guarded, _poison, _table_token_inputs = bench, guarded, poison, table_token_inputs  # bench_common.py
 
 
 def _check(run, shape, spec, table_token: bool) -> float:
@@ -76,17 +74,6 @@ def _variant(rows: dict, checks: dict, name: str, run, shape, spec, table_token=
         log.warning("%s FAILS its correctness check (err / bound = %.3g): not timed", name, ratio)
         return
     _guarded(rows, name, lambda: run(*bench_args))
-
-
-def _table_token_inputs(shape):
-    from bitlower.relpos import table_rows
-
-    bsz, heads, n, dim = shape
-    grid = GRIDS[n]
-    table = 0.02 * torch.randn(table_rows(grid[0], grid[1]), heads, device="cuda", dtype=torch.bfloat16)
-    a = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
-    b = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
-    return a, b, table
 
 
 def _v2_forward_rows(shape, rows: dict, checks: dict, sweep: bool) -> None:

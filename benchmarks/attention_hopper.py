@@ -7,8 +7,12 @@ times every row with ``triton.testing.do_bench`` medians (``--graph``: ``do_benc
 without the host's launch cost, as ``attention.py``). Ratio = fastest SDPA backend time / row time
 (> 1: faster than the fastest SDPA). The Gluon rows include the stats pass (what the operator runs).
 
+``--table-token``: the bitlower rows take a relative-position table bias (``bench_common.TABLE_GRIDS``) and token
+weighting instead of mean_abs, and SDPA also runs given the same table as a dense ``(1, H, N, N)`` bias
+(``biased_sdpa_*``, built outside the timing); the ratio stays against the fastest SDPA without a bias.
+
     python benchmarks/attention_hopper.py [--shapes 0 1 2] [--extra 2,16,8192,64]
-        [--configs 64x128x2 128x64x2 64x64x2x1] [--no-flex] [--graph] [--out DIR]
+        [--configs 64x128x2 128x64x2 64x64x2x1] [--no-flex] [--graph] [--table-token] [--out DIR]
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import torch
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from bench_common import TABLE_GRIDS, table_token_inputs
 from bitlower import reference
 from bitlower.codegen.hopper import HopperConfig, hopper_tensors_unsupported, launch_hopper_forward
 from bitlower.spec import CallSpec
@@ -35,36 +40,44 @@ def _rel(x, ref) -> float:
     return float("inf") if torch.isnan(x).any() else float((x - ref).norm() / ref.norm())
 
 
-def checked(run, q, k, v, spec) -> str | None:
-    """None if ``run``'s output on the (1, 2) slice is within 3x the bf16 reference's own error, else why."""
+def checked(run, q, k, v, spec, extra=(None, None, None)) -> str | None:
+    """None if ``run``'s output on the (1, 2) slice is within 3x the bf16 reference's own error, else why.
+    ``extra``: the call's ``(a, b, bias)`` (a table bias is ``(rows, H)``: its first two heads are taken)."""
     out = run()[0][:1, :2]
-    qs, ks, vs = (x[:1, :2] for x in (q, k, v))
-    ref64 = reference.forward(qs.double(), ks.double(), vs.double(), None, None, None, spec)[0]
-    ref_lp = reference.forward(qs, ks, vs, None, None, None, spec)[0]
+    a, b, bias = extra
+    cut = lambda t: None if t is None else (t[:, :2] if t.dim() == 2 else t[:1, :2])  # noqa: E731
+    args = [cut(t) for t in (q, k, v, a, b, bias)]
+    ref64 = reference.forward(*[None if t is None else t.double() for t in args], spec)[0]
+    ref_lp = reference.forward(*args, spec)[0]
     err, bound = _rel(out, ref64), 3 * _rel(ref_lp, ref64) + 1e-6
     return None if err <= bound else f"FAIL (err {err:.2e} > {bound:.2e})"
 
 
-def bitlower_rows(q, k, v, spec, configs):
-    """``{name: callable}`` of the Gluon forward (table config, each --configs, online) and the v2 forward."""
-    rows = {"gluon": lambda: launch_hopper_forward(q, k, v, None, None, None, spec)}
+def bitlower_rows(q, k, v, spec, configs, extra=(None, None, None)):
+    """``{name: callable}`` of the Gluon forward (table config, each --configs, online) and the v2 forward;
+    ``extra``: the call's ``(a, b, bias)``."""
+    rows = {"gluon": lambda: launch_hopper_forward(q, k, v, *extra, spec)}
     for text in configs:
         cfg = HopperConfig(*map(int, text.split("x")))
-        rows[f"gluon@{text}"] = lambda cfg=cfg: launch_hopper_forward(q, k, v, None, None, None, spec, config=cfg)
-    rows["gluon_online"] = lambda: launch_hopper_forward(q, k, v, None, None, None, spec, static_max=False)
+        rows[f"gluon@{text}"] = lambda cfg=cfg: launch_hopper_forward(q, k, v, *extra, spec, config=cfg)
+    rows["gluon_online"] = lambda: launch_hopper_forward(q, k, v, *extra, spec, static_max=False)
     from bitlower.codegen import forward
-    rows["tl_dot_v2"] = lambda: forward(q, k, v, None, None, None, spec, variant="v2")  # the plan's v2 row
+    rows["tl_dot_v2"] = lambda: forward(q, k, v, *extra, spec, variant="v2")  # the plan's v2 row
     return rows
 
 
-def peer_rows(q, k, v, scale, flex_row: bool = True):
-    """``{name: callable}`` of the SDPA backends, FlexAttention and SageAttention (when importable)."""
-    def sdpa(backend):
+def peer_rows(q, k, v, scale, flex_row: bool = True, dense_bias=None):
+    """``{name: callable}`` of the SDPA backends, FlexAttention and SageAttention (when importable); with
+    ``dense_bias`` also cuDNN and efficient SDPA given it as ``attn_mask`` (``biased_sdpa_*``)."""
+    def sdpa(backend, mask=None):
         def run():
             with sdpa_kernel([backend]):
-                return (torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale),)
+                return (torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale),)
         return run
     rows = {name: sdpa(backend) for name, backend in SDPA.items()}
+    if dense_bias is not None:
+        for name in ("sdpa_cudnn", "sdpa_efficient"):
+            rows[f"biased_{name}"] = sdpa(SDPA[name], dense_bias)
     if flex_row:
         from torch.nn.attention.flex_attention import flex_attention
         flex = torch.compile(flex_attention)
@@ -77,22 +90,30 @@ def peer_rows(q, k, v, scale, flex_row: bool = True):
     return rows
 
 
-def bench_shape(shape, configs, rep: int, graph: bool = False, flex_row: bool = True):
+def bench_shape(shape, configs, rep: int, graph: bool = False, flex_row: bool = True, table_token: bool = False):
     bsz, heads, n, dim = shape
     gen = torch.Generator(device="cuda").manual_seed(n * dim + bsz)
     q, k, v = (torch.randn(bsz, heads, n, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
+    extra, dense_bias = (None, None, None), None
     spec = CallSpec(scale=dim ** -0.5, weighting="mean_abs", save_bits=False)
-    reason = hopper_tensors_unsupported(q, k, v, None, None, None, spec)
+    if table_token:
+        from bitlower.relpos import relative_position_index
+
+        extra = table_token_inputs(shape)
+        grid = TABLE_GRIDS[n]
+        spec = CallSpec(scale=dim ** -0.5, weighting="token", bias_kind="table", grid=grid, save_bits=False)
+        dense_bias = extra[2][relative_position_index(*grid, device="cuda")].permute(2, 0, 1).unsqueeze(0).contiguous()
+    reason = hopper_tensors_unsupported(q, k, v, *extra, spec)
     times, notes = {}, {}
-    rows = {} if reason else bitlower_rows(q, k, v, spec, configs)
+    rows = {} if reason else bitlower_rows(q, k, v, spec, configs, extra)
     if reason:
         notes["gluon"] = reason
     for name, run in rows.items():
         try:
-            notes[name] = checked(run, q, k, v, spec)
+            notes[name] = checked(run, q, k, v, spec, extra)
         except Exception as exc:  # noqa: BLE001 - a crashing row is reported, the others still run
             notes[name] = f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
-    rows.update(peer_rows(q, k, v, spec.scale, flex_row))
+    rows.update(peer_rows(q, k, v, spec.scale, flex_row, dense_bias))
     for name, run in rows.items():
         if notes.get(name):
             continue
@@ -130,13 +151,14 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=[], metavar="BNxBMxS[xPEEL]", help="extra Gluon tile configs")
     parser.add_argument("--rep", type=int, default=100, help="do_bench repetition time (ms)")
     parser.add_argument("--graph", action="store_true", help="CUDA-graph replay times (GPU time)")
+    parser.add_argument("--table-token", action="store_true", help="table bias + token weighting (see the docstring)")
     parser.add_argument("--out", default=None, help="folder for attention_hopper.json / .md")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, triton {triton.__version__}, {torch.cuda.get_device_name()}", flush=True)
     results = []
     shapes = [SHAPES[index] for index in args.shapes] + [tuple(map(int, text.split(","))) for text in args.extra]
     for shape in shapes:
-        times, notes = bench_shape(shape, args.configs, args.rep, args.graph, not args.no_flex)
+        times, notes = bench_shape(shape, args.configs, args.rep, args.graph, not args.no_flex, args.table_token)
         results.append(dict(shape=shape, ms=times, notes={k: v for k, v in notes.items() if v}))
         print(f"shape {shape}: " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()), flush=True)
     text = table(results)

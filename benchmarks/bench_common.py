@@ -104,3 +104,23 @@ def bar_plot(path: str, panels: list[tuple[str, list[str], dict[str, list[float]
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+# patch grids (Gh, Gw, prefix) giving each benchmark N, for the table bias rows
+TABLE_GRIDS = {197: (14, 14, 1), 256: (16, 16, 0), 1024: (32, 32, 0), 1680: (40, 42, 0), 4096: (64, 64, 0),
+               16384: (128, 128, 0)}
+
+
+def table_token_inputs(shape):
+    """``(a, b, table)`` on CUDA for a table-bias + token-weighting row of ``shape`` (B, H, N, D): per-token
+    scalars in [0.5, 1.5) and a relative-position table of ``TABLE_GRIDS[N]`` (bf16)."""
+    import torch
+
+    from bitlower.relpos import table_rows
+
+    bsz, heads, n, _ = shape
+    grid = TABLE_GRIDS[n]
+    table = 0.02 * torch.randn(table_rows(grid[0], grid[1]), heads, device="cuda", dtype=torch.bfloat16)
+    a = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
+    b = torch.rand(bsz, heads, n, device="cuda", dtype=torch.bfloat16) + 0.5
+    return a, b, table
