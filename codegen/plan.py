@@ -15,8 +15,9 @@ Forward kernels (``ForwardPlan.kernel``):
   bias materialised densely; measured faster for mean_abs at power-of-two D and for every table bias
   (benchmarks/kernel_notes.md, rounds 2 and 4).
 - ``"hopper"``: the Gluon forward of ``codegen/hopper`` (compute capability 9.x, Triton 3.6): the default
-  (``auto_forward``) at D = Dv in 64, 128 wherever ``hopper_forward_unsupported`` accepts the call, or asked
-  for by ``KernelOptions(forward="hopper")`` (any D it covers).
+  (``auto_forward``) at D = Dv in 64, 128 from ``HOPPER_AUTO_MIN_WORK`` score work per call wherever
+  ``hopper_forward_unsupported`` accepts the call, or asked for by ``KernelOptions(forward="hopper")`` (any D
+  and size it covers).
 
 Backward kernels (``BackwardPlan.kernel``):
 - ``"tldot"``: the tl.dot kernels of ``codegen/backward_kernels.py`` (the portable path, every mode).
@@ -46,13 +47,13 @@ BACKWARD_CHOICES = ("auto", "tldot", "hopper")  # auto: auto_backward; tldot: th
 # 14.35 (session 9); at N <= 1680 the tl.dot backward was faster (0.43-0.47 vs 0.44-0.67 hamming, 0.84-0.89
 # vs 0.97-1.36 ste).
 HOPPER_BACKWARD_MIN_KEYS = 4096
+HOPPER_BACKWARD_MAX_AUTO_DIM = 128
 HOPPER_AUTO_DIMS = (64, 128)  # head dims (D = Dv) at which the Gluon forward is the default on sm_90 (auto_forward)
 # Score work (B H N M D) below which the plan keeps the tl.dot forward on sm_90: the Gluon forward is launched from
 # Python inside an opaque operator (~0.4 ms of host time per call on the H200 machine, session 14), while Inductor
 # launches the tl.dot kernels itself. DiT-XL/2 256 (B 16, H 16, N 256, D 72: 1.2e9 per call, 0.37 ms of GPU time per
 # block) ran 0.26x Inductor with the Gluon forward; ViT-S/16 224 (3.8e9) 0.96x, ViT-S/8 320 (3.1e10) 1.04x.
 HOPPER_AUTO_MIN_WORK = 2**31
-HOPPER_BACKWARD_MAX_AUTO_DIM = 128
 
 
 @dataclass(frozen=True)

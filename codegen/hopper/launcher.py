@@ -75,7 +75,9 @@ def table_rows_operand(table: torch.Tensor, grid: tuple[int, int, int], n: int, 
     rows_pad, cols_pad = rows_pad or n, cols_pad or n
     if rows_pad < n or cols_pad < n:
         raise ValueError(f"rows_pad and cols_pad must be >= N = {n}, got {rows_pad}, {cols_pad}")
-    terms, source = _table_layout(tuple(grid), n, rows_pad, cols_pad, table.device)
+    capturing = table.is_cuda and torch.cuda.is_current_stream_capturing()  # graph-pool memory: not cached
+    layout = _table_layout.__wrapped__ if capturing else _table_layout
+    terms, source = layout(tuple(grid), n, rows_pad, cols_pad, table.device)
     heads, width = table.shape[1], rows_pad + cols_pad
     operand = torch.empty(heads, width + source.numel(), dtype=torch.float32, device=table.device)
     operand[:, :width] = terms
@@ -87,7 +89,8 @@ def table_rows_operand(table: torch.Tensor, grid: tuple[int, int, int], n: int, 
 def _table_layout(grid: tuple[int, int, int], n: int, rows_pad: int, cols_pad: int, device: torch.device):
     """``(terms, source)`` of ``table_rows_operand``, which do not depend on the table's values: ``terms``
     ``(NP + MP,)`` float32 holding the int32 row terms and negated column terms, ``source`` ``(L,)`` int64 the
-    table row each ``ext`` entry copies (cached: the operand is then one copy and one gather per call)."""
+    table row each ``ext`` entry copies (cached: the operand is then one copy and one gather per call; not while
+    a CUDA graph is captured, whose private pool may hand the memory on once the graph is gone)."""
     grid_h, grid_w, prefix = grid
     width = 2 * grid_w - 1
     r0, c0 = (2 * grid_h - 1) * width, (grid_h - 1) * width + grid_w - 1
