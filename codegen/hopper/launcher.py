@@ -75,9 +75,7 @@ def table_rows_operand(table: torch.Tensor, grid: tuple[int, int, int], n: int, 
     rows_pad, cols_pad = rows_pad or n, cols_pad or n
     if rows_pad < n or cols_pad < n:
         raise ValueError(f"rows_pad and cols_pad must be >= N = {n}, got {rows_pad}, {cols_pad}")
-    capturing = table.is_cuda and torch.cuda.is_current_stream_capturing()  # graph-pool memory: not cached
-    layout = _table_layout.__wrapped__ if capturing else _table_layout
-    terms, source = layout(tuple(grid), n, rows_pad, cols_pad, table.device)
+    terms, source = _cached_table_layout(tuple(grid), n, rows_pad, cols_pad, table.device)
     heads, width = table.shape[1], rows_pad + cols_pad
     operand = torch.empty(heads, width + source.numel(), dtype=torch.float32, device=table.device)
     operand[:, :width] = terms
@@ -85,12 +83,28 @@ def table_rows_operand(table: torch.Tensor, grid: tuple[int, int, int], n: int, 
     return operand
 
 
-@functools.lru_cache(maxsize=64)
+_TABLE_LAYOUTS: dict = {}  # (grid, n, rows_pad, cols_pad, device) -> _table_layout's tensors
+MAX_TABLE_LAYOUTS = 64
+
+
+def _cached_table_layout(grid, n: int, rows_pad: int, cols_pad: int, device: torch.device):
+    """``_table_layout``, cached: the operand is then one copy and one gather per call. A layout made while a
+    CUDA graph is captured is not kept (the graph's private pool may hand its memory on once the graph is gone);
+    one cached before the capture is used by it."""
+    key = (grid, n, rows_pad, cols_pad, device)
+    if key in _TABLE_LAYOUTS:
+        return _TABLE_LAYOUTS[key]
+    layout = _table_layout(grid, n, rows_pad, cols_pad, device)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if not capturing and len(_TABLE_LAYOUTS) < MAX_TABLE_LAYOUTS:
+        _TABLE_LAYOUTS[key] = layout
+    return layout
+
+
 def _table_layout(grid: tuple[int, int, int], n: int, rows_pad: int, cols_pad: int, device: torch.device):
     """``(terms, source)`` of ``table_rows_operand``, which do not depend on the table's values: ``terms``
     ``(NP + MP,)`` float32 holding the int32 row terms and negated column terms, ``source`` ``(L,)`` int64 the
-    table row each ``ext`` entry copies (cached: the operand is then one copy and one gather per call; not while
-    a CUDA graph is captured, whose private pool may hand the memory on once the graph is gone)."""
+    table row each ``ext`` entry copies."""
     grid_h, grid_w, prefix = grid
     width = 2 * grid_w - 1
     r0, c0 = (2 * grid_h - 1) * width, (grid_h - 1) * width + grid_w - 1

@@ -58,3 +58,15 @@ def test_the_table_bound_is_the_largest_table_entry_per_head():
     spec = CallSpec(scale=0.125, bias_kind="table", grid=grid)
     *_, beta_max, static_ok = hopper_bias(table, spec, (2, heads, n, n), (64, 64))
     assert static_ok and torch.equal(beta_max, table.float().abs().amax(dim=0) * math.log2(math.e))
+
+
+def test_the_layout_is_cached_per_grid_and_padding():
+    from bitlower.codegen.hopper import launcher
+
+    table = torch.randn(table_rows(3, 5), 2)
+    first = launcher.table_rows_operand(table, (3, 5, 0), 15, 64, 64)
+    key = ((3, 5, 0), 15, 64, 64, table.device)
+    assert key in launcher._TABLE_LAYOUTS
+    again = launcher.table_rows_operand(2 * table, (3, 5, 0), 15, 64, 64)  # same layout, new values
+    terms = lambda operand: operand[:, :128].view(torch.int32)  # noqa: E731 - int32 bit patterns (some are NaNs)
+    assert torch.equal(terms(again), terms(first)) and torch.equal(again[:, 128:], 2 * first[:, 128:])
