@@ -76,11 +76,7 @@ VARIANTS = [
     Variant("d96", (2, 4, 130, 96, 96)),
     Variant("d64_train_bits", (8, 8, 1024, 64, 64), save_bits=True),
     Variant("d64_online_only", (8, 8, 1024, 64, 64), static_max=False),
-    Variant("ahead_d64", (8, 8, 4096, 64, 64), config=(64, 64, 2, 0, 0, 0, 0, 1, 1)),  # qk_ahead (slower, session 13)
-    Variant("ahead2_d64", (8, 8, 4096, 64, 64), config=(64, 64, 2, 0, 0, 0, 0, 0, 2)),  # qk_ahead 2 (P in registers)
-    Variant("ahead2_d128_dense", (4, 16, 1024, 128, 128), bias="dense", config=(64, 64, 2, 0, 0, 0, 0, 0, 2)),
     Variant("m32_d64", (8, 8, 4096, 64, 64), config=(64, 32, 2)),  # 32-key tiles: 84 registers, 6 CTAs per SM
-    Variant("ahead_d128_dense", (4, 16, 1024, 128, 128), bias="dense", config=(64, 64, 2, 0, 0, 0, 0, 1, 1)),
     Variant("d64_bm128", (8, 8, 4096, 64, 64), config=(64, 128, 2)),
     Variant("d64_bn128", (8, 8, 4096, 64, 64), config=(128, 64, 2)),
     Variant("d64_s3", (8, 8, 4096, 64, 64), config=(64, 64, 3)),

@@ -34,11 +34,6 @@ class HopperConfig:
             producer warp and that many 64-row consumer warpgroups per CTA (block_n 64).
         pingpong: under structure (b), the consumers take turns issuing their products (FlashAttention-3's
             schedule); False lets them issue freely.
-        qk_ahead: under structure (a), the static-maximum loop of ``kernel_sage_ahead`` (S_{j+1} issued
-            before tile j's exp2, not after it; P through shared memory); the running maximum keeps the other
-            loop. Slower on the H200 (session 13: 2.146 against 1.865 ms at (1, 16, 16384, 64), 0.577 against
-            0.505 at (8, 8, 4096, 64)). 2: the same schedule with P in registers (``kernel_sage_ahead_registers``;
-            SASS as intended, unmeasured; without ``mma_rowsum``).
     """
 
     block_n: int = 64
@@ -49,7 +44,6 @@ class HopperConfig:
     mma_rowsum: bool = False
     consumers: int = 0
     pingpong: bool = True
-    qk_ahead: int = 0
 
     def __post_init__(self):
         if self.block_n not in (64, 128):
@@ -64,16 +58,9 @@ class HopperConfig:
             raise ValueError(f"consumers must be in [0, 3], got {self.consumers}")
         if self.consumers and (self.block_n != 64 or self.peel):
             raise ValueError("consumers > 0 takes block_n 64 without peel")
-        if self.qk_ahead and (self.consumers or self.peel):
-            raise ValueError("qk_ahead is structure (a)'s loop: consumers 0, no peel (it peels the last tile itself)")
-        if self.qk_ahead not in (0, 1, 2):
-            raise ValueError(f"qk_ahead must be 0, 1 or 2, got {self.qk_ahead}")
-        if self.qk_ahead == 2 and self.mma_rowsum:
-            raise ValueError("qk_ahead 2 does not cover mma_rowsum")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
         object.__setattr__(self, "mma_rowsum", bool(self.mma_rowsum))
         object.__setattr__(self, "pingpong", bool(self.pingpong))
-        object.__setattr__(self, "qk_ahead", int(self.qk_ahead))
 
     @property
     def num_warps(self) -> int:

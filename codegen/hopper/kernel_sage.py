@@ -48,8 +48,9 @@ BLOCK_M/2 float32, float32 probabilities BLOCK_M/2, P BLOCK_M/4, O DVP/2 float32
 123 (D 64, float8 QK; 4 CTAs per SM), 163 (D 128; 3 CTAs); at BLOCK_M 128, D 64: 219 (2 CTAs, int8
 QK); PEEL: 157 at D 64 (int8 QK); no spills.
 ``benchmarks/hopper_build.py`` prints them per variant. Row scalars and the epilogue: ``kernel_sage_rows``.
-``QK_AHEAD`` (``HopperConfig.qk_ahead``): the static maximum runs ``kernel_sage_ahead``'s loop (1, measured
-slower) or ``kernel_sage_ahead_registers``' (2, unmeasured).
+S issued one tile ahead of the softmax (P through shared memory, or in registers with the row sums pinned
+behind a shared store) was built and measured 2-15 % slower (sessions 13-14, ``benchmarks/kernel_notes.md``;
+the kernels are in git history at 92f0945, ``kernel_sage_ahead*.py``).
 """
 from __future__ import annotations
 
@@ -343,7 +344,7 @@ def _binary_attn_fwd_sm90_kernel(
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
     P_OFFSET: gl.constexpr, PEEL: gl.constexpr, EVEN_M: gl.constexpr, POLY_EVERY: gl.constexpr,
-    ROWSUM_MMA: gl.constexpr, QK_AHEAD: gl.constexpr, num_warps: gl.constexpr,
+    ROWSUM_MMA: gl.constexpr, num_warps: gl.constexpr,
 ):
     """Binary attention forward of one (query tile, batch*head); see the module notation."""
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
@@ -393,21 +394,10 @@ def _binary_attn_fwd_sm90_kernel(
     online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
     if STATIC_MAX:
         if gl.max(bound, axis=0) * 2.0 <= LIMIT:
-            if QK_AHEAD == 2:
-                o, l_i, m_i = _attend_ahead_registers(
-                    q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c, c_rows, b_rows_ptr,
-                    bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS, EVEN_M, BLOCK_N, BLOCK_M, KC,
-                    NKC, DVP, STAGES, s_layout, o_layout, POLY_EVERY)
-            elif QK_AHEAD == 1:
-                o, l_i, m_i = _attend_ahead(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c,
-                                            c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M,
-                                            MEAN_ABS, BIAS, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, s_layout,
-                                            o_layout, POLY_EVERY, ROWSUM_MMA)
-            else:
-                o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c,
-                                      c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M,
-                                      MEAN_ABS, BIAS, False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL,
-                                      s_layout, o_layout, POLY_EVERY, ROWSUM_MMA)
+            o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c,
+                                  c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M,
+                                  MEAN_ABS, BIAS, False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL,
+                                  s_layout, o_layout, POLY_EVERY, ROWSUM_MMA)
         else:
             o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
                                   b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
@@ -426,7 +416,3 @@ def _binary_attn_fwd_sm90_kernel(
     # passed: three stride arguments cost 17 registers (123 -> 140 at D 64, 3 CTAs per SM instead of 4)
     _store(out_ptr + (b.to(gl.int64) * N * H + h) * DV, H * DV, lse_ptr, state_ptr, o, l_i, m_i, row_shift,
            bh64 * N, rows, row_mask, pid_n * BLOCK_N, N, DV, BLOCK_N, DVP, o_layout)
-
-
-from .kernel_sage_ahead import _attend_ahead  # noqa: E402 - below the helpers those modules import from this one
-from .kernel_sage_ahead_registers import _attend_ahead_registers  # noqa: E402

@@ -200,7 +200,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     else:
         from .kernel_sage import _binary_attn_fwd_sm90_kernel as kernel
 
-        kwargs.update(PEEL=cfg.peel, POLY_EVERY=cfg.poly_exp, ROWSUM_MMA=cfg.mma_rowsum, QK_AHEAD=cfg.qk_ahead)
+        kwargs.update(PEEL=cfg.peel, POLY_EVERY=cfg.poly_exp, ROWSUM_MMA=cfg.mma_rowsum)
     _launch(kernel, (-(-n // cfg.rows_per_cta), bsz * heads), args, kwargs)
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state
 

@@ -141,12 +141,6 @@ def test_config_table_and_validation():
         HopperConfig(consumers=4)
     with pytest.raises(ValueError, match="block_n 64"):
         HopperConfig(128, 64, 2, consumers=2)
-    ahead = HopperConfig(*map(int, "64x64x2x0x0x0x0x1x1".split("x")))  # structure (a), S one tile ahead
-    assert (ahead.qk_ahead, ahead.consumers, ahead.num_warps) == (True, 0, 4)
-    for bad in (dict(consumers=3), dict(peel=True), dict(mma_rowsum=True, qk_ahead=2), dict(qk_ahead=3)):
-        with pytest.raises(ValueError, match="qk_ahead"):
-            HopperConfig(**{"qk_ahead": True, **bad})
-    assert HopperConfig(*map(int, "64x64x2x0x0x0x0x0x2".split("x"))).qk_ahead == 2  # P in registers
 
 
 def _build_module():
