@@ -283,7 +283,7 @@ def plan_forward(call: CallFacts, spec, device: DeviceFacts, options: KernelOpti
     kernel = auto_forward(call, spec, device) if options.forward == "auto" else options.forward
     if kernel == "v2" and spec.pv_quant != "none":
         kernel = "v1"  # v2 has no 8-bit P.V
-    if kernel == "hopper":
+    if kernel == "hopper" and options.forward == "hopper":  # auto_forward picks it only where it has no reason
         hopper = _hopper_reason(call, spec, device)
         if hopper is not None:
             return hopper
