@@ -74,6 +74,11 @@ VARIANTS = [
     Variant("d72_dit", (64, 16, 256, 72, 72), main=True),
     Variant("d80", (2, 4, 333, 80, 80)),
     Variant("d96", (2, 4, 130, 96, 96)),
+    # the value tail (Dv in (64, 96] as 64 + 16 / 32 channels) under the other structure-(a) loops
+    Variant("d72_bn128", (16, 16, 1024, 72, 72), config=(128, 64, 2)),
+    Variant("d72_peel", (16, 16, 1024, 72, 72), config=(64, 64, 2, 1)),
+    Variant("d80_rowsum_mask", (2, 4, 333, 80, 80), bias="mask", config=(64, 64, 2, 0, 0, 1)),
+    Variant("d64_v72_token", (2, 4, 333, 64, 72), weighting="token"),
     Variant("d64_train_bits", (8, 8, 1024, 64, 64), save_bits=True),
     Variant("d64_online_only", (8, 8, 1024, 64, 64), static_max=False),
     Variant("m32_d64", (8, 8, 4096, 64, 64), config=(64, 32, 2)),  # 32-key tiles: 84 registers, 6 CTAs per SM

@@ -96,6 +96,15 @@ def value_width(dim_v: int) -> int:
     return max(16, 1 << (dim_v - 1).bit_length())
 
 
+def value_split(dim_v: int) -> tuple[int, int]:
+    """``(DVP, DVT)`` of structure (a): the P.V as a 64-wide product and a tail of DVT channels (a power of two,
+    at least 16) where 64 < Dv <= 96, so Dv 72 / 80 take 64 + 16 and Dv 96 64 + 32 instead of a 128-wide
+    product (twice the tensor work and O registers at Dv 72); else ``(value_width(Dv), 0)``."""
+    if 64 < dim_v <= 96:
+        return 64, value_width(dim_v - 64)
+    return value_width(dim_v), 0
+
+
 def hopper_config(n: int, dim: int, dim_v: int) -> HopperConfig:
     """The tile table: 64 x 64 tiles, 2 stages (structure (a)); 3 free-issuing consumers (structure (b)) at
     N >= 4096 with Dv > 64, and N >= 8192: measured faster at (4, 16, 4096, 128) and (1, 16, 16384, 64), slower

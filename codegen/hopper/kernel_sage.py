@@ -13,6 +13,8 @@ Shared-memory ring (bytes for BLOCK_N 64, BLOCK_M 64, D = Dv = 64, STAGES 2, bf1
     q_s   [NKC, BLOCK_N, KC]          float8 Q signs (+-1.0), loaded once       4 KB
     k_s   [STAGES * NKC, BLOCK_M, KC]  float8 K-sign tiles (K-major B operand)  2 x 4 KB
     v_s   [STAGES, BLOCK_M, DVP]       V tiles (MN-major B operand)             2 x 8 KB
+    vt_s  [STAGES, BLOCK_M, DVT]       V channels [DVP, DVP + DVT) where 64 < Dv <= 96 (``config.value_split``:
+                                       Dv 72 as 64 + 16, a second accumulator, not one 128-wide P.V)
     q_bar [1], k_bar [STAGES], v_bar [STAGES]  mbarriers (expect-tx, TMA completes them)
 Tile t of K/V lives in slot ``t % STAGES``; its barrier phase is ``(t // STAGES) & 1``. No "empty"
 barriers: the issuing warps refill a slot right after the wgmma wait that retired its last reader.
@@ -60,7 +62,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_init, warpgroup_mma_wait)
 
 from .exp2_mix import exp2
-from .kernel_sage_rows import BIAS_DENSE, BIAS_MASK, BIAS_TABLE, LOG2E, NEG_INIT, TINY, _row_scalars, _store
+from .kernel_sage_rows import (BIAS_DENSE, BIAS_MASK, BIAS_TABLE, LOG2E, NEG_INIT, TINY, _row_scalars, _store,
+                               _store_tail)
 
 ONES_N = gl.constexpr(8)  # width of the ones operand of ROWSUM_MMA (the smallest wgmma N)
 
@@ -84,6 +87,23 @@ def _load_v(v_desc, v_s, v_bar, b, h, tile, pred, BLOCK_M: gl.constexpr, STAGES:
     mbarrier.expect(bar, v_desc.block_type.nbytes, pred=pred)
     tma.async_copy_global_to_shared(v_desc, [b, h, tile * BLOCK_M, 0], bar,
                                     v_s.index(slot).reshape(v_desc.block_type.shape), pred=pred)
+
+
+@gluon.jit
+def _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, tile, pred, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+             DVT: gl.constexpr):
+    """``_load_v``; with a value tail (``DVT`` > 0) also channels ``[DVP, DVP + DVT)`` into ``vt_s``, on the same
+    barrier (one expect for both boxes: a second expect would arrive twice)."""
+    if DVT == 0:
+        _load_v(v_desc, v_s, v_bar, b, h, tile, pred, BLOCK_M, STAGES)
+    else:
+        slot = tile % STAGES
+        bar = v_bar.index(slot)
+        mbarrier.expect(bar, v_desc.block_type.nbytes + vt_desc.block_type.nbytes, pred=pred)
+        tma.async_copy_global_to_shared(v_desc, [b, h, tile * BLOCK_M, 0], bar,
+                                        v_s.index(slot).reshape(v_desc.block_type.shape), pred=pred)
+        tma.async_copy_global_to_shared(vt_desc, [b, h, tile * BLOCK_M, v_desc.block_type.shape[3]], bar,
+                                        vt_s.index(slot).reshape(vt_desc.block_type.shape), pred=pred)
 
 
 @gluon.jit
@@ -200,30 +220,34 @@ def _rescale(o, alpha, o_layout: gl.constexpr, ONLINE: gl.constexpr):
 
 
 @gluon.jit
-def _step(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, lsum, p, pf, m_i, l_i, alpha, c,
-          c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
+def _step(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, j, n_tiles, s, o, ot, lsum, p, pf, m_i,
+          l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
           MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
           BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr,
-          o_layout: gl.constexpr, p_layout: gl.constexpr, l_layout: gl.constexpr, POLY_EVERY: gl.constexpr,
-          ROWSUM_MMA: gl.constexpr):
+          o_layout: gl.constexpr, ot_layout: gl.constexpr, p_layout: gl.constexpr, l_layout: gl.constexpr,
+          POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr, DVT: gl.constexpr):
     """Iteration ``j``: enters with tile j's probabilities ``pf`` and P.V_{j-1} in flight; leaves with
     tile j+1's probabilities and P.V_j in flight (``LAST``, constexpr or a uniform flag: tile j+1 is the
-    last, its columns ``>= M`` masked). ``ROWSUM_MMA``: P.1_j is issued (and retired) with P.V_j."""
+    last, its columns ``>= M`` masked). ``ROWSUM_MMA``: P.1_j is issued (and retired) with P.V_j, as is
+    the value tail's product (``DVT`` > 0)."""
     s = _issue_qk(q_s, k_s, k_bar, j + 1, s, NKC, STAGES)
     # retires P.V_{j-1}. ONLINE rescales O next: after a partial wait ptxas cannot prove the P.V it
     # reads retired and serialises every wgmma of the kernel, the static loop's too (C7514); a full
     # wait keeps that cost in the fallback loop.
     o, p, lsum = _retire_pv(o, p, lsum, 0 if ONLINE else NKC, ROWSUM_MMA)
-    _load_v(v_desc, v_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M, STAGES)
+    ot = _retire_tail(ot, 0 if ONLINE else NKC, DVT)
+    _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M,
+             STAGES, DVT)
     o, lsum, p = _issue_pv(v_s, ones_s, v_bar, j, o, lsum, pf, alpha, STAGES, ONLINE, o_layout, p_layout, l_layout,
                            ROWSUM_MMA)
-    # retires S_{j+1}; P.V_j (and P.1_j) stay in flight
-    s = warpgroup_mma_wait(num_outstanding=2 if ROWSUM_MMA else 1, deps=(s,))
+    ot = _issue_tail(vt_s, j, ot, p, alpha, STAGES, ONLINE, ot_layout, DVT)
+    # retires S_{j+1}; P.V_j (and P.1_j, the tail's P.V_j) stay in flight
+    s = warpgroup_mma_wait(num_outstanding=1 + (1 if ROWSUM_MMA else 0) + (1 if DVT > 0 else 0), deps=(s,))
     _load_k(k_desc, k_s, k_bar, bh, j + 1 + STAGES, j + 1 + STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
                                  (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY,
                                  ROWSUM_MMA)
-    return s, o, lsum, p, pf, m_i, l_i, alpha
+    return s, o, ot, lsum, p, pf, m_i, l_i, alpha
 
 
 @gluon.jit
@@ -253,23 +277,49 @@ def _issue_pv(v_s, ones_s, v_bar, tile, o, lsum, pf, alpha, STAGES: gl.constexpr
 
 
 @gluon.jit
-def _last_pv(v_s, ones_s, v_bar, last, o, lsum, p, pf, alpha, STAGES: gl.constexpr, ONLINE: gl.constexpr,
-             o_layout: gl.constexpr, p_layout: gl.constexpr, l_layout: gl.constexpr, ROWSUM_MMA: gl.constexpr):
-    """Retire everything, then ``O += P_last . V_last``; returns the finished (retired) O and lsum."""
-    o, p, lsum = _retire_pv(o, p, lsum, 0, ROWSUM_MMA)
-    o, lsum, p = _issue_pv(v_s, ones_s, v_bar, last, o, lsum, pf, alpha, STAGES, ONLINE, o_layout, p_layout,
-                           l_layout, ROWSUM_MMA)
-    o, p, lsum = _retire_pv(o, p, lsum, 0, ROWSUM_MMA)
-    return o, lsum
+def _issue_tail(vt_s, tile, ot, p, alpha, STAGES: gl.constexpr, ONLINE: gl.constexpr, ot_layout: gl.constexpr,
+                DVT: gl.constexpr):
+    """``O_tail += P . V_tail`` async with the bf16/fp16 P of ``_issue_pv`` (which waited for the tile's V
+    barrier); ``ot`` unchanged without a value tail (``DVT`` 0)."""
+    if DVT > 0:
+        ot = _rescale(ot, alpha, ot_layout, ONLINE)
+        p_t = gl.convert_layout(p, gl.DotOperandLayout(operand_index=0, parent=ot_layout, k_width=2))
+        ot = warpgroup_mma(p_t, vt_s.index(tile % STAGES), ot, is_async=True)
+    return ot
 
 
 @gluon.jit
-def _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm,
-            rows, row_mask, bh, b, h, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
+def _retire_tail(ot, outstanding: gl.constexpr, DVT: gl.constexpr):
+    """``_retire_pv``'s wait for the tail accumulator (the same count: it passes at once after that wait)."""
+    if DVT > 0:
+        ot = warpgroup_mma_wait(num_outstanding=outstanding, deps=(ot,))
+    return ot
+
+
+@gluon.jit
+def _last_pv(v_s, vt_s, ones_s, v_bar, last, o, ot, lsum, p, pf, alpha, STAGES: gl.constexpr, ONLINE: gl.constexpr,
+             o_layout: gl.constexpr, ot_layout: gl.constexpr, p_layout: gl.constexpr, l_layout: gl.constexpr,
+             ROWSUM_MMA: gl.constexpr, DVT: gl.constexpr):
+    """Retire everything, then ``O += P_last . V_last``; returns the finished (retired) O, O tail and lsum."""
+    o, p, lsum = _retire_pv(o, p, lsum, 0, ROWSUM_MMA)
+    ot = _retire_tail(ot, 0, DVT)
+    o, lsum, p = _issue_pv(v_s, ones_s, v_bar, last, o, lsum, pf, alpha, STAGES, ONLINE, o_layout, p_layout,
+                           l_layout, ROWSUM_MMA)
+    ot = _issue_tail(vt_s, last, ot, p, alpha, STAGES, ONLINE, ot_layout, DVT)
+    o, p, lsum = _retire_pv(o, p, lsum, 0, ROWSUM_MMA)
+    ot = _retire_tail(ot, 0, DVT)
+    return o, ot, lsum
+
+
+@gluon.jit
+def _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, m_i, c, c_rows, b_ptr, bias_base,
+            s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
             EVEN_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr,
-            NKC: gl.constexpr, DVP: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr, s_layout: gl.constexpr,
-            o_layout: gl.constexpr, POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr):
-    """All key tiles of the program: ``(o, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised).
+            NKC: gl.constexpr, DVP: gl.constexpr, DVT: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr,
+            s_layout: gl.constexpr, o_layout: gl.constexpr, ot_layout: gl.constexpr, POLY_EVERY: gl.constexpr,
+            ROWSUM_MMA: gl.constexpr):
+    """All key tiles of the program: ``(o, ot, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised; ``ot`` its
+    channels ``[DVP, DVP + DVT)`` when ``DVT`` > 0, else an unused placeholder).
 
     Iteration ``j`` enters with the probabilities of tile j in registers (``pn``) and the P.V of tile
     j-1 in flight; it issues S_{j+1}, retires P.V_{j-1}, issues P.V_j, retires S_{j+1} and computes the
@@ -291,35 +341,39 @@ def _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, m_i, c, c_rows,
     p = gl.zeros([BLOCK_N, BLOCK_M], pdt, p_layout)
     o = warpgroup_mma_init(gl.zeros([BLOCK_N, DVP], gl.float32, o_layout))  # loop-carried as an async result
     lsum = l_i  # unused without ROWSUM_MMA
+    ot = l_i  # unused without a value tail
+    if DVT > 0:
+        ot = warpgroup_mma_init(gl.zeros([BLOCK_N, DVT], gl.float32, ot_layout))
     if ROWSUM_MMA:
         lsum = warpgroup_mma_init(gl.zeros([BLOCK_N, ONES_N], gl.float32, l_layout))
     if PEEL:  # the last tile's probabilities peeled: only it masks columns >= M (ptxas: more registers)
         for j in range(n_tiles - 2):
-            s, o, lsum, p, pf, m_i, l_i, alpha = _step(
-                q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, lsum, p, pf, m_i, l_i, alpha,
-                c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False, MEAN_ABS,
-                BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, l_layout, POLY_EVERY, ROWSUM_MMA)
+            s, o, ot, lsum, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, j, n_tiles, s, o, ot, lsum, p, pf,
+                m_i, l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False,
+                MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, ot_layout, p_layout, l_layout,
+                POLY_EVERY, ROWSUM_MMA, DVT)
         last = 0
         if n_tiles >= 2:
-            s, o, lsum, p, pf, m_i, l_i, alpha = _step(
-                q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, n_tiles - 2, n_tiles, s, o, lsum, p, pf, m_i,
-                l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, True,
-                MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, l_layout, POLY_EVERY,
-                ROWSUM_MMA)
+            s, o, ot, lsum, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, n_tiles - 2, n_tiles, s, o, ot,
+                lsum, p, pf, m_i, l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b,
+                h, M, True, MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, ot_layout, p_layout,
+                l_layout, POLY_EVERY, ROWSUM_MMA, DVT)
             last = n_tiles - 1
     else:  # one loop; the uniform last-tile flag is if-converted by ptxas (an FSEL per score, every tile)
         for j in range(n_tiles - 1):
-            s, o, lsum, p, pf, m_i, l_i, alpha = _step(
-                q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, j, n_tiles, s, o, lsum, p, pf, m_i, l_i, alpha,
-                c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, j + 2 == n_tiles,
-                MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, p_layout, l_layout, POLY_EVERY,
-                ROWSUM_MMA)
+            s, o, ot, lsum, p, pf, m_i, l_i, alpha = _step(
+                q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, j, n_tiles, s, o, ot, lsum, p, pf,
+                m_i, l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M,
+                j + 2 == n_tiles, MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, ot_layout,
+                p_layout, l_layout, POLY_EVERY, ROWSUM_MMA, DVT)
         last = n_tiles - 1
-    o_done, lsum = _last_pv(v_s, ones_s, v_bar, last, o, lsum, p, pf, alpha, STAGES, ONLINE, o_layout, p_layout,
-                            l_layout, ROWSUM_MMA)
+    o_done, ot_done, lsum = _last_pv(v_s, vt_s, ones_s, v_bar, last, o, ot, lsum, p, pf, alpha, STAGES, ONLINE,
+                                     o_layout, ot_layout, p_layout, l_layout, ROWSUM_MMA, DVT)
     if ROWSUM_MMA:
         l_i = gl.convert_layout(gl.max(lsum, axis=1), gl.SliceLayout(1, s_layout))  # the ONES_N columns are equal
-    return o_done, l_i, m_i
+    return o_done, ot_done, l_i, m_i
 
 
 @gluon.jit
@@ -339,14 +393,16 @@ def _ones_operand(v_s, ROWSUM_MMA: gl.constexpr, BLOCK_M: gl.constexpr, num_warp
 
 @gluon.jit
 def _binary_attn_fwd_sm90_kernel(
-    q_desc, k_desc, v_desc, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
+    q_desc, k_desc, v_desc, vt_desc, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
     beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
     P_OFFSET: gl.constexpr, PEEL: gl.constexpr, EVEN_M: gl.constexpr, POLY_EVERY: gl.constexpr,
-    ROWSUM_MMA: gl.constexpr, num_warps: gl.constexpr,
+    ROWSUM_MMA: gl.constexpr, DVT: gl.constexpr, num_warps: gl.constexpr,
 ):
-    """Binary attention forward of one (query tile, batch*head); see the module notation."""
+    """Binary attention forward of one (query tile, batch*head); see the module notation. ``DVT`` > 0: V's
+    channels ``[DVP, DVP + DVT)`` come through ``vt_desc`` into a second accumulator (Dv 72 as 64 + 16, not a
+    128-wide P.V); 0: ``vt_desc`` is unused."""
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
     KC: gl.constexpr = q_desc.block_type.shape[2]
     BLOCK_M: gl.constexpr = k_desc.block_type.shape[1]
@@ -355,6 +411,8 @@ def _binary_attn_fwd_sm90_kernel(
                                                        instr_shape=[16, BLOCK_M, 32])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                        instr_shape=[16, DVP, 16])
+    ot_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                        instr_shape=[16, max(DVT, 8), 16])
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     pid_n = gl.program_id(0)
     bh = gl.program_id(1)
@@ -369,6 +427,10 @@ def _binary_attn_fwd_sm90_kernel(
                                     gl.NVMMASharedLayout.get_default_for([BLOCK_M, KC], k_desc.dtype))
     v_s = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_M, DVP],
                                     gl.NVMMASharedLayout.get_default_for([BLOCK_M, DVP], v_desc.dtype))
+    vt_s = v_s  # unused without a value tail
+    if DVT > 0:
+        vt_s = gl.allocate_shared_memory(vt_desc.dtype, [STAGES, BLOCK_M, DVT],
+                                         gl.NVMMASharedLayout.get_default_for([BLOCK_M, DVT], vt_desc.dtype))
     q_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
     k_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     v_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -383,7 +445,7 @@ def _binary_attn_fwd_sm90_kernel(
                                         q_s.index(c).reshape(q_desc.block_type.shape))
     for t in gl.static_range(STAGES):
         _load_k(k_desc, k_s, k_bar, bh, t, t < n_tiles, BLOCK_M, KC, NKC, STAGES)
-        _load_v(v_desc, v_s, v_bar, b, h, t, t < n_tiles, BLOCK_M, STAGES)
+        _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, t, t < n_tiles, BLOCK_M, STAGES, DVT)
 
     rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr = _row_scalars(
         a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h, bh, b, h, pid_n,
@@ -394,25 +456,27 @@ def _binary_attn_fwd_sm90_kernel(
     online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
     if STATIC_MAX:
         if gl.max(bound, axis=0) * 2.0 <= LIMIT:
-            o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, bound - P_OFFSET, c,
-                                  c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M,
-                                  MEAN_ABS, BIAS, False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL,
-                                  s_layout, o_layout, POLY_EVERY, ROWSUM_MMA)
+            o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc,
+                                      bound - P_OFFSET, c, c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask,
+                                      bh, b, h, M, MEAN_ABS, BIAS, False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP,
+                                      DVT, STAGES, PEEL, s_layout, o_layout, ot_layout, POLY_EVERY, ROWSUM_MMA)
         else:
-            o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
-                                  b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                                  True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
-                                  POLY_EVERY, ROWSUM_MMA)
+            o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc,
+                                      online_m, c, c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b,
+                                      h, M, MEAN_ABS, BIAS, True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, DVT,
+                                      STAGES, PEEL, s_layout, o_layout, ot_layout, POLY_EVERY, ROWSUM_MMA)
     else:
-        o, l_i, m_i = _attend(q_s, k_s, v_s, ones_s, k_bar, v_bar, k_desc, v_desc, online_m, c, c_rows,
-                              b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS, BIAS,
-                              True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, STAGES, PEEL, s_layout, o_layout,
-                              POLY_EVERY, ROWSUM_MMA)
+        o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, online_m, c,
+                                  c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS,
+                                  BIAS, True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, DVT, STAGES, PEEL, s_layout,
+                                  o_layout, ot_layout, POLY_EVERY, ROWSUM_MMA)
     mbarrier.invalidate(q_bar.index(0))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bar.index(i))
         mbarrier.invalidate(v_bar.index(i))
     # out in (B, N, H, DV) storage (the launcher's ``output_layout.new_output``); strides derived here, not
     # passed: three stride arguments cost 17 registers (123 -> 140 at D 64, 3 CTAs per SM instead of 4)
-    _store(out_ptr + (b.to(gl.int64) * N * H + h) * DV, H * DV, lse_ptr, state_ptr, o, l_i, m_i, row_shift,
-           bh64 * N, rows, row_mask, pid_n * BLOCK_N, N, DV, BLOCK_N, DVP, o_layout)
+    out_base = out_ptr + (b.to(gl.int64) * N * H + h) * DV
+    _store(out_base, H * DV, lse_ptr, state_ptr, o, l_i, m_i, row_shift, bh64 * N, rows, row_mask, pid_n * BLOCK_N, N,
+           DV, BLOCK_N, DVP, o_layout)
+    _store_tail(out_base, H * DV, ot, l_i, pid_n * BLOCK_N, N, DV, BLOCK_N, DVP, DVT, ot_layout)

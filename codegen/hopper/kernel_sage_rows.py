@@ -2,7 +2,7 @@
 
 ``_row_scalars``: the weighting scalar(s) of the program's query rows, the static row bound and the
 bias base pointer; mean_abs also writes this program's share of the a_eff / b_eff rows.
-``_store``: out = o / l, lse and the row state the backward reads.
+``_store``: out = o / l, lse and the row state the backward reads; ``_store_tail``: the value tail's channels.
 """
 from __future__ import annotations
 
@@ -87,3 +87,15 @@ def _store(out_base, s_on, lse_ptr, state_ptr, o, l_i, m_i, row_shift, row0, row
     gl.store(lse_ptr + row0 + rows, lse, mask=row_mask)
     gl.store(state_ptr + 2 * (row0 + rows), m_i + row_shift, mask=row_mask)
     gl.store(state_ptr + 2 * (row0 + rows) + 1, gl.log2(l_i), mask=row_mask)
+
+
+@gluon.jit
+def _store_tail(out_base, s_on, ot, l_i, start, N, DV: gl.constexpr, BLOCK_N: gl.constexpr, DVP: gl.constexpr,
+                DVT: gl.constexpr, ot_layout: gl.constexpr):
+    """out channels ``[DVP, DVP + DVT)`` below DV = the value tail ``ot / l`` (nothing when ``DVT`` is 0)."""
+    if DVT > 0:
+        o_rows = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, ot_layout))
+        o_cols = DVP + gl.arange(0, DVT, layout=gl.SliceLayout(0, ot_layout))
+        out = ot / gl.convert_layout(l_i, gl.SliceLayout(1, ot_layout))[:, None]
+        ptrs = out_base + o_rows[:, None].to(gl.int64) * s_on + o_cols[None, :]
+        gl.store(ptrs, out.to(out_base.dtype.element_ty), mask=(o_rows < N)[:, None] & (o_cols < DV)[None, :])

@@ -22,7 +22,7 @@ from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
 from ..operands import bias_operand
 from ..stats import pair_stats
 from ..tiles import BIAS_CODES, LOG2E
-from .config import HopperConfig, hopper_config, sign_chunks, value_width
+from .config import HopperConfig, hopper_config, sign_chunks, value_split, value_width
 from .support import tma_readable
 
 GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int8: "int8",
@@ -183,7 +183,10 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     dp = q_signs.shape[-1]
     q_desc = _descriptor(q_signs.view(bsz * heads, n, dp), [1, cfg.block_n, kc])
     k_desc = _descriptor(k_signs.view(bsz * heads, m, dp), [1, cfg.block_m, kc])
-    v_desc = _descriptor(v, [1, 1, cfg.block_m, value_width(dim_v)])
+    # structure (a) splits Dv in (64, 96] into 64 + a tail; structure (b) keeps one power-of-two width
+    dvp, dvt = (value_width(dim_v), 0) if cfg.consumers else value_split(dim_v)
+    v_desc = _descriptor(v, [1, 1, cfg.block_m, dvp])
+    vt_desc = _descriptor(v, [1, 1, cfg.block_m, dvt]) if dvt else v_desc
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     args = (q_desc, k_desc, v_desc, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
@@ -200,7 +203,8 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     else:
         from .kernel_sage import _binary_attn_fwd_sm90_kernel as kernel
 
-        kwargs.update(PEEL=cfg.peel, POLY_EVERY=cfg.poly_exp, ROWSUM_MMA=cfg.mma_rowsum)
+        args = args[:3] + (vt_desc,) + args[3:]
+        kwargs.update(PEEL=cfg.peel, POLY_EVERY=cfg.poly_exp, ROWSUM_MMA=cfg.mma_rowsum, DVT=dvt)
     _launch(kernel, (-(-n // cfg.rows_per_cta), bsz * heads), args, kwargs)
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state
 

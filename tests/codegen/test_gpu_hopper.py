@@ -139,6 +139,25 @@ def test_row_sums_on_the_tensor_cores(shape, case):
     _check(_call(shape, dtype, weighting, bias_kind), HopperConfig(mma_rowsum=True))
 
 
+@pytest.mark.parametrize("config", [None, HopperConfig(128, 64, 2), HopperConfig(peel=True), HopperConfig(64, 64, 3),
+                                    HopperConfig(mma_rowsum=True)], ids=str)
+@pytest.mark.parametrize("shape", [(2, 2, 256, 72, 72), (2, 3, 197, 72, 72), (1, 2, 333, 64, 80), (1, 3, 130, 96, 96)],
+                         ids=str)
+@pytest.mark.parametrize("static_max", [True, False])
+def test_value_tail(config, shape, static_max):
+    """Dv in (64, 96]: the P.V as 64 channels and a tail of 16 / 32 (``config.value_split``), both maxima;
+    the tail's channels are checked on their own too (a whole-output error would dilute them)."""
+    call = _call(shape, torch.bfloat16, "token", "mask")
+    _check(call, config, static_max)
+    q, k, v, a, b, bias, spec = call
+    out = launch_hopper_forward(q, k, v, a, b, bias, spec, config=config, static_max=static_max)[0]
+    ref64 = reference.forward(q.double(), k.double(), v.double(), a.double(), b.double(), bias, spec)[0]
+    ref_lp = reference.forward(q, k, v, a, b, bias, spec)[0]
+    tail = slice(64, None)
+    err = _rel(out[..., tail], ref64[..., tail])
+    assert err <= max(3 * _rel(ref_lp[..., tail], ref64[..., tail]), ROUNDOFF[v.dtype]), err
+
+
 @pytest.mark.parametrize("config", PINGPONG, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("case", [("mean_abs", "none", torch.bfloat16), ("token", "mask", torch.bfloat16),
