@@ -48,7 +48,10 @@ BACKWARD_CHOICES = ("auto", "tldot", "hopper")  # auto: auto_backward; tldot: th
 # vs 0.97-1.36 ste).
 HOPPER_BACKWARD_MIN_KEYS = 4096
 HOPPER_BACKWARD_MAX_AUTO_DIM = 128
-HOPPER_AUTO_DIMS = (64, 128)  # head dims (D = Dv) at which the Gluon forward is the default on sm_90 (auto_forward)
+# head dims (D = Dv) at which the Gluon forward is the default on sm_90 (auto_forward); 72 / 80 / 96 since the value
+# tail and the single sign box (session 15: (16, 16, 1024, 72) 0.239 ms against tl.dot 0.320; (8, 8, 1024, 96) 0.064
+# against 0.086)
+HOPPER_AUTO_DIMS = (64, 72, 80, 96, 128)
 # Score work (B H N M D) below which the plan keeps the tl.dot forward on sm_90: the Gluon forward is launched from
 # Python inside an opaque operator (~0.4 ms of host time per call on the H200 machine, session 14), while Inductor
 # launches the tl.dot kernels itself. DiT-XL/2 256 (B 16, H 16, N 256, D 72: 1.2e9 per call, 0.37 ms of GPU time per
@@ -239,8 +242,10 @@ def auto_forward(call: CallFacts, spec, device: DeviceFacts | None = None) -> st
     forward at every shape measured on the H200 (``benchmarks/RESULTS.md``: 0.118 vs 0.124 ms at N 197,
     1.20-1.33x cuDNN at N >= 1680 where v2 is 0.93-1.05x), and in whole timm ViTs (session 14, ``e2e_speed.py``:
     ViT-B/16 1024 1.09x Inductor, ViT-S/8 320 1.04x, ViT-S/16 224 0.96x, against 1.03x / 1.00x / 0.94x with the
-    tl.dot forward). Not at DiT's D 72: the kernel is faster (0.140 vs 0.202 ms) but DiT-XL/2 256 ran 0.26x
-    Inductor with it (1.06x with tl.dot), most likely host-bound (kernel_notes.md, session 14).
+    tl.dot forward). At D 72 / 80 / 96 since session 15's value tail and single sign box: 0.239 vs 0.320 ms at
+    (16, 16, 1024, 72), DiT-XL/2 512 0.98x Inductor against 0.92-0.94x with the tl.dot forward. Small calls keep the
+    tl.dot forward (``HOPPER_AUTO_MIN_WORK``): DiT-XL/2 256 ran 0.26x Inductor with the Gluon forward (1.06x with
+    tl.dot), host-bound (kernel_notes.md, sessions 14-15).
 
     Else the tl.dot forward (benchmarks/kernel_notes.md, round 4): v2 for a table bias (1.2-4.8x over v1's
     gather) and for ``mean_abs`` at a power-of-two D (ViT-S 0.136 vs 0.144 ms, N 4096 0.611 vs 0.639); v1 at

@@ -22,7 +22,7 @@ from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
 from ..operands import bias_operand
 from ..stats import pair_stats
 from ..tiles import BIAS_CODES, LOG2E
-from .config import HopperConfig, hopper_config, sign_chunks, value_split, value_width
+from .config import HopperConfig, forward_sign_box, hopper_config, value_split, value_width
 from .support import tma_readable
 
 GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int8: "int8",
@@ -179,7 +179,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     lse = torch.empty(bsz, heads, n, **f32)
     row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
     v = tma_readable(v)
-    kc, nkc = sign_chunks(dim)
+    kc, nkc = forward_sign_box(dim)
     dp = q_signs.shape[-1]
     q_desc = _descriptor(q_signs.view(bsz * heads, n, dp), [1, cfg.block_n, kc])
     k_desc = _descriptor(k_signs.view(bsz * heads, m, dp), [1, cfg.block_m, kc])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bitlower.codegen.hopper import HopperConfig, hopper_config, support
-from bitlower.codegen.hopper.config import sign_chunks, value_width
+from bitlower.codegen.hopper.config import forward_sign_box, sign_chunks, value_split, value_width
 from bitlower.spec import CallSpec
 
 SM90 = (9, 0)
@@ -165,3 +165,10 @@ def test_build_check_variants_are_supported_calls(gluon_ok):
     for v in _build_module().VARIANTS:
         call = _call(n=v.shape[2], dim=v.shape[3], dim_v=v.shape[4], dtype=v.dtype, weighting=v.weighting)
         assert support.hopper_tensors_unsupported(*call, capability=SM90) is None, v.name
+
+
+def test_value_split_and_the_forward_sign_box():
+    assert [value_split(d) for d in (64, 65, 72, 80, 96, 97, 128)] == [(64, 0), (64, 16), (64, 16), (64, 16),
+                                                                        (64, 32), (128, 0), (128, 0)]
+    assert [forward_sign_box(d) for d in (16, 24, 64, 72, 96, 128)] == [(32, 1), (32, 1), (64, 1), (128, 1), (128, 1),
+                                                                        (128, 1)]
