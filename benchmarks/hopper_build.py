@@ -79,6 +79,7 @@ VARIANTS = [
     Variant("d72_peel", (16, 16, 1024, 72, 72), config=(64, 64, 2, 1)),
     Variant("d80_rowsum_mask", (2, 4, 333, 80, 80), bias="mask", config=(64, 64, 2, 0, 0, 1)),
     Variant("d64_v72_token", (2, 4, 333, 64, 72), weighting="token"),
+    Variant("d72_maxnreg128", (16, 16, 1024, 72, 72), config=(64, 64, 2, 0, 0, 0, 0, 1, 128)),
     Variant("d64_train_bits", (8, 8, 1024, 64, 64), save_bits=True),
     Variant("d64_online_only", (8, 8, 1024, 64, 64), static_max=False),
     Variant("m32_d64", (8, 8, 4096, 64, 64), config=(64, 32, 2)),  # 32-key tiles: 84 registers, 6 CTAs per SM

@@ -34,6 +34,9 @@ class HopperConfig:
             producer warp and that many 64-row consumer warpgroups per CTA (block_n 64).
         pingpong: under structure (b), the consumers take turns issuing their products (FlashAttention-3's
             schedule); False lets them issue freely.
+        maxnreg: structure (a): ptxas' register limit per thread (0: its own choice). 128 fits 4 CTAs per SM
+            where the kernel takes more (D 72: 135 -> 128 with 24 B of spills, two LDL and two STL per key tile;
+            offline, session 15, unmeasured).
     """
 
     block_n: int = 64
@@ -44,6 +47,7 @@ class HopperConfig:
     mma_rowsum: bool = False
     consumers: int = 0
     pingpong: bool = True
+    maxnreg: int = 0
 
     def __post_init__(self):
         if self.block_n not in (64, 128):
@@ -58,6 +62,8 @@ class HopperConfig:
             raise ValueError(f"consumers must be in [0, 3], got {self.consumers}")
         if self.consumers and (self.block_n != 64 or self.peel):
             raise ValueError("consumers > 0 takes block_n 64 without peel")
+        if self.maxnreg and (self.consumers or not 64 <= self.maxnreg <= 255 or self.maxnreg % 8):
+            raise ValueError(f"maxnreg takes structure (a) and a multiple of 8 in [64, 255], got {self.maxnreg}")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
         object.__setattr__(self, "mma_rowsum", bool(self.mma_rowsum))
         object.__setattr__(self, "pingpong", bool(self.pingpong))

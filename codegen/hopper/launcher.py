@@ -22,7 +22,7 @@ from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
 from ..operands import bias_operand
 from ..stats import pair_stats
 from ..tiles import BIAS_CODES, LOG2E
-from .config import HopperConfig, forward_sign_box, hopper_config, value_split, value_width
+from .config import HopperConfig, forward_sign_box, hopper_config, sign_chunks, value_split, value_width
 from .support import tma_readable
 
 GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int8: "int8",
@@ -179,7 +179,8 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     lse = torch.empty(bsz, heads, n, **f32)
     row_state = torch.empty(bsz, heads, n, 2, **f32)  # (m2, log2 l) per row
     v = tma_readable(v)
-    kc, nkc = forward_sign_box(dim)
+    # structure (b) keeps the 32-channel boxes: the single box is GPU-tested under structure (a) only (session 15)
+    kc, nkc = sign_chunks(dim) if cfg.consumers else forward_sign_box(dim)
     dp = q_signs.shape[-1]
     q_desc = _descriptor(q_signs.view(bsz * heads, n, dp), [1, cfg.block_n, kc])
     k_desc = _descriptor(k_signs.view(bsz * heads, m, dp), [1, cfg.block_m, kc])
@@ -205,6 +206,8 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
 
         args = args[:3] + (vt_desc,) + args[3:]
         kwargs.update(PEEL=cfg.peel, POLY_EVERY=cfg.poly_exp, ROWSUM_MMA=cfg.mma_rowsum, DVT=dvt)
+        if cfg.maxnreg:
+            kwargs.update(maxnreg=cfg.maxnreg)
     _launch(kernel, (-(-n // cfg.rows_per_cta), bsz * heads), args, kwargs)
     return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state
 

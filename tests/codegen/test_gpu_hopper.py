@@ -140,7 +140,7 @@ def test_row_sums_on_the_tensor_cores(shape, case):
 
 
 @pytest.mark.parametrize("config", [None, HopperConfig(128, 64, 2), HopperConfig(peel=True), HopperConfig(64, 64, 3),
-                                    HopperConfig(mma_rowsum=True)], ids=str)
+                                    HopperConfig(mma_rowsum=True), HopperConfig(maxnreg=128)], ids=str)
 @pytest.mark.parametrize("shape", [(2, 2, 256, 72, 72), (2, 3, 197, 72, 72), (1, 2, 333, 64, 80), (1, 3, 130, 96, 96)],
                          ids=str)
 @pytest.mark.parametrize("static_max", [True, False])

@@ -141,6 +141,10 @@ def test_config_table_and_validation():
         HopperConfig(consumers=4)
     with pytest.raises(ValueError, match="block_n 64"):
         HopperConfig(128, 64, 2, consumers=2)
+    assert HopperConfig(*map(int, "64x64x2x0x0x0x0x1x128".split("x"))).maxnreg == 128
+    for bad in (dict(maxnreg=100), dict(maxnreg=32), dict(maxnreg=128, consumers=2)):
+        with pytest.raises(ValueError, match="maxnreg"):
+            HopperConfig(**bad)
 
 
 def _build_module():
