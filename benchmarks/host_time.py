@@ -6,7 +6,8 @@ shorter (else the launch queue fills and the wall time is the GPU's: take a smal
 host time alone). GPU time per call: ``triton.testing.do_bench``. Paths: the Gluon launcher
 (``launch_hopper_forward``), the same through its opaque operator (``torch.ops.bitlower.hopper_fwd``), the
 public eager API (``bitlower.binary_attention``, the plan's kernels) and that call compiled
-(``fullgraph=True``), with the plan's forward and with ``forward="hopper"``. Usage, on the GPU machine:
+(``fullgraph=True``), with the plan's forward, with ``forward="hopper"`` and with the stats pass traced before the
+Gluon operator (``hopper_stats="graph"``). Usage, on the GPU machine:
 ``python benchmarks/host_time.py --shape 32 6 1601 64``; ``--profile K`` adds the K functions with the most
 cumulative host time under ``cProfile`` per path (where the host time goes).
 """
@@ -64,6 +65,7 @@ def main() -> None:
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, D) views, as timm's attention
     spec = CallSpec(scale=dim ** -0.5)
     hopper = KernelOptions(forward="hopper")  # one object: built per call, Dynamo would guard its fields each call
+    traced_stats = KernelOptions(forward="hopper", hopper_stats="graph")
     paths = {
         "launch_hopper_forward": lambda: launch_hopper_forward(q, k, v, None, None, None, spec),
         "torch.ops.bitlower.hopper_fwd": lambda: torch.ops.bitlower.hopper_fwd(
@@ -72,6 +74,8 @@ def main() -> None:
         "compiled, plan": torch.compile(lambda: bitlower.binary_attention(q, k, v), fullgraph=True),
         "compiled, forward=hopper": torch.compile(lambda: bitlower.binary_attention(
             q, k, v, kernel_options=hopper), fullgraph=True),
+        "compiled, forward=hopper, hopper_stats=graph": torch.compile(lambda: bitlower.binary_attention(
+            q, k, v, kernel_options=traced_stats), fullgraph=True),
     }
     print(f"shape {tuple(args.shape)}, {torch.cuda.get_device_name()}, {args.calls} calls")
     print("| path | host us/call | GPU us/call |\n|---|---|---|")

@@ -84,6 +84,9 @@ class KernelOptions:
         static_max: False forces the online softmax in the forward.
         min_width: the floor of the tl.dot kernels' padded head dims (``configs.padded_dim``): 64, or 32
             (the narrower tiles that faulted on the H200; for sanitizer comparisons).
+        hopper_stats: where the Gluon forward's stats pass runs: ``"op"`` (inside the opaque operator, the
+            default) or ``"graph"`` (a traced pass before a narrower opaque operator, ``bitlower::hopper_main``:
+            Inductor launches the stats kernel itself; less host time per call; session 15, not yet GPU-run).
         counted: the bitlower backend has counted this call's fallback (``passes.kernel_fallback`` sets
             it on every operator call of the graphs it compiles): bodies traced on fake tensors then
             leave ``counters["fallback"]`` alone. Not a plan choice.
@@ -102,6 +105,7 @@ class KernelOptions:
     static_max: bool = True
     backward: str = "auto"
     min_width: int = MIN_PADDED_DIM
+    hopper_stats: str = "op"
     counted: bool = False
 
     def __post_init__(self):
@@ -111,6 +115,8 @@ class KernelOptions:
             raise ValueError(f"backward must be one of {BACKWARD_CHOICES}, got {self.backward!r}")
         for name in ("forward_tiles", "backward_tiles"):
             parse_tiles(getattr(self, name))
+        if self.hopper_stats not in ("op", "graph"):
+            raise ValueError(f"hopper_stats must be 'op' or 'graph', got {self.hopper_stats!r}")
         if self.min_width not in (MIN_PADDED_DIM, NARROW_PADDED_DIM):
             raise ValueError(f"min_width must be {MIN_PADDED_DIM} or {NARROW_PADDED_DIM}, got {self.min_width!r}")
 
@@ -186,7 +192,9 @@ class CallFacts:
 @dataclass(frozen=True)
 class ForwardPlan:
     """The forward launches of one call: kernel family, tiles, dot operand type, softmax form, and the
-    padded widths of the sign (``dim_p``) and value (``dim_vp``) tiles (tl.dot kernels; ``configs.padded_dim``)."""
+    padded widths of the sign (``dim_p``) and value (``dim_vp``) tiles (tl.dot kernels; ``configs.padded_dim``);
+    ``stats_in_graph``: the Gluon forward's stats pass traced before its opaque operator (``KernelOptions``'
+    ``hopper_stats``)."""
 
     kernel: str
     tiles: TileConfig
@@ -194,6 +202,7 @@ class ForwardPlan:
     static_max: bool
     dim_p: int
     dim_vp: int
+    stats_in_graph: bool = False
 
 
 @dataclass(frozen=True)
@@ -295,7 +304,8 @@ def plan_forward(call: CallFacts, spec, device: DeviceFacts, options: KernelOpti
     dp, dvp = padded_dim(call.dim, options.min_width), padded_dim(call.dim_v, options.min_width)
     tiles = parse_tiles(options.forward_tiles) or _forward_tiles(kernel, call, spec, device, dp, dvp)
     static = options.static_max and spec.bias_kind != "dense"  # no bound known for a caller's dense bias
-    return ForwardPlan(kernel, tiles, dot_kind(call.dtype, device), static, dp, dvp)
+    return ForwardPlan(kernel, tiles, dot_kind(call.dtype, device), static, dp, dvp,
+                       kernel == "hopper" and options.hopper_stats == "graph")
 
 
 def _forward_tiles(kernel: str, call: CallFacts, spec, device: DeviceFacts, dp: int, dvp: int) -> TileConfig:

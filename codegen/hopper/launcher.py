@@ -13,6 +13,7 @@ The Gluon kernel is launched directly (``kernel[grid](...)``), not through
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 
@@ -164,14 +165,56 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
         ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` as the reference (bits with 0 words
         unless ``spec.save_bits``).
     """
-    bsz, heads, n, dim = q.shape
-    m, dim_v = k.shape[2], v.shape[-1]
+    stats = hopper_stats(q, k, a, b, spec)
+    out, lse, a_eff, b_eff, row_state = launch_hopper_main(*stats.main_operands(), v, bias, spec, q.shape[-1],
+                                                           static_max=static_max, config=config)
+    return stats.outputs(out, lse, a_eff, b_eff, row_state, spec)
+
+
+@dataclass
+class HopperStats:
+    """The stats pass's outputs that the Gluon forward reads (``pair_stats`` with float8 signs)."""
+
+    q_signs: torch.Tensor  # (B, H, N, DP) float8 e4m3 +-1.0, zero past D
+    k_signs: torch.Tensor  # (B, H, M, DP)
+    a_rows: torch.Tensor | None  # (B, H, N, 1) float32 token / none scalars, else None (mean_abs)
+    b_rows: torch.Tensor | None
+    q_sums: torch.Tensor | None  # (B, H) float32 sums of |q| (mean_abs), else None
+    k_sums: torch.Tensor | None
+    b_max: torch.Tensor | None  # (B, H) max |b_rows|, else None
+    bits: tuple  # (qbits, kbits, qclip, kclip)
+
+    def main_operands(self) -> tuple:
+        """``launch_hopper_main``'s first seven arguments."""
+        return self.q_signs, self.k_signs, self.a_rows, self.b_rows, self.q_sums, self.k_sums, self.b_max
+
+    def outputs(self, out, lse, a_eff, b_eff, row_state, spec) -> tuple:
+        """The forward's nine outputs: the kernel's, the stats pass's bits, and the row scalars (the kernel's
+        for mean_abs, else the stats pass's)."""
+        if spec.weighting != "mean_abs":
+            a_eff, b_eff = self.a_rows, self.b_rows
+        return (out, lse, *self.bits, a_eff, b_eff, row_state)
+
+
+def hopper_stats(q, k, a, b, spec) -> HopperStats:
+    """The Gluon forward's stats pass (``stats.pair_stats``: float8 signs, |x| sums or the eff rows, bits)."""
     mean_abs = spec.weighting == "mean_abs"
     (qbits, qclip, a_rows, q_sums, _, q_signs), (kbits, kclip, b_rows, k_sums, b_max, k_signs) = pair_stats(
         q, k, a, b, spec, eff=not mean_abs, signs=True, fp8_signs=True)
-    f32 = dict(dtype=torch.float32, device=q.device)
-    a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else a_rows
-    b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else b_rows
+    return HopperStats(q_signs, k_signs, a_rows, b_rows, q_sums, k_sums, b_max, (qbits, kbits, qclip, kclip))
+
+
+def launch_hopper_main(q_signs, k_signs, a_rows, b_rows, q_sums, k_sums, b_max, v, bias, spec, dim: int, *,
+                       static_max: bool = True, config: HopperConfig | None = None):
+    """The Gluon kernel on the stats pass's outputs (``hopper_stats``): ``(out, lse, a_eff, b_eff, row_state)``,
+    a_eff / b_eff ``(B, H, L, 1)`` written by the kernel for mean_abs, 0-element tensors otherwise (the rows are
+    the stats pass's ``a_rows`` / ``b_rows``, read here)."""
+    bsz, heads, n, dp = q_signs.shape
+    m, dim_v = k_signs.shape[2], v.shape[-1]
+    mean_abs = spec.weighting == "mean_abs"
+    f32 = dict(dtype=torch.float32, device=v.device)
+    a_eff = torch.empty(bsz, heads, n, 1, **f32) if mean_abs else torch.empty(0, **f32)
+    b_eff = torch.empty(bsz, heads, m, 1, **f32) if mean_abs else torch.empty(0, **f32)
     cfg = config or hopper_config(n, dim, dim_v)
     pads = (-(-n // cfg.rows_per_cta) * cfg.rows_per_cta, -(-m // cfg.block_m) * cfg.block_m)
     code, beta, strides, beta_max, static_ok = hopper_bias(bias, spec, (bsz, heads, n, m), pads)
@@ -181,7 +224,6 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     v = tma_readable(v)
     # structure (b) keeps the 32-channel boxes: the single box is GPU-tested under structure (a) only (session 15)
     kc, nkc = sign_chunks(dim) if cfg.consumers else forward_sign_box(dim)
-    dp = q_signs.shape[-1]
     q_desc = _descriptor(q_signs.view(bsz * heads, n, dp), [1, cfg.block_n, kc])
     k_desc = _descriptor(k_signs.view(bsz * heads, m, dp), [1, cfg.block_m, kc])
     # structure (a) splits Dv in (64, 96] into 64 + a tail; structure (b) keeps one power-of-two width
@@ -190,9 +232,9 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
     vt_desc = _descriptor(v, [1, 1, cfg.block_m, dvt]) if dvt else v_desc
     limit, offset = STATIC_LIMIT.get(v.dtype, DEFAULT_LIMIT)
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
-    args = (q_desc, k_desc, v_desc, out, lse, row_state, a_eff, b_eff, pick(q_sums), pick(k_sums), pick(b_max),
-            pick(beta), pick(beta_max), *strides, heads, n, m, spec.scale * LOG2E.value,
-            1.0 / (n * dim), 1.0 / (m * dim))
+    args = (q_desc, k_desc, v_desc, out, lse, row_state, a_eff if mean_abs else a_rows,
+            b_eff if mean_abs else b_rows, pick(q_sums), pick(k_sums), pick(b_max), pick(beta), pick(beta_max),
+            *strides, heads, n, m, spec.scale * LOG2E.value, 1.0 / (n * dim), 1.0 / (m * dim))
     kwargs = dict(D=dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, MEAN_ABS=mean_abs, BIAS=code,
                   BETA_MAX=beta_max is not None, STATIC_MAX=static_max and static_ok, LIMIT=limit,
                   P_OFFSET=offset, EVEN_M=m % cfg.block_m == 0, num_warps=cfg.num_warps)
@@ -209,5 +251,5 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
         if cfg.maxnreg:
             kwargs.update(maxnreg=cfg.maxnreg)
     _launch(kernel, (-(-n // cfg.rows_per_cta), bsz * heads), args, kwargs)
-    return out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state
+    return out, lse, a_eff, b_eff, row_state
 

@@ -159,8 +159,9 @@ def test_the_operator_routes_the_hopper_plan_through_the_opaque_op_when_compiled
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("noncontig", [False, True], ids=["aligned_v", "copied_v"])
-def test_compiled_hopper_forward_matches_eager(noncontig, helpers):
-    options = KernelOptions(forward="hopper")
+@pytest.mark.parametrize("stats", ["op", "graph"])
+def test_compiled_hopper_forward_matches_eager(noncontig, stats, helpers):
+    options = KernelOptions(forward="hopper", hopper_stats=stats)
     call = helpers.make_call(2, 3, 197, 197, 64, 64, dtype=torch.bfloat16, device="cuda", noncontig=noncontig,
                              grad_mode="hamming")
     q, k, v, a, b, bias, spec = call
@@ -223,3 +224,48 @@ def test_the_default_plan_runs_the_gluon_forward_on_sm90(helpers):
     ref64 = reference.forward(q.double(), k.double(), v.double(), None, None, None, spec)[0]
     ref_lp = reference.forward(q, k, v, None, None, None, spec)[0]
     assert helpers.rel_err(out, ref64) <= 3 * helpers.rel_err(ref_lp, ref64) + 1e-6
+
+
+def _main_stub(q_signs, k_signs, a_rows, b_rows, q_sums, k_sums, b_max, v, bias, dim, *flat):
+    """A CPU stand-in for ``bitlower::hopper_main``'s CUDA kernel: the launcher's outputs, its launch stubbed."""
+    _CPU_STUB["main_calls"] += 1
+    spec = CallSpec.from_op_args(*flat[:7])
+    with mock.patch.object(launcher, "_descriptor", lambda tensor, block: None), \
+            mock.patch.object(launcher, "_launch", lambda kernel, grid, args, kwargs: None):
+        outputs = launcher.launch_hopper_main(q_signs, k_signs, a_rows, b_rows, q_sums, k_sums, b_max, v, bias, spec,
+                                              dim, static_max=flat[7])
+    return tuple(t.zero_() for t in outputs)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_stats_in_the_graph_keeps_the_outputs_and_the_stats(case, helpers):
+    """``hopper_stats="graph"``: the stats pass traced before ``bitlower::hopper_main`` gives the outputs of the
+    launcher (metadata, on fake tensors) and, run (the interpreter's stats kernel, a stubbed main), the reference's
+    bits and row scalars; the main operator sees the stats pass's signs and scalars."""
+    call = _call(helpers, case)
+    q, k, v, a, b, bias, spec = call
+    plan = ForwardPlan("hopper", None, 2, True, 64, 64, stats_in_graph=True)
+    real = _launcher_outputs(call)
+    with FakeTensorMode(allow_non_fake_inputs=False) as mode, mock.patch("torch.library.wrap_triton", _NoLaunch):
+        fake_call = [None if t is None else mode.from_tensor(t) for t in call[:6]]
+        fake = hopper_forward(*fake_call, spec, plan)  # the stats kernel's launch stubbed: its outputs' metadata
+    assert _meta(fake) == _meta(real)
+    if not _CPU_STUB.get("main_registered"):
+        torch.library.register_kernel("bitlower::hopper_main", "cpu", _main_stub)
+        _CPU_STUB["main_registered"] = True
+    _CPU_STUB["main_calls"] = 0
+    got = hopper_forward(*call[:6], spec, plan)
+    assert _CPU_STUB["main_calls"] == 1
+    ref = ops._drop_bits(reference.forward(*call[:6], spec), spec)
+    for index in (2, 3, 4, 5):  # qbits, kbits, qclip, kclip from the stats pass
+        assert torch.equal(got[index], ref[index])
+    if case["weighting"] != "mean_abs":  # the eff rows (mean_abs': the kernel's, stubbed here)
+        assert torch.allclose(got[6], ref[6].float()) and torch.allclose(got[7], ref[7].float())
+
+
+def test_stats_in_the_graph_is_a_kernel_option():
+    options = KernelOptions(forward="hopper", hopper_stats="graph")
+    assert KernelOptions.decode(options.encode()) == options
+    with pytest.raises(ValueError, match="hopper_stats"):
+        KernelOptions(hopper_stats="inside")
+
