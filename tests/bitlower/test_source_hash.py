@@ -68,6 +68,6 @@ def test_the_opaque_gluon_operators_take_the_hash_last():
     import bitlower.codegen.hopper.backward_op  # noqa: F401 - defines the operators
     import bitlower.codegen.hopper.op  # noqa: F401
 
-    for name in ("hopper_fwd", "hopper_bwd"):
+    for name in ("hopper_fwd", "hopper_main", "hopper_bwd"):
         schema = getattr(torch.ops.bitlower, name).default._schema
         assert schema.arguments[-1].name == "source" and str(schema.arguments[-1].type) == "str", name
