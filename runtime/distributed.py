@@ -53,6 +53,13 @@ def setup(device: str | torch.device | None = None) -> DistContext:
     return DistContext(rank, world, local_rank, dev)
 
 
+def teardown(ctx: DistContext) -> None:
+    """Destroy the process group ``setup`` started (a gloo group left to interpreter exit can abort the process:
+    "terminate called without an active exception")."""
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def all_reduce_sum(values: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     """Sum over processes (identity in one process)."""
     if ctx.distributed:

@@ -201,7 +201,7 @@ def test_resume_is_exact_with_ema(blobs, tmp_path):
 
 DDP_EVAL_WORKER = """
 import json, sys, torch
-from bitlower.runtime.distributed import setup
+from bitlower.runtime.distributed import setup, teardown
 sys.path.insert(0, sys.argv[2])
 from test_segmentation_task import ddp_eval_case
 model, task = ddp_eval_case()
@@ -209,6 +209,7 @@ ctx = setup("cpu")
 result = task.evaluate(model, ctx)
 if ctx.rank == 0:
     open(sys.argv[1], "w").write(json.dumps(result))
+teardown(ctx)
 """
 
 
