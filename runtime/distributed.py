@@ -53,10 +53,10 @@ def setup(device: str | torch.device | None = None) -> DistContext:
     return DistContext(rank, world, local_rank, dev)
 
 
-def teardown(ctx: DistContext) -> None:
-    """Destroy the process group ``setup`` started (a gloo group left to interpreter exit can abort the process:
-    "terminate called without an active exception")."""
-    if ctx.distributed and dist.is_initialized():
+def teardown() -> None:
+    """Destroy the process group ``setup`` started, if any (a gloo group left to interpreter exit can abort the
+    process: "terminate called without an active exception"); ``setup`` starts a new one afterwards."""
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

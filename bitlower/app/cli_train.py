@@ -15,6 +15,7 @@ import torch
 
 from bitlower.runtime import PRESETS, DistillConfig, TrainConfig, binarize_, preset, read_checkpoint
 from bitlower.runtime.checkpoint import CheckpointError, check_state_dict
+from bitlower.runtime.distributed import teardown
 
 from .arguments import (HelpFormatter, UsageError, check_compile_backend, device, non_negative_int, optional_float,
                         positive_int, writable_folder)
@@ -125,7 +126,10 @@ def run_train(args) -> int:
              "data_info": [list(v) if isinstance(v, tuple) else v for v in info]}  # rebuilds the model (export)
     run = TaskRun(model, train, test, config, teacher if distill != "none" else None, distill_config, extra,
                   resume, args.stop_after)
-    metrics = task.run(run)
+    try:
+        metrics = task.run(run)
+    finally:
+        teardown()  # the process group the trainer started under torchrun (none in one process)
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     print(f"{task.name} {args.model} ({args.preset}) on {args.data}: {shown}")
     print(f"checkpoint {folder / 'checkpoint.pt'}, metrics {folder / 'metrics.jsonl'}, arguments {folder / 'run_args.json'}")

@@ -209,7 +209,7 @@ ctx = setup("cpu")
 result = task.evaluate(model, ctx)
 if ctx.rank == 0:
     open(sys.argv[1], "w").write(json.dumps(result))
-teardown(ctx)
+teardown()
 """
 
 

@@ -163,8 +163,8 @@ x, y = load_digits_tensors("train")
 train_classifier(model, TensorDataset(x, y), TrainConfig(steps=5, batch_size=32, lr=1e-3, progress=False, device="cpu"))
 if int(__import__("os").environ.get("RANK", "0")) == 0:
     torch.save(model.state_dict(), sys.argv[1])
-from bitlower.runtime.distributed import setup, teardown
-teardown(setup("cpu"))  # the group train_classifier started (setup returns it, already initialised)
+from bitlower.runtime.distributed import teardown
+teardown()  # the group train_classifier started
 """
 
 
