@@ -126,10 +126,9 @@ def run_train(args) -> int:
              "data_info": [list(v) if isinstance(v, tuple) else v for v in info]}  # rebuilds the model (export)
     run = TaskRun(model, train, test, config, teacher if distill != "none" else None, distill_config, extra,
                   resume, args.stop_after)
-    try:
-        metrics = task.run(run)
-    finally:
-        teardown()  # the process group the trainer started under torchrun (none in one process)
+    metrics = task.run(run)
+    teardown()  # the process group the trainer started under torchrun (none in one process); after an error the
+    # process exits with it: a destroy then could wait on peers still inside a collective
     shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
     print(f"{task.name} {args.model} ({args.preset}) on {args.data}: {shown}")
     print(f"checkpoint {folder / 'checkpoint.pt'}, metrics {folder / 'metrics.jsonl'}, arguments {folder / 'run_args.json'}")

@@ -165,7 +165,7 @@ def launch_hopper_forward(q, k, v, a, b, bias, spec, *, static_max: bool = True,
         ``(out, lse, qbits, kbits, qclip, kclip, a_eff, b_eff, row_state)`` as the reference (bits with 0 words
         unless ``spec.save_bits``).
     """
-    stats = hopper_stats(q, k, a, b, spec)
+    stats = stats_pass(q, k, a, b, spec)
     out, lse, a_eff, b_eff, row_state = launch_hopper_main(*stats.main_operands(), v, bias, spec, q.shape[-1],
                                                            static_max=static_max, config=config)
     return stats.outputs(out, lse, a_eff, b_eff, row_state, spec)
@@ -185,7 +185,7 @@ class HopperStats:
     bits: tuple  # (qbits, kbits, qclip, kclip)
 
     def main_operands(self) -> tuple:
-        """``launch_hopper_main``'s first seven arguments."""
+        """``launch_hopper_main``'s (and ``bitlower::hopper_main``'s) first seven arguments."""
         return self.q_signs, self.k_signs, self.a_rows, self.b_rows, self.q_sums, self.k_sums, self.b_max
 
     def outputs(self, out, lse, a_eff, b_eff, row_state, spec) -> tuple:
@@ -196,7 +196,7 @@ class HopperStats:
         return (out, lse, *self.bits, a_eff, b_eff, row_state)
 
 
-def hopper_stats(q, k, a, b, spec) -> HopperStats:
+def stats_pass(q, k, a, b, spec) -> HopperStats:
     """The Gluon forward's stats pass (``stats.pair_stats``: float8 signs, |x| sums or the eff rows, bits)."""
     mean_abs = spec.weighting == "mean_abs"
     (qbits, qclip, a_rows, q_sums, _, q_signs), (kbits, kclip, b_rows, k_sums, b_max, k_signs) = pair_stats(
@@ -206,7 +206,7 @@ def hopper_stats(q, k, a, b, spec) -> HopperStats:
 
 def launch_hopper_main(q_signs, k_signs, a_rows, b_rows, q_sums, k_sums, b_max, v, bias, spec, dim: int, *,
                        static_max: bool = True, config: HopperConfig | None = None):
-    """The Gluon kernel on the stats pass's outputs (``hopper_stats``): ``(out, lse, a_eff, b_eff, row_state)``,
+    """The Gluon kernel on the stats pass's outputs (``stats_pass``): ``(out, lse, a_eff, b_eff, row_state)``,
     a_eff / b_eff ``(B, H, L, 1)`` written by the kernel for mean_abs, 0-element tensors otherwise (the rows are
     the stats pass's ``a_rows`` / ``b_rows``, read here)."""
     bsz, heads, n, dp = q_signs.shape

@@ -19,7 +19,7 @@ from bitlower.output_layout import new_output
 from bitlower.packing import num_words
 from bitlower.spec import CallSpec
 
-from .launcher import HopperStats, hopper_stats, launch_hopper_forward, launch_hopper_main
+from .launcher import launch_hopper_forward, launch_hopper_main, stats_pass
 from .opaque import cuda_operator
 from bitlower.source_hash import SOURCE_HASH
 
@@ -103,7 +103,7 @@ def run_main_flat(
     source: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``bitlower::hopper_main``'s (CUDA) implementation: ``launch_hopper_main`` on the stats pass's outputs
-    (``hopper_stats``, traced before it); flat arguments as ``run_flat``'s."""
+    (``stats_pass``, traced before it); flat arguments as ``run_flat``'s."""
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
     return launch_hopper_main(q_signs, k_signs, a_rows, b_rows, q_sums, k_sums, b_max, v, bias, spec, dim,
                               static_max=static_max)
@@ -129,10 +129,10 @@ def _hopper_main_fake(q_signs, k_signs, a_rows, b_rows, q_sums, k_sums, b_max, v
 
 def _hopper_forward_in_graph(q, k, v, a, b, bias, spec, static_max: bool):
     """The stats pass as traced kernels (Inductor launches them), then ``bitlower::hopper_main``."""
-    stats: HopperStats = hopper_stats(q, k, a, b, spec)
-    out, lse, a_eff, b_eff, row_state = torch.ops.bitlower.hopper_main(
-        *stats.main_operands(), v, bias, q.shape[-1], *spec.op_args(), static_max, SOURCE_HASH)
-    return stats.outputs(out, lse, a_eff, b_eff, row_state, spec)
+    stats = stats_pass(q, k, a, b, spec)  # as ``launch_hopper_forward``, the main launch as the opaque op
+    main = torch.ops.bitlower.hopper_main(*stats.main_operands(), v, bias, q.shape[-1], *spec.op_args(), static_max,
+                                          SOURCE_HASH)
+    return stats.outputs(*main, spec)
 
 
 def hopper_forward(q, k, v, a, b, bias, spec, plan):
