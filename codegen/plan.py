@@ -15,7 +15,7 @@ Forward kernels (``ForwardPlan.kernel``):
   bias materialised densely; measured faster for mean_abs at power-of-two D and for every table bias
   (benchmarks/kernel_notes.md, rounds 2 and 4).
 - ``"hopper"``: the Gluon forward of ``codegen/hopper`` (compute capability 9.x, Triton 3.6): the default
-  (``auto_forward``) at D = Dv in 64, 128 from ``HOPPER_AUTO_MIN_WORK`` score work per call wherever
+  (``auto_forward``) at D = Dv in ``HOPPER_AUTO_DIMS`` from ``HOPPER_AUTO_MIN_WORK`` score work per call wherever
   ``hopper_forward_unsupported`` accepts the call, or asked for by ``KernelOptions(forward="hopper")`` (any D
   and size it covers).
 

@@ -393,8 +393,8 @@ def _ones_operand(v_s, ROWSUM_MMA: gl.constexpr, BLOCK_M: gl.constexpr, num_warp
 
 @gluon.jit
 def _binary_attn_fwd_sm90_kernel(
-    q_desc, k_desc, v_desc, vt_desc, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr,
-    beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
+    q_desc, k_desc, v_desc, vt_desc, out_ptr, lse_ptr, state_ptr, a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr,
+    bias_ptr, beta_max_ptr, s_bias_b, s_bias_h, s_bn, s_bm, H, N, M, scale_log2, inv_nd, inv_md,
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, MEAN_ABS: gl.constexpr,
     BIAS: gl.constexpr, BETA_MAX: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
     P_OFFSET: gl.constexpr, PEEL: gl.constexpr, EVEN_M: gl.constexpr, POLY_EVERY: gl.constexpr,
