@@ -80,6 +80,14 @@ VARIANTS = [
     Variant("d80_rowsum_mask", (2, 4, 333, 80, 80), bias="mask", config=(64, 64, 2, 0, 0, 1)),
     Variant("d64_v72_token", (2, 4, 333, 64, 72), weighting="token"),
     Variant("d72_maxnreg128", (16, 16, 1024, 72, 72), config=(64, 64, 2, 0, 0, 0, 0, 1, 128)),
+    Variant("persist_d64", (32, 6, 1024, 64, 64), config=(64, 64, 2, 0, 0, 0, 0, 1, 0, 1), main=True),
+    Variant("persist_d72", (64, 16, 256, 72, 72), config=(64, 64, 2, 0, 0, 0, 0, 1, 0, 1), main=True),
+    Variant("persist_d128", (4, 16, 4096, 128, 128), config=(64, 64, 2, 0, 0, 0, 0, 1, 0, 1), main=True),
+    Variant("persist_d64_dense", (8, 8, 1024, 64, 64), bias="dense", config=(64, 64, 2, 0, 0, 0, 0, 1, 0, 1)),
+    Variant("persist_vit_table_token", (16, 6, 197, 64, 64), weighting="token", bias="table",
+            config=(64, 64, 2, 0, 0, 0, 0, 1, 0, 1)),
+    Variant("persist_d64_r128", (32, 6, 1024, 64, 64), config=(64, 64, 2, 0, 0, 0, 0, 1, 128, 1)),
+    Variant("persist_d64_s3", (32, 6, 1024, 64, 64), config=(64, 64, 3, 0, 0, 0, 0, 1, 0, 1)),
     Variant("d64_train_bits", (8, 8, 1024, 64, 64), save_bits=True),
     Variant("d64_online_only", (8, 8, 1024, 64, 64), static_max=False),
     Variant("m32_d64", (8, 8, 4096, 64, 64), config=(64, 32, 2)),  # 32-key tiles: 84 registers, 6 CTAs per SM
@@ -299,7 +307,7 @@ def build(index: int):
                     shared=compiled.metadata.shared, warps=options.get("num_warps", 4), notes=notes,
                     scalar_loads=ptx.count("ld.global.b16"), vector_rows=vector_rows, seconds=time.time() - start)
     except Exception:  # noqa: BLE001 - a compile failure is the result being reported
-        return dict(label=label, arch=target.arch, ok=False, error=traceback.format_exc(limit=3)[-600:],
+        return dict(label=label, arch=target.arch, ok=False, error=traceback.format_exc(limit=3)[-int(os.environ.get("BUILD_ERROR_CHARS", 600)):],
                     main=main, seconds=time.time() - start)
 
 
