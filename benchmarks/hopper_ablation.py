@@ -59,7 +59,7 @@ def _issue_pv_skipped(v_s, ones_s, v_bar, tile, o, lsum, pf, alpha, STAGES: gl.c
 
 
 @gluon.jit
-def _issue_qk_skipped(q_s, k_s, k_bar, tile, s_acc, q_buf, NKC: gl.constexpr, STAGES: gl.constexpr):
+def _issue_qk_skipped(q_s, k_s, k_bar, tile, s_acc, NKC: gl.constexpr, STAGES: gl.constexpr):
     """noqk: the K tile waited for, no wgmma."""
     slot = tile % STAGES
     mbarrier.wait(k_bar.index(slot), (tile // STAGES) & 1)

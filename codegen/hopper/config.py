@@ -37,8 +37,6 @@ class HopperConfig:
         maxnreg: structure (a): ptxas' register limit per thread (0: its own choice). 128 fits 4 CTAs per SM
             where the kernel takes more (D 72: 135 -> 128 with 24 B of spills, two LDL and two STL per key tile;
             offline, session 15, unmeasured).
-        persistent: structure (a) as a persistent kernel (``kernel_sage_persistent``): one program per resident CTA
-            slot walks many work items, its K / V ring running on into the next item's tiles.
     """
 
     block_n: int = 64
@@ -50,7 +48,6 @@ class HopperConfig:
     consumers: int = 0
     pingpong: bool = True
     maxnreg: int = 0
-    persistent: bool = False
 
     def __post_init__(self):
         if self.block_n not in (64, 128):
@@ -67,10 +64,7 @@ class HopperConfig:
             raise ValueError("consumers > 0 takes block_n 64 without peel")
         if self.maxnreg and (self.consumers or not 64 <= self.maxnreg <= 255 or self.maxnreg % 8):
             raise ValueError(f"maxnreg takes structure (a) and a multiple of 8 in [64, 255], got {self.maxnreg}")
-        if self.persistent and self.consumers:
-            raise ValueError("persistent takes structure (a) (consumers 0)")
         object.__setattr__(self, "peel", bool(self.peel))  # "64x64x2x1" on a command line
-        object.__setattr__(self, "persistent", bool(self.persistent))
         object.__setattr__(self, "mma_rowsum", bool(self.mma_rowsum))
         object.__setattr__(self, "pingpong", bool(self.pingpong))
 

@@ -167,9 +167,9 @@ def _producer(q_desc, k_desc, v_desc, smem, H, M, NKC: gl.constexpr, STAGES: gl.
     for t in range(gl.cdiv(M, BLOCK_M)):
         free = ((t // STAGES) & 1) ^ 1  # a fresh slot's wait for parity 1 passes at once
         mbarrier.wait(k_empty.index(t % STAGES), free)
-        _load_k(k_desc, k_s, k_bar, bh, t, t, True, BLOCK_M, KC, NKC, STAGES)
+        _load_k(k_desc, k_s, k_bar, bh, t, True, BLOCK_M, KC, NKC, STAGES)
         mbarrier.wait(v_empty.index(t % STAGES), free)
-        _load_v(v_desc, v_s, v_bar, b, h, t, t, True, BLOCK_M, STAGES)
+        _load_v(v_desc, v_s, v_bar, b, h, t, True, BLOCK_M, STAGES)
 
 
 @gluon.jit

@@ -68,12 +68,10 @@ from .kernel_sage_rows import (BIAS_DENSE, BIAS_MASK, BIAS_TABLE, LOG2E, NEG_INI
 ONES_N = gl.constexpr(8)  # width of the ones operand of ROWSUM_MMA (the smallest wgmma N)
 
 @gluon.jit
-def _load_k(k_desc, k_s, k_bar, bh, stream, tile, pred, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
+def _load_k(k_desc, k_s, k_bar, bh, tile, pred, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
             STAGES: gl.constexpr):
-    """TMA of K-sign tile ``tile`` of (batch*head) ``bh`` (NKC chunks of KC channels) into the ring slot of stream
-    position ``stream`` (``stream % STAGES``) where ``pred``. One program's stream is its key tiles in order (the
-    persistent kernel's spans its work items); without a persistent loop ``stream == tile``."""
-    slot = stream % STAGES
+    """TMA of K-sign tile ``tile`` (NKC chunks of KC channels) into slot ``tile % STAGES`` where ``pred``."""
+    slot = tile % STAGES
     bar = k_bar.index(slot)
     mbarrier.expect(bar, NKC * k_desc.block_type.nbytes, pred=pred)
     for c in gl.static_range(NKC):
@@ -82,10 +80,9 @@ def _load_k(k_desc, k_s, k_bar, bh, stream, tile, pred, BLOCK_M: gl.constexpr, K
 
 
 @gluon.jit
-def _load_v(v_desc, v_s, v_bar, b, h, stream, tile, pred, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
-    """TMA of V tile ``tile`` (rows past M and channels past Dv zero-filled) into the slot of stream position
-    ``stream`` where ``pred`` (``_load_k``)."""
-    slot = stream % STAGES
+def _load_v(v_desc, v_s, v_bar, b, h, tile, pred, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
+    """TMA of V tile ``tile`` (rows past M and channels past Dv zero-filled) into its slot where ``pred``."""
+    slot = tile % STAGES
     bar = v_bar.index(slot)
     mbarrier.expect(bar, v_desc.block_type.nbytes, pred=pred)
     tma.async_copy_global_to_shared(v_desc, [b, h, tile * BLOCK_M, 0], bar,
@@ -93,14 +90,14 @@ def _load_v(v_desc, v_s, v_bar, b, h, stream, tile, pred, BLOCK_M: gl.constexpr,
 
 
 @gluon.jit
-def _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, stream, tile, pred, BLOCK_M: gl.constexpr,
-             STAGES: gl.constexpr, DVT: gl.constexpr):
+def _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, tile, pred, BLOCK_M: gl.constexpr, STAGES: gl.constexpr,
+             DVT: gl.constexpr):
     """``_load_v``; with a value tail (``DVT`` > 0) also channels ``[DVP, DVP + DVT)`` into ``vt_s``, on the same
     barrier (one expect for both boxes: a second expect would arrive twice)."""
     if DVT == 0:
-        _load_v(v_desc, v_s, v_bar, b, h, stream, tile, pred, BLOCK_M, STAGES)
+        _load_v(v_desc, v_s, v_bar, b, h, tile, pred, BLOCK_M, STAGES)
     else:
-        slot = stream % STAGES
+        slot = tile % STAGES
         bar = v_bar.index(slot)
         mbarrier.expect(bar, v_desc.block_type.nbytes + vt_desc.block_type.nbytes, pred=pred)
         tma.async_copy_global_to_shared(v_desc, [b, h, tile * BLOCK_M, 0], bar,
@@ -110,33 +107,12 @@ def _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, stream, tile, pred, BLOCK_
 
 
 @gluon.jit
-def _tile_at(t, n_tiles, bh, b, h, nxt_bh, nxt_b, nxt_h, nxt_ok, PERSIST: gl.constexpr):
-    """``(bh, b, h, tile, ok)`` of the key tile ``t`` positions past the start of the current work item's tiles.
-
-    Without ``PERSIST``: tile ``t`` of this (batch*head), ``ok = t < n_tiles``. With it (``kernel_sage_persistent``)
-    positions past the item's last tile are the program's next item's (``nxt_bh`` = batch*head ``nxt_b``, ``nxt_h``;
-    ``nxt_ok``: there is one): the ring fills with them while the current item finishes. Positions reach at most
-    STAGES past the item, so the launcher takes the persistent kernel only where ``n_tiles >= STAGES``."""
-    t = t + 0 * n_tiles  # a tensor in both branches (prologue positions are constexpr)
-    ok = t < n_tiles
-    if PERSIST:
-        if t >= n_tiles:
-            t = t - n_tiles
-            bh = nxt_bh
-            b = nxt_b
-            h = nxt_h
-            ok = nxt_ok
-    return bh, b, h, t, ok
-
-
-@gluon.jit
-def _issue_qk(q_s, k_s, k_bar, tile, s_acc, q_buf, NKC: gl.constexpr, STAGES: gl.constexpr):
-    """Wait for K tile ``tile`` and issue ``S = Q . K^T`` as NKC async float8 wgmma groups into ``s_acc``, Q from
-    buffer ``q_buf`` of ``q_s`` (``[n_buffers * NKC, BLOCK_N, KC]``; the persistent kernel alternates two)."""
+def _issue_qk(q_s, k_s, k_bar, tile, s_acc, NKC: gl.constexpr, STAGES: gl.constexpr):
+    """Wait for K tile ``tile`` and issue ``S = Q . K^T`` as NKC async float8 wgmma groups into ``s_acc``."""
     slot = tile % STAGES
     mbarrier.wait(k_bar.index(slot), (tile // STAGES) & 1)
     for c in gl.static_range(NKC):
-        s_acc = warpgroup_mma(q_s.index(q_buf * NKC + c), k_s.index(slot * NKC + c).permute((1, 0)), s_acc,
+        s_acc = warpgroup_mma(q_s.index(c), k_s.index(slot * NKC + c).permute((1, 0)), s_acc,
                               use_acc=c > 0, is_async=True)
     return s_acc
 
@@ -245,32 +221,29 @@ def _rescale(o, alpha, o_layout: gl.constexpr, ONLINE: gl.constexpr):
 
 @gluon.jit
 def _step(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, j, n_tiles, s, o, ot, lsum, p, pf, m_i,
-          l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST, g0,
-          q_buf, nxt_bh, nxt_b, nxt_h, nxt_ok, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
-          EVEN_M: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr,
+          l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, LAST,
+          MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr,
+          BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr,
           o_layout: gl.constexpr, ot_layout: gl.constexpr, p_layout: gl.constexpr, l_layout: gl.constexpr,
-          POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr, DVT: gl.constexpr, PERSIST: gl.constexpr):
+          POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr, DVT: gl.constexpr):
     """Iteration ``j``: enters with tile j's probabilities ``pf`` and P.V_{j-1} in flight; leaves with
     tile j+1's probabilities and P.V_j in flight (``LAST``, constexpr or a uniform flag: tile j+1 is the
     last, its columns ``>= M`` masked). ``ROWSUM_MMA``: P.1_j is issued (and retired) with P.V_j, as is
-    the value tail's product (``DVT`` > 0). Ring slots and phases follow the stream position ``g0 + j``
-    (``g0``: the item's first tile in the program's stream; ``_tile_at`` maps refills past the item)."""
-    s = _issue_qk(q_s, k_s, k_bar, g0 + j + 1, s, q_buf, NKC, STAGES)
+    the value tail's product (``DVT`` > 0)."""
+    s = _issue_qk(q_s, k_s, k_bar, j + 1, s, NKC, STAGES)
     # retires P.V_{j-1}. ONLINE rescales O next: after a partial wait ptxas cannot prove the P.V it
     # reads retired and serialises every wgmma of the kernel, the static loop's too (C7514); a full
     # wait keeps that cost in the fallback loop.
     o, p, lsum = _retire_pv(o, p, lsum, 0 if ONLINE else NKC, ROWSUM_MMA)
     ot = _retire_tail(ot, 0 if ONLINE else NKC, DVT)
-    _, vb, vh, vtile, v_ok = _tile_at(j - 1 + STAGES, n_tiles, bh, b, h, nxt_bh, nxt_b, nxt_h, nxt_ok, PERSIST)
-    _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, vb, vh, g0 + j - 1 + STAGES, vtile, (j > 0) & v_ok, BLOCK_M, STAGES,
-             DVT)
-    o, lsum, p = _issue_pv(v_s, ones_s, v_bar, g0 + j, o, lsum, pf, alpha, STAGES, ONLINE, o_layout, p_layout,
-                           l_layout, ROWSUM_MMA)
-    ot = _issue_tail(vt_s, g0 + j, ot, p, alpha, STAGES, ONLINE, ot_layout, DVT)
+    _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, j - 1 + STAGES, (j > 0) & (j - 1 + STAGES < n_tiles), BLOCK_M,
+             STAGES, DVT)
+    o, lsum, p = _issue_pv(v_s, ones_s, v_bar, j, o, lsum, pf, alpha, STAGES, ONLINE, o_layout, p_layout, l_layout,
+                           ROWSUM_MMA)
+    ot = _issue_tail(vt_s, j, ot, p, alpha, STAGES, ONLINE, ot_layout, DVT)
     # retires S_{j+1}; P.V_j (and P.1_j, the tail's P.V_j) stay in flight
     s = warpgroup_mma_wait(num_outstanding=1 + (1 if ROWSUM_MMA else 0) + (1 if DVT > 0 else 0), deps=(s,))
-    kbh, _, _, ktile, k_ok = _tile_at(j + 1 + STAGES, n_tiles, bh, b, h, nxt_bh, nxt_b, nxt_h, nxt_ok, PERSIST)
-    _load_k(k_desc, k_s, k_bar, kbh, g0 + j + 1 + STAGES, ktile, k_ok, BLOCK_M, KC, NKC, STAGES)
+    _load_k(k_desc, k_s, k_bar, bh, j + 1 + STAGES, j + 1 + STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask,
                                  (j + 1) * BLOCK_M + col_base, M, LAST, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY,
                                  ROWSUM_MMA)
@@ -340,21 +313,18 @@ def _last_pv(v_s, vt_s, ones_s, v_bar, last, o, ot, lsum, p, pf, alpha, STAGES: 
 
 @gluon.jit
 def _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, m_i, c, c_rows, b_ptr, bias_base,
-            s_bn, s_bm, rows, row_mask, bh, b, h, M, g0, q_buf, nxt_bh, nxt_b, nxt_h, nxt_ok, MEAN_ABS: gl.constexpr,
-            BIAS: gl.constexpr, ONLINE: gl.constexpr, EVEN_M: gl.constexpr, BLOCK_N: gl.constexpr,
-            BLOCK_M: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr, DVP: gl.constexpr, DVT: gl.constexpr,
-            STAGES: gl.constexpr, PEEL: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr,
-            ot_layout: gl.constexpr, POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr, PERSIST: gl.constexpr):
-    """All key tiles of one work item: ``(o, ot, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised; ``ot`` its
+            s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, ONLINE: gl.constexpr,
+            EVEN_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, KC: gl.constexpr,
+            NKC: gl.constexpr, DVP: gl.constexpr, DVT: gl.constexpr, STAGES: gl.constexpr, PEEL: gl.constexpr,
+            s_layout: gl.constexpr, o_layout: gl.constexpr, ot_layout: gl.constexpr, POLY_EVERY: gl.constexpr,
+            ROWSUM_MMA: gl.constexpr):
+    """All key tiles of the program: ``(o, ot, l, m)`` with ``o = sum_j p_ij V_j`` (unnormalised; ``ot`` its
     channels ``[DVP, DVP + DVT)`` when ``DVT`` > 0, else an unused placeholder).
 
     Iteration ``j`` enters with the probabilities of tile j in registers (``pn``) and the P.V of tile
     j-1 in flight; it issues S_{j+1}, retires P.V_{j-1}, issues P.V_j, retires S_{j+1} and computes the
     probabilities of tile j+1 while P.V_j runs on the tensor cores. ``ROWSUM_MMA``: l is the
     ``(BLOCK_N, ONES_N)`` accumulator ``lsum = P . 1`` (its columns equal), issued beside each P.V.
-    The item's tiles are stream positions ``[g0, g0 + n_tiles)`` of the ring; it issues the loads of positions
-    ``[g0 + STAGES, g0 + n_tiles + STAGES)``: with ``PERSIST`` the last STAGES of them are the next items' first
-    tiles (``_tile_at``), in flight while this item finishes; without it they are predicated off.
     """
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     l_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[BLOCK_N // 16, 1],
@@ -363,10 +333,9 @@ def _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, 
     n_tiles = gl.cdiv(M, BLOCK_M)
     col_base = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, s_layout))
     l_i = gl.zeros([BLOCK_N], gl.float32, gl.SliceLayout(1, s_layout))
-    s = _issue_qk(q_s, k_s, k_bar, g0, gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout), q_buf, NKC, STAGES)
+    s = _issue_qk(q_s, k_s, k_bar, 0, gl.zeros([BLOCK_N, BLOCK_M], gl.float32, s_layout), NKC, STAGES)
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-    kbh, _, _, ktile, k_ok = _tile_at(STAGES, n_tiles, bh, b, h, nxt_bh, nxt_b, nxt_h, nxt_ok, PERSIST)
-    _load_k(k_desc, k_s, k_bar, kbh, g0 + STAGES, ktile, k_ok, BLOCK_M, KC, NKC, STAGES)
+    _load_k(k_desc, k_s, k_bar, bh, STAGES, STAGES < n_tiles, BLOCK_M, KC, NKC, STAGES)
     pf, m_i, l_i, alpha = _probs(s, m_i, l_i, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base,
                                  M, n_tiles == 1, MEAN_ABS, BIAS, ONLINE, EVEN_M, POLY_EVERY, ROWSUM_MMA)
     p = gl.zeros([BLOCK_N, BLOCK_M], pdt, p_layout)
@@ -382,68 +351,29 @@ def _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, 
             s, o, ot, lsum, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, j, n_tiles, s, o, ot, lsum, p, pf,
                 m_i, l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M, False,
-                g0, q_buf, nxt_bh, nxt_b, nxt_h, nxt_ok, MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES,
-                o_layout, ot_layout, p_layout, l_layout, POLY_EVERY, ROWSUM_MMA, DVT, PERSIST)
+                MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, ot_layout, p_layout, l_layout,
+                POLY_EVERY, ROWSUM_MMA, DVT)
         last = 0
         if n_tiles >= 2:
             s, o, ot, lsum, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, n_tiles - 2, n_tiles, s, o, ot,
                 lsum, p, pf, m_i, l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b,
-                h, M, True, g0, q_buf, nxt_bh, nxt_b, nxt_h, nxt_ok, MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC,
-                NKC, STAGES, o_layout, ot_layout, p_layout, l_layout, POLY_EVERY, ROWSUM_MMA, DVT, PERSIST)
+                h, M, True, MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, ot_layout, p_layout,
+                l_layout, POLY_EVERY, ROWSUM_MMA, DVT)
             last = n_tiles - 1
     else:  # one loop; the uniform last-tile flag is if-converted by ptxas (an FSEL per score, every tile)
         for j in range(n_tiles - 1):
             s, o, ot, lsum, p, pf, m_i, l_i, alpha = _step(
                 q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, j, n_tiles, s, o, ot, lsum, p, pf,
                 m_i, l_i, alpha, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, col_base, bh, b, h, M,
-                j + 2 == n_tiles, g0, q_buf, nxt_bh, nxt_b, nxt_h, nxt_ok, MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M,
-                KC, NKC, STAGES, o_layout, ot_layout, p_layout, l_layout, POLY_EVERY, ROWSUM_MMA, DVT, PERSIST)
+                j + 2 == n_tiles, MEAN_ABS, BIAS, ONLINE, EVEN_M, BLOCK_M, KC, NKC, STAGES, o_layout, ot_layout,
+                p_layout, l_layout, POLY_EVERY, ROWSUM_MMA, DVT)
         last = n_tiles - 1
-    o_done, ot_done, lsum = _last_pv(v_s, vt_s, ones_s, v_bar, g0 + last, o, ot, lsum, p, pf, alpha, STAGES, ONLINE,
+    o_done, ot_done, lsum = _last_pv(v_s, vt_s, ones_s, v_bar, last, o, ot, lsum, p, pf, alpha, STAGES, ONLINE,
                                      o_layout, ot_layout, p_layout, l_layout, ROWSUM_MMA, DVT)
-    if PERSIST:  # V slots of the item's last two tiles (every P.V retired): the next items' positions
-        for e in gl.static_range(2):
-            vbh, vb, vh, vtile, v_ok = _tile_at(n_tiles - 2 + e + STAGES, n_tiles, bh, b, h, nxt_bh, nxt_b, nxt_h,
-                                                nxt_ok, PERSIST)
-            _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, vb, vh, g0 + n_tiles - 2 + e + STAGES, vtile,
-                     v_ok & (n_tiles - 2 + e >= 0), BLOCK_M, STAGES, DVT)
     if ROWSUM_MMA:
         l_i = gl.convert_layout(gl.max(lsum, axis=1), gl.SliceLayout(1, s_layout))  # the ONES_N columns are equal
     return o_done, ot_done, l_i, m_i
-
-
-@gluon.jit
-def _attend_bounded(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, bound, c, c_rows, b_ptr,
-                    bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, g0, q_buf, nxt_bh, nxt_b, nxt_h, nxt_ok,
-                    MEAN_ABS: gl.constexpr, BIAS: gl.constexpr, STATIC_MAX: gl.constexpr, LIMIT: gl.constexpr,
-                    P_OFFSET: gl.constexpr, EVEN_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr,
-                    KC: gl.constexpr, NKC: gl.constexpr, DVP: gl.constexpr, DVT: gl.constexpr, STAGES: gl.constexpr,
-                    PEEL: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr, ot_layout: gl.constexpr,
-                    POLY_EVERY: gl.constexpr, ROWSUM_MMA: gl.constexpr, PERSIST: gl.constexpr):
-    """``_attend`` under the static row maximum ``bound - P_OFFSET`` where ``STATIC_MAX`` and ``2 max(bound) <= LIMIT``
-    (a uniform test per work item), else under the running maximum."""
-    online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, gl.SliceLayout(1, s_layout))
-    if STATIC_MAX:
-        if gl.max(bound, axis=0) * 2.0 <= LIMIT:
-            o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc,
-                                      bound - P_OFFSET, c, c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b,
-                                      h, M, g0, q_buf, nxt_bh, nxt_b, nxt_h, nxt_ok, MEAN_ABS, BIAS, False, EVEN_M,
-                                      BLOCK_N, BLOCK_M, KC, NKC, DVP, DVT, STAGES, PEEL, s_layout, o_layout, ot_layout,
-                                      POLY_EVERY, ROWSUM_MMA, PERSIST)
-        else:
-            o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, online_m, c,
-                                      c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, g0, q_buf,
-                                      nxt_bh, nxt_b, nxt_h, nxt_ok, MEAN_ABS, BIAS, True, EVEN_M, BLOCK_N, BLOCK_M,
-                                      KC, NKC, DVP, DVT, STAGES, PEEL, s_layout, o_layout, ot_layout, POLY_EVERY,
-                                      ROWSUM_MMA, PERSIST)
-    else:
-        o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, online_m, c,
-                                  c_rows, b_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, g0, q_buf, nxt_bh,
-                                  nxt_b, nxt_h, nxt_ok, MEAN_ABS, BIAS, True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC,
-                                  DVP, DVT, STAGES, PEEL, s_layout, o_layout, ot_layout, POLY_EVERY, ROWSUM_MMA,
-                                  PERSIST)
-    return o, ot, l_i, m_i
 
 
 @gluon.jit
@@ -514,8 +444,8 @@ def _binary_attn_fwd_sm90_kernel(
         tma.async_copy_global_to_shared(q_desc, [bh, pid_n * BLOCK_N, c * KC], q_bar.index(0),
                                         q_s.index(c).reshape(q_desc.block_type.shape))
     for t in gl.static_range(STAGES):
-        _load_k(k_desc, k_s, k_bar, bh, t, t, t < n_tiles, BLOCK_M, KC, NKC, STAGES)
-        _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, t, t, t < n_tiles, BLOCK_M, STAGES, DVT)
+        _load_k(k_desc, k_s, k_bar, bh, t, t < n_tiles, BLOCK_M, KC, NKC, STAGES)
+        _load_vs(v_desc, vt_desc, v_s, vt_s, v_bar, b, h, t, t < n_tiles, BLOCK_M, STAGES, DVT)
 
     rows, row_mask, c, c_rows, bound, row_shift, bias_base, b_rows_ptr = _row_scalars(
         a_ptr, b_ptr, sums_q_ptr, sums_k_ptr, bmax_ptr, bias_ptr, beta_max_ptr, s_bias_b, s_bias_h, bh, b, h, pid_n,
@@ -523,11 +453,23 @@ def _binary_attn_fwd_sm90_kernel(
         num_warps)
     ones_s = _ones_operand(v_s, ROWSUM_MMA, BLOCK_M, num_warps)
     mbarrier.wait(q_bar.index(0), 0)
-    o, ot, l_i, m_i = _attend_bounded(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, bound, c,
-                                      c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, 0, 0, bh,
-                                      b, h, False, MEAN_ABS, BIAS, STATIC_MAX, LIMIT, P_OFFSET, EVEN_M, BLOCK_N, BLOCK_M,
-                                      KC, NKC, DVP, DVT, STAGES, PEEL, s_layout, o_layout, ot_layout, POLY_EVERY,
-                                      ROWSUM_MMA, False)
+    online_m = gl.full([BLOCK_N], NEG_INIT, gl.float32, row_layout)
+    if STATIC_MAX:
+        if gl.max(bound, axis=0) * 2.0 <= LIMIT:
+            o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc,
+                                      bound - P_OFFSET, c, c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask,
+                                      bh, b, h, M, MEAN_ABS, BIAS, False, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP,
+                                      DVT, STAGES, PEEL, s_layout, o_layout, ot_layout, POLY_EVERY, ROWSUM_MMA)
+        else:
+            o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc,
+                                      online_m, c, c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b,
+                                      h, M, MEAN_ABS, BIAS, True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, DVT,
+                                      STAGES, PEEL, s_layout, o_layout, ot_layout, POLY_EVERY, ROWSUM_MMA)
+    else:
+        o, ot, l_i, m_i = _attend(q_s, k_s, v_s, vt_s, ones_s, k_bar, v_bar, k_desc, v_desc, vt_desc, online_m, c,
+                                  c_rows, b_rows_ptr, bias_base, s_bn, s_bm, rows, row_mask, bh, b, h, M, MEAN_ABS,
+                                  BIAS, True, EVEN_M, BLOCK_N, BLOCK_M, KC, NKC, DVP, DVT, STAGES, PEEL, s_layout,
+                                  o_layout, ot_layout, POLY_EVERY, ROWSUM_MMA)
     mbarrier.invalidate(q_bar.index(0))
     for i in gl.static_range(STAGES):
         mbarrier.invalidate(k_bar.index(i))

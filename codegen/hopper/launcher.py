@@ -238,68 +238,18 @@ def launch_hopper_main(q_signs, k_signs, a_rows, b_rows, q_sums, k_sums, b_max, 
     kwargs = dict(D=dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, MEAN_ABS=mean_abs, BIAS=code,
                   BETA_MAX=beta_max is not None, STATIC_MAX=static_max and static_ok, LIMIT=limit,
                   P_OFFSET=offset, EVEN_M=m % cfg.block_m == 0, num_warps=cfg.num_warps)
-    grid = (-(-n // cfg.rows_per_cta), bsz * heads)
     if cfg.consumers:
         from .kernel_pingpong import _binary_attn_fwd_sm90_ws_kernel as kernel
 
         kwargs.update(static_ok=int(kwargs.pop("STATIC_MAX")), NC=cfg.consumers, PINGPONG=cfg.pingpong,
                       ROWSUM_MMA=cfg.mma_rowsum, POLY_EVERY=cfg.poly_exp, CONSUMER_REGS=cfg.consumer_regs)
     else:
+        from .kernel_sage import _binary_attn_fwd_sm90_kernel as kernel
+
         args = args[:3] + (vt_desc,) + args[3:]
         kwargs.update(PEEL=cfg.peel, POLY_EVERY=cfg.poly_exp, ROWSUM_MMA=cfg.mma_rowsum, DVT=dvt)
         if cfg.maxnreg:
             kwargs.update(maxnreg=cfg.maxnreg)
-        if cfg.persistent and -(-m // cfg.block_m) >= cfg.stages:  # its ring reaches one item ahead at most
-            from .kernel_sage_persistent import _binary_attn_fwd_sm90_persistent_kernel as kernel
-
-            n_items = grid[0] * grid[1]
-            args = args + (n_items, grid[0])
-            grid = (persistent_programs(kernel, args, kwargs, n_items, v.device),)
-        else:
-            from .kernel_sage import _binary_attn_fwd_sm90_kernel as kernel
-    _launch(kernel, grid, args, kwargs)
+    _launch(kernel, (-(-n // cfg.rows_per_cta), bsz * heads), args, kwargs)
     return out, lse, a_eff, b_eff, row_state
-
-
-_RESIDENT: dict = {}  # (kernel, constexpr arguments, argument types, device) -> CTAs per SM
-
-
-def _signature_key(args) -> tuple:
-    """What the compiled variant depends on beyond the constexpr arguments: each argument's kind (tensor dtype,
-    a TMA descriptor's box and dtype, or the Python type of a scalar)."""
-    key = []
-    for arg in args:
-        if isinstance(arg, torch.Tensor):
-            key.append(arg.dtype)
-        elif hasattr(arg, "block_shape"):
-            key.append((tuple(arg.block_shape), arg.base.dtype))
-        else:
-            key.append(type(arg))
-    return tuple(key)
-
-
-def resident_ctas(n_regs: int, shared: int, num_warps: int, props) -> int:
-    """CTAs of one kernel resident per SM: registers (allocated per warp in 256s), shared memory (1 KB per CTA
-    reserved by the driver) and threads; at least 1."""
-    regs_per_warp = -(-n_regs * 32 // 256) * 256
-    by_regs = getattr(props, "regs_per_multiprocessor", 65536) // max(1, regs_per_warp * num_warps)  # sm_90: 64K
-    by_smem = props.shared_memory_per_multiprocessor // (shared + 1024)
-    by_threads = props.max_threads_per_multi_processor // (32 * num_warps)
-    return max(1, min(by_regs, by_smem, by_threads, 32))
-
-
-def persistent_programs(kernel, args, kwargs, n_items: int, device: torch.device) -> int:
-    """Programs of a persistent launch: the CTAs that fit on the GPU at once (``resident_ctas`` of the compiled
-    variant, cached per variant), at most ``n_items``. Off CUDA (offline build records) every item gets one."""
-    if device.type != "cuda":
-        return n_items
-    key = (kernel.fn.__name__ if hasattr(kernel, "fn") else str(kernel), tuple(sorted(kwargs.items())),
-           _signature_key(args), device.index)
-    if key not in _RESIDENT:
-        compiled = kernel.warmup(*args, grid=(1,), **kwargs)
-        compiled._init_handles()
-        props = torch.cuda.get_device_properties(device)
-        per_sm = resident_ctas(compiled.n_regs, compiled.metadata.shared, kwargs["num_warps"], props)
-        _RESIDENT[key] = per_sm * props.multi_processor_count
-    return min(n_items, _RESIDENT[key])
 

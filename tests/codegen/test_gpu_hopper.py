@@ -119,24 +119,6 @@ def test_table_bias_gathered_in_the_kernel(n, config):
     _check(_call((1, 2, n, 64, 64), torch.bfloat16, "mean_abs", "table"), config)
 
 
-PERSISTENT = [HopperConfig(persistent=True), HopperConfig(64, 64, 3, persistent=True),
-              HopperConfig(mma_rowsum=True, persistent=True)]
-PERSISTENT_CASES = [((8, 8, 1000, 64, 64), "mean_abs", "none"), ((8, 8, 1000, 64, 64), "token", "dense"),
-                    ((16, 16, 256, 72, 72), "mean_abs", "none"), ((4, 8, 333, 80, 80), "token", "mask"),
-                    ((4, 4, 197, 128, 128), "none", "head"), ((8, 6, 256, 64, 64), "token", "table"),
-                    ((6, 7, 130, 96, 96), "mean_abs", "none"), ((2, 3, 17, 64, 64), "mean_abs", "none")]
-
-
-@pytest.mark.parametrize("config", PERSISTENT, ids=str)
-@pytest.mark.parametrize("case", PERSISTENT_CASES, ids=str)
-@pytest.mark.parametrize("static_max", [True, False])
-def test_persistent_programs_walk_many_items(config, case, static_max):
-    """``kernel_sage_persistent``: more work items than resident programs (the first cases: 1024 items), the ring
-    running on into each next item, both maxima; N 17 (one key tile) takes the one-CTA-per-item kernel instead."""
-    shape, weighting, bias_kind = case
-    _check(_call(shape, torch.bfloat16, weighting, bias_kind), config, static_max)
-
-
 @pytest.mark.parametrize("shape", [(2, 3, 197, 64, 64), (1, 2, 1000, 128, 128), (2, 2, 256, 72, 72)], ids=str)
 def test_float16(shape):
     _check(_call(shape, torch.float16, "mean_abs", "none"))
