@@ -263,8 +263,9 @@ def test_stats_in_the_graph_keeps_the_outputs_and_the_stats(case, helpers):
         assert torch.allclose(got[6], ref[6].float()) and torch.allclose(got[7], ref[7].float())
 
 
-def test_stats_in_the_graph_is_a_kernel_option():
-    options = KernelOptions(forward="hopper", hopper_stats="graph")
+def test_stats_in_the_graph_is_the_default_kernel_option():
+    assert KernelOptions().hopper_stats == "graph"
+    options = KernelOptions(forward="hopper", hopper_stats="op")
     assert KernelOptions.decode(options.encode()) == options
     with pytest.raises(ValueError, match="hopper_stats"):
         KernelOptions(hopper_stats="inside")
