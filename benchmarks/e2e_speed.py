@@ -14,7 +14,8 @@ Tables (``--table``, one process per table; ``--rows`` takes any subset of ``ROW
   ``TRITON_CACHE_DIR`` (cold caches: the other backend's kernels and earlier runs cannot be reused).
 
 Method: the same model (float32 weights, ``torch.autocast`` bf16 for both backends) is compiled with
-``torch.compile(model, backend="inductor")`` and ``backend="bitlower"`` (default mode, no CUDA graphs).
+``torch.compile(model, backend="inductor")`` and ``backend="bitlower"`` (default mode, no CUDA graphs; ``--cudagraphs``:
+both with Inductor's CUDA graphs, ``mode="reduce-overhead"``'s option, so Python launch time leaves the step).
 Time is the median of ``triton.testing.do_bench`` (event timing, no CUDA graphs, so Python launch
 overhead is inside both rows alike), at least ``MIN_REPS`` calls after warm-up and compile. Inputs are
 random (``randn`` images/latents, timesteps in [1, 1000), random labels) and every parameter the
@@ -157,6 +158,7 @@ class Ctx:
     device: torch.device
     tiny: bool
     kernel_options: str = ""  # the bitlower backend's kernel_options for every bitlower row ("": the plan's own)
+    cudagraphs: bool = False  # both backends with Inductor's CUDA graphs (``triton.cudagraphs``, reduce-overhead's)
 
     @property
     def cuda(self) -> bool:
@@ -197,6 +199,8 @@ def make_step(kind: str, fn, model, inputs, ctx: Ctx):
     dtype = torch.bfloat16
     if kind != "train":
         def infer():
+            if ctx.cudagraphs:  # each call a new step of the graph trees: the last call's outputs are not kept
+                torch.compiler.cudagraph_mark_step_begin()
             with torch.no_grad(), torch.autocast(ctx.device.type, dtype=dtype):
                 fn(*inputs)
         return infer
@@ -254,7 +258,7 @@ def measure(row: Row, backend: str, ctx: Ctx, timed: bool = True) -> dict:
     model, inputs, batch = build(spec, ctx, train=row.kind == "train")
     torch._dynamo.reset()
     before = _snapshot()
-    options = {}
+    options = {"triton.cudagraphs": True} if ctx.cudagraphs else {}
     if backend == "bitlower":
         options.update({"grad_mode": row.grad_mode} if row.grad_mode else {})
         options.update({"kernel_options": ctx.kernel_options} if ctx.kernel_options else {})
@@ -364,6 +368,9 @@ def parse_args(argv=None):
                              "run, none otherwise)")
     parser.add_argument("--kernel-options", default="", help='bitlower backend kernel_options for every bitlower '
                         'row, e.g. "forward=hopper" (the Gluon sm_90 forward); default: the kernel plan\'s choice')
+    parser.add_argument("--cudagraphs", action="store_true", help="both backends with Inductor's CUDA graphs "
+                        "(option triton.cudagraphs, as mode='reduce-overhead'): host time off the critical path; "
+                        "infer rows only")
     parser.add_argument("--compile-child", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -376,6 +383,8 @@ def parse_args(argv=None):
         BackendConfig(kernel_options=args.kernel_options)
     except ValueError as err:
         parser.error(str(err))
+    if args.cudagraphs and any(row.kind != "infer" for row in args.rows):
+        parser.error("--cudagraphs takes infer rows only (a training step's AdamW runs outside the graphs)")
     if args.budget_s is None:
         args.budget_s = 540.0 if args.device == "cuda" and not args.tiny else float("inf")
     return args
@@ -435,14 +444,15 @@ def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    ctx = Ctx(torch.device(args.device), args.tiny, args.kernel_options)
+    ctx = Ctx(torch.device(args.device), args.tiny, args.kernel_options, args.cudagraphs)
     configure(ctx, child=bool(args.compile_child))
     if args.compile_child:
         print(CHILD_PREFIX + json.dumps(measure(args.rows[0], args.compile_child, ctx, timed=False)), flush=True)
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / (f"e2e_speed_{args.table or 'rows'}" + ("_tiny" if args.tiny else ""))
+    stem = out / (f"e2e_speed_{args.table or 'rows'}" + ("_cudagraphs" if args.cudagraphs else "")
+                  + ("_tiny" if args.tiny else ""))
     meta = environment(ctx, argv, str(out))
     log.info("%s; torch %s, Triton %s", meta["device"], meta["torch"], meta["triton"])
     stem.with_suffix(".jsonl").write_text(json.dumps({"meta": meta}) + "\n")

@@ -18,7 +18,7 @@ SCRIPT = BENCHMARKS / "e2e_speed.py"
 ROWS = ["infer:vit_s16_224", "train:vit_s8_320:hamming"]
 RUNS = {  # run name -> the script's arguments after --device cpu --tiny
     "rows": ["--rows", *ROWS],
-    "kernel_options": ["--rows", ROWS[0], "--kernel-options", "forward=v1"],
+    "kernel_options": ["--rows", ROWS[0], "--kernel-options", "forward=v1", "--cudagraphs"],
 }
 
 
@@ -87,11 +87,16 @@ def e2e_speed(load_script):
     return load_script("e2e_speed")
 
 
-def test_kernel_options_reach_the_bitlower_rows_and_bad_ones_are_refused(started, e2e_speed, capsys):
+def test_kernel_options_and_cudagraphs_reach_the_rows_and_bad_ones_are_refused(started, e2e_speed, capsys):
     tmp_path, proc = finished(started, "kernel_options")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _, row = [json.loads(line) for line in (tmp_path / "e2e_speed_rows_tiny.jsonl").read_text().splitlines()]
-    assert row["bitlower"]["options"] == {"kernel_options": "forward=v1"} and row["inductor"]["options"] is None
+    lines = (tmp_path / "e2e_speed_rows_cudagraphs_tiny.jsonl").read_text().splitlines()
+    _, row = [json.loads(line) for line in lines]
+    assert row["bitlower"]["options"] == {"triton.cudagraphs": True, "kernel_options": "forward=v1"}
+    assert row["inductor"]["options"] == {"triton.cudagraphs": True}
     with pytest.raises(SystemExit) as bad:
         e2e_speed.parse_args(["--device", "cpu", "--tiny", "--rows", ROWS[0], "--kernel-options", "forward=cudnn"])
     assert bad.value.code == 2 and "forward must be one of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as bad:
+        e2e_speed.parse_args(["--device", "cpu", "--tiny", "--rows", ROWS[1], "--cudagraphs"])
+    assert bad.value.code == 2 and "infer rows only" in capsys.readouterr().err
