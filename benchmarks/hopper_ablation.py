@@ -16,7 +16,8 @@ If the loop time is the sum of the tensor and the MUFU time, ``nopv`` saves P.V'
 (D 64: 128 of ~448 cycles per 64 x 64 tile and SM); if the two overlap, it saves ~nothing while
 ``noexp`` saves the MUFU block. GPU time from ``do_bench_cudagraph`` medians, one process per mode.
 
-    python benchmarks/hopper_ablation.py [--modes base noexp nopv noqk stats] [--config 64x64x3x0x0x0x3x0] [--out DIR]
+    python benchmarks/hopper_ablation.py [--modes base noexp nopv noqk stats] [--config 64x64x3x0x0x0x3x0]
+        [--shapes 64,16,256,72 256,6,197,64] [--out DIR]
     PYTHONPATH=<triton 3.6 folder> python benchmarks/hopper_ablation.py --check [--config ...]   # CPU, CI
 
 ``--config`` picks the kernel (default structure (a) 64x64x2; a consumers field > 0 times structure (b), whose
@@ -140,8 +141,8 @@ def check(config: str) -> int:
     return int(failed)
 
 
-def run_mode(mode: str, config: str = "64x64x2") -> dict:
-    """``{shape: ms}`` of ``mode`` in this process."""
+def run_mode(mode: str, config: str = "64x64x2", shapes=tuple(SHAPES)) -> dict:
+    """``{shape: ms}`` of ``mode`` in this process, at ``shapes`` ``(B, H, N, D)``."""
     import torch
     import triton
 
@@ -151,7 +152,7 @@ def run_mode(mode: str, config: str = "64x64x2") -> dict:
 
     patch(mode)
     times = {}
-    for bsz, heads, n, dim in SHAPES:
+    for bsz, heads, n, dim in shapes:
         gen = torch.Generator(device="cuda").manual_seed(0)
         q, k, v = (torch.randn(bsz, heads, n, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(3))
         spec = CallSpec(scale=dim ** -0.5, save_bits=False)
@@ -178,22 +179,27 @@ def main(argv=None) -> int:
                         help="HopperConfig as attention_hopper.py --configs writes it (structure (a) or (b))")
     parser.add_argument("--check", action="store_true",
                         help="compile every loop mode offline for sm_90 and fail on ptxas C75xx notes (no GPU)")
+    parser.add_argument("--shapes", nargs="+", default=[",".join(map(str, s)) for s in SHAPES], metavar="B,H,N,D",
+                        help="shapes to time (default: the four of SPEC §6 above N 1000)")
     parser.add_argument("--child", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--check-child", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    shapes = [tuple(int(x) for x in text.split(",")) for text in args.shapes]
+    if any(len(shape) != 4 for shape in shapes):
+        parser.error(f"--shapes takes B,H,N,D, got {args.shapes}")
     if args.check:
         return check(args.config)
     if args.check_child:
         print(ptxas_notes(args.check_child, args.config))
         return 0
     if args.child:
-        print(json.dumps(run_mode(args.child, args.config)))
+        print(json.dumps(run_mode(args.child, args.config, shapes)))
         return 0
     results = {}
     for mode in args.modes:
         env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ablate_{mode}"))
-        proc = subprocess.run([sys.executable, __file__, "--child", mode, "--config", args.config], capture_output=True,
-                              text=True, env=env)
+        proc = subprocess.run([sys.executable, __file__, "--child", mode, "--config", args.config, "--shapes",
+                               *args.shapes], capture_output=True, text=True, env=env)
         if proc.returncode:
             print(f"{mode}: failed\n{proc.stderr[-3000:]}")
             continue
@@ -202,7 +208,7 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "hopper_ablation.json"), "w") as f:
         json.dump(results, f, indent=1)
     lines = ["| shape | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
-    for shape in map(str, SHAPES):
+    for shape in map(str, shapes):
         lines.append(f"| {shape} | " + " | ".join(f"{results[m][shape]:.3f}" for m in results) + " |")
     table = "\n".join(lines)
     with open(os.path.join(args.out, "hopper_ablation.md"), "w") as f:

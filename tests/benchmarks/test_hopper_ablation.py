@@ -44,3 +44,10 @@ def test_stats_modes_set_rows_and_warps(restored):
 def test_structure_b_takes_the_same_swaps(restored):
     ha.patch("nopv+noqk")
     assert kernel_pingpong._issue_pv is ha._issue_pv_ws_skipped and kernel_pingpong._issue_qk is ha._issue_qk_ws_skipped
+
+
+def test_shapes_option_is_parsed_and_checked(capsys):
+    """``--shapes`` takes B,H,N,D per shape (the GPU run at the small shapes); a malformed one is refused."""
+    with pytest.raises(SystemExit) as bad:
+        ha.main(["--shapes", "64,16,256", "--modes", "stats"])
+    assert bad.value.code == 2 and "B,H,N,D" in capsys.readouterr().err
