@@ -360,6 +360,29 @@ def row(result) -> str:
             f"{result['seconds']:4.1f} s  {result['notes']}")
 
 
+def direct_launch_problems(work) -> list[str]:
+    """``codegen.hopper.direct_launch`` against this Triton: its argument keys against ``native_specialize_impl``
+    on sample arguments, and for every recorded Gluon launch a key for each argument and the binder's value order."""
+    import inspect
+
+    from bitlower.codegen.hopper import direct_launch
+
+    problems = direct_launch.check_keys()
+    for label, kernel, args, kwargs, *_ in work:
+        if not kernel.is_gluon():
+            continue
+        try:
+            [direct_launch.argument_key(arg) for arg in args]
+        except TypeError as err:
+            problems.append(f"{label}: {err}")
+        params = [p.name for p in kernel.params]
+        bound = inspect.signature(kernel.fn).bind(*args, **{k: v for k, v in kwargs.items() if k in params})
+        bound.apply_defaults()
+        if direct_launch.DirectLauncher(kernel).values(args, kwargs) != [bound.arguments[name] for name in params]:
+            problems.append(f"{label}: the direct launch's argument order differs from the binder's")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2, help="compile processes")
@@ -379,9 +402,13 @@ def main() -> int:
     # row 16-byte aligned): a row stride whose alignment the kernel was not told (tiles.row_alignment; DiT's
     # D 72 did this until session 8). Bias tiles with rows of odd length (N 197) load scalars by nature.
     scalar = [r for r in results if r["ok"] and r["vector_rows"] and r["scalar_loads"] > 0]
+    direct = direct_launch_problems(WORK)
+    for problem in direct:
+        print(f"FAIL direct launch: {problem}")
     print(f"{len(results)} compiles, {len(failed)} failed, {len(spilled)} main Gluon variants spill, "
-          f"{len(scalar)} aligned-row launches with 2-byte scalar global loads; {time.time() - start:.0f} s")
-    return 1 if failed or spilled or scalar else 0
+          f"{len(scalar)} aligned-row launches with 2-byte scalar global loads, {len(direct)} direct-launch "
+          f"problems; {time.time() - start:.0f} s")
+    return 1 if failed or spilled or scalar or direct else 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ shorter (else the launch queue fills and the wall time is the GPU's: take a smal
 host time alone). GPU time per call: ``triton.testing.do_bench``. Paths: the Gluon launcher
 (``launch_hopper_forward``), the same through its opaque operator (``torch.ops.bitlower.hopper_fwd``), the
 public eager API (``bitlower.binary_attention``, the plan's kernels) and that call compiled
-(``fullgraph=True``), with the plan's forward, with ``forward="hopper"`` and with the stats pass traced before the
-Gluon operator (``hopper_stats="graph"``). Usage, on the GPU machine:
+(``fullgraph=True``), with the plan's forward, with ``forward="hopper"`` and the stats pass inside the Gluon operator
+(``hopper_stats="op"``; the default traces it before), and the Gluon launcher and the compiled call with
+``codegen.hopper.direct_launch`` enabled (the cached compiled kernel relaunched without Triton's binder). Usage, on
+the GPU machine:
 ``python benchmarks/host_time.py --shape 32 6 1601 64``; ``--profile K`` adds the K functions with the most
 cumulative host time under ``cProfile`` per path (where the host time goes).
 """
@@ -21,7 +23,7 @@ import torch
 from triton.testing import do_bench
 
 import bitlower
-from bitlower.codegen.hopper import launch_hopper_forward
+from bitlower.codegen.hopper import direct_launch, launch_hopper_forward
 from bitlower.codegen.plan import KernelOptions
 from bitlower.source_hash import SOURCE_HASH
 from bitlower.spec import CallSpec
@@ -53,6 +55,17 @@ def profile_table(fn, calls: int, top: int) -> str:
     return text.getvalue()
 
 
+def with_direct_launch(fn):
+    """``fn`` with ``direct_launch.ENABLED`` set for the call."""
+    def call():
+        direct_launch.ENABLED = True
+        try:
+            return fn()
+        finally:
+            direct_launch.ENABLED = False
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=4, default=[32, 6, 1601, 64], metavar=("B", "H", "N", "D"))
@@ -65,17 +78,21 @@ def main() -> None:
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, D) views, as timm's attention
     spec = CallSpec(scale=dim ** -0.5)
     hopper = KernelOptions(forward="hopper")  # one object: built per call, Dynamo would guard its fields each call
-    traced_stats = KernelOptions(forward="hopper", hopper_stats="graph")
+    stats_in_op = KernelOptions(forward="hopper", hopper_stats="op")
+    compiled_plan = torch.compile(lambda: bitlower.binary_attention(q, k, v), fullgraph=True)
     paths = {
         "launch_hopper_forward": lambda: launch_hopper_forward(q, k, v, None, None, None, spec),
+        "launch_hopper_forward, direct launch": with_direct_launch(
+            lambda: launch_hopper_forward(q, k, v, None, None, None, spec)),
         "torch.ops.bitlower.hopper_fwd": lambda: torch.ops.bitlower.hopper_fwd(
             q, k, v, None, None, None, *spec.op_args(), spec.save_bits, True, SOURCE_HASH),
         "bitlower.binary_attention": lambda: bitlower.binary_attention(q, k, v),
-        "compiled, plan": torch.compile(lambda: bitlower.binary_attention(q, k, v), fullgraph=True),
+        "compiled, plan": compiled_plan,
+        "compiled, plan, direct launch": with_direct_launch(compiled_plan),
         "compiled, forward=hopper": torch.compile(lambda: bitlower.binary_attention(
             q, k, v, kernel_options=hopper), fullgraph=True),
-        "compiled, forward=hopper, hopper_stats=graph": torch.compile(lambda: bitlower.binary_attention(
-            q, k, v, kernel_options=traced_stats), fullgraph=True),
+        "compiled, forward=hopper, hopper_stats=op": torch.compile(lambda: bitlower.binary_attention(
+            q, k, v, kernel_options=stats_in_op), fullgraph=True),
     }
     print(f"shape {tuple(args.shape)}, {torch.cuda.get_device_name()}, {args.calls} calls")
     print("| path | host us/call | GPU us/call |\n|---|---|---|")

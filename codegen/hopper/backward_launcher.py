@@ -30,6 +30,7 @@ from ..forward_v2 import dense_table
 from ..launch import launch
 from ..operands import bias_operand
 from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
+from . import direct_launch
 from .backward_support import HopperBackwardConfig, hopper_backward_config
 from .config import sign_chunks, value_width
 from .launcher import _descriptor
@@ -72,7 +73,7 @@ def sign_tiles(bits: torch.Tensor, dim: int, dtype: torch.dtype = torch.float8_e
 
 def _launch(kernel, grid, args, kwargs) -> None:
     """Run one Gluon launch (``benchmarks/hopper_build.py`` replaces this to record launches)."""
-    kernel[grid](*args, **kwargs)
+    direct_launch.launch(kernel, grid, args, kwargs)
 
 
 def _wants(spec, needs) -> dict:

@@ -23,6 +23,7 @@ from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
 from ..operands import bias_operand
 from ..stats import pair_stats
 from ..tiles import BIAS_CODES, LOG2E
+from . import direct_launch
 from .config import HopperConfig, forward_sign_box, hopper_config, sign_chunks, value_split, value_width
 from .support import tma_readable
 
@@ -32,7 +33,7 @@ GL_DTYPES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.int8: "
 
 def _launch(kernel, grid, args, kwargs) -> None:
     """Run one Gluon launch (``benchmarks/hopper_build.py`` replaces this to record launches)."""
-    kernel[grid](*args, **kwargs)
+    direct_launch.launch(kernel, grid, args, kwargs)
 
 
 @functools.lru_cache(maxsize=64)

@@ -191,3 +191,24 @@ def test_integer_scores_bit_for_bit(config):
     logp = out.double().log()
     diff = torch.round((logp - logp[..., :1]) / spec.scale).long()
     assert torch.equal(diff, h - h[..., :1])
+
+
+def test_direct_launch_relaunches_the_compiled_kernel(monkeypatch):
+    """``direct_launch`` enabled: a launch key's first call goes through the JIT, the later ones relaunch the cached
+    kernel; every call checked against float64, also an unaligned v (a new key) and a second shape."""
+    from bitlower.codegen.hopper import direct_launch
+
+    direct = []
+    launch = direct_launch.DirectLauncher.launch
+    monkeypatch.setattr(direct_launch, "ENABLED", True)
+    monkeypatch.setattr(direct_launch.DirectLauncher, "launch",
+                        staticmethod(lambda *a: (direct.append(1), launch(*a))))
+    calls = [_call((2, 3, 197, 64, 64), torch.bfloat16, "token", "dense"),
+             _call((1, 2, 256, 72, 72), torch.bfloat16, "mean_abs", "none")]
+    q, k, v, a, b, bias, spec = calls[0]
+    unaligned = torch.empty(v.numel() + 8, dtype=v.dtype, device="cuda")[8:].view(v.shape).copy_(v)
+    calls.append((q, k, unaligned, a, b, bias, spec))
+    for _ in range(3):
+        for call in calls:
+            _check(call)
+    assert len(direct) >= 2 * len(calls)
