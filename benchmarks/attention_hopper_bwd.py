@@ -36,12 +36,12 @@ log = logging.getLogger("bench")
 
 
 def parse_config(text: str):
-    """``"BMxBNxS"`` -> ``HopperBackwardConfig``."""
+    """``"BMxBNxS"`` or ``"BMxBNxSxR"`` (R: ``staged_rows`` 0 / 1) -> ``HopperBackwardConfig``."""
     from bitlower.codegen.hopper.backward_support import HopperBackwardConfig
 
     parts = text.split("x")
-    if len(parts) != 3 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"a backward config is BLOCK_MxBLOCK_NxSTAGES, got {text!r}")
+    if len(parts) not in (3, 4) or not all(p.isdigit() for p in parts):
+        raise ValueError(f"a backward config is BLOCK_MxBLOCK_NxSTAGES[xSTAGED_ROWS], got {text!r}")
     return HopperBackwardConfig(*map(int, parts))
 
 
@@ -50,23 +50,24 @@ def _rel(x, ref) -> float:
     return float("inf") if torch.isnan(x).any() else float((x - ref).norm() / max(float(ref.norm()), 1e-30))
 
 
-def slice_errors(grads, q, k, v, do, spec) -> list[float]:
+def slice_errors(grads, q, k, v, do, spec, a=None, b=None) -> list[float]:
     """Relative errors of ``(dq, dk, dv)`` on the (1, 2) slice against the float64 reference backward."""
     from bitlower import reference, reference_backward
 
     q64, k64, v64, do64 = (x[:1, :2].double().cpu() for x in (q, k, v, do))
-    saved = reference.forward(q64, k64, v64, None, None, None, spec)
+    a64, b64 = (None if x is None else x[:1, :2].double().cpu() for x in (a, b))
+    saved = reference.forward(q64, k64, v64, a64, b64, None, spec)
     ref = reference_backward.backward(do64, v64, None, *saved[1:], spec, q.shape[-1], NEEDS)
     return [0.0 if g is None or r is None else _rel(g[:1, :2], r) for g, r in zip(grads[:3], ref[:3])]
 
 
-def backward_rows(q, k, v, do, spec, configs):
-    """``{name: callable}`` of the fused backwards on one saved forward, and their slice errors."""
+def backward_rows(q, k, v, do, spec, configs, a=None, b=None):
+    """``{name: callable}`` of the fused backwards on one saved forward (``a``, ``b``: token weights)."""
     from bitlower import codegen
     from bitlower.codegen import KernelOptions
     from bitlower.codegen.hopper.backward_launcher import launch_hopper_backward
 
-    saved = codegen.forward(q, k, v, None, None, None, spec)
+    saved = codegen.forward(q, k, v, a, b, None, spec)
     args = (do, v, None, *saved[1:], spec, q.shape[-1], NEEDS)
     tldot = KernelOptions(backward="tldot")  # the portable kernels (auto takes the Gluon ones at N >= 4096)
     rows = {"bwd tldot": lambda: codegen.backward(*args, tldot, out=saved[0])}
@@ -113,17 +114,20 @@ def operator_rows(q, k, v, do, mode: str):
             "fwd+bwd bitlower gluon": lambda: run(KernelOptions(backward="hopper"))}
 
 
-def bench_case(shape, mode: str, configs, kernels: bool = False) -> dict:
+def bench_case(shape, mode: str, configs, kernels: bool = False, weighting: str = "mean_abs") -> dict:
     from bitlower.spec import CallSpec
 
     bsz, heads, n, dim = shape
     gen = torch.Generator(device="cuda").manual_seed(n * dim + bsz)
     q, k, v, do = (torch.randn(bsz, heads, n, dim, device="cuda", generator=gen).to(torch.bfloat16) for _ in range(4))
-    spec = CallSpec(scale=dim ** -0.5, weighting="mean_abs", grad_mode=mode, save_bits=True)
-    rows, notes, errors = backward_rows(q, k, v, do, spec, configs), {}, {}
+    a = b = None
+    if weighting == "token":  # per-token weights of the backward rows (the operator and SDPA rows: mean_abs / plain)
+        a, b = (torch.rand(bsz, heads, n, device="cuda", generator=gen) + 0.5 for _ in range(2))
+    spec = CallSpec(scale=dim ** -0.5, weighting=weighting, grad_mode=mode, save_bits=True)
+    rows, notes, errors = backward_rows(q, k, v, do, spec, configs, a, b), {}, {}
     for name, run in rows.items():
         try:
-            errors[name] = slice_errors(run(), q, k, v, do, spec)
+            errors[name] = slice_errors(run(), q, k, v, do, spec, a, b)
         except Exception as exc:  # noqa: BLE001 - a crashing row is reported, the others still run
             notes[name] = f"ERROR {type(exc).__name__}: {str(exc)[:120]}"
     reference_errors = errors.get("bwd tldot", [0.0, 0.0, 0.0])
@@ -171,7 +175,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))))
     parser.add_argument("--modes", nargs="+", default=["hamming", "ste"], choices=["hamming", "ste", "stopgrad"])
-    parser.add_argument("--configs", nargs="*", default=[], metavar="BMxBNxS")
+    parser.add_argument("--configs", nargs="*", default=[], metavar="BMxBNxS[xR]")
+    parser.add_argument("--weighting", default="mean_abs", choices=["mean_abs", "token"],
+                        help="the backward rows' weighting (token: the staged rows' case)")
     parser.add_argument("--out", default=None, help="folder for attention_hopper_bwd.json / .md")
     parser.add_argument("--budget-s", type=float, default=float("inf"), help="start no new case after this")
     parser.add_argument("--kernels", action="store_true", help="also each fused backward kernel's device time")
@@ -186,7 +192,7 @@ def main() -> None:
             if time.monotonic() - start > args.budget_s:
                 log.warning("time budget spent: %s %s and later cases not run", SHAPES[index], mode)
                 continue
-            results.append(bench_case(SHAPES[index], mode, args.configs, args.kernels))
+            results.append(bench_case(SHAPES[index], mode, args.configs, args.kernels, args.weighting))
             for name, per_kernel in results[-1].get("kernels", {}).items():
                 print(f"  {name} kernels: " + ", ".join(f"{k} {v:.4f}" for k, v in per_kernel.items()), flush=True)
             if args.out:  # the report so far: a call cut short by its time limit keeps its finished cases

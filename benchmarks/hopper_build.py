@@ -142,7 +142,7 @@ class BwdVariant:
     bias: str = "none"
     grad_mode: str = "hamming"
     needs: tuple[bool, ...] = (True, True, True, False, False, True)
-    config: tuple[int, ...] | None = None  # (block_m, block_n, stages)
+    config: tuple[int, ...] | None = None  # (block_m, block_n, stages[, staged_rows])
     main: bool = False  # a main config: must not spill
 
 
@@ -170,6 +170,11 @@ BWD_VARIANTS = [
     BwdVariant("bwd_d128_bm128", (4, 16, 4096, 128, 128), config=(128, 32, 2)),
     BwdVariant("bwd_d64_token_head_bm64", (8, 8, 1024, 64, 64), weighting="token", bias="head",
                needs=(True, True, True, True, True, True), config=(64, 32, 2)),
+    BwdVariant("bwd_d64_staged", (8, 8, 4096, 64, 64), config=(64, 32, 2, 1)),
+    BwdVariant("bwd_d64_staged_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head",
+               config=(64, 32, 2, 1)),
+    BwdVariant("bwd_d128_staged", (4, 16, 4096, 128, 128), config=(64, 32, 2, 1)),
+    BwdVariant("bwd_d64_staged_ste", (8, 8, 4096, 64, 64), grad_mode="ste", config=(64, 32, 2, 1)),
     BwdVariant("bwd_d64_ste_mean_abs", (8, 8, 4096, 64, 64), grad_mode="ste", main=True),
     BwdVariant("bwd_d128_ste_mean_abs", (4, 16, 4096, 128, 128), grad_mode="ste", main=True),
     BwdVariant("bwd_d64_ste_token_head", (8, 8, 1024, 64, 64), weighting="token", bias="head", grad_mode="ste",

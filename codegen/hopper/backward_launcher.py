@@ -174,11 +174,17 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
     from .kernel_bwd import _binary_attn_bwd_sm90_kernel
 
-    args = (k_desc, q_desc, v_desc, do_desc, row_state.contiguous(), delta, a.contiguous(), b.contiguous(),
+    rows_desc = do_desc  # unused unless staged_rows
+    if cfg.staged_rows:
+        shift = beta.reshape(-1) * LOG2E.value if code == BIAS_CODES["head"] else None  # (H,), as the kernel's
+        rows = staged_query_rows(row_state, delta, a, shift, cfg.block_n)
+        rows_desc = _row_descriptor(rows, cfg.block_n)
+    args = (k_desc, q_desc, v_desc, do_desc, rows_desc, row_state.contiguous(), delta, a.contiguous(), b.contiguous(),
             pick(beta), pick(gbias), pick(dv), pick(db), pick(da_cols), pick(da), pick(ds_keys), pick(dk_raw),
             *strides, *gstrides, heads, n, m, float(spec.scale), spec.scale * LOG2E.value)
     kwargs = dict(D=head_dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, BIAS=code, EVEN_M=m % cfg.block_m == 0,
-                  MEAN_ABS=spec.weighting == "mean_abs", num_warps=cfg.num_warps, **wants)
+                  MEAN_ABS=spec.weighting == "mean_abs", STAGED_ROWS=cfg.staged_rows, num_warps=cfg.num_warps,
+                  **wants)
     if any(wants.values()):  # else only dq/dk of a non-mean_abs hamming call (zeros) or nothing is wanted
         _launch(_binary_attn_bwd_sm90_kernel, (triton.cdiv(m, cfg.block_m), bsz * heads), args, kwargs)
     dq_raw = None
@@ -189,6 +195,39 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     dk = _chain(dk_raw, b, kclip, db, k_signs, m, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, _finish_bias_grad(bias, spec, gbias,
                                                                                               ds_keys)
+
+
+FLT_MAX = torch.finfo(torch.float32).max
+
+
+def staged_query_rows(row_state, delta, a, head_shift2, block_n: int) -> torch.Tensor:
+    """``(B*H*4, NP)`` float32, per (batch*head) the rows m2, l2, delta, a of every query, NP = N padded to
+    ``block_n``: what ``kernel_bwd._query_rows`` loads per tile, its clamps applied (``fmax``: a NaN becomes
+    -FLT_MAX as under the kernel's ``maximum``), m2 less a head bias's shift ``head_shift2`` ``(H,)`` (or None);
+    padded queries read m2 = +inf (p = 0) and zeros."""
+    bsz, heads, n, _ = row_state.shape
+    padded = -(-n // block_n) * block_n
+    rows = torch.zeros(bsz * heads, 4, padded, dtype=torch.float32, device=row_state.device)
+    m2 = row_state[..., 0]
+    if head_shift2 is not None:
+        m2 = m2 - head_shift2[None, :, None]
+    floor = torch.tensor(-FLT_MAX, dtype=torch.float32, device=row_state.device)
+    rows[:, 0, :n] = torch.fmax(m2, floor).reshape(bsz * heads, n)
+    rows[:, 0, n:] = float("inf")
+    rows[:, 1, :n] = torch.fmax(row_state[..., 1], floor).reshape(bsz * heads, n)
+    rows[:, 2, :n] = delta.reshape(bsz * heads, n)
+    rows[:, 3, :n] = a.reshape(bsz * heads, n)
+    return rows.view(bsz * heads * 4, padded)
+
+
+def _row_descriptor(rows: torch.Tensor, block_n: int):
+    """A TMA descriptor of ``staged_query_rows``' rows, ``[1, block_n]`` boxes into an unswizzled rank-1 layout
+    (the kernel reads each field as a vector)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
+    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [1, block_n], layout)
 
 
 def _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec, dims, kc):

@@ -29,11 +29,15 @@ class HopperBackwardConfig:
             the L2 traffic of Q signs and dO per key; the M of every wgmma).
         block_n: queries per tile (the N of the S and dP wgmma, the K of the dV wgmma).
         stages: query-sign and dO tiles in the shared-memory ring.
+        staged_rows: the per-query m2, l2, delta and a of each query tile through shared memory (one TMA box per
+            field, on the tile's barrier; ``launcher.staged_query_rows``) instead of global loads per tile (20 LDG,
+            16 FMNMX of the 274 instructions of the D 64 key loop, SASS; offline, session 16, unmeasured).
     """
 
     block_m: int = 64
     block_n: int = 32
     stages: int = 2
+    staged_rows: bool = False
 
     def __post_init__(self):
         if self.block_m not in (64, 128):
@@ -42,6 +46,7 @@ class HopperBackwardConfig:
             raise ValueError(f"block_n must be 32, 64 or 128, got {self.block_n}")
         if not 2 <= self.stages <= 4:
             raise ValueError(f"stages must be in [2, 4], got {self.stages}")
+        object.__setattr__(self, "staged_rows", bool(self.staged_rows))  # "64x32x2x1" on a command line
 
     @property
     def num_warps(self) -> int:

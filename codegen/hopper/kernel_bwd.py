@@ -65,8 +65,8 @@ from __future__ import annotations
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, tma, warpgroup_mma, warpgroup_mma_init,
-                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_init, warpgroup_mma_wait)
 
 LOG2E = gl.constexpr(1.4426950408889634)  # 1 / ln(2)
 FLT_MAX = gl.constexpr(3.4028234663852886e38)  # torch.finfo(torch.float32).max
@@ -75,20 +75,48 @@ BIAS_NONE = gl.constexpr(0)
 BIAS_HEAD = gl.constexpr(1)
 BIAS_DENSE = gl.constexpr(3)  # also the table bias, materialised densely by the launcher
 BIAS_MASK = gl.constexpr(4)
+ROW_FIELDS = gl.constexpr(4)  # staged per-query rows: m2, l2, delta, a (``launcher.staged_query_rows``)
 
 
 @gluon.jit
-def _load_queries(q_desc, do_desc, q_s, do_s, qd_bar, bh, b, h, tile, pred, BLOCK_N: gl.constexpr,
-                  KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr):
-    """TMA of query tile ``tile`` (NKC sign chunks and the dO rows) into slot ``tile % STAGES`` where ``pred``."""
+def _load_queries(q_desc, do_desc, rows_desc, q_s, do_s, r_s, qd_bar, bh, b, h, tile, pred, BLOCK_N: gl.constexpr,
+                  KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, STAGED_ROWS: gl.constexpr,
+                  NEED_DS: gl.constexpr, MEAN_ABS: gl.constexpr):
+    """TMA of query tile ``tile`` (NKC sign chunks and the dO rows; with ``STAGED_ROWS`` also the per-query rows of
+    ``rows_desc`` that ``_staged_rows`` reads: m2, l2, delta if ``NEED_DS``, a unless ``MEAN_ABS``) into slot
+    ``tile % STAGES`` where ``pred``."""
     slot = tile % STAGES
     bar = qd_bar.index(slot)
-    mbarrier.expect(bar, NKC * q_desc.block_type.nbytes + do_desc.block_type.nbytes, pred=pred)
+    fields: gl.constexpr = (2 + (1 if NEED_DS else 0) + (0 if MEAN_ABS else 1)) if STAGED_ROWS else 0
+    mbarrier.expect(bar, NKC * q_desc.block_type.nbytes + do_desc.block_type.nbytes +
+                    fields * rows_desc.block_type.nbytes, pred=pred)
     for c in gl.static_range(NKC):
         tma.async_copy_global_to_shared(q_desc, [bh, tile * BLOCK_N, c * KC], bar,
                                         q_s.index(slot * NKC + c).reshape(q_desc.block_type.shape), pred=pred)
     tma.async_copy_global_to_shared(do_desc, [b, h, tile * BLOCK_N, 0], bar,
                                     do_s.index(slot).reshape(do_desc.block_type.shape), pred=pred)
+    if STAGED_ROWS:
+        for f in gl.static_range(ROW_FIELDS):
+            if (f < 2) or (f == 2 and NEED_DS) or (f == 3 and not MEAN_ABS):
+                tma.async_copy_global_to_shared(rows_desc, [bh * ROW_FIELDS + f, tile * BLOCK_N], bar,
+                                                r_s.index(slot * ROW_FIELDS + f).reshape(rows_desc.block_type.shape),
+                                                pred=pred)
+
+
+@gluon.jit
+def _staged_rows(r_s, slot, NEED_DS: gl.constexpr, MEAN_ABS: gl.constexpr, layout: gl.constexpr):
+    """``(m2, l2, a, delta)`` of the tile in ``slot`` from the staged rows (``launcher.staged_query_rows``: the
+    clamps of ``_query_rows`` applied, m2 = +inf past N)."""
+    base = slot * ROW_FIELDS
+    m2 = r_s.index(base).load(layout)
+    l2 = r_s.index(base + 1).load(layout)
+    delta = l2  # unused unless NEED_DS
+    if NEED_DS:
+        delta = r_s.index(base + 2).load(layout)
+    a_q = l2  # unused for mean_abs
+    if not MEAN_ABS:
+        a_q = r_s.index(base + 3).load(layout)
+    return m2, l2, a_q, delta
 
 
 @gluon.jit
@@ -167,15 +195,17 @@ def _reduce(ds, h, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_bas
 
 @gluon.jit
 def _binary_attn_bwd_sm90_kernel(
-    k_desc, q_desc, v_desc, do_desc, state_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr,
+    k_desc, q_desc, v_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr,
     dv_ptr, db_ptr, da_cols_ptr, da_rows_ptr, ds_keys_ptr, dk_ptr,
     s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, H, N, M, scale, scale_log2,
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, BIAS: gl.constexpr,
     NEED_DV: gl.constexpr, NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
     HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
-    NEED_DK: gl.constexpr, num_warps: gl.constexpr,
+    NEED_DK: gl.constexpr, STAGED_ROWS: gl.constexpr, num_warps: gl.constexpr,
 ):
-    """Binary attention backward, key side, of one (key tile, batch*head); see the module notation."""
+    """Binary attention backward, key side, of one (key tile, batch*head); see the module notation.
+    ``STAGED_ROWS``: the per-query m2, l2, delta, a come through ``rows_desc`` with each query tile (TMA into
+    shared memory) instead of global loads per tile; else ``rows_desc`` is unused."""
     BLOCK_M: gl.constexpr = k_desc.block_type.shape[1]
     KC: gl.constexpr = k_desc.block_type.shape[2]
     BLOCK_N: gl.constexpr = q_desc.block_type.shape[1]
@@ -209,6 +239,9 @@ def _binary_attn_bwd_sm90_kernel(
                                     gl.NVMMASharedLayout.get_default_for([BLOCK_N, KC], q_desc.dtype))
     do_s = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_N, DVP],
                                      gl.NVMMASharedLayout.get_default_for([BLOCK_N, DVP], do_desc.dtype))
+    r_s = q_s  # unused unless STAGED_ROWS
+    if STAGED_ROWS:
+        r_s = gl.allocate_shared_memory(gl.float32, [STAGES * ROW_FIELDS, BLOCK_N], rows_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
     qd_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar.index(0), count=1)
@@ -222,7 +255,8 @@ def _binary_attn_bwd_sm90_kernel(
     tma.async_copy_global_to_shared(v_desc, [b, h, pid_m * BLOCK_M, 0], kv_bar.index(0),
                                     v_s.index(0).reshape(v_desc.block_type.shape))
     for t in gl.static_range(STAGES):
-        _load_queries(q_desc, do_desc, q_s, do_s, qd_bar, bh, b, h, t, t < n_tiles, BLOCK_N, KC, NKC, STAGES)
+        _load_queries(q_desc, do_desc, rows_desc, q_s, do_s, r_s, qd_bar, bh, b, h, t, t < n_tiles, BLOCK_N, KC, NKC,
+                      STAGES, STAGED_ROWS, NEED_DS, MEAN_ABS)
 
     keys = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=key_layout)
     key_mask = keys < M
@@ -244,11 +278,11 @@ def _binary_attn_bwd_sm90_kernel(
     mbarrier.wait(kv_bar.index(0), 0)
 
     dv, dk, db_acc, dac_acc, dsk_acc = _walk_queries(
-        q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr, bias_base,
+        q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr, bias_base,
         gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, bh64 * N, N, n_tiles, keys, key_mask, b_keys, head_shift2,
         a_head, c_head, scale, scale_log2, BIAS, NEED_DS, NEED_DB, NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS,
-        DENSE_DBIAS, EVEN_M, MEAN_ABS, NEED_DK, BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES, t_layout, dp_layout,
-        dv_layout, p_layout, dk_layout)
+        DENSE_DBIAS, EVEN_M, MEAN_ABS, NEED_DK, STAGED_ROWS, BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES, t_layout,
+        dp_layout, dv_layout, p_layout, dk_layout)
 
     mbarrier.invalidate(kv_bar.index(0))
     for i in gl.static_range(STAGES):
@@ -275,12 +309,12 @@ def _binary_attn_bwd_sm90_kernel(
 
 
 @gluon.jit
-def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr,
+def _walk_queries(q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr,
                   bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, row0, N, n_tiles, keys, key_mask,
                   b_keys, head_shift2, a_head, c_head, scale, scale_log2, BIAS: gl.constexpr, NEED_DS: gl.constexpr,
                   NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
                   HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
-                  NEED_DK: gl.constexpr,
+                  NEED_DK: gl.constexpr, STAGED_ROWS: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,
                   DVP: gl.constexpr, STAGES: gl.constexpr, t_layout: gl.constexpr, dp_layout: gl.constexpr,
                   dv_layout: gl.constexpr, p_layout: gl.constexpr, dk_layout: gl.constexpr):
@@ -319,9 +353,12 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
         slot = t % STAGES
         qrows = t * BLOCK_N + q_base
         q_mask = qrows < N
-        m2, l2, a_q, delta = _query_rows(state_ptr, delta_ptr, a_ptr, row0, qrows, q_mask, head_shift2, NEED_DS,
-                                         MEAN_ABS)
+        if not STAGED_ROWS:  # global loads, issued before the tile's barrier wait
+            m2, l2, a_q, delta = _query_rows(state_ptr, delta_ptr, a_ptr, row0, qrows, q_mask, head_shift2, NEED_DS,
+                                             MEAN_ABS)
         mbarrier.wait(qd_bar.index(slot), (t // STAGES) & 1)
+        if STAGED_ROWS:  # arrived with the tile
+            m2, l2, a_q, delta = _staged_rows(r_s, slot, NEED_DS, MEAN_ABS, gl.SliceLayout(0, t_layout))
         for c in gl.static_range(NKC):
             s = warpgroup_mma(k_s.index(c), q_s.index(slot * NKC + c).permute((1, 0)), s, use_acc=c > 0,
                               is_async=True)
@@ -334,8 +371,10 @@ def _walk_queries(q_s, do_s, k_s, v_s, qd_bar, q_desc, do_desc, state_ptr, delta
         else:
             s, dv, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(s, dv, p_op))
         # S_{t-1}, dP_{t-1}, dV_{t-1} have retired: slot (t-1) % STAGES takes tile t-1+STAGES
-        _load_queries(q_desc, do_desc, q_s, do_s, qd_bar, bh, b, h, t - 1 + STAGES,
-                      (t > 0) & (t - 1 + STAGES < n_tiles), BLOCK_N, KC, NKC, STAGES)
+        if STAGED_ROWS:  # its staged rows were read through the generic proxy (iteration t-1); TMA writes next
+            fence_async_shared()
+        _load_queries(q_desc, do_desc, rows_desc, q_s, do_s, r_s, qd_bar, bh, b, h, t - 1 + STAGES,
+                      (t > 0) & (t - 1 + STAGES < n_tiles), BLOCK_N, KC, NKC, STAGES, STAGED_ROWS, NEED_DS, MEAN_ABS)
         p = _probs_t(s, b_keys, a_q, c_head, m2, l2, scale_log2, bias_base, s_bn, s_bm, keys, key_mask, qrows,
                      q_mask, BIAS, EVEN_M, MEAN_ABS)
         p_op = gl.convert_layout(p.to(do_desc.dtype), p_layout)

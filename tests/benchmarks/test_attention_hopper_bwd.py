@@ -13,8 +13,9 @@ import attention_hopper_bwd as ahb  # noqa: E402
 
 def test_configs_parse_or_fail_before_gpu_time():
     cfg = ahb.parse_config("128x32x3")
-    assert (cfg.block_m, cfg.block_n, cfg.stages) == (128, 32, 3)
-    for bad in ("128x32", "128x32xa", "96x32x2"):
+    assert (cfg.block_m, cfg.block_n, cfg.stages, cfg.staged_rows) == (128, 32, 3, False)
+    assert ahb.parse_config("64x32x2x1").staged_rows is True
+    for bad in ("128x32", "128x32xa", "96x32x2", "64x32x2x1x1"):
         with pytest.raises(ValueError):
             ahb.parse_config(bad)
 

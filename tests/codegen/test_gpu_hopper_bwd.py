@@ -165,6 +165,26 @@ def test_configs(config, dim):
     _check(_call((1, 2, 1000, dim, dim, 333), torch.bfloat16, "token", "head", "hamming"), config=config)
 
 
+STAGED = HopperBackwardConfig(staged_rows=True)
+
+
+@pytest.mark.parametrize("case", [("mean_abs", "none", "hamming"), ("token", "head", "hamming"),
+                                  ("token", "mask", "stopgrad"), ("mean_abs", "dense", "ste"), ("none", "head", "ste")],
+                         ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 197, 64, 64), (1, 2, 1000, 128, 128), (1, 2, 333, 72, 40),
+                                   (2, 2, 17, 64, 64, 100)], ids=str)
+def test_staged_rows(case, shape):
+    """``staged_rows``: the per-query m2, l2, delta, a through shared memory (padded queries: m2 = +inf)."""
+    weighting, bias_kind, grad_mode = case
+    _check(_call(shape, torch.bfloat16, weighting, bias_kind, grad_mode), config=STAGED)
+
+
+def test_staged_rows_of_a_fully_masked_row():
+    call = _call((1, 2, 197, 64, 64), torch.bfloat16, "token", "mask", "hamming")
+    call[5][:, :, 5] = False  # row 5 keeps no key: l2 = -inf, clamped to -FLT_MAX by staged_query_rows
+    _check(call, config=STAGED)
+
+
 def test_fully_masked_row_adds_nothing():
     """A query row without a kept key: l2 = -inf, p = 0 (not NaN) in every key tile."""
     call = _call((1, 2, 197, 64, 64), torch.bfloat16, "token", "mask", "hamming")

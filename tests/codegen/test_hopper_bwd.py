@@ -118,14 +118,17 @@ def test_config_table_and_validation():
         HopperBackwardConfig(stages=1)
 
 
-def _probs(qs, ks, state, a, b, bias, sbb, sbh, sbn, sbm, heads, n, m, scale_log2, code, bsz):
-    """``(h, p)`` ``(B, H, N, M)`` float32 of the kernels' notation from their arguments."""
+def _probs(qs, ks, state, a, b, bias, sbb, sbh, sbn, sbm, heads, n, m, scale_log2, code, bsz, staged=None):
+    """``(h, p)`` ``(B, H, N, M)`` float32 of the kernels' notation from their arguments; ``staged``: the
+    ``staged_query_rows`` fields ``(m2, l2)`` (head shift and clamps applied) in place of the row state."""
     f32 = torch.float32
     h = qs.to(f32).view(bsz, heads, n, -1) @ ks.to(f32).view(bsz, heads, m, -1).transpose(-1, -2)  # (B, H, N, M)
     x = h * ((a.view(bsz, heads, n, 1) * scale_log2) * b.view(bsz, heads, 1, m))
     m2, l2 = state[..., 0], state[..., 1]  # (B, H, N)
     if code == 1:
         m2 = m2 - bias.view(1, heads, 1) * LOG2E
+    if staged is not None:
+        m2, l2 = staged
     if code in (3, 4):
         beta = torch.as_strided(bias, (bsz, heads, n, m), (sbb, sbh, sbn, sbm))
         if code == 3:
@@ -140,12 +143,19 @@ def _emulate(kernel, grid, args, kwargs):
     themselves here): the module notation of ``kernel_bwd`` and ``kernel_bwd_q``."""
     if kernel.__name__ == "_binary_attn_bwd_q_sm90_kernel":
         return _emulate_queries(grid, args, kwargs)
-    (ks, qs, v, go, state, delta, a, b, bias, gbias, dv, db, dac, da, dsk, dk,
+    (ks, qs, v, go, rows, state, delta, a, b, bias, gbias, dv, db, dac, da, dsk, dk,
      sbb, sbh, sbn, sbm, sgb, sgh, sgn, sgm, heads, n, m, scale, scale_log2) = args
     f32, bsz = torch.float32, v.shape[0]
     assert grid == (-(-m // (16 * kwargs["num_warps"])), bsz * heads)  # one 16-row wgmma slab per warp
     assert qs.dtype == ks.dtype and (qs.dtype == torch.bfloat16 or not kwargs["NEED_DK"])  # ste: bf16 signs
-    h, p = _probs(qs, ks, state, a, b, bias, sbb, sbh, sbn, sbm, heads, n, m, scale_log2, kwargs["BIAS"], bsz)
+    staged = None
+    if kwargs["STAGED_ROWS"]:  # the kernel reads m2, l2, delta, a from the staged rows instead
+        fields = rows.view(bsz, heads, 4, -1)
+        assert torch.all(fields[:, :, 0, n:] == float("inf"))  # padded queries: p = 0
+        staged = fields[:, :, 0, :n], fields[:, :, 1, :n]
+        delta, a = fields[:, :, 2, :n], fields[:, :, 3, :n].reshape(a.shape) if a.numel() else a
+    h, p = _probs(qs, ks, state, a, b, bias, sbb, sbh, sbn, sbm, heads, n, m, scale_log2, kwargs["BIAS"], bsz,
+                  staged)
     if kwargs["NEED_DV"]:
         dv.copy_(p.transpose(-1, -2) @ go.to(f32))
     ds = p * (go.to(f32) @ v.to(f32).transpose(-1, -2) - delta[..., None])
@@ -179,14 +189,15 @@ def _emulate_queries(grid, args, kwargs):
     dq.copy_((ds * b.view(bsz, heads, 1, m)) @ sk)
 
 
-def _grads(call, needs):
+def _grads(call, needs, config=None):
     q, k, v, a, b, bias, spec = call
     out, *saved = reference.forward(q, k, v, a, b, bias, spec)
     do = torch.randn(q.shape[:3] + (v.shape[-1],)).to(q.dtype)
     args = (do, v, bias, *saved, spec, q.shape[-1], needs)
     with mock.patch.object(backward_launcher, "_launch", _emulate), \
-            mock.patch.object(backward_launcher, "_descriptor", lambda tensor, block: tensor):
-        got = backward_launcher.launch_hopper_backward(*args, out=out)
+            mock.patch.object(backward_launcher, "_descriptor", lambda tensor, block: tensor), \
+            mock.patch.object(backward_launcher, "_row_descriptor", lambda tensor, block_n: tensor):
+        got = backward_launcher.launch_hopper_backward(*args, out=out, config=config)
     return got, reference_backward.backward(*args), args
 
 
@@ -206,12 +217,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("staged", [False, True], ids=["global_rows", "staged_rows"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{v}" for v in c.values()))
-def test_launcher_assembles_the_reference_gradients(case, helpers):
+def test_launcher_assembles_the_reference_gradients(case, staged, helpers):
     call = helpers.make_call(dim_v=24, **case)
     token = case.get("weighting") == "token"
     needs = [True, True, True, token, token, call[5] is not None and call[5].is_floating_point()]
-    got, ref, _ = _grads(call, needs)
+    got, ref, _ = _grads(call, needs, HopperBackwardConfig(staged_rows=True) if staged else None)
     for name, g, r in zip(NAMES, got, ref):
         assert (g is None) == (r is None), name
         if g is None:
