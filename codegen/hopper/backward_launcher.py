@@ -221,13 +221,13 @@ def staged_query_rows(row_state, delta, a, head_shift2, block_n: int) -> torch.T
 
 
 def _row_descriptor(rows: torch.Tensor, block_n: int):
-    """A TMA descriptor of ``staged_query_rows``' rows, ``[1, block_n]`` boxes into an unswizzled rank-1 layout
-    (the kernel reads each field as a vector)."""
+    """A TMA descriptor of ``staged_query_rows``' rows: ``[4, block_n]`` boxes (a query tile's four fields) into an
+    unswizzled layout (the kernel reads each field as a vector)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
-    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [1, block_n], layout)
+    layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
+    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [4, block_n], layout)
 
 
 def _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec, dims, kc):

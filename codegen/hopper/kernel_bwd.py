@@ -80,42 +80,38 @@ ROW_FIELDS = gl.constexpr(4)  # staged per-query rows: m2, l2, delta, a (``launc
 
 @gluon.jit
 def _load_queries(q_desc, do_desc, rows_desc, q_s, do_s, r_s, qd_bar, bh, b, h, tile, pred, BLOCK_N: gl.constexpr,
-                  KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, STAGED_ROWS: gl.constexpr,
-                  NEED_DS: gl.constexpr, MEAN_ABS: gl.constexpr):
-    """TMA of query tile ``tile`` (NKC sign chunks and the dO rows; with ``STAGED_ROWS`` also the per-query rows of
-    ``rows_desc`` that ``_staged_rows`` reads: m2, l2, delta if ``NEED_DS``, a unless ``MEAN_ABS``) into slot
-    ``tile % STAGES`` where ``pred``."""
+                  KC: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, STAGED_ROWS: gl.constexpr):
+    """TMA of query tile ``tile`` (NKC sign chunks and the dO rows; with ``STAGED_ROWS`` also its ``ROW_FIELDS``
+    per-query rows, one ``[ROW_FIELDS, BLOCK_N]`` box of ``rows_desc``) into slot ``tile % STAGES`` where ``pred``."""
     slot = tile % STAGES
     bar = qd_bar.index(slot)
-    fields: gl.constexpr = (2 + (1 if NEED_DS else 0) + (0 if MEAN_ABS else 1)) if STAGED_ROWS else 0
-    mbarrier.expect(bar, NKC * q_desc.block_type.nbytes + do_desc.block_type.nbytes +
-                    fields * rows_desc.block_type.nbytes, pred=pred)
+    rows_bytes: gl.constexpr = rows_desc.block_type.nbytes if STAGED_ROWS else 0
+    mbarrier.expect(bar, NKC * q_desc.block_type.nbytes + do_desc.block_type.nbytes + rows_bytes, pred=pred)
     for c in gl.static_range(NKC):
         tma.async_copy_global_to_shared(q_desc, [bh, tile * BLOCK_N, c * KC], bar,
                                         q_s.index(slot * NKC + c).reshape(q_desc.block_type.shape), pred=pred)
     tma.async_copy_global_to_shared(do_desc, [b, h, tile * BLOCK_N, 0], bar,
                                     do_s.index(slot).reshape(do_desc.block_type.shape), pred=pred)
     if STAGED_ROWS:
-        for f in gl.static_range(ROW_FIELDS):
-            if (f < 2) or (f == 2 and NEED_DS) or (f == 3 and not MEAN_ABS):
-                tma.async_copy_global_to_shared(rows_desc, [bh * ROW_FIELDS + f, tile * BLOCK_N], bar,
-                                                r_s.index(slot * ROW_FIELDS + f).reshape(rows_desc.block_type.shape),
-                                                pred=pred)
+        tma.async_copy_global_to_shared(rows_desc, [bh * ROW_FIELDS, tile * BLOCK_N], bar, r_s.index(slot), pred=pred)
 
 
 @gluon.jit
 def _staged_rows(r_s, slot, NEED_DS: gl.constexpr, MEAN_ABS: gl.constexpr, layout: gl.constexpr):
     """``(m2, l2, a, delta)`` of the tile in ``slot`` from the staged rows (``launcher.staged_query_rows``: the
-    clamps of ``_query_rows`` applied, m2 = +inf past N)."""
-    base = slot * ROW_FIELDS
-    m2 = r_s.index(base).load(layout)
-    l2 = r_s.index(base + 1).load(layout)
+    clamps of ``_query_rows`` applied, m2 = +inf past N). The slot's ``[ROW_FIELDS, BLOCK_N]`` tile is unswizzled
+    (row-major): read as one vector of ``ROW_FIELDS * BLOCK_N`` and sliced per field."""
+    BLOCK_N: gl.constexpr = r_s.shape[2]
+    flat = r_s.index(slot)._reinterpret(gl.float32, [ROW_FIELDS * BLOCK_N],
+                                        gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1))
+    m2 = flat.slice(0, BLOCK_N).load(layout)
+    l2 = flat.slice(BLOCK_N, BLOCK_N).load(layout)
     delta = l2  # unused unless NEED_DS
     if NEED_DS:
-        delta = r_s.index(base + 2).load(layout)
+        delta = flat.slice(2 * BLOCK_N, BLOCK_N).load(layout)
     a_q = l2  # unused for mean_abs
     if not MEAN_ABS:
-        a_q = r_s.index(base + 3).load(layout)
+        a_q = flat.slice(3 * BLOCK_N, BLOCK_N).load(layout)
     return m2, l2, a_q, delta
 
 
@@ -241,7 +237,7 @@ def _binary_attn_bwd_sm90_kernel(
                                      gl.NVMMASharedLayout.get_default_for([BLOCK_N, DVP], do_desc.dtype))
     r_s = q_s  # unused unless STAGED_ROWS
     if STAGED_ROWS:
-        r_s = gl.allocate_shared_memory(gl.float32, [STAGES * ROW_FIELDS, BLOCK_N], rows_desc.layout)
+        r_s = gl.allocate_shared_memory(gl.float32, [STAGES, ROW_FIELDS, BLOCK_N], rows_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1, 1], mbarrier.MBarrierLayout())
     qd_bar = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar.index(0), count=1)
@@ -256,7 +252,7 @@ def _binary_attn_bwd_sm90_kernel(
                                     v_s.index(0).reshape(v_desc.block_type.shape))
     for t in gl.static_range(STAGES):
         _load_queries(q_desc, do_desc, rows_desc, q_s, do_s, r_s, qd_bar, bh, b, h, t, t < n_tiles, BLOCK_N, KC, NKC,
-                      STAGES, STAGED_ROWS, NEED_DS, MEAN_ABS)
+                      STAGES, STAGED_ROWS)
 
     keys = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=key_layout)
     key_mask = keys < M
@@ -374,7 +370,7 @@ def _walk_queries(q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, 
         if STAGED_ROWS:  # its staged rows were read through the generic proxy (iteration t-1); TMA writes next
             fence_async_shared()
         _load_queries(q_desc, do_desc, rows_desc, q_s, do_s, r_s, qd_bar, bh, b, h, t - 1 + STAGES,
-                      (t > 0) & (t - 1 + STAGES < n_tiles), BLOCK_N, KC, NKC, STAGES, STAGED_ROWS, NEED_DS, MEAN_ABS)
+                      (t > 0) & (t - 1 + STAGES < n_tiles), BLOCK_N, KC, NKC, STAGES, STAGED_ROWS)
         p = _probs_t(s, b_keys, a_q, c_head, m2, l2, scale_log2, bias_base, s_bn, s_bm, keys, key_mask, qrows,
                      q_mask, BIAS, EVEN_M, MEAN_ABS)
         p_op = gl.convert_layout(p.to(do_desc.dtype), p_layout)
