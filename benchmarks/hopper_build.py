@@ -13,7 +13,10 @@ of every tl.dot kernel compile (a float64 scalar reaching a float32 loop-carried
 
     PYTHONPATH=<triton 3.6 folder> python benchmarks/hopper_build.py [--jobs 2] [--quick]
 
-Exits 1 when any kernel fails to compile, or when a ``main`` Gluon variant spills.
+Also checks ``codegen.hopper.direct_launch`` against this Triton: its launch keys against the JIT's specialization
+(``native_specialize_impl``) on sample arguments, and its argument order against the binder's for every recorded
+Gluon launch. Exits 1 when any kernel fails to compile, a ``main`` Gluon variant spills, or a direct-launch check
+fails.
 """
 from __future__ import annotations
 
@@ -304,7 +307,8 @@ def build(index: int):
                     shared=compiled.metadata.shared, warps=options.get("num_warps", 4), notes=notes,
                     scalar_loads=ptx.count("ld.global.b16"), vector_rows=vector_rows, seconds=time.time() - start)
     except Exception:  # noqa: BLE001 - a compile failure is the result being reported
-        return dict(label=label, arch=target.arch, ok=False, error=traceback.format_exc(limit=3)[-int(os.environ.get("BUILD_ERROR_CHARS", 600)):],
+        chars = int(os.environ.get("BUILD_ERROR_CHARS", 600))  # of the traceback's end
+        return dict(label=label, arch=target.arch, ok=False, error=traceback.format_exc(limit=3)[-chars:],
                     main=main, seconds=time.time() - start)
 
 

@@ -40,6 +40,7 @@ Shared memory (STAGES 2, bf16; 36 KB at D = Dv = 64 with 128 keys x 32 queries, 
     v_s   [1, BLOCK_M, DVP]            V tile (A operand of dP^T), loaded once       16 KB
     q_s   [STAGES * NKC, BLOCK_N, KC]  float8 Q-sign tiles (K-major B operand)       2 x 2 KB (32 x 64)
     do_s  [STAGES, BLOCK_N, DVP]       dO tiles (B operand of dP^T and of dV)        2 x 4 KB
+    r_s   [STAGES, 4, BLOCK_N]         float32 m2, l2, delta, a (``staged_rows``)    2 x 512 B
     kv_bar [1], qd_bar [STAGES]        mbarriers (expect-tx; one per slot for q and dO together)
 Query tile t lives in slot ``t % STAGES``, barrier phase ``(t // STAGES) & 1``. Its readers are S_t, dP_t
 and dV_t; iteration t+1 refills the slot (tile t + STAGES) right after the wait that retires dV_t.
@@ -274,8 +275,9 @@ def _binary_attn_bwd_sm90_kernel(
     mbarrier.wait(kv_bar.index(0), 0)
 
     dv, dk, db_acc, dac_acc, dsk_acc = _walk_queries(
-        q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr, bias_base,
-        gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, bh64 * N, N, n_tiles, keys, key_mask, b_keys, head_shift2,
+        q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr,
+        bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, bh64 * N, N, n_tiles, keys, key_mask, b_keys,
+        head_shift2,
         a_head, c_head, scale, scale_log2, BIAS, NEED_DS, NEED_DB, NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS,
         DENSE_DBIAS, EVEN_M, MEAN_ABS, NEED_DK, STAGED_ROWS, BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES, t_layout,
         dp_layout, dv_layout, p_layout, dk_layout)
@@ -305,9 +307,9 @@ def _binary_attn_bwd_sm90_kernel(
 
 
 @gluon.jit
-def _walk_queries(q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr,
-                  bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, row0, N, n_tiles, keys, key_mask,
-                  b_keys, head_shift2, a_head, c_head, scale, scale_log2, BIAS: gl.constexpr, NEED_DS: gl.constexpr,
+def _walk_queries(q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr,
+                  da_rows_ptr, bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, row0, N, n_tiles, keys,
+                  key_mask, b_keys, head_shift2, a_head, c_head, scale, scale_log2, BIAS: gl.constexpr, NEED_DS: gl.constexpr,
                   NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
                   HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
                   NEED_DK: gl.constexpr, STAGED_ROWS: gl.constexpr,

@@ -34,7 +34,8 @@ class FakeKernel:
         def fn(x, n, BLOCK, FLAG):
             pass
 
-        self.params = [SimpleNamespace(name=p.name, default=p.default) for p in inspect.signature(fn).parameters.values()]
+        parameters = inspect.signature(fn).parameters.values()
+        self.params = [SimpleNamespace(name=p.name, default=p.default) for p in parameters]
         self.pre_run_hooks = []
         self.log = []
 
