@@ -56,13 +56,13 @@ def profile_table(fn, calls: int, top: int) -> str:
 
 
 def with_direct_launch(fn):
-    """``fn`` with ``direct_launch.ENABLED`` set for the call."""
+    """``fn`` with ``direct_launch.ENABLED`` set for the call (the setting before it restored after)."""
     def call():
-        direct_launch.ENABLED = True
+        before, direct_launch.ENABLED = direct_launch.ENABLED, True
         try:
             return fn()
         finally:
-            direct_launch.ENABLED = False
+            direct_launch.ENABLED = before
     return call
 
 

@@ -3,8 +3,8 @@
 ``kernel[grid](*args, **kwargs)`` binds the arguments, specializes each one (``native_specialize_impl``), builds
 the cache key and looks the compiled kernel up on every call. ``DirectLauncher`` does that once per *launch key*
 and afterwards calls the compiled kernel's launcher itself, as ``JITFunction.run`` does after its lookup. The key
-holds what Triton 3.6 specializes an argument on, read off ``native_specialize_impl`` (``tests/codegen/
-test_direct_launch.py`` checks the correspondence on sample arguments):
+holds what Triton 3.6 specializes an argument on, read off ``native_specialize_impl`` (``check_keys``, run by CI's
+offline build under Triton 3.6, ``benchmarks/hopper_build.py``, checks the correspondence on sample arguments):
 
     tensor            dtype, ``data_ptr() % 16 == 0``
     int               ``== 1`` (a constexpr), ``% 16 == 0``, int32 / int64 / uint64 range
