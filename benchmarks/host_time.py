@@ -7,9 +7,8 @@ host time alone). GPU time per call: ``triton.testing.do_bench``. Paths: the Glu
 (``launch_hopper_forward``), the same through its opaque operator (``torch.ops.bitlower.hopper_fwd``), the
 public eager API (``bitlower.binary_attention``, the plan's kernels) and that call compiled
 (``fullgraph=True``), with the plan's forward, with ``forward="hopper"`` and the stats pass inside the Gluon operator
-(``hopper_stats="op"``; the default traces it before), and the Gluon launcher and the compiled call with
-``codegen.hopper.direct_launch`` enabled (the cached compiled kernel relaunched without Triton's binder). Usage, on
-the GPU machine:
+(``hopper_stats="op"``; the default traces it before), each without and with ``codegen.hopper.direct_launch`` (the
+cached compiled kernel relaunched without Triton's binder). Usage, on the GPU machine:
 ``python benchmarks/host_time.py --shape 32 6 1601 64``; ``--profile K`` adds the K functions with the most
 cumulative host time under ``cProfile`` per path (where the host time goes).
 """
@@ -55,10 +54,10 @@ def profile_table(fn, calls: int, top: int) -> str:
     return text.getvalue()
 
 
-def with_direct_launch(fn):
-    """``fn`` with ``direct_launch.ENABLED`` set for the call (the setting before it restored after)."""
+def with_direct_launch(fn, enabled: bool):
+    """``fn`` with ``direct_launch.ENABLED`` set to ``enabled`` for the call (the setting before it restored after)."""
     def call():
-        before, direct_launch.ENABLED = direct_launch.ENABLED, True
+        before, direct_launch.ENABLED = direct_launch.ENABLED, enabled
         try:
             return fn()
         finally:
@@ -80,20 +79,22 @@ def main() -> None:
     hopper = KernelOptions(forward="hopper")  # one object: built per call, Dynamo would guard its fields each call
     stats_in_op = KernelOptions(forward="hopper", hopper_stats="op")
     compiled_plan = torch.compile(lambda: bitlower.binary_attention(q, k, v), fullgraph=True)
-    paths = {
-        "launch_hopper_forward": lambda: launch_hopper_forward(q, k, v, None, None, None, spec),
-        "launch_hopper_forward, direct launch": with_direct_launch(
-            lambda: launch_hopper_forward(q, k, v, None, None, None, spec)),
+    compiled_hopper = torch.compile(lambda: bitlower.binary_attention(q, k, v, kernel_options=hopper), fullgraph=True)
+    launcher = lambda: launch_hopper_forward(q, k, v, None, None, None, spec)  # noqa: E731
+    rows = {
+        "launch_hopper_forward": launcher,
         "torch.ops.bitlower.hopper_fwd": lambda: torch.ops.bitlower.hopper_fwd(
             q, k, v, None, None, None, *spec.op_args(), spec.save_bits, True, SOURCE_HASH),
         "bitlower.binary_attention": lambda: bitlower.binary_attention(q, k, v),
         "compiled, plan": compiled_plan,
-        "compiled, plan, direct launch": with_direct_launch(compiled_plan),
-        "compiled, forward=hopper": torch.compile(lambda: bitlower.binary_attention(
-            q, k, v, kernel_options=hopper), fullgraph=True),
+        "compiled, forward=hopper": compiled_hopper,
         "compiled, forward=hopper, hopper_stats=op": torch.compile(lambda: bitlower.binary_attention(
             q, k, v, kernel_options=stats_in_op), fullgraph=True),
     }
+    paths = {}
+    for name, fn in rows.items():  # each path without the direct launch, then with it
+        paths[name] = with_direct_launch(fn, False)
+        paths[f"{name}, direct launch"] = with_direct_launch(fn, True)
     print(f"shape {tuple(args.shape)}, {torch.cuda.get_device_name()}, {args.calls} calls")
     print("| path | host us/call | GPU us/call |\n|---|---|---|")
     with torch.no_grad():

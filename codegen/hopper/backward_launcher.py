@@ -200,6 +200,12 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
 FLT_MAX = torch.finfo(torch.float32).max
 
 
+def _floored(x: torch.Tensor) -> torch.Tensor:
+    """``fmax(x, -FLT_MAX)`` (NaN and -inf -> -FLT_MAX) without a device scalar: a host-to-device copy of one
+    would break CUDA-graph capture."""
+    return x.nan_to_num(nan=-FLT_MAX, posinf=float("inf"), neginf=-FLT_MAX)
+
+
 def staged_query_rows(row_state, delta, a, head_shift2, block_n: int) -> torch.Tensor:
     """``(B*H*4, NP)`` float32, per (batch*head) the rows m2, l2, delta, a of every query, NP = N padded to
     ``block_n``: what ``kernel_bwd._query_rows`` loads per tile, its clamps applied (``fmax``: a NaN becomes
@@ -211,10 +217,9 @@ def staged_query_rows(row_state, delta, a, head_shift2, block_n: int) -> torch.T
     m2 = row_state[..., 0]
     if head_shift2 is not None:
         m2 = m2 - head_shift2[None, :, None]
-    floor = torch.tensor(-FLT_MAX, dtype=torch.float32, device=row_state.device)
-    rows[:, 0, :n] = torch.fmax(m2, floor).reshape(bsz * heads, n)
+    rows[:, 0, :n] = _floored(m2).reshape(bsz * heads, n)
     rows[:, 0, n:] = float("inf")
-    rows[:, 1, :n] = torch.fmax(row_state[..., 1], floor).reshape(bsz * heads, n)
+    rows[:, 1, :n] = _floored(row_state[..., 1]).reshape(bsz * heads, n)
     rows[:, 2, :n] = delta.reshape(bsz * heads, n)
     rows[:, 3, :n] = a.reshape(bsz * heads, n)
     return rows.view(bsz * heads * 4, padded)

@@ -17,6 +17,7 @@ from .config import sign_chunks
 from .support import BIAS_KINDS, DTYPES, MAX_BATCH_HEADS, MAX_TILE_OFFSET, MIN_DIM, WEIGHTINGS
 
 GRAD_MODES = ("hamming", "stopgrad", "ste")  # ste: D with one sign chunk (config.sign_chunks): 16-64, 97-128
+STAGED_ROWS_FROM = 4096  # queries: the tile table's staged_rows (measured faster at 4096, slower at 1024)
 MAX_BWD_DIM = 128  # dV (DVP/2 float32) + S, dP, P, dS (BLOCK_N/2 float32 each) within 255 registers
 
 
@@ -32,7 +33,8 @@ class HopperBackwardConfig:
         staged_rows: the per-query m2, l2, delta and a of each query tile through shared memory (one TMA box on
             the tile's barrier; ``launcher.staged_query_rows``) instead of global loads per tile; SASS of the key
             loop: 274 -> 244 instructions at D 64 mean_abs, 483 -> 239 (149 -> 116 registers) with token weighting
-            and a head bias (offline, session 16; unmeasured on the GPU).
+            and a head bias (offline, session 16). Measured (H200, session 17, CUDA-graph time): 1-4 % faster at
+            N 4096, 2-3 % slower at N 1024 (the tile table takes it from 4096 queries).
     """
 
     block_m: int = 64
@@ -63,8 +65,11 @@ def hopper_backward_config(n: int, dim: int, dim_v: int, grad_mode: str = "hammi
     at N 197 / 256 (D 72) / 1024 / 1680 / 4096 against 0.608 / 0.667 / 0.559 / 0.480 / 1.577 for 128 keys,
     and ste 3.09-3.13 ms at N 4096 against 3.84 for 128 keys x 32 queries. D 128 is unmeasured; its ptxas
     counts (64 keys: 154 registers, 3 CTAs per SM; 128 keys: 162, 1 CTA) give the same choice.
+    ``staged_rows`` from 4096 queries (session 17, ``--configs 64x32x2 64x32x2x1``): hamming 1.441 -> 1.421 ms
+    (8, 8, 4096, 64), 2.204 -> 2.185 (4, 16, 4096, 128), ste 3.099 -> 3.056 / 5.330 -> 5.249, token weighting
+    0.845 -> 0.813 / 1.124 -> 1.096; at (32, 6, 1024, 64) 0.526 -> 0.539 (hamming), 0.216 -> 0.223 (token).
     """
-    return HopperBackwardConfig(64, 32, 2)
+    return HopperBackwardConfig(64, 32, 2, staged_rows=n >= STAGED_ROWS_FROM)
 
 
 def hopper_backward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,

@@ -12,8 +12,10 @@ offline build under Triton 3.6, ``benchmarks/hopper_build.py``, checks the corre
     TensorDescriptor  dtype, block shape, shared layout (shape and strides are runtime values of the descriptor)
 
 plus the constexpr and option keyword arguments, the device, and Triton's debug and instrumentation knobs. An
-argument of another kind, a pre-run hook, or a first call of a key goes through the JIT. Off unless
-``BITLOWER_DIRECT_LAUNCH=1`` (not yet checked on a GPU: ``benchmarks/host_time.py`` measures both).
+argument of another kind, a pre-run hook, or a first call of a key goes through the JIT. On by default under
+Triton 3.6 (the release whose ``JITFunction.run`` ``DirectLauncher.launch`` repeats), off under any other;
+``BITLOWER_DIRECT_LAUNCH=0`` / ``1`` overrides. Measured on the H200 (session 17, ``benchmarks/host_time.py``):
+602 -> 467 us of host time per ``launch_hopper_forward`` call at (16, 16, 256, 72).
 """
 from __future__ import annotations
 
@@ -21,7 +23,17 @@ import os
 
 import torch
 
-ENABLED = os.environ.get("BITLOWER_DIRECT_LAUNCH", "0") == "1"
+CHECKED_TRITON = "3.6."  # the Triton release this module mirrors
+
+
+def _enabled_by_default() -> bool:
+    import triton
+
+    setting = os.environ.get("BITLOWER_DIRECT_LAUNCH")
+    return setting == "1" if setting is not None else triton.__version__.startswith(CHECKED_TRITON)
+
+
+ENABLED = _enabled_by_default()
 MAX_KEYS = 256  # compiled variants kept per kernel
 
 

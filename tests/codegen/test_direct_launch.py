@@ -115,8 +115,22 @@ def test_argument_keys_of_the_specialization_edges():
         argument_key("text")
 
 
-def test_disabled_by_default_it_is_the_jit_call():
-    assert direct_launch.ENABLED is False  # until checked on a GPU (benchmarks/host_time.py times both)
+@pytest.mark.parametrize("version, setting, enabled", [("3.6.0", None, True), ("3.6.1", None, True),
+                                                        ("3.9.0", None, False), ("3.6.0", "0", False),
+                                                        ("3.9.0", "1", True)])
+def test_on_by_default_only_under_the_checked_triton(monkeypatch, version, setting, enabled):
+    import triton
+
+    monkeypatch.setattr(triton, "__version__", version)
+    if setting is None:
+        monkeypatch.delenv("BITLOWER_DIRECT_LAUNCH", raising=False)
+    else:
+        monkeypatch.setenv("BITLOWER_DIRECT_LAUNCH", setting)
+    assert direct_launch._enabled_by_default() is enabled
+
+
+def test_disabled_it_is_the_jit_call(monkeypatch):
+    monkeypatch.setattr(direct_launch, "ENABLED", False)
     kernel = FakeKernel()
     direct_launch.launch(kernel, (3,), (torch.zeros(4), 7), dict(BLOCK=16, FLAG=False))
     assert kernel.log == [("jit", (3,), (kernel.log[0][2][0], 7), dict(BLOCK=16, FLAG=False))]

@@ -185,6 +185,28 @@ def test_staged_rows_of_a_fully_masked_row():
     _check(call, config=STAGED)
 
 
+@pytest.mark.parametrize("config", [None, STAGED], ids=str)
+def test_capture_replays_the_eager_gradients(config):
+    """The launcher under CUDA-graph capture (no host sync, no host-to-device copy), replayed: eager's gradients."""
+    q, k, v, a, b, bias, spec = call = _call((2, 3, 197, 64, 64), torch.bfloat16, "token", "head", "hamming")
+    if hopper_backward_unsupported(CallFacts.of(q, k, v, bias), spec, DeviceFacts.of(q.device)):
+        pytest.skip("the Gluon backward cannot run here")
+    out, *saved = reference.forward(q, k, v, a, b, bias, spec)
+    do = torch.randn_like(out)
+    run = lambda: launch_hopper_backward(do, v, bias, *saved, spec, q.shape[-1], _needs(call), out=out,  # noqa: E731
+                                         config=config)
+    eager = [None if g is None else g.clone() for g in run()]
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    graph.replay()
+    torch.cuda.synchronize()
+    for name, g, c in zip(NAMES, eager, captured):
+        assert (g is None) == (c is None), name
+        if g is not None:
+            assert _rel(c, g) <= 1e-5, name  # da, db and dbias are atomics: their order may differ
+
+
 def test_fully_masked_row_adds_nothing():
     """A query row without a kept key: l2 = -inf, p = 0 (not NaN) in every key tile."""
     call = _call((1, 2, 197, 64, 64), torch.bfloat16, "token", "mask", "hamming")

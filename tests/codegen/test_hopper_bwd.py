@@ -108,9 +108,10 @@ def test_backward_option_is_validated_and_encoded():
 
 
 def test_config_table_and_validation():
-    assert hopper_backward_config(4096, 64, 64) == HopperBackwardConfig(64, 32, 2)
-    assert hopper_backward_config(4096, 128, 128) == HopperBackwardConfig(64, 32, 2)
-    assert hopper_backward_config(4096, 64, 64, "ste") == HopperBackwardConfig(64, 32, 2)
+    assert hopper_backward_config(4096, 64, 64) == HopperBackwardConfig(64, 32, 2, staged_rows=True)
+    assert hopper_backward_config(4096, 128, 128) == HopperBackwardConfig(64, 32, 2, staged_rows=True)
+    assert hopper_backward_config(4096, 64, 64, "ste") == HopperBackwardConfig(64, 32, 2, staged_rows=True)
+    assert hopper_backward_config(1024, 64, 64) == HopperBackwardConfig(64, 32, 2)
     assert HopperBackwardConfig().num_warps == 4 and HopperBackwardConfig(128).num_warps == 8
     with pytest.raises(ValueError, match="block_m"):
         HopperBackwardConfig(block_m=32)
