@@ -9,9 +9,11 @@ Flow: the Dynamo graph (torch-level IR) -> ``bitlower.passes.rewrite_attention``
 ``bitlower.passes.kernel_fallback.count_kernel_fallbacks`` ->
 ``bitlower.passes.softmax_axis_guard.guard_softmax_axes`` (softmaxes over a non-last axis, which
 Inductor's attention pattern would silently turn into a softmax over the keys) ->
+``bitlower.passes.saturate_fills.saturate_where_fills`` (``where`` fills beyond the dtype's range, which
+Inductor's constant folding refuses on CUDA, written as eager's rounding of them) ->
 ``torch._inductor.compile_fx.compile_fx``, the function ``backend="inductor"`` calls. A graph
-without accepted attention sites and without such softmaxes reaches ``compile_fx`` unchanged. No pass is handed to
-Inductor: the rewrite is done before ``compile_fx``, so Inductor's caches key the rewritten
+without accepted attention sites, such softmaxes or such fills reaches ``compile_fx`` unchanged. No pass is
+handed to Inductor: the rewrite is done before ``compile_fx``, so Inductor's caches key the rewritten
 graph itself (the operator call and its static arguments are part of it, ``source_hash`` included).
 
 Kernel fallbacks (CUDA calls the fused kernels do not cover) are counted here, on every compile,
@@ -33,6 +35,7 @@ from bitlower.backend_config import BackendConfig
 from bitlower.counters import kept_on_success
 from bitlower.passes.kernel_fallback import count_kernel_fallbacks
 from bitlower.passes.rewrite_attention import rewrite_attention
+from bitlower.passes.saturate_fills import saturate_where_fills
 from bitlower.passes.softmax_axis_guard import guard_softmax_axes
 
 log = logging.getLogger(__name__)
@@ -98,7 +101,7 @@ def bitlower_backend(gm: torch.fx.GraphModule, example_inputs, *, mode: str | No
             raise ValueError(f"unknown mode {mode!r} for backend 'bitlower'; modes are {sorted(modes)}")
         patches = {**list_mode_options(mode), **patches}
     with kept_on_success():  # a compile that raises (a Dynamo restart) drops the graph and its counts
-        gm = guard_softmax_axes(count_kernel_fallbacks(rewrite_attention(gm, config)))
+        gm = saturate_where_fills(guard_softmax_axes(count_kernel_fallbacks(rewrite_attention(gm, config))))
         return compile_fx(gm, example_inputs, config_patches=patches)
 
 

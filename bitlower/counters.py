@@ -8,6 +8,8 @@ Groups bitlower counts in:
   product again but that no matcher recognised as attention (reported, never rewritten).
 - ``softmax_axis_guarded`` (by axis): softmaxes over a non-last axis the backend hands Inductor in
   a form its attention pattern cannot miscompile (``bitlower.passes.softmax_axis_guard``).
+- ``where_fill_saturated`` (by dtype): ``where`` fills beyond the dtype's range written as eager's rounding
+  of them (``bitlower.passes.saturate_fills``).
 - ``fallback`` (by reason): operator calls on CUDA that run the exact reference because the fused
   kernels do not cover them. An eager call counts each time it runs; under
   ``torch.compile(backend="bitlower")`` each operator call site counts once per compiled graph

@@ -1,0 +1,82 @@
+"""Where the host time of one Gluon forward call goes: its parts timed alone, medians of repeated runs.
+
+``host_time.py`` times whole paths once each (one mean of unsynchronised calls; its runs on the GPU machine
+differed by up to 30 % between processes). Here each part is timed in ``--repeats`` runs of ``--calls`` calls and
+the median run reported: a CUDA allocation, one TMA descriptor, the launcher's Python with the kernel launch
+stubbed, the launcher, the opaque operator (``torch.ops.bitlower.hopper_main``), the stats pass, and the whole
+compiled call. Usage, on the GPU machine: ``python benchmarks/host_parts.py --shape 16 16 256 72``.
+"""
+import argparse
+import statistics
+import time
+
+import torch
+
+import bitlower
+from bitlower.codegen.hopper import launcher as hopper_launcher
+from bitlower.codegen.hopper.launcher import _descriptor, launch_hopper_main, stats_pass
+from bitlower.codegen.plan import KernelOptions
+from bitlower.source_hash import SOURCE_HASH
+from bitlower.spec import CallSpec
+
+
+def median_us(fn, calls: int, repeats: int) -> float:
+    """Median over ``repeats`` runs of the mean host microseconds per call of ``calls`` unsynchronised calls."""
+    runs = []
+    for _ in range(repeats):
+        fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        runs.append((time.perf_counter() - start) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(runs)
+
+
+def stubbed(fn):
+    """``fn`` with the Gluon launcher's kernel launch replaced by nothing (its Python alone)."""
+    def call():
+        real, hopper_launcher._launch = hopper_launcher._launch, lambda *args: None
+        try:
+            return fn()
+        finally:
+            hopper_launcher._launch = real
+    return call
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=4, default=[16, 16, 256, 72], metavar=("B", "H", "N", "D"))
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+    bsz, heads, n, dim = args.shape
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(bsz, n, 3, heads, dim, device="cuda", generator=gen).to(torch.bfloat16)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, D) views, as timm's attention
+    spec = CallSpec(scale=dim ** -0.5)
+    stats = stats_pass(q, k, None, None, spec)
+    operands = stats.main_operands()
+    main_call = lambda: launch_hopper_main(*operands, v, None, spec, dim)  # noqa: E731
+    hopper = KernelOptions(forward="hopper")
+    compiled = torch.compile(lambda: bitlower.binary_attention(q, k, v, kernel_options=hopper), fullgraph=True)
+    parts = {
+        "torch.empty (B, H, N, 2) float32": lambda: torch.empty(bsz, heads, n, 2, device="cuda"),
+        "one TMA descriptor": lambda: _descriptor(operands[0].view(bsz * heads, n, -1), [1, 64, 32]),
+        "stats pass": lambda: stats_pass(q, k, None, None, spec),
+        "launch_hopper_main, launch stubbed": stubbed(main_call),
+        "launch_hopper_main": main_call,
+        "torch.ops.bitlower.hopper_main": lambda: torch.ops.bitlower.hopper_main(
+            *operands, v, None, dim, *spec.op_args(), True, SOURCE_HASH),
+        "compiled, forward=hopper": compiled,
+    }
+    print(f"shape {tuple(args.shape)}, {torch.cuda.get_device_name()}, median of {args.repeats} x {args.calls} calls")
+    print("| part | host us/call |\n|---|---|")
+    with torch.no_grad():
+        for name, fn in parts.items():
+            print(f"| {name} | {median_us(fn, args.calls, args.repeats):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
