@@ -9,8 +9,8 @@ the calls ``backward_support.hopper_backward_unsupported`` accepts, with ``out``
 3. ``kernel_bwd._binary_attn_bwd_sm90_kernel`` over ``(cdiv(M, BLOCK_M), B*H)``: dV, db, the mean_abs chain's
    per-key totals, da (atomics), the head bias's per-key sums, the dense/table bias gradient (atomics), ste's
    raw dK sums; ste's raw dQ sums from ``kernel_bwd_q._binary_attn_bwd_q_sm90_kernel`` over ``(cdiv(N, 64), B*H)``.
-4. ste's ``raw * clip * (scale a)``, the mean_abs chain ``sum_i da_i sgn(q) / (N D)`` (dk likewise) and the
-   bias gradient's final shape.
+4. ste's ``raw * clip * (scale a)`` and the mean_abs chain ``sum_i da_i sgn(q) / (N D)`` in one pass per
+   gradient (``input_grads.input_grad``; dk likewise), and the bias gradient's final shape.
 
 The Gluon kernel is launched directly (``kernel[grid](...)``), not through ``torch.library.wrap_triton``:
 under ``torch.compile`` it must run inside an opaque operator (``backward_op``, ``bitlower::hopper_bwd``).
@@ -21,7 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-from bitlower.packing import unpack_bits
 from bitlower.relpos import dense_to_table_grad
 
 from ..backward import _row_dots
@@ -32,6 +31,7 @@ from ..operands import bias_operand
 from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
 from . import direct_launch
 from .backward_support import HopperBackwardConfig, hopper_backward_config
+from .input_grads import input_grad
 from .config import sign_chunks, value_width
 from .launcher import _descriptor
 from .support import tma_readable
@@ -109,29 +109,13 @@ def _bias_operands(bias, spec, shape4, dense_grad: bool):
     return code, tensor, strides, buf, tuple(buf.expand(shape4).stride())
 
 
-def _chain(raw, own, clip, d_own, signs, length: int, dim: int, spec, need: bool, shape):
-    """dq (or dk): ste's sign term ``raw * clip * (scale a)`` (``raw`` the kernel's sums, tl.dot's rounding
-    order) plus, for mean_abs, ``sum_i da_i sgn / (L D)``; zeros for hamming without mean_abs; None when not
-    wanted."""
-    if not need or not spec.qk_grad:
-        return None
-    grad = torch.zeros(shape, dtype=torch.float32, device=signs.device) if raw is None else raw
-    if raw is not None:
-        grad = (grad * unpack_bits(clip[:, :, :, 0], dim)) * (spec.scale * own)  # (B, H, L, D)
-    if spec.weighting != "mean_abs":
-        return grad
-    total = d_own.sum(dim=(2, 3))  # (B, H)
-    sgn = signs.view(shape[0], shape[1], length, -1)[..., :dim].to(torch.float32)  # (B, H, L, D) +-1
-    return grad + sgn * (total / (length * dim))[:, :, None, None]
-
-
 def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim,
                            needs, *, out, config: HopperBackwardConfig | None = None):
     """Fused backward on sm_90 through the Gluon kernels (contract of ``codegen.backward``).
 
     Args:
         grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip, a, b,
-            row_state: what the forward saved (qclip/kclip unused: no sign gradients in these modes).
+            row_state: what the forward saved (qclip / kclip: ste's clip masks).
         spec: the call's ``CallSpec`` (``hopper_backward_unsupported`` accepted it); head_dim: ``D``.
         needs: six bools for ``(q, k, v, a_in, b_in, bias)``.
         out: the forward's output ``(B, H, N, Dv)`` (``delta_i = dO_i . O_i``).
@@ -191,8 +175,8 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     if ste and needs[0]:
         dq_raw = _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec,
                                  (bsz, heads, n, m, head_dim, dvp), kc)
-    dq = _chain(dq_raw, a, qclip, da_cols, q_signs, n, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
-    dk = _chain(dk_raw, b, kclip, db, k_signs, m, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
+    dq = input_grad(dq_raw, a, qclip, da_cols, qbits, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
+    dk = input_grad(dk_raw, b, kclip, db, kbits, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, _finish_bias_grad(bias, spec, gbias,
                                                                                               ds_keys)
 
