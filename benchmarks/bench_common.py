@@ -16,6 +16,25 @@ import torch
 log = logging.getLogger("bench")
 
 
+def with_attribute(fn, owner, name: str, value):
+    """``fn`` with ``owner.name`` set to ``value`` for each call (the value before it restored after)."""
+    def call():
+        before = getattr(owner, name)
+        setattr(owner, name, value)
+        try:
+            return fn()
+        finally:
+            setattr(owner, name, before)
+    return call
+
+
+def timm_qkv(bsz: int, heads: int, n: int, dim: int, seed: int = 0):
+    """q, k, v ``(B, H, N, D)`` bf16 views of one ``(B, N, 3, H, D)`` tensor, as timm's attention makes them."""
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    qkv = torch.randn(bsz, n, 3, heads, dim, device="cuda", generator=gen).to(torch.bfloat16)
+    return tuple(qkv[:, :, i].transpose(1, 2) for i in range(3))
+
+
 def bench(fn) -> float:
     """Median ms of CUDA-graph replays of ``fn``; plain event timing where capture fails."""
     return timed(fn)[0]

@@ -13,6 +13,7 @@ import time
 import torch
 
 import bitlower
+from bench_common import timm_qkv, with_attribute
 from bitlower.codegen.hopper import launcher as hopper_launcher
 from bitlower.codegen.hopper.launcher import _descriptor, launch_hopper_main, stats_pass
 from bitlower.codegen.plan import KernelOptions
@@ -34,17 +35,6 @@ def median_us(fn, calls: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
-def stubbed(fn):
-    """``fn`` with the Gluon launcher's kernel launch replaced by nothing (its Python alone)."""
-    def call():
-        real, hopper_launcher._launch = hopper_launcher._launch, lambda *args: None
-        try:
-            return fn()
-        finally:
-            hopper_launcher._launch = real
-    return call
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=4, default=[16, 16, 256, 72], metavar=("B", "H", "N", "D"))
@@ -52,9 +42,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     bsz, heads, n, dim = args.shape
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    qkv = torch.randn(bsz, n, 3, heads, dim, device="cuda", generator=gen).to(torch.bfloat16)
-    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, D) views, as timm's attention
+    q, k, v = timm_qkv(bsz, heads, n, dim)
     spec = CallSpec(scale=dim ** -0.5)
     stats = stats_pass(q, k, None, None, spec)
     operands = stats.main_operands()
@@ -65,7 +53,7 @@ def main() -> None:
         "torch.empty (B, H, N, 2) float32": lambda: torch.empty(bsz, heads, n, 2, device="cuda"),
         "one TMA descriptor": lambda: _descriptor(operands[0].view(bsz * heads, n, -1), [1, 64, 32]),
         "stats pass": lambda: stats_pass(q, k, None, None, spec),
-        "launch_hopper_main, launch stubbed": stubbed(main_call),
+        "launch_hopper_main, launch stubbed": with_attribute(main_call, hopper_launcher, "_launch", lambda *a: None),
         "launch_hopper_main": main_call,
         "torch.ops.bitlower.hopper_main": lambda: torch.ops.bitlower.hopper_main(
             *operands, v, None, dim, *spec.op_args(), True, SOURCE_HASH),

@@ -22,6 +22,7 @@ import torch
 from triton.testing import do_bench
 
 import bitlower
+from bench_common import timm_qkv, with_attribute
 from bitlower.codegen.hopper import direct_launch, launch_hopper_forward
 from bitlower.codegen.plan import KernelOptions
 from bitlower.source_hash import SOURCE_HASH
@@ -54,17 +55,6 @@ def profile_table(fn, calls: int, top: int) -> str:
     return text.getvalue()
 
 
-def with_direct_launch(fn, enabled: bool):
-    """``fn`` with ``direct_launch.ENABLED`` set to ``enabled`` for the call (the setting before it restored after)."""
-    def call():
-        before, direct_launch.ENABLED = direct_launch.ENABLED, enabled
-        try:
-            return fn()
-        finally:
-            direct_launch.ENABLED = before
-    return call
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=4, default=[32, 6, 1601, 64], metavar=("B", "H", "N", "D"))
@@ -72,9 +62,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="K", help="print cProfile's top K per path")
     args = parser.parse_args()
     bsz, heads, n, dim = args.shape
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    qkv = torch.randn(bsz, n, 3, heads, dim, device="cuda", generator=gen).to(torch.bfloat16)
-    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (B, H, N, D) views, as timm's attention
+    q, k, v = timm_qkv(bsz, heads, n, dim)
     spec = CallSpec(scale=dim ** -0.5)
     hopper = KernelOptions(forward="hopper")  # one object: built per call, Dynamo would guard its fields each call
     stats_in_op = KernelOptions(forward="hopper", hopper_stats="op")
@@ -93,8 +81,8 @@ def main() -> None:
     }
     paths = {}
     for name, fn in rows.items():  # each path without the direct launch, then with it
-        paths[name] = with_direct_launch(fn, False)
-        paths[f"{name}, direct launch"] = with_direct_launch(fn, True)
+        paths[name] = with_attribute(fn, direct_launch, "ENABLED", False)
+        paths[f"{name}, direct launch"] = with_attribute(fn, direct_launch, "ENABLED", True)
     print(f"shape {tuple(args.shape)}, {torch.cuda.get_device_name()}, {args.calls} calls")
     print("| path | host us/call | GPU us/call |\n|---|---|---|")
     with torch.no_grad():
