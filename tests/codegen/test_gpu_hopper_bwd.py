@@ -1,7 +1,5 @@
 """GPU checks of the Hopper Gluon backward (hamming, stopgrad, ste) against a float64 reference (``pytest -m gpu``).
 
-Not yet run: written offline (no GPU lent that session); the next GPU session runs it on the H200.
-
 The saved state (packed bits, scalars, row state, lse, output) comes from the reference forward at the
 working dtype on the GPU (or, in ``test_state_of_the_gluon_forward``, from the Gluon forward); the float64
 golden is ``reference_backward`` on that state with dO, v, the scalars and the bias upcast, so only the
@@ -19,7 +17,8 @@ import torch
 
 from bitlower import reference, reference_backward
 from bitlower.codegen.hopper.backward_launcher import launch_hopper_backward
-from bitlower.codegen.hopper.backward_support import HopperBackwardConfig, hopper_backward_unsupported
+from bitlower.codegen.hopper.backward_support import (HopperBackwardConfig, hopper_backward_config,
+                                                      hopper_backward_unsupported)
 from bitlower.codegen.plan import CallFacts, DeviceFacts
 from bitlower.relpos import table_rows
 from bitlower.spec import CallSpec
@@ -177,6 +176,13 @@ def test_staged_rows(case, shape):
     """``staged_rows``: the per-query m2, l2, delta, a through shared memory (padded queries: m2 = +inf)."""
     weighting, bias_kind, grad_mode = case
     _check(_call(shape, torch.bfloat16, weighting, bias_kind, grad_mode), config=STAGED)
+
+
+@pytest.mark.parametrize("case", [("mean_abs", "none", "hamming"), ("token", "head", "ste")], ids=str)
+def test_the_tile_tables_staged_rows_from_4096_queries(case):
+    """The default config at 4096 queries (``staged_rows`` on: ``backward_support.STAGED_ROWS_FROM``)."""
+    assert hopper_backward_config(4096, 64, 64).staged_rows
+    _check(_call((1, 2, 4096, 64, 64), torch.bfloat16, *case))
 
 
 def test_staged_rows_of_a_fully_masked_row():
