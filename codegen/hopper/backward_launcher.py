@@ -31,8 +31,8 @@ from ..operands import bias_operand
 from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
 from . import direct_launch
 from .backward_support import HopperBackwardConfig, hopper_backward_config
-from .input_grads import input_grad
 from .config import sign_chunks, value_width
+from .input_grads import input_grad
 from .launcher import _descriptor
 from .support import tma_readable
 
