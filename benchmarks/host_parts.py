@@ -4,7 +4,8 @@
 differed by up to 30 % between processes). Here each part is timed in ``--repeats`` runs of ``--calls`` calls and
 the median run reported: a CUDA allocation, one TMA descriptor, the launcher's Python with the kernel launch
 stubbed, the launcher, the opaque operator (``torch.ops.bitlower.hopper_main``), the stats pass, and the whole
-compiled call. Usage, on the GPU machine: ``python benchmarks/host_parts.py --shape 16 16 256 72``.
+compiled call; ``--profiler K`` adds ``torch.profiler``'s K host operators with the most CPU time over the compiled
+calls. Usage, on the GPU machine: ``python benchmarks/host_parts.py --shape 16 16 256 72 --profiler 30``.
 """
 import argparse
 import statistics
@@ -35,11 +36,27 @@ def median_us(fn, calls: int, repeats: int) -> float:
     return statistics.median(runs)
 
 
+def profiler_table(fn, calls: int, top: int) -> str:
+    """``torch.profiler``'s table of ``calls`` unsynchronised calls of ``fn``: the ``top`` host operators by CPU time
+    (inclusive), CUDA kernels beside them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cpu_time_total", row_limit=top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=4, default=[16, 16, 256, 72], metavar=("B", "H", "N", "D"))
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--profiler", type=int, default=0, metavar="K",
+                        help="then torch.profiler's K host operators with the most CPU time in the compiled calls")
     args = parser.parse_args()
     bsz, heads, n, dim = args.shape
     q, k, v = timm_qkv(bsz, heads, n, dim)
@@ -64,6 +81,9 @@ def main() -> None:
     with torch.no_grad():
         for name, fn in parts.items():
             print(f"| {name} | {median_us(fn, args.calls, args.repeats):.1f} |")
+        if args.profiler:
+            print(f"\n## compiled, forward=hopper: torch.profiler, {args.calls} calls\n")
+            print(profiler_table(compiled, args.calls, args.profiler))
 
 
 if __name__ == "__main__":
