@@ -13,7 +13,7 @@ of every tl.dot kernel compile (a float64 scalar reaching a float32 loop-carried
 
     PYTHONPATH=<triton 3.6 folder> python benchmarks/hopper_build.py [--jobs 2] [--quick]
 
-Also checks ``codegen.hopper.direct_launch`` against this Triton: its launch keys against the JIT's specialization
+Also checks ``codegen.direct_launch`` against this Triton: its launch keys against the JIT's specialization
 (``native_specialize_impl``) on sample arguments, and its argument order against the binder's for every recorded
 Gluon launch. Exits 1 when any kernel fails to compile, a ``main`` Gluon variant spills, or a direct-launch check
 fails.
@@ -370,11 +370,11 @@ def row(result) -> str:
 
 
 def direct_launch_problems(work) -> list[str]:
-    """``codegen.hopper.direct_launch`` against this Triton: its argument keys against ``native_specialize_impl``
+    """``codegen.direct_launch`` against this Triton: its argument keys against ``native_specialize_impl``
     on sample arguments, and for every recorded Gluon launch a key for each argument and the binder's value order."""
     import inspect
 
-    from bitlower.codegen.hopper import direct_launch
+    from bitlower.codegen import direct_launch
 
     problems = direct_launch.check_keys()
     for label, kernel, args, kwargs, *_ in work:

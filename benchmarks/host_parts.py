@@ -3,9 +3,10 @@
 ``host_time.py`` times whole paths once each (one mean of unsynchronised calls; its runs on the GPU machine
 differed by up to 30 % between processes). Here each part is timed in ``--repeats`` runs of ``--calls`` calls and
 the median run reported: a CUDA allocation, one TMA descriptor, the launcher's Python with the kernel launch
-stubbed, the launcher, the opaque operator (``torch.ops.bitlower.hopper_main``), the stats pass, and the whole
-compiled call; ``--profiler K`` adds ``torch.profiler``'s K host operators with the most CPU time over the compiled
-calls. Usage, on the GPU machine: ``python benchmarks/host_parts.py --shape 16 16 256 72 --profiler 30``.
+stubbed, the launcher, the opaque operator (``torch.ops.bitlower.hopper_main``), the stats pass (its tl.dot launch
+through the JIT and through ``direct_launch``), and the whole compiled call; ``--profiler K`` adds
+``torch.profiler``'s K host operators with the most CPU time over the compiled calls. Usage, on the GPU machine:
+``python benchmarks/host_parts.py --shape 16 16 256 72 --profiler 30``.
 """
 import argparse
 import statistics
@@ -15,6 +16,7 @@ import torch
 
 import bitlower
 from bench_common import timm_qkv, with_attribute
+from bitlower.codegen import direct_launch
 from bitlower.codegen.hopper import launcher as hopper_launcher
 from bitlower.codegen.hopper.launcher import _descriptor, launch_hopper_main, stats_pass
 from bitlower.codegen.plan import KernelOptions
@@ -64,12 +66,14 @@ def main() -> None:
     stats = stats_pass(q, k, None, None, spec)
     operands = stats.main_operands()
     main_call = lambda: launch_hopper_main(*operands, v, None, spec, dim)  # noqa: E731
+    stats_call = lambda: stats_pass(q, k, None, None, spec)  # noqa: E731
     hopper = KernelOptions(forward="hopper")
     compiled = torch.compile(lambda: bitlower.binary_attention(q, k, v, kernel_options=hopper), fullgraph=True)
     parts = {
         "torch.empty (B, H, N, 2) float32": lambda: torch.empty(bsz, heads, n, 2, device="cuda"),
         "one TMA descriptor": lambda: _descriptor(operands[0].view(bsz * heads, n, -1), [1, 64, 32]),
-        "stats pass": lambda: stats_pass(q, k, None, None, spec),
+        "stats pass": with_attribute(stats_call, direct_launch, "TL_ENABLED", False),
+        "stats pass, tl direct launch": with_attribute(stats_call, direct_launch, "TL_ENABLED", True),
         "launch_hopper_main, launch stubbed": with_attribute(main_call, hopper_launcher, "_launch", lambda *a: None),
         "launch_hopper_main": main_call,
         "torch.ops.bitlower.hopper_main": lambda: torch.ops.bitlower.hopper_main(

@@ -7,7 +7,7 @@ host time alone). GPU time per call: ``triton.testing.do_bench``. Paths: the Glu
 (``launch_hopper_forward``), the same through its opaque operator (``torch.ops.bitlower.hopper_fwd``), the
 public eager API (``bitlower.binary_attention``, the plan's kernels) and that call compiled
 (``fullgraph=True``), with the plan's forward, with ``forward="hopper"`` and the stats pass inside the Gluon operator
-(``hopper_stats="op"``; the default traces it before), each without and with ``codegen.hopper.direct_launch`` (the
+(``hopper_stats="op"``; the default traces it before), each without and with ``codegen.direct_launch`` (the
 cached compiled kernel relaunched without Triton's binder). Usage, on the GPU machine:
 ``python benchmarks/host_time.py --shape 32 6 1601 64``; ``--profile K`` adds the K functions with the most
 cumulative host time under ``cProfile`` per path (where the host time goes).
@@ -23,7 +23,8 @@ from triton.testing import do_bench
 
 import bitlower
 from bench_common import timm_qkv, with_attribute
-from bitlower.codegen.hopper import direct_launch, launch_hopper_forward
+from bitlower.codegen import direct_launch
+from bitlower.codegen.hopper import launch_hopper_forward
 from bitlower.codegen.plan import KernelOptions
 from bitlower.source_hash import SOURCE_HASH
 from bitlower.spec import CallSpec

@@ -29,7 +29,7 @@ from ..forward_v2 import dense_table
 from ..launch import launch
 from ..operands import bias_operand
 from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
-from . import direct_launch
+from .. import direct_launch
 from .backward_support import HopperBackwardConfig, hopper_backward_config
 from .config import sign_chunks, value_width
 from .input_grads import input_grad

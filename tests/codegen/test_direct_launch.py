@@ -1,4 +1,4 @@
-"""CPU checks of ``codegen.hopper.direct_launch``: which calls go through the JIT, what the direct ones pass.
+"""CPU checks of ``codegen.direct_launch``: which calls go through the JIT, what the direct ones pass.
 
 The correspondence of ``argument_key`` with Triton 3.6's specialization is checked where 3.6 is installed (CI's
 offline build step, ``benchmarks/hopper_build.py``); here a fake kernel and driver stand in for the GPU.
@@ -12,8 +12,8 @@ import pytest
 import torch
 from triton.runtime import driver
 
-from bitlower.codegen.hopper import direct_launch
-from bitlower.codegen.hopper.direct_launch import DirectLauncher, argument_key
+from bitlower.codegen import direct_launch
+from bitlower.codegen.direct_launch import DirectLauncher, argument_key
 
 
 class FakeCompiled:

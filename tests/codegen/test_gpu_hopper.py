@@ -197,7 +197,7 @@ def test_direct_launch_relaunches_the_compiled_kernel(monkeypatch):
     """``direct_launch`` enabled: a launch key's first call goes through the JIT, the later ones relaunch the cached
     kernel; every call checked against float64, over three shapes (N 197 / 256 / 1000: integer arguments on both
     sides of Triton's divisibility-by-16 specialization)."""
-    from bitlower.codegen.hopper import direct_launch
+    from bitlower.codegen import direct_launch
 
     direct = []
     launch = direct_launch.DirectLauncher.launch

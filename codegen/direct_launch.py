@@ -1,4 +1,4 @@
-"""Relaunching a compiled Gluon kernel without Triton's JIT binder: host time of the Gluon launches.
+"""Relaunching a compiled kernel without Triton's JIT binder: host time of the Gluon (and tl.dot) launches.
 
 ``kernel[grid](*args, **kwargs)`` binds the arguments, specializes each one (``native_specialize_impl``), builds
 the cache key and looks the compiled kernel up on every call. ``DirectLauncher`` does that once per *launch key*
@@ -15,7 +15,11 @@ plus the constexpr and option keyword arguments, the device, and Triton's debug 
 argument of another kind, a pre-run hook, or a first call of a key goes through the JIT. On by default under
 Triton 3.6 (the release whose ``JITFunction.run`` ``DirectLauncher.launch`` repeats), off under any other;
 ``BITLOWER_DIRECT_LAUNCH=0`` / ``1`` overrides. Measured on the H200 (session 17, ``benchmarks/host_time.py``):
-602 -> 467 us of host time per ``launch_hopper_forward`` call at (16, 16, 256, 72).
+15-135 us less host time per ``launch_hopper_forward`` call at (16, 16, 256, 72), in three runs.
+
+The eager launches of the tl.dot kernels (``codegen.launch``: stats pass, sign unpack, the backward's row dots
+and gradient passes) take the same route only where ``TL_ENABLED`` (``BITLOWER_DIRECT_LAUNCH_TL=1``; off until
+GPU-tested: ``test_gpu.py::test_tl_direct_launch_gives_the_jits_results``, ``benchmarks/host_parts.py`` times it).
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ def _enabled_by_default() -> bool:
 
 
 ENABLED = _enabled_by_default()
+TL_ENABLED = ENABLED and os.environ.get("BITLOWER_DIRECT_LAUNCH_TL", "0") == "1"
 MAX_KEYS = 256  # compiled variants kept per kernel
 
 
