@@ -60,8 +60,9 @@ def argument_key(arg):
 
 
 class DirectLauncher:
-    """``launcher(grid, args, kwargs)`` == ``kernel[grid](*args, **kwargs)`` for one Gluon ``kernel``: ``args`` fill the
-    first parameters in order, ``kwargs`` the rest by name (constexprs) and the options (``num_warps``, ...)."""
+    """``launcher(grid, args, kwargs)`` == ``kernel[grid](*args, **kwargs)`` for one ``@gluon.jit`` or ``@triton.jit``
+    ``kernel``: ``args`` fill the first parameters in order, ``kwargs`` the rest by name (constexprs) and the options
+    (``num_warps``, ...); ``grid`` a tuple (a callable grid goes through the JIT)."""
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -77,7 +78,7 @@ class DirectLauncher:
                 knobs.runtime.debug, knobs.compilation.instrumentation_mode)
 
     def __call__(self, grid, args, kwargs) -> None:
-        if self.kernel.pre_run_hooks:
+        if self.kernel.pre_run_hooks or callable(grid):
             self.kernel[grid](*args, **kwargs)
             return
         try:

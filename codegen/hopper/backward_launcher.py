@@ -23,13 +23,13 @@ import triton.language as tl
 
 from bitlower.relpos import dense_to_table_grad
 
+from .. import direct_launch
 from ..backward import _row_dots
 from ..configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from ..forward_v2 import dense_table
 from ..launch import launch
 from ..operands import bias_operand
 from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
-from .. import direct_launch
 from .backward_support import HopperBackwardConfig, hopper_backward_config
 from .config import sign_chunks, value_width
 from .input_grads import input_grad
@@ -182,6 +182,7 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
 
 
 FLT_MAX = torch.finfo(torch.float32).max
+ROW_FIELDS = 4  # staged rows per query: m2, l2, delta, a (``kernel_bwd.ROW_FIELDS``)
 
 
 def _floored(x: torch.Tensor) -> torch.Tensor:
@@ -197,7 +198,7 @@ def staged_query_rows(row_state, delta, a, head_shift2, block_n: int) -> torch.T
     padded queries read m2 = +inf (p = 0) and zeros."""
     bsz, heads, n, _ = row_state.shape
     padded = -(-n // block_n) * block_n
-    rows = torch.zeros(bsz * heads, 4, padded, dtype=torch.float32, device=row_state.device)
+    rows = torch.zeros(bsz * heads, ROW_FIELDS, padded, dtype=torch.float32, device=row_state.device)
     m2 = row_state[..., 0]
     if head_shift2 is not None:
         m2 = m2 - head_shift2[None, :, None]
@@ -206,7 +207,7 @@ def staged_query_rows(row_state, delta, a, head_shift2, block_n: int) -> torch.T
     rows[:, 1, :n] = _floored(row_state[..., 1]).reshape(bsz * heads, n)
     rows[:, 2, :n] = delta.reshape(bsz * heads, n)
     rows[:, 3, :n] = a.reshape(bsz * heads, n)
-    return rows.view(bsz * heads * 4, padded)
+    return rows.view(bsz * heads * ROW_FIELDS, padded)
 
 
 def _row_descriptor(rows: torch.Tensor, block_n: int):
@@ -216,7 +217,7 @@ def _row_descriptor(rows: torch.Tensor, block_n: int):
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
     layout = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=2)
-    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [4, block_n], layout)
+    return TensorDescriptor(rows, list(rows.shape), list(rows.stride()), [ROW_FIELDS, block_n], layout)
 
 
 def _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec, dims, kc):

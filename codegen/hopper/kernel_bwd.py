@@ -277,10 +277,9 @@ def _binary_attn_bwd_sm90_kernel(
     dv, dk, db_acc, dac_acc, dsk_acc = _walk_queries(
         q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr, da_rows_ptr,
         bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, bh64 * N, N, n_tiles, keys, key_mask, b_keys,
-        head_shift2,
-        a_head, c_head, scale, scale_log2, BIAS, NEED_DS, NEED_DB, NEED_DA_COLS, NEED_DA_ROWS, HEAD_DBIAS,
-        DENSE_DBIAS, EVEN_M, MEAN_ABS, NEED_DK, STAGED_ROWS, BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES, t_layout,
-        dp_layout, dv_layout, p_layout, dk_layout)
+        head_shift2, a_head, c_head, scale, scale_log2, BIAS, NEED_DS, NEED_DB, NEED_DA_COLS, NEED_DA_ROWS,
+        HEAD_DBIAS, DENSE_DBIAS, EVEN_M, MEAN_ABS, NEED_DK, STAGED_ROWS, BLOCK_M, BLOCK_N, KC, NKC, DVP, STAGES,
+        t_layout, dp_layout, dv_layout, p_layout, dk_layout)
 
     mbarrier.invalidate(kv_bar.index(0))
     for i in gl.static_range(STAGES):
@@ -309,8 +308,8 @@ def _binary_attn_bwd_sm90_kernel(
 @gluon.jit
 def _walk_queries(q_s, do_s, r_s, k_s, v_s, qd_bar, q_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr,
                   da_rows_ptr, bias_base, gbias_base, s_bn, s_bm, s_gn, s_gm, bh, b, h, row0, N, n_tiles, keys,
-                  key_mask, b_keys, head_shift2, a_head, c_head, scale, scale_log2, BIAS: gl.constexpr, NEED_DS: gl.constexpr,
-                  NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
+                  key_mask, b_keys, head_shift2, a_head, c_head, scale, scale_log2, BIAS: gl.constexpr,
+                  NEED_DS: gl.constexpr, NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
                   HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
                   NEED_DK: gl.constexpr, STAGED_ROWS: gl.constexpr,
                   BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, KC: gl.constexpr, NKC: gl.constexpr,

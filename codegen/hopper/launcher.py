@@ -19,11 +19,11 @@ import torch
 
 from bitlower.output_layout import new_output
 
+from .. import direct_launch
 from ..configs import DEFAULT_LIMIT, STATIC_LIMIT
 from ..operands import bias_operand
 from ..stats import pair_stats
 from ..tiles import BIAS_CODES, LOG2E
-from .. import direct_launch
 from .config import HopperConfig, forward_sign_box, hopper_config, sign_chunks, value_split, value_width
 from .support import tma_readable
 

@@ -93,15 +93,17 @@ def test_a_new_specialization_goes_through_the_jit(fake_driver, change):
     assert [entry[0] for entry in kernel.log] == ["jit", "jit"]
 
 
-def test_hooks_and_unknown_argument_kinds_go_through_the_jit(fake_driver):
+def test_hooks_unknown_argument_kinds_and_callable_grids_go_through_the_jit(fake_driver):
     kernel = FakeKernel()
     launcher = DirectLauncher(kernel)
     for _ in range(2):
         launcher((1,), (object(), 32), dict(BLOCK=64, FLAG=True))
+    for _ in range(2):
+        launcher(lambda meta: (1,), (torch.zeros(8), 32), dict(BLOCK=64, FLAG=True))
     kernel.pre_run_hooks.append(lambda *a, **k: None)
     for _ in range(2):
         launcher((1,), (torch.zeros(8), 32), dict(BLOCK=64, FLAG=True))
-    assert [entry[0] for entry in kernel.log] == ["jit"] * 4
+    assert [entry[0] for entry in kernel.log] == ["jit"] * 6
 
 
 def test_argument_keys_of_the_specialization_edges():
