@@ -1,4 +1,4 @@
-"""Where does a compiled model's inference time go? CUDA kernel times per backend, one process.
+"""Where does a compiled model's inference (or training step) time go? CUDA kernel times per backend, one process.
 
 Question: which kernels make a bitlower-compiled timm/DiT model slower or faster than Inductor's? For
 each backend (Inductor; bitlower with the plan's kernels; bitlower with extra kernel options) one model
@@ -6,6 +6,7 @@ from ``e2e_speed.MODELS`` is compiled, warmed up and run ``--steps`` times under
 the table lists each kernel's summed CUDA time per step. Usage, on the GPU machine:
 
     python benchmarks/e2e_profile.py --model vit_s8_320 --kernel-options "" "forward=hopper" [--host] --out $OUT
+    python benchmarks/e2e_profile.py --model dit_b2_512 --train hamming --kernel-options "" "backward=hopper"
 """
 import argparse
 import logging
@@ -21,17 +22,23 @@ import e2e_speed  # noqa: E402
 log = logging.getLogger("e2e_profile")
 
 
-def kernel_table(model: str, backend: str, kernel_options: str, steps: int, host: bool = False):
+def kernel_table(model: str, backend: str, kernel_options: str, steps: int, host: bool = False,
+                 grad_mode: str | None = None):
     """``(rows, wall_ms, host_rows)``: rows (kernel name, CUDA us per step, launches per step), longest first;
     wall_ms the step's median wall time (``e2e_speed.time_ms``): wall minus the kernels' sum is the GPU's idle time.
     ``host``: host_rows (operator or runtime call, CPU us per step including what it calls, calls per step) from a
-    second profile with CPU activity, longest first; else []."""
+    second profile with CPU activity, longest first; else []. ``grad_mode``: a training step
+    (``e2e_speed.make_step("train")``) in that mode instead of an inference call."""
     ctx = e2e_speed.Ctx(torch.device("cuda"), tiny=False, kernel_options=kernel_options)
     spec = e2e_speed.MODELS[model]
-    net, inputs, _ = e2e_speed.build(spec, ctx, train=False)
+    net, inputs, _ = e2e_speed.build(spec, ctx, train=grad_mode is not None)
     torch._dynamo.reset()
-    options = {"kernel_options": kernel_options} if backend == "bitlower" and kernel_options else None
-    step = e2e_speed.make_step("infer", torch.compile(net, backend=backend, options=options), net, inputs, ctx)
+    options = {}
+    if backend == "bitlower":
+        options.update({"kernel_options": kernel_options} if kernel_options else {})
+        options.update({"grad_mode": grad_mode} if grad_mode else {})
+    fn = torch.compile(net, backend=backend, options=options or None)
+    step = e2e_speed.make_step("train" if grad_mode else "infer", fn, net, inputs, ctx)
     for _ in range(3):
         step()
     ctx.sync()
@@ -61,12 +68,15 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=14)
     parser.add_argument("--out", type=Path, default=None, help="folder for e2e_profile_<model>.md")
     parser.add_argument("--host", action="store_true", help="also the host (CPU) time per operator and runtime call")
+    parser.add_argument("--train", default=None, choices=["hamming", "ste", "stopgrad"],
+                        help="profile a training step (bf16 autocast, AdamW) in this grad mode instead of inference")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     runs = [("inductor", "")] + [("bitlower", opts) for opts in args.kernel_options]
-    lines = [f"# {args.model}, inference, CUDA kernel time per step ({torch.cuda.get_device_name()})", ""]
+    what = f"training step ({args.train})" if args.train else "inference"
+    lines = [f"# {args.model}, {what}, CUDA kernel time per step ({torch.cuda.get_device_name()})", ""]
     for backend, opts in runs:
-        rows, wall_ms, host_rows = kernel_table(args.model, backend, opts, args.steps, args.host)
+        rows, wall_ms, host_rows = kernel_table(args.model, backend, opts, args.steps, args.host, args.train)
         total = sum(us for _, us, _ in rows)
         lines += [f"## {backend} {opts or '(plan)'}: {total / 1e3:.3f} ms of kernels per step, {wall_ms:.3f} ms wall "
                   f"(GPU idle {wall_ms - total / 1e3:.3f} ms)", "",

@@ -29,8 +29,9 @@ from ..configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from ..forward_v2 import dense_table
 from ..launch import launch
 from ..operands import bias_operand
+from ..plan import CallFacts
 from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
-from .backward_support import HopperBackwardConfig, hopper_backward_config
+from .backward_support import HopperBackwardConfig, shape_reason, hopper_backward_config
 from .config import sign_chunks, value_width
 from .input_grads import input_grad
 from .launcher import _descriptor
@@ -111,7 +112,8 @@ def _bias_operands(bias, spec, shape4, dense_grad: bool):
 
 def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim,
                            needs, *, out, config: HopperBackwardConfig | None = None):
-    """Fused backward on sm_90 through the Gluon kernels (contract of ``codegen.backward``).
+    """Fused backward on sm_90 through the Gluon kernels (contract of ``codegen.backward``), eagerly: the three
+    stages ``backward_operands``, ``launch_backward_kernels``, ``finish_gradients`` in a row.
 
     Args:
         grad_out: ``(B, H, N, Dv)``; v, bias: the forward's inputs; lse, qbits, kbits, qclip, kclip, a, b,
@@ -125,20 +127,68 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
         ``(dq, dk, dv, da, db, dbias)``, None where not needed or the mode gives none.
 
     Raises:
+        ValueError: ``out`` is None, or the shapes are outside what the kernels take (``shape_reason``).
+    """
+    cfg = config or backward_config(lse, v, head_dim, spec)
+    check_call(grad_out, v, bias, lse, head_dim, spec)
+    operands = backward_operands(grad_out, v, bias, lse, qbits, kbits, a, row_state, spec, head_dim, needs, out, cfg)
+    raw = launch_backward_kernels(*operands, v, bias, row_state, a, b, spec, head_dim, needs, cfg)
+    return finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs)
+
+
+def backward_config(lse, v, head_dim: int, spec) -> HopperBackwardConfig:
+    """The tile table's config of a call (``hopper_backward_config``)."""
+    return hopper_backward_config(lse.shape[2], head_dim, v.shape[-1], spec.grad_mode)
+
+
+def check_call(grad_out, v, bias, lse, head_dim: int, spec) -> None:
+    """Raises ValueError where the kernels cannot take the shapes (a caller that skipped the plan): a wrong
+    gradient is never returned."""
+    bsz, heads, n = lse.shape
+    tensors = [t for t in (grad_out, v, bias) if t is not None]
+    facts = CallFacts(bsz, heads, n, v.shape[2], head_dim, v.shape[-1], v.dtype, max(t.numel() for t in tensors),
+                      any(t.numel() == 0 for t in tensors))
+    reason = shape_reason(facts, spec)
+    if reason:
+        raise ValueError(reason)
+
+
+def backward_operands(grad_out, v, bias, lse, qbits, kbits, a, row_state, spec, head_dim, needs, out, cfg):
+    """Stage 1, traceable (tl.dot launches through ``codegen.launch`` and PyTorch ops: under ``torch.compile`` they
+    run in Inductor's graph, before the opaque operator): ``(go, q_signs, k_signs, delta, rows)``.
+
+    go: grad_out in v's dtype; q_signs / k_signs: ``sign_tiles`` (float8, ste: bf16); delta ``(B, H, N)``
+    (``lse`` itself where no dS reduction is wanted); rows: ``staged_query_rows`` where ``cfg.staged_rows``,
+    else None.
+
+    Raises:
         ValueError: ``out`` is None.
     """
     if out is None:
         raise ValueError("launch_hopper_backward needs out, the forward's output (delta_i = dO_i . O_i)")
-    bsz, heads, n = lse.shape
-    m, dim_v = v.shape[2], v.shape[-1]
     wants = _wants(spec, needs)
     ste = spec.grad_mode == "ste"  # the sign products take bf16 +-1 operands (S too), else float8
     need_ds = any(flag for key, flag in wants.items() if key != "NEED_DV") or (ste and needs[0])  # dq: dS too
-    dev = v.device
-    f32 = dict(dtype=torch.float32, device=dev)
     delta = _row_dots(out, grad_out, lse) if need_ds else lse  # (B, H, N) float32
     sign_dtype = torch.bfloat16 if ste else torch.float8_e4m3fn
     q_signs, k_signs = sign_tiles(qbits, head_dim, sign_dtype), sign_tiles(kbits, head_dim, sign_dtype)
+    go = grad_out if grad_out.dtype == v.dtype else grad_out.to(v.dtype)
+    rows = None
+    if cfg.staged_rows:
+        shift = bias.to(torch.float32).reshape(-1) * LOG2E.value if spec.bias_kind == "head" else None  # (H,)
+        rows = staged_query_rows(row_state, delta, a, shift, cfg.block_n)
+    return go, q_signs, k_signs, delta, rows
+
+
+def launch_backward_kernels(go, q_signs, k_signs, delta, rows, v, bias, row_state, a, b, spec, head_dim, needs, cfg):
+    """Stage 2, real tensors only (TMA descriptors; under ``torch.compile`` the opaque ``bitlower::hopper_bwd``): the
+    Gluon launches. Returns the raw outputs ``(dv, db, da_cols, da, ds_keys, dk_raw, dq_raw, gbias)``
+    (``raw_shapes``), None where not made."""
+    bsz, heads, n = delta.shape
+    m, dim_v = v.shape[2], v.shape[-1]
+    wants = _wants(spec, needs)
+    dev = v.device
+    f32 = dict(dtype=torch.float32, device=dev)
     code, beta, strides, gbias, gstrides = _bias_operands(bias, spec, (bsz, heads, n, m), wants["DENSE_DBIAS"])
     dv = torch.empty(bsz, heads, m, dim_v, dtype=v.dtype, device=dev) if wants["NEED_DV"] else None
     db = torch.empty(bsz, heads, m, 1, **f32) if wants["NEED_DB"] else None
@@ -146,23 +196,18 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     da = torch.zeros(bsz, heads, n, 1, **f32) if wants["NEED_DA_ROWS"] else None  # atomics add into it
     ds_keys = torch.empty(bsz, heads, m, **f32) if wants["HEAD_DBIAS"] else None
     dk_raw = torch.empty(bsz, heads, m, head_dim, **f32) if wants["NEED_DK"] else None
-    cfg = config or hopper_backward_config(n, head_dim, dim_v, spec.grad_mode)
     kc, nkc = sign_chunks(head_dim)
     dvp = value_width(dim_v)
-    go = tma_readable(grad_out if grad_out.dtype == v.dtype else grad_out.to(v.dtype))
+    go = tma_readable(go)
     k_desc = _descriptor(k_signs, [1, cfg.block_m, kc])
     q_desc = _descriptor(q_signs, [1, cfg.block_n, kc])
     vv = tma_readable(v)
     v_desc = _descriptor(vv, [1, 1, cfg.block_m, dvp])
     do_desc = _descriptor(go, [1, 1, cfg.block_n, dvp])
-    pick = lambda t: lse if t is None else t  # noqa: E731 - an unused pointer argument
+    pick = lambda t: delta if t is None else t  # noqa: E731 - an unused pointer argument
     from .kernel_bwd import _binary_attn_bwd_sm90_kernel
 
-    rows_desc = do_desc  # unused unless staged_rows
-    if cfg.staged_rows:
-        shift = beta.reshape(-1) * LOG2E.value if code == BIAS_CODES["head"] else None  # (H,), as the kernel's
-        rows = staged_query_rows(row_state, delta, a, shift, cfg.block_n)
-        rows_desc = _row_descriptor(rows, cfg.block_n)
+    rows_desc = _row_descriptor(rows, cfg.block_n) if cfg.staged_rows else do_desc  # unused unless staged_rows
     args = (k_desc, q_desc, v_desc, do_desc, rows_desc, row_state.contiguous(), delta, a.contiguous(), b.contiguous(),
             pick(beta), pick(gbias), pick(dv), pick(db), pick(da_cols), pick(da), pick(ds_keys), pick(dk_raw),
             *strides, *gstrides, heads, n, m, float(spec.scale), spec.scale * LOG2E.value)
@@ -172,9 +217,35 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     if any(wants.values()):  # else only dq/dk of a non-mean_abs hamming call (zeros) or nothing is wanted
         _launch(_binary_attn_bwd_sm90_kernel, (triton.cdiv(m, cfg.block_m), bsz * heads), args, kwargs)
     dq_raw = None
-    if ste and needs[0]:
+    if spec.grad_mode == "ste" and needs[0]:
         dq_raw = _launch_queries(q_signs, k_signs, go, vv, row_state, delta, a, b, beta, strides, code, spec,
                                  (bsz, heads, n, m, head_dim, dvp), kc)
+    return dv, db, da_cols, da, ds_keys, dk_raw, dq_raw, gbias
+
+
+def raw_shapes(grad_out, v, bias, spec, head_dim: int, needs) -> list:
+    """``(shape, dtype)`` of each raw output of ``launch_backward_kernels``, None where it makes none."""
+    bsz, heads, n = grad_out.shape[:3]
+    m, f32 = v.shape[2], torch.float32
+    wants = _wants(spec, needs)
+    grad_bias = None
+    if wants["DENSE_DBIAS"]:
+        grad_bias = ((1, heads, n, n) if spec.bias_kind == "table" else tuple(bias.shape), f32)
+    made = [(wants["NEED_DV"], ((bsz, heads, m, v.shape[-1]), v.dtype)),
+            (wants["NEED_DB"], ((bsz, heads, m, 1), f32)), (wants["NEED_DA_COLS"], ((bsz, heads, m, 1), f32)),
+            (wants["NEED_DA_ROWS"], ((bsz, heads, n, 1), f32)), (wants["HEAD_DBIAS"], ((bsz, heads, m), f32)),
+            (wants["NEED_DK"], ((bsz, heads, m, head_dim), f32)),
+            (spec.grad_mode == "ste" and needs[0], ((bsz, heads, n, head_dim), f32)),
+            (grad_bias is not None, grad_bias)]
+    return [shape if flag else None for flag, shape in made]
+
+
+def finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs):
+    """Stage 3, traceable: ``(dq, dk, dv, da, db, dbias)`` from the raw outputs (``input_grads.input_grad``, the
+    bias gradient's final shape), None where not needed or the mode gives none."""
+    dv, db, da_cols, da, ds_keys, dk_raw, dq_raw, gbias = raw
+    bsz, heads, n = qbits.shape[:3]
+    m = kbits.shape[2]
     dq = input_grad(dq_raw, a, qclip, da_cols, qbits, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
     dk = input_grad(dk_raw, b, kclip, db, kbits, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, _finish_bias_grad(bias, spec, gbias,

@@ -98,10 +98,11 @@ def hopper_backward_unsupported(call: CallFacts, spec, device: DeviceFacts, *,
         return f"the Hopper backward covers pv_quant 'none', got {spec.pv_quant!r}"
     if spec.bias_kind not in BIAS_KINDS:
         return f"the Hopper backward covers bias kinds {BIAS_KINDS}, got {spec.bias_kind!r}"
-    return _shape_reason(call, spec)
+    return shape_reason(call, spec)
 
 
-def _shape_reason(call: CallFacts, spec) -> str | None:
+def shape_reason(call: CallFacts, spec) -> str | None:
+    """The shape constraints of ``hopper_backward_unsupported`` (the launcher checks them itself)."""
     if not MIN_DIM <= call.dim <= MAX_BWD_DIM:
         return f"the Hopper backward needs D in [{MIN_DIM}, {MAX_BWD_DIM}], got {call.dim}"
     if not MIN_DIM <= call.dim_v <= MAX_BWD_DIM or call.dim_v % 8:

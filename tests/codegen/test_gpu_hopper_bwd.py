@@ -261,3 +261,29 @@ def test_compiled_opaque_op_matches_eager():
         assert (g is None) == (c is None), name
         if g is not None:
             assert _rel(c, g) <= 1e-5, name  # da and the dense gradients are atomics: order may differ
+
+
+def test_stages_around_the_opaque_op_are_user_kernels_of_the_graph():
+    """Traced as Inductor traces the backward operator's body, the row dots, sign tiles and dq / dk passes are user
+    Triton kernels of the graph beside the one opaque ``bitlower::hopper_bwd`` node: Inductor launches them, not
+    Triton's JIT binder inside the operator (~100 us of host time each)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from bitlower.codegen.hopper.backward_op import hopper_backward
+
+    q, k, v, a, b, bias, spec = _call((2, 3, 197, 64, 64), torch.bfloat16, "mean_abs", "none", "hamming")
+    out, *saved = reference.forward(q, k, v, a, b, bias, spec)
+    do = torch.randn_like(out)
+    needs = [True, True, True, False, False, False]
+
+    def run(do_, v_, out_, *saved_):
+        return hopper_backward(do_, v_, None, *saved_, spec, q.shape[-1], needs, out=out_)
+
+    graph = make_fx(run, tracing_mode="fake")(do, v, out, *saved)
+    targets = [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+    assert targets.count("bitlower.hopper_bwd.default") == 1
+    assert sum("triton_kernel_wrapper" in t for t in targets) == 5, targets  # row dots, 2 sign tiles, dq, dk
+    for name, g, c in zip(NAMES, run(do, v, out, *saved), graph(do, v, out, *saved)):
+        assert (g is None) == (c is None), name
+        if g is not None:
+            assert _rel(c, g) <= 1e-5, name
