@@ -17,9 +17,8 @@ Triton 3.6 (the release whose ``JITFunction.run`` ``DirectLauncher.launch`` repe
 ``BITLOWER_DIRECT_LAUNCH=0`` / ``1`` overrides. Measured on the H200 (session 17, ``benchmarks/host_time.py``):
 15-135 us less host time per ``launch_hopper_forward`` call at (16, 16, 256, 72), in three runs.
 
-The eager launches of the tl.dot kernels (``codegen.launch``: stats pass, sign unpack, the backward's row dots
-and gradient passes) take the same route only where ``TL_ENABLED`` (``BITLOWER_DIRECT_LAUNCH_TL=1``; off until
-GPU-tested: ``test_gpu.py::test_tl_direct_launch_gives_the_jits_results``, ``benchmarks/host_parts.py`` times it).
+The eager tl.dot launches (``codegen.launch``) do not take it: through it the stats pass's host time was 185 us
+per call against the JIT's 116 (H200 machine, session 18, ``benchmarks/host_parts.py``).
 """
 from __future__ import annotations
 
@@ -38,7 +37,6 @@ def _enabled_by_default() -> bool:
 
 
 ENABLED = _enabled_by_default()
-TL_ENABLED = ENABLED and os.environ.get("BITLOWER_DIRECT_LAUNCH_TL", "0") == "1"
 MAX_KEYS = 256  # compiled variants kept per kernel
 
 

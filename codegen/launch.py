@@ -3,8 +3,7 @@
 In eager mode ``wrap_triton`` dispatches a higher-order op per launch (about 0.5 ms of host time on
 the H200 machine, measured by ``benchmarks/hopper_profile.py``): every tl.dot launch (stats pass,
 forward, backward, sign unpack, dense table) goes through here, so an eager call on CUDA tensors pays
-no dispatch per launch, and the Hopper forward's opaque custom op none either (``direct_launch.TL_ENABLED``: not
-even the JIT binder's). CPU tensors (the interpreter, offline recording) keep the ``wrap_triton`` route.
+no dispatch per launch, and the Hopper forward's opaque custom op none either. CPU tensors (the interpreter, offline recording) keep the ``wrap_triton`` route.
 """
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import torch
 import triton.language as tl
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-from . import direct_launch
 
 
 def launch(kernel, grid, *args, **kwargs) -> None:
@@ -24,10 +22,7 @@ def launch(kernel, grid, *args, **kwargs) -> None:
     """
     eager = not torch.compiler.is_compiling() and not is_in_torch_dispatch_mode()
     if eager and any(type(a) is torch.Tensor and a.is_cuda for a in args):
-        if direct_launch.TL_ENABLED:
-            direct_launch.launch(kernel, grid, args, kwargs)
-        else:
-            kernel[grid](*args, **kwargs)
+        kernel[grid](*args, **kwargs)
         return
     wrapped = [f"argument {i}" for i, a in enumerate(args) if isinstance(a, tl.constexpr)]
     wrapped += [name for name, a in kwargs.items() if isinstance(a, tl.constexpr)]

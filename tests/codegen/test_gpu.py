@@ -157,30 +157,6 @@ def test_forward_backward_against_float64(case, dtype, helpers):
         assert helpers.rel_err(g, r) <= GRAD_BOUND[dtype], (tuple(t.shape), helpers.rel_err(g, r))
 
 
-def test_tl_direct_launch_gives_the_jits_results(monkeypatch, helpers):
-    """``direct_launch.TL_ENABLED``: the tl.dot kernels' eager launches relaunch the cached compiled kernels; the
-    forward and gradients equal the JIT route's (N 197 and 1000: integers on both sides of the % 16 edge)."""
-    from bitlower.codegen import direct_launch
-
-    direct = []
-    launch = direct_launch.DirectLauncher.launch
-    monkeypatch.setattr(direct_launch.DirectLauncher, "launch", staticmethod(lambda *a: (direct.append(1), launch(*a))))
-    for n, case in [(197, MODES[0]), (1000, MODES[3])]:
-        call = helpers.make_call(2, 3, n, n, 64, 64, dtype=torch.bfloat16, device="cuda", **case)
-        do = torch.randn(call[0].shape[:3] + (call[2].shape[-1],), device="cuda").to(torch.bfloat16)
-        monkeypatch.setattr(direct_launch, "TL_ENABLED", False)
-        want_out, want, _ = _op_grads(call, do)
-        monkeypatch.setattr(direct_launch, "TL_ENABLED", True)
-        monkeypatch.setattr(direct_launch, "ENABLED", True)
-        for _ in range(2):  # the first call of each launch key goes through the JIT, the second directly
-            out, grads, _ = _op_grads(call, do)
-            assert torch.equal(out, want_out)
-            for key, g in grads.items():
-                if g is not None:
-                    assert helpers.rel_err(g, want[key]) <= 1e-6, key
-    assert direct
-
-
 def test_compiled_op_uses_the_kernels(helpers):
     q, k, v, a, b, bias, spec = helpers.make_call(2, 3, 197, 197, 64, 64, dtype=torch.bfloat16, device="cuda",
                                                   grad_mode="hamming")
