@@ -100,7 +100,7 @@ def peer_rows(q, k, v, do, scale):
 
 
 def operator_rows(q, k, v, do, mode: str):
-    """The operator end to end: tl.dot backward (the plan's default) and the Gluon backward."""
+    """The operator end to end: the tl.dot backward forced and the Gluon backward (the default on sm_90)."""
     import bitlower
     from bitlower.codegen import KernelOptions
 

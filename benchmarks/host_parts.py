@@ -99,6 +99,7 @@ def backward_parts(args) -> tuple[dict, object]:
     ``backward=hopper`` (for ``--profiler``)."""
     from bitlower import codegen
     from bitlower.codegen.hopper import backward_launcher as stages
+    from bitlower.codegen.hopper import backward_op  # noqa: F401  (registers bitlower::hopper_bwd)
 
     bsz, heads, n, dim = args.shape
     q, k, v = timm_qkv(bsz, heads, n, dim)
@@ -128,7 +129,7 @@ def backward_parts(args) -> tuple[dict, object]:
             go, v, None, q_signs, k_signs, delta, rows, row_state, a, b, *spec.op_args(), dim, needs, SOURCE_HASH),
         "launch_hopper_backward (eager)": lambda: stages.launch_hopper_backward(*saved, out=out),
         "codegen.backward, tl.dot (eager)": lambda: codegen.backward(*saved, KernelOptions(backward="tldot"), out=out),
-        "compiled fwd + bwd, default plan": compiled_step(KernelOptions()),
+        "compiled fwd + bwd, backward=tldot": compiled_step(KernelOptions(backward="tldot")),
         "compiled fwd + bwd, backward=hopper": hopper_step,
     }
     return parts, hopper_step

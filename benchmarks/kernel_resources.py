@@ -136,7 +136,8 @@ def record_call(shape, mode: str, weighting: str, backward: bool, variant: str |
     """The launches of one forward (and backward) of bitlower at ``shape`` on uninitialised CPU tensors.
 
     The plans are made for an sm_90 device (``GPU``), so the recorded launches carry the GPU tile tables
-    and bf16 dots, not the interpreter's tiles that CPU tensors would get from their own device.
+    and bf16 dots, not the interpreter's tiles that CPU tensors would get from their own device. The backward is
+    the tl.dot one (``backward="tldot"``; the Gluon backward, sm_90's default, is built by ``hopper_build``).
     """
     from bitlower.codegen.backward import backward as run_backward
     from bitlower.codegen.forward import forward as run_forward
@@ -150,7 +151,7 @@ def record_call(shape, mode: str, weighting: str, backward: bool, variant: str |
         a, b = torch.ones(bsz, heads, n), torch.ones(bsz, heads, n)
     call = CallFacts.of(q, k, v)
     options = KernelOptions(forward=variant or "auto", forward_tiles=config.text if config else "",
-                            backward_tiles=bwd_config.text if bwd_config else "")
+                            backward_tiles=bwd_config.text if bwd_config else "", backward="tldot")
     plan = _planned(plan_forward(call, spec, GPU, options))
     Recorder.launches = []
     with mock.patch("torch.library.wrap_triton", Recorder):

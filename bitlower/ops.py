@@ -168,7 +168,8 @@ def binary_attention_bwd(
     out: Optional[Tensor] = None,
     kernel_options: str = "",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty.
+    """Binary attention backward: ``(dq, dk, dv, da, db, dbias)``; unneeded ones are empty; dq, dk, dv in v's
+    dtype and ``output_layout``'s ``(B, L, H, D)`` storage on every path.
 
     ``out``: the forward's output; the kernels then take ``delta_i = dO_i . O_i`` from it.
     """
@@ -182,6 +183,7 @@ def binary_attention_bwd(
         grads = codegen.backward(grad_out, v, bias, *saved, spec, head_dim, needs, out=out, kernel_plan=plan)
     else:
         grads = reference_backward.backward(grad_out, v, bias, *saved, spec, head_dim, needs)
+    grads = [None if g is None else in_output_layout(g, v.dtype) for g in grads[:3]] + list(grads[3:])
     return tuple(grad_out.new_empty(0) if g is None else g for g in grads)
 
 
@@ -193,17 +195,17 @@ def _binary_attention_bwd_fake(grad_out, v, bias, lse, qbits, kbits, qclip, kcli
     acc = a.dtype
     spec = make_spec(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
     qk_grad, bias_grad = spec.qk_grad, bias is not None and spec.bias_grad
-    wanted = (
-        ((bsz, heads, n, head_dim), acc, needs[0] and qk_grad),
-        ((bsz, heads, m, head_dim), acc, needs[1] and qk_grad),
-        (tuple(v.shape), v.dtype, needs[2]),
+    inputs = [(n, head_dim, needs[0] and qk_grad), (m, head_dim, needs[1] and qk_grad), (m, v.shape[-1], needs[2])]
+    grads = [new_output(bsz, heads, length, dim, like=v) if need else grad_out.new_empty(0)
+             for length, dim, need in inputs]
+    rest = (
         (tuple(a.shape), acc, needs[3]),
         (tuple(b.shape), acc, needs[4]),
         (tuple(bias.shape) if bias_grad else (0,), bias.dtype if bias_grad else acc, needs[5] and bias_grad),
     )
-    shapes = [shape if need else (0,) for shape, _, need in wanted]
-    dtypes = [dtype if need else grad_out.dtype for _, dtype, need in wanted]
-    return tuple(grad_out.new_empty(s, dtype=d) for s, d in zip(shapes, dtypes))
+    shapes = [shape if need else (0,) for shape, _, need in rest]
+    dtypes = [dtype if need else grad_out.dtype for _, dtype, need in rest]
+    return tuple(grads) + tuple(grad_out.new_empty(s, dtype=d) for s, d in zip(shapes, dtypes))
 
 
 autograd.register(binary_attention_fwd)  # the backward lives with the operator: no import elsewhere registers it

@@ -2,7 +2,8 @@
 
 Kernels here (the two attention kernels are in ``backward_kernels``): ``_unpack_rows_kernel`` turns
 the saved packed bits into int8 signs, one program per ``PROLOGUE_ROWS`` rows of ``(B*H*L)``;
-``_sign_chain_kernel`` adds the ``mean_abs`` chain term, program = (row block, batch*head). Neither
+``_sign_chain_kernel`` adds the ``mean_abs`` chain term and stores dq / dk in v's dtype and the output layout,
+program = (row block, batch*head). Neither
 communicates between programs.
 """
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import triton
 import triton.language as tl
+
+from bitlower.output_layout import new_output
 
 from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel, _row_dot_kernel
 from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
@@ -111,35 +114,40 @@ def unpack_signs(bits: torch.Tensor, dim: int, dim_p: int = 0) -> torch.Tensor:
 
 
 @triton.jit
-def _sign_chain_kernel(grad_ptr, signs_ptr, total_ptr, length, inv_count, D: tl.constexpr, DP: tl.constexpr,
-                       BLOCK_L: tl.constexpr, ACCUMULATE: tl.constexpr):
-    """grad (+)= total[bh] * sgn / (L * D) over ``(B*H, L, D)``; program = (row block, batch*head)."""
+def _sign_chain_kernel(grad_ptr, raw_ptr, signs_ptr, total_ptr, length, H, s_gb, s_gh, s_gn, inv_count,
+                       D: tl.constexpr, DP: tl.constexpr, BLOCK_L: tl.constexpr, HAS_RAW: tl.constexpr,
+                       MEAN_ABS: tl.constexpr):
+    """grad = raw (``HAS_RAW``, float32 ``(B*H, L, D)``) + total[bh] * sgn / (L * D) (``MEAN_ABS``), stored in
+    grad's dtype at strides ``(s_gb, s_gh, s_gn)``; program = (row block, batch*head)."""
     bh = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.arange(0, DP)
     mask = (rows < length)[:, None] & (d < D)[None, :]
-    sgn = tl.load(signs_ptr + (bh * length + rows)[:, None] * DP + d[None, :], mask=mask, other=0).to(tl.float32)
-    term = sgn * (tl.load(total_ptr + bh) * tl.cast(inv_count, tl.float32))
-    offs = (bh * length + rows)[:, None] * D + d[None, :]
-    if ACCUMULATE:
-        term += tl.load(grad_ptr + offs, mask=mask, other=0.0)
-    tl.store(grad_ptr + offs, term, mask=mask)
+    term = tl.zeros((BLOCK_L, DP), dtype=tl.float32)
+    if MEAN_ABS:
+        sgn = tl.load(signs_ptr + (bh * length + rows)[:, None] * DP + d[None, :], mask=mask, other=0)
+        term = sgn.to(tl.float32) * (tl.load(total_ptr + bh) * tl.cast(inv_count, tl.float32))
+    if HAS_RAW:
+        term += tl.load(raw_ptr + (bh * length + rows)[:, None] * D + d[None, :], mask=mask, other=0.0)
+    base = grad_ptr + (bh // H) * s_gb + (bh % H) * s_gh
+    tl.store(base + rows.to(tl.int64)[:, None] * s_gn + d[None, :], term.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-def _with_chain(grad, d_own, signs, length: int, dim: int, spec, need: bool):
-    """dq (or dk) plus the mean_abs chain ``sum_i da_i * sgn(q) / (L * D)``; None when not needed."""
+def _with_chain(raw, d_own, signs, length: int, dim: int, spec, need: bool, like: torch.Tensor):
+    """dq (or dk) in ``like``'s dtype and ``output_layout``'s storage: the kernels' float32 sum ``raw`` (or None)
+    plus the mean_abs chain ``sum_i da_i * sgn(q) / (L * D)``; None when not needed."""
     if not need or not spec.qk_grad:
         return None
-    accumulate = grad is not None
-    if grad is None:
-        grad = torch.empty(*signs.shape[:3], dim, dtype=torch.float32, device=signs.device)
-    if spec.weighting != "mean_abs":
-        return grad if accumulate else grad.zero_()
-    total = d_own.sum(dim=(2, 3))  # (B, H)
-    block = PROLOGUE_ROWS
-    launch(_sign_chain_kernel, (triton.cdiv(length, block), signs.shape[0] * signs.shape[1]),
-        grad, signs, total, length, 1.0 / (length * dim), D=dim, DP=signs.shape[-1], BLOCK_L=block,
-        ACCUMULATE=accumulate, num_warps=4,
+    bsz, heads = signs.shape[:2]
+    grad = new_output(bsz, heads, length, dim, like=like)
+    mean_abs = spec.weighting == "mean_abs"
+    if raw is None and not mean_abs:
+        return grad.zero_()
+    total = d_own.sum(dim=(2, 3)) if mean_abs else signs  # (B, H); unused without mean_abs
+    launch(_sign_chain_kernel, (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads),
+        grad, signs if raw is None else raw, signs, total, length, heads, grad.stride(0), grad.stride(1),
+        grad.stride(2), 1.0 / (length * dim), D=dim, DP=signs.shape[-1], BLOCK_L=PROLOGUE_ROWS,
+        HAS_RAW=raw is not None, MEAN_ABS=mean_abs, num_warps=4,
     )
     return grad
 
@@ -188,7 +196,8 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
             no query kernel at all (the chain's ``sum_i da_i`` comes from the key kernel).
 
     Returns:
-        ``(dq, dk, dv, da, db, dbias)``, None where not needed or the mode gives none.
+        ``(dq, dk, dv, da, db, dbias)``, None where not needed or the mode gives none; dq, dk, dv in v's dtype
+        and ``output_layout``'s ``(B, L, H, D)`` storage.
     """
     bsz, heads, n = lse.shape
     m, dim_v = v.shape[2], v.shape[-1]
@@ -211,7 +220,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
     db = torch.empty(bsz, heads, m, 1, **f32) if plan.db else None
     dq = torch.empty(bsz, heads, n, head_dim, **f32) if plan.dq else None
     dk = torch.empty(bsz, heads, m, head_dim, **f32) if plan.dk else None
-    dv = torch.empty_like(v, memory_format=torch.contiguous_format) if plan.dv else None
+    dv = new_output(bsz, heads, m, dim_v, like=v) if plan.dv else None
     beta = bias_operand(bias, spec, (bsz, heads, n, m))
     vscale, vstep = value_scales(v) if spec.pv_quant == "int8" else (delta, delta)
     dp, dvp = kplan.dim_p, kplan.dim_vp
@@ -242,12 +251,13 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
             vscale, vstep, kclip if plan.dk else delta, dv if plan.dv else delta, dk if plan.dk else delta,
             db if plan.db else delta, da_cols if plan.da_by_keys else delta,
             *sign_strides, *v.stride(), *grad_out.stride(), *beta.strides, *gstrides, kclip.shape[-1],
-            heads, n, m, spec.scale, spec.scale * LOG2E.value, beta.rows, *beta.grid,
+            *(dv.stride()[:3] if plan.dv else (0, 0, 0)), heads, n, m, spec.scale, spec.scale * LOG2E.value,
+            beta.rows, *beta.grid,
             NEED_DV=plan.dv, NEED_DB=plan.db, NEED_DK=plan.dk, BIAS_GRAD=plan.scattered_dbias,
             NEED_DA_COLS=plan.da_by_keys, **common,
         )
-    dq = _with_chain(dq, da_cols if plan.da_by_keys else da, q_signs, n, head_dim, spec, needs[0])
-    dk = _with_chain(dk, db, k_signs, m, head_dim, spec, needs[1])
+    dq = _with_chain(dq, da_cols if plan.da_by_keys else da, q_signs, n, head_dim, spec, needs[0], v)
+    dk = _with_chain(dk, db, k_signs, m, head_dim, spec, needs[1], v)
     dbias = _finish_bias_grad(bias, plan, gbias, rows_sum)
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, dbias
 

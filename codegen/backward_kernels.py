@@ -312,7 +312,7 @@ def _binary_attn_bwd_k_kernel(
     qs_ptr, ks_ptr, v_ptr, do_ptr, state_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr, vscale_ptr, vstep_ptr,
     kclip_ptr, dv_ptr, dk_ptr, db_ptr, da_cols_ptr,
     s_qs_bh, s_qs_n, s_ks_bh, s_ks_m, s_vb, s_vh, s_vm, s_vd, s_dob, s_doh, s_don, s_dod,
-    s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, s_clip_m,
+    s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, s_clip_m, s_dvb, s_dvh, s_dvm,
     H, N, M, scale, scale_log2, table_rows, grid_h, grid_w, prefix,
     D: tl.constexpr, DP: tl.constexpr, DV: tl.constexpr, DVP: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BIAS: tl.constexpr, HAS_PREFIX: tl.constexpr,
@@ -377,7 +377,8 @@ def _binary_attn_bwd_k_kernel(
     if NEED_DV:
         if PV_INT8:
             dv_acc = tl.where(tl.abs(v_raw) <= 2.0, dv_acc, 0.0)  # straight-through window |v| <= 2
-        tl.store(dv_ptr + out_rows[:, None] * DV + dvr[None, :], dv_acc.to(dv_ptr.dtype.element_ty),
+        dv_base = dv_ptr + b.to(tl.int64) * s_dvb + h.to(tl.int64) * s_dvh  # strided: (B, M, H, Dv) storage
+        tl.store(dv_base + cols.to(tl.int64)[:, None] * s_dvm + dvr[None, :], dv_acc.to(dv_ptr.dtype.element_ty),
                  mask=col_mask[:, None] & (dvr < DV)[None, :])
     if NEED_DB:
         tl.store(db_ptr + out_rows, scale * db_acc, mask=col_mask)

@@ -41,12 +41,14 @@ MAX_ELEMENTS = 2**31 - 1  # kernels index with int32 offsets inside one (batch, 
 MAX_BATCH_HEADS = 65535  # grid axis 1 holds batch * heads
 FORWARD_CHOICES = ("auto", "v1", "v2", "hopper")
 BACKWARD_CHOICES = ("auto", "tldot", "hopper")  # auto: auto_backward; tldot: the portable kernels forced
-# Keys from which the Gluon backward is the default on sm_90 (D, Dv <= 128). H200, bf16 mean_abs, backward
-# alone: at (8, 8, 4096, 64) Gluon 1.46 ms vs tl.dot 1.84 (hamming), 3.09 vs 3.82 (ste) (session 8); at
-# (4, 16, 4096, 128) 2.23 vs 2.85 (hamming), 5.34 vs 7.74 (ste); at (1, 16, 16384, 64) 4.37 vs 6.86, 9.33 vs
-# 14.35 (session 9); at N <= 1680 the tl.dot backward was faster (0.43-0.47 vs 0.44-0.67 hamming, 0.84-0.89
-# vs 0.97-1.36 ste).
-HOPPER_BACKWARD_MIN_KEYS = 4096
+# Keys from which the Gluon backward is the default on sm_90 (D, Dv <= 128): every length since session 18, when its
+# dq / dk pass (input_grads) and the smaller opaque operator made it faster than the tl.dot backward at every
+# measured shape. H200, bf16 mean_abs, backward alone, Gluon vs tl.dot, ms: hamming 0.250 vs 0.430 at (256, 6, 197,
+# 64), 0.282 vs 0.377 at (64, 16, 256, 72), 0.301 vs 0.438 at (32, 6, 1024, 64), 0.304 vs 0.451 at (12, 6, 1680,
+# 64), 1.141 vs 1.870 at (8, 8, 4096, 64), 1.687 vs 2.865 at (4, 16, 4096, 128); ste 0.486 (N 197), 0.599 (N 1024),
+# 2.314 (N 4096) against the tl.dot's 0.840, 0.888, 3.82 (session 8). Training steps (backward=hopper against the
+# tl.dot default): DiT-B/2 512 29.72 vs 31.29 ms, ViT-S/8 320 38.29 vs 45.8 (e2e_speed / e2e_profile, session 18).
+HOPPER_BACKWARD_MIN_KEYS = 1
 HOPPER_BACKWARD_MAX_AUTO_DIM = 128
 # head dims (D = Dv) at which the Gluon forward is the default on sm_90 (auto_forward); 72 / 80 / 96 since the value
 # tail and the single sign box (session 15: (16, 16, 1024, 72) 0.239 ms against tl.dot 0.320; (8, 8, 1024, 96) 0.064
@@ -329,7 +331,8 @@ def _hopper_backward_reason(call: CallFacts, spec, device: DeviceFacts) -> str |
 def auto_backward(call: CallFacts, spec, device: DeviceFacts) -> str:
     """``"hopper"`` where the Gluon backward measured faster and covers the call, else ``"tldot"``.
 
-    Faster from ``HOPPER_BACKWARD_MIN_KEYS`` keys at D, Dv <= 128 on the H200 (numbers beside the constant).
+    Faster at every measured key length (``HOPPER_BACKWARD_MIN_KEYS``) at D, Dv <= 128 on the H200 (numbers beside
+    the constant).
     """
     long_keys = call.m >= HOPPER_BACKWARD_MIN_KEYS and max(call.dim, call.dim_v) <= HOPPER_BACKWARD_MAX_AUTO_DIM
     if device.cuda and device.capability is not None and device.capability[0] == 9 and long_keys:

@@ -13,7 +13,7 @@ Triton-version specific) with ``kernel_sage_rows`` (its row scalars and epilogue
 MUFU/polynomial exp2, ``HopperConfig.poly_exp``), ``kernel_pingpong`` (structure (b): a TMA producer warp and
 consumer warpgroups, ``HopperConfig.consumers``; the tile table's choice at long sequences).
 Checked on the H200 by ``tests/codegen/test_gpu_hopper.py``.
-The backward (``KernelOptions(backward="hopper")``, and the plan's default from 4096 keys at D, Dv <= 128:
+The backward (``KernelOptions(backward="hopper")``, and the plan's default at D, Dv <= 128:
 ``plan.auto_backward``): ``backward_support``, ``backward_launcher``, ``backward_op`` (``bitlower::hopper_bwd``),
 ``kernel_bwd`` / ``kernel_bwd_q``; checked on the H200 by ``tests/codegen/test_gpu_hopper_bwd.py``.
 """

@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from bitlower.output_layout import new_output
 from bitlower.relpos import dense_to_table_grad
 
 from .. import direct_launch
@@ -133,7 +134,7 @@ def launch_hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a
     check_call(grad_out, v, bias, lse, head_dim, spec)
     operands = backward_operands(grad_out, v, bias, lse, qbits, kbits, a, row_state, spec, head_dim, needs, out, cfg)
     raw = launch_backward_kernels(*operands, v, bias, row_state, a, b, spec, head_dim, needs, cfg)
-    return finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs)
+    return finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs, v)
 
 
 def backward_config(lse, v, head_dim: int, spec) -> HopperBackwardConfig:
@@ -190,7 +191,7 @@ def launch_backward_kernels(go, q_signs, k_signs, delta, rows, v, bias, row_stat
     dev = v.device
     f32 = dict(dtype=torch.float32, device=dev)
     code, beta, strides, gbias, gstrides = _bias_operands(bias, spec, (bsz, heads, n, m), wants["DENSE_DBIAS"])
-    dv = torch.empty(bsz, heads, m, dim_v, dtype=v.dtype, device=dev) if wants["NEED_DV"] else None
+    dv = new_output(bsz, heads, m, dim_v, like=v) if wants["NEED_DV"] else None  # (B, M, H, Dv) storage
     db = torch.empty(bsz, heads, m, 1, **f32) if wants["NEED_DB"] else None
     da_cols = torch.empty(bsz, heads, m, 1, **f32) if wants["NEED_DA_COLS"] else None
     da = torch.zeros(bsz, heads, n, 1, **f32) if wants["NEED_DA_ROWS"] else None  # atomics add into it
@@ -210,7 +211,8 @@ def launch_backward_kernels(go, q_signs, k_signs, delta, rows, v, bias, row_stat
     rows_desc = _row_descriptor(rows, cfg.block_n) if cfg.staged_rows else do_desc  # unused unless staged_rows
     args = (k_desc, q_desc, v_desc, do_desc, rows_desc, row_state.contiguous(), delta, a.contiguous(), b.contiguous(),
             pick(beta), pick(gbias), pick(dv), pick(db), pick(da_cols), pick(da), pick(ds_keys), pick(dk_raw),
-            *strides, *gstrides, heads, n, m, float(spec.scale), spec.scale * LOG2E.value)
+            *strides, *gstrides, *(dv.stride()[:3] if dv is not None else (0, 0, 0)), heads, n, m,
+            float(spec.scale), spec.scale * LOG2E.value)
     kwargs = dict(D=head_dim, DV=dim_v, NKC=nkc, STAGES=cfg.stages, BIAS=code, EVEN_M=m % cfg.block_m == 0,
                   MEAN_ABS=spec.weighting == "mean_abs", STAGED_ROWS=cfg.staged_rows, num_warps=cfg.num_warps,
                   **wants)
@@ -224,7 +226,8 @@ def launch_backward_kernels(go, q_signs, k_signs, delta, rows, v, bias, row_stat
 
 
 def raw_shapes(grad_out, v, bias, spec, head_dim: int, needs) -> list:
-    """``(shape, dtype)`` of each raw output of ``launch_backward_kernels``, None where it makes none."""
+    """``(shape, dtype)`` of each raw output of ``launch_backward_kernels``, None where it makes none; all are
+    contiguous but dv (the first), which is in ``output_layout.new_output``'s storage."""
     bsz, heads, n = grad_out.shape[:3]
     m, f32 = v.shape[2], torch.float32
     wants = _wants(spec, needs)
@@ -240,14 +243,15 @@ def raw_shapes(grad_out, v, bias, spec, head_dim: int, needs) -> list:
     return [shape if flag else None for flag, shape in made]
 
 
-def finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs):
-    """Stage 3, traceable: ``(dq, dk, dv, da, db, dbias)`` from the raw outputs (``input_grads.input_grad``, the
-    bias gradient's final shape), None where not needed or the mode gives none."""
+def finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs, like):
+    """Stage 3, traceable: ``(dq, dk, dv, da, db, dbias)`` from the raw outputs (``input_grads.input_grad``: dq and
+    dk in ``like``'s (v's) dtype and the output layout; the bias gradient's final shape), None where not needed or
+    the mode gives none."""
     dv, db, da_cols, da, ds_keys, dk_raw, dq_raw, gbias = raw
     bsz, heads, n = qbits.shape[:3]
     m = kbits.shape[2]
-    dq = input_grad(dq_raw, a, qclip, da_cols, qbits, head_dim, spec, needs[0], (bsz, heads, n, head_dim))
-    dk = input_grad(dk_raw, b, kclip, db, kbits, head_dim, spec, needs[1], (bsz, heads, m, head_dim))
+    dq = input_grad(dq_raw, a, qclip, da_cols, qbits, head_dim, spec, needs[0], (bsz, heads, n, head_dim), like)
+    dk = input_grad(dk_raw, b, kclip, db, kbits, head_dim, spec, needs[1], (bsz, heads, m, head_dim), like)
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, _finish_bias_grad(bias, spec, gbias,
                                                                                               ds_keys)
 

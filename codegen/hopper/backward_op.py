@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from bitlower.output_layout import new_output
 from bitlower.source_hash import SOURCE_HASH
 from bitlower.spec import CallSpec
 
@@ -57,22 +58,26 @@ def run_flat(
 @cuda_operator("hopper_bwd", run_flat)  # defines bitlower::hopper_bwd; this is its fake
 def _hopper_bwd_fake(grad_out, v, bias, q_signs, k_signs, delta, rows, row_state, a, b, scale, weighting, bias_kind,
                      grid, grad_mode, pv_quant, ste_clip, head_dim, needs, source):
-    """Fresh contiguous raw outputs of ``raw_shapes``; ``(0,)`` where not made."""
+    """Fresh raw outputs of ``raw_shapes`` (dv in the output layout, the rest contiguous); ``(0,)`` where not made."""
     spec = CallSpec.from_op_args(scale, weighting, bias_kind, grid, grad_mode, pv_quant, ste_clip)
     shapes = raw_shapes(grad_out, v, bias, spec, head_dim, needs)
-    return tuple(grad_out.new_empty(0) if s is None else grad_out.new_empty(s[0], dtype=s[1]) for s in shapes)
+    raw = [grad_out.new_empty(0) if s is None else grad_out.new_empty(s[0], dtype=s[1]) for s in shapes]
+    if shapes[0] is not None:
+        raw[0] = new_output(*shapes[0][0], like=v)
+    return tuple(raw)
 
 
 def wanted_shapes(grad_out, v, bias, a, b, spec, head_dim: int, needs) -> list:
-    """``(shape, dtype)`` of each gradient ``hopper_backward`` returns, None where it returns None."""
+    """``(shape, dtype)`` of each gradient ``hopper_backward`` returns, None where it returns None (dq, dk, dv in
+    the output layout)."""
     bsz, heads, n = grad_out.shape[:3]
     m = v.shape[2]
     chain_q = needs[0] and spec.qk_grad
     chain_k = needs[1] and spec.qk_grad
     bias_grad = needs[5] and spec.bias_kind in ("head", "dense", "table")
     return [
-        ((bsz, heads, n, head_dim), torch.float32) if chain_q else None,
-        ((bsz, heads, m, head_dim), torch.float32) if chain_k else None,
+        ((bsz, heads, n, head_dim), v.dtype) if chain_q else None,
+        ((bsz, heads, m, head_dim), v.dtype) if chain_k else None,
         (tuple(v.shape), v.dtype) if needs[2] else None,
         ((bsz, heads, n, 1), torch.float32) if needs[3] else None,
         ((bsz, heads, m, 1), torch.float32) if needs[4] else None,
@@ -99,4 +104,4 @@ def hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, ro
                                         head_dim, needs, SOURCE_HASH)
     shapes = raw_shapes(grad_out, v, bias, spec, head_dim, needs)
     raw = [None if s is None else r for r, s in zip(raw, shapes)]
-    return finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs)
+    return finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs, v)

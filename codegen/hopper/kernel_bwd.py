@@ -194,7 +194,7 @@ def _reduce(ds, h, a_q, b_keys, db_acc, dac_acc, dsk_acc, da_rows_ptr, gbias_bas
 def _binary_attn_bwd_sm90_kernel(
     k_desc, q_desc, v_desc, do_desc, rows_desc, state_ptr, delta_ptr, a_ptr, b_ptr, bias_ptr, gbias_ptr,
     dv_ptr, db_ptr, da_cols_ptr, da_rows_ptr, ds_keys_ptr, dk_ptr,
-    s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, H, N, M, scale, scale_log2,
+    s_bias_b, s_bias_h, s_bn, s_bm, s_gb, s_gh, s_gn, s_gm, s_dvb, s_dvh, s_dvm, H, N, M, scale, scale_log2,
     D: gl.constexpr, DV: gl.constexpr, NKC: gl.constexpr, STAGES: gl.constexpr, BIAS: gl.constexpr,
     NEED_DV: gl.constexpr, NEED_DB: gl.constexpr, NEED_DA_COLS: gl.constexpr, NEED_DA_ROWS: gl.constexpr,
     HEAD_DBIAS: gl.constexpr, DENSE_DBIAS: gl.constexpr, EVEN_M: gl.constexpr, MEAN_ABS: gl.constexpr,
@@ -296,7 +296,8 @@ def _binary_attn_bwd_sm90_kernel(
     if NEED_DV:
         v_rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dv_layout))
         v_cols = gl.arange(0, DVP, layout=gl.SliceLayout(0, dv_layout))
-        ptrs = dv_ptr + (bh64 * M + v_rows)[:, None] * DV + v_cols[None, :]
+        dv_base = dv_ptr + b.to(gl.int64) * s_dvb + h.to(gl.int64) * s_dvh  # strided: (B, M, H, Dv) storage
+        ptrs = dv_base + v_rows.to(gl.int64)[:, None] * s_dvm + v_cols[None, :]
         gl.store(ptrs, dv.to(dv_ptr.dtype.element_ty), mask=(v_rows < M)[:, None] & (v_cols < DV)[None, :])
     if NEED_DK:  # the raw sums sum_i dS_ij a_i sgn q_i; the launcher applies scale b_j and the clip bits
         k_rows = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, dk_layout))

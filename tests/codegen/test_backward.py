@@ -95,9 +95,12 @@ def test_head_bias_gradient_is_rounding_sized(with_out, helpers):
 
 
 def test_bfloat16_gradients(helpers):
-    """bf16 inputs: gradients are float32 on both sides (dv rounds to bf16 on both)."""
+    """bf16 inputs: the kernels return dq, dk, dv in bf16 (v's dtype, as SDPA's backward), the reference float32 dq /
+    dk and bf16 dv; da, db are float32 on both sides."""
     call = helpers.make_call(dtype=torch.bfloat16, weighting="token")
     got, ref = _grads(call, [True] * 6, torch.bfloat16)
     for name, g, r in zip(NAMES[:5], got, ref):
-        bound = 2.0**-7 if name == "dv" else FP32_BOUND  # dv: one bf16 rounding of the same value
+        rounded = name in ("dq", "dk", "dv")
+        assert g.dtype == (torch.bfloat16 if rounded else torch.float32), name
+        bound = 2.0**-7 if rounded else FP32_BOUND  # one bf16 rounding of the same value
         assert helpers.rel_err(g, r) <= bound, name

@@ -233,7 +233,7 @@ def test_misaligned_grad_out_is_copied():
                                   ("token", "table", "hamming"), ("mean_abs", "mask", "stopgrad")], ids=str)
 def test_state_of_the_gluon_forward(case):
     """The backward on what the Gluon forward saved (its static row maximum in the row state): the plan's
-    default pair on sm_90 from 4096 keys, here at N 197 (the kernels do not depend on N for this)."""
+    default pair on sm_90, here at N 197 (the kernels do not depend on N for this)."""
     from bitlower.codegen.hopper import hopper_tensors_unsupported, launch_hopper_forward
 
     call = _call((2, 3, 197, 64, 64), torch.bfloat16, *case)

@@ -188,7 +188,7 @@ def test_compiled_hopper_forward_matches_eager(noncontig, stats, helpers):
 
 @pytest.mark.gpu
 def test_compiled_hopper_forward_feeds_the_backward(helpers):
-    """Training: the hopper forward's saved bits and scalars drive the tl.dot backward, compiled and eager."""
+    """Training: the hopper forward's saved bits and scalars drive the default backward, compiled and eager."""
     options = KernelOptions(forward="hopper")
     q, k, v, a, b, bias, spec = helpers.make_call(2, 3, 197, 197, 64, 64, dtype=torch.bfloat16, device="cuda")
     plan = plan_forward(CallFacts.of(q, k, v), spec, DeviceFacts.of(q.device), options)
