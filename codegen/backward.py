@@ -21,7 +21,7 @@ from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from .launch import launch
 from .operands import bias_operand, value_scales
 from .plan import BackwardPlan, CallFacts, DeviceFacts, KernelOptions, plan_backward
-from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, operand_alignment, unpack_sign_bits
+from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, operand_alignment, sign_byte_words
 
 _NONE, _HEAD, _TABLE, _DENSE = BIAS_NONE.value, BIAS_HEAD.value, BIAS_TABLE.value, BIAS_DENSE.value
 
@@ -89,13 +89,14 @@ def _plan(spec, needs, has_out: bool) -> _Plan:
 @triton.jit
 def _unpack_rows_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
                         BLOCK_L: tl.constexpr):
-    """Packed words ``(R, W)`` -> int8 signs ``(R, DP)``; parallelised over row blocks, no communication."""
+    """Packed words ``(R, W)`` -> int8 signs ``(R, DP)``, stored as ``(R, DP // 4)`` int32 words
+    (``sign_byte_words``); parallelised over row blocks, no communication."""
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     row_mask = rows < total_rows
     rows64 = rows.to(tl.int64)
-    signs = unpack_sign_bits(bits_ptr, rows64, row_mask, words, D, DP)
-    d = tl.arange(0, DP)
-    tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], signs, mask=row_mask[:, None])
+    signs = sign_byte_words(bits_ptr, rows64, row_mask, words, D, DP, 1, -1)
+    u = tl.arange(0, DP // 4)
+    tl.store(signs_ptr + rows64[:, None] * (DP // 4) + u[None, :], signs, mask=row_mask[:, None])
 
 
 def unpack_signs(bits: torch.Tensor, dim: int, dim_p: int = 0) -> torch.Tensor:
@@ -108,7 +109,8 @@ def unpack_signs(bits: torch.Tensor, dim: int, dim_p: int = 0) -> torch.Tensor:
     out = torch.empty(bsz, heads, length, dp, dtype=torch.int8, device=bits.device)
     rows = bsz * heads * length
     launch(_unpack_rows_kernel, (triton.cdiv(rows, PROLOGUE_ROWS),),
-        bits, out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, num_warps=PROLOGUE_WARPS,
+        bits, out.view(torch.int32), rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS,
+        num_warps=PROLOGUE_WARPS,
     )
     return out
 

@@ -31,7 +31,7 @@ from ..forward_v2 import dense_table
 from ..launch import launch
 from ..operands import bias_operand
 from ..plan import CallFacts
-from ..tiles import BIAS_CODES, LOG2E, unpack_sign_bits
+from ..tiles import BIAS_CODES, LOG2E, sign_byte_words, unpack_sign_bits
 from .backward_support import HopperBackwardConfig, shape_reason, hopper_backward_config
 from .config import sign_chunks, value_width
 from .input_grads import input_grad
@@ -46,17 +46,23 @@ Q_BLOCK_N, Q_BLOCK_M, Q_STAGES = 64, 32, 2  # the ste query kernel: 64 queries (
 
 @triton.jit
 def _unpack_signs_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
-                         BLOCK_L: tl.constexpr, ONE: tl.constexpr, MINUS_ONE: tl.constexpr):
-    """Packed words ``(R, W)`` -> ``(R, DP)`` ``ONE`` / ``MINUS_ONE`` (0 past D), converted to the output's element
-    type (int8 bytes of float8 +-1.0, or bf16 +-1.0); program = row block."""
+                         BLOCK_L: tl.constexpr, ONE: tl.constexpr, MINUS_ONE: tl.constexpr, BYTES: tl.constexpr):
+    """Packed words ``(R, W)`` -> ``(R, DP)`` ``ONE`` / ``MINUS_ONE`` (0 past D); program = row block. ``BYTES``:
+    one-byte elements (int8 bytes of float8 +-1.0) stored four per int32 word (``signs_ptr`` an int32 view,
+    ``tiles.sign_byte_words``); else bf16 +-1.0 from float32 values."""
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     row_mask = rows < total_rows
     rows64 = rows.to(tl.int64)
-    signs = unpack_sign_bits(bits_ptr, rows64, row_mask, words, D=D, DP=DP)  # int8 +-1, 0 past D
-    value = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(tl.float32)  # exact: |value| < 2**8
-    raw = value.to(signs_ptr.dtype.element_ty)
-    d = tl.arange(0, DP)
-    tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], raw, mask=row_mask[:, None])
+    if BYTES:
+        packed = sign_byte_words(bits_ptr, rows64, row_mask, words, D, DP, ONE, MINUS_ONE)
+        u = tl.arange(0, DP // 4)
+        tl.store(signs_ptr + rows64[:, None] * (DP // 4) + u[None, :], packed, mask=row_mask[:, None])
+    else:
+        signs = unpack_sign_bits(bits_ptr, rows64, row_mask, words, D=D, DP=DP)  # int8 +-1, 0 past D
+        value = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(tl.float32)  # exact: |value| < 2**8
+        d = tl.arange(0, DP)
+        tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], value.to(signs_ptr.dtype.element_ty),
+                 mask=row_mask[:, None])
 
 
 def sign_tiles(bits: torch.Tensor, dim: int, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
@@ -67,9 +73,10 @@ def sign_tiles(bits: torch.Tensor, dim: int, dtype: torch.dtype = torch.float8_e
     raw_dtype, one, minus_one = SIGN_BITS[dtype]
     out = torch.empty(bsz * heads, length, dp, dtype=raw_dtype, device=bits.device)
     rows = bsz * heads * length
+    one_byte = raw_dtype.itemsize == 1
     launch(_unpack_signs_kernel, (triton.cdiv(rows, PROLOGUE_ROWS),),
-        bits, out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, ONE=one, MINUS_ONE=minus_one,
-        num_warps=PROLOGUE_WARPS)
+        bits, out.view(torch.int32) if one_byte else out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS,
+        ONE=one, MINUS_ONE=minus_one, BYTES=one_byte, num_warps=PROLOGUE_WARPS)
     return out.view(dtype)
 
 

@@ -37,6 +37,23 @@ def test_both_load_forms_and_the_unpack(dim, dtype, word_loads, helpers):
     assert torch.equal(signs[..., :dim].float(), reference.sgn(x.float()).nan_to_num(-1.0))
 
 
+@pytest.mark.parametrize("dim", [1, 31, 32, 33, 100, 128])
+def test_byte_word_unpacks_at_word_edges(dim):
+    """Both unpacks (int8 for the tl.dot backward, float8 / bf16 tiles for the Gluon one) at channel counts that end
+    inside a packed word and inside a four-byte output word, over a row count that ends inside a program."""
+    from bitlower.codegen.hopper.backward_launcher import sign_tiles
+
+    x = torch.randn(2, 3, 70, 1, dim, generator=torch.Generator().manual_seed(dim))
+    x[..., ::5] = -0.0  # counts as >= 0
+    bits = reference.pack_signs(x)
+    want = torch.where(x[..., 0, :] >= 0, 1.0, -1.0)
+    signs = unpack_signs(bits, dim)
+    assert signs.dtype == torch.int8 and torch.equal(signs[..., :dim].float(), want) and not signs[..., dim:].any()
+    for dtype in (torch.float8_e4m3fn, torch.bfloat16):
+        tiles = sign_tiles(bits, dim, dtype).to(torch.float32).reshape(signs.shape)
+        assert torch.equal(tiles[..., :dim], want) and not tiles[..., dim:].any(), dtype
+
+
 def test_word_loads_write_bits_without_save_bits():
     x = torch.randn(1, 2, 9, 40)
     spec = CallSpec(scale=1.0, save_bits=False, grad_mode="hamming")
