@@ -1,10 +1,8 @@
 """Launcher of the binary-attention backward: which kernels run, strides, grids, gradient assembly.
 
-Kernels here (the two attention kernels are in ``backward_kernels``): ``_unpack_rows_kernel`` turns
-the saved packed bits into int8 signs, one program per ``PROLOGUE_ROWS`` rows of ``(B*H*L)``;
-``_sign_chain_kernel`` adds the ``mean_abs`` chain term and stores dq / dk in v's dtype and the output layout,
-program = (row block, batch*head). Neither
-communicates between programs.
+Kernel here (the two attention kernels are in ``backward_kernels``; the saved packed bits become int8 signs in
+``sign_unpack``, q's and k's in one launch): ``_sign_chain_kernel`` adds the ``mean_abs`` chain term and stores
+dq / dk in v's dtype and the output layout, program = (row block, batch*head), no communication between programs.
 """
 from __future__ import annotations
 
@@ -17,11 +15,12 @@ import triton.language as tl
 from bitlower.output_layout import new_output
 
 from .backward_kernels import _binary_attn_bwd_k_kernel, _binary_attn_bwd_q_kernel, _row_dot_kernel
-from .configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
+from .configs import PROLOGUE_ROWS, padded_dim
 from .launch import launch
 from .operands import bias_operand, value_scales
 from .plan import BackwardPlan, CallFacts, DeviceFacts, KernelOptions, plan_backward
-from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, operand_alignment, sign_byte_words
+from .sign_unpack import unpack_sign_pair
+from .tiles import BIAS_CODES, BIAS_DENSE, BIAS_HEAD, BIAS_NONE, BIAS_TABLE, LOG2E, operand_alignment
 
 _NONE, _HEAD, _TABLE, _DENSE = BIAS_NONE.value, BIAS_HEAD.value, BIAS_TABLE.value, BIAS_DENSE.value
 
@@ -86,33 +85,12 @@ def _plan(spec, needs, has_out: bool) -> _Plan:
     )
 
 
-@triton.jit
-def _unpack_rows_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
-                        BLOCK_L: tl.constexpr):
-    """Packed words ``(R, W)`` -> int8 signs ``(R, DP)``, stored as ``(R, DP // 4)`` int32 words
-    (``sign_byte_words``); parallelised over row blocks, no communication."""
-    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-    row_mask = rows < total_rows
-    rows64 = rows.to(tl.int64)
-    signs = sign_byte_words(bits_ptr, rows64, row_mask, words, D, DP, 1, -1)
-    u = tl.arange(0, DP // 4)
-    tl.store(signs_ptr + rows64[:, None] * (DP // 4) + u[None, :], signs, mask=row_mask[:, None])
-
-
 def unpack_signs(bits: torch.Tensor, dim: int, dim_p: int = 0) -> torch.Tensor:
     """int8 ``(B, H, L, DP)`` ``+-1`` signs (0 past ``dim``) from packed ``(B, H, L, 1, W)`` bits.
 
     ``dim_p``: DP (the plan's ``dim_p``; 0: ``configs.padded_dim(dim)``).
     """
-    bsz, heads, length = bits.shape[:3]
-    dp = dim_p or padded_dim(dim)
-    out = torch.empty(bsz, heads, length, dp, dtype=torch.int8, device=bits.device)
-    rows = bsz * heads * length
-    launch(_unpack_rows_kernel, (triton.cdiv(rows, PROLOGUE_ROWS),),
-        bits, out.view(torch.int32), rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS,
-        num_warps=PROLOGUE_WARPS,
-    )
-    return out
+    return unpack_sign_pair(bits, None, dim, torch.int8, dim_p)[0]
 
 
 @triton.jit
@@ -212,8 +190,7 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
         return hopper_backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state, spec, head_dim,
                                needs, out=out)
     plan = _plan(spec, needs, out is not None)
-    q_signs = unpack_signs(qbits, head_dim, kplan.dim_p)  # (B, H, N, DP) int8
-    k_signs = unpack_signs(kbits, head_dim, kplan.dim_p)  # (B, H, M, DP) int8
+    q_signs, k_signs = unpack_sign_pair(qbits, kbits, head_dim, torch.int8, kplan.dim_p)  # (B, H, L, DP) int8
     dev = v.device
     f32 = dict(dtype=torch.float32, device=dev)
     delta = _row_dots(out, grad_out, lse) if plan.delta_given else torch.empty(bsz, heads, n, **f32)

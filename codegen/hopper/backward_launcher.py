@@ -4,8 +4,9 @@ Contract of ``codegen.backward.backward`` (same saved inputs, same gradients, sa
 the calls ``backward_support.hopper_backward_unsupported`` accepts, with ``out`` required. Steps:
 
 1. ``delta_i = dO_i . O_i`` (``codegen.backward._row_dots``; only when a dS reduction is wanted).
-2. The packed sign bits become float8 e4m3 (ste: bf16) ``+-1.0`` tensors ``(B*H, L, DP)`` (``_unpack_signs_kernel``,
-   ``DP = configs.padded_dim(D)``; TMA reads the first ``KC * NKC`` channels, ``config.sign_chunks``).
+2. The packed sign bits become float8 e4m3 (ste: bf16) ``+-1.0`` tensors ``(B*H, L, DP)`` (``sign_unpack``, q's
+   and k's in one launch, ``DP = configs.padded_dim(D)``; TMA reads the first ``KC * NKC`` channels,
+   ``config.sign_chunks``).
 3. ``kernel_bwd._binary_attn_bwd_sm90_kernel`` over ``(cdiv(M, BLOCK_M), B*H)``: dV, db, the mean_abs chain's
    per-key totals, da (atomics), the head bias's per-key sums, the dense/table bias gradient (atomics), ste's
    raw dK sums; ste's raw dQ sums from ``kernel_bwd_q._binary_attn_bwd_q_sm90_kernel`` over ``(cdiv(N, 64), B*H)``.
@@ -19,65 +20,35 @@ from __future__ import annotations
 
 import torch
 import triton
-import triton.language as tl
 
 from bitlower.output_layout import new_output
 from bitlower.relpos import dense_to_table_grad
 
 from .. import direct_launch
 from ..backward import _row_dots
-from ..configs import PROLOGUE_ROWS, PROLOGUE_WARPS, padded_dim
 from ..forward_v2 import dense_table
-from ..launch import launch
 from ..operands import bias_operand
 from ..plan import CallFacts
-from ..tiles import BIAS_CODES, LOG2E, sign_byte_words, unpack_sign_bits
+from ..sign_unpack import unpack_sign_pair
+from ..tiles import BIAS_CODES, LOG2E
 from .backward_support import HopperBackwardConfig, shape_reason, hopper_backward_config
 from .config import sign_chunks, value_width
 from .input_grads import input_grad
 from .launcher import _descriptor
 from .support import tma_readable
 
-# The stored type and +1.0 / -1.0 (0 is +0.0): float8 e4m3 as raw int8 bytes (stats.FP8_ONE), bf16 (ste's
-# operands) as values
-SIGN_BITS = {torch.float8_e4m3fn: (torch.int8, 0x38, 0xB8 - 256), torch.bfloat16: (torch.bfloat16, 1, -1)}
 Q_BLOCK_N, Q_BLOCK_M, Q_STAGES = 64, 32, 2  # the ste query kernel: 64 queries (one warpgroup) x 32-key tiles
-
-
-@triton.jit
-def _unpack_signs_kernel(bits_ptr, signs_ptr, total_rows, words, D: tl.constexpr, DP: tl.constexpr,
-                         BLOCK_L: tl.constexpr, ONE: tl.constexpr, MINUS_ONE: tl.constexpr, BYTES: tl.constexpr):
-    """Packed words ``(R, W)`` -> ``(R, DP)`` ``ONE`` / ``MINUS_ONE`` (0 past D); program = row block. ``BYTES``:
-    one-byte elements (int8 bytes of float8 +-1.0) stored four per int32 word (``signs_ptr`` an int32 view,
-    ``tiles.sign_byte_words``); else bf16 +-1.0 from float32 values."""
-    rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-    row_mask = rows < total_rows
-    rows64 = rows.to(tl.int64)
-    if BYTES:
-        packed = sign_byte_words(bits_ptr, rows64, row_mask, words, D, DP, ONE, MINUS_ONE)
-        u = tl.arange(0, DP // 4)
-        tl.store(signs_ptr + rows64[:, None] * (DP // 4) + u[None, :], packed, mask=row_mask[:, None])
-    else:
-        signs = unpack_sign_bits(bits_ptr, rows64, row_mask, words, D=D, DP=DP)  # int8 +-1, 0 past D
-        value = tl.where(signs > 0, ONE, tl.where(signs < 0, MINUS_ONE, 0)).to(tl.float32)  # exact: |value| < 2**8
-        d = tl.arange(0, DP)
-        tl.store(signs_ptr + rows64[:, None] * DP + d[None, :], value.to(signs_ptr.dtype.element_ty),
-                 mask=row_mask[:, None])
 
 
 def sign_tiles(bits: torch.Tensor, dim: int, dtype: torch.dtype = torch.float8_e4m3fn) -> torch.Tensor:
     """``(B*H, L, DP)`` ``+-1.0`` signs in ``dtype`` (float8 e4m3 or bf16; 0 past ``dim``) of packed
-    ``(B, H, L, 1, W)`` bits."""
-    bsz, heads, length = bits.shape[:3]
-    dp = padded_dim(dim)
-    raw_dtype, one, minus_one = SIGN_BITS[dtype]
-    out = torch.empty(bsz * heads, length, dp, dtype=raw_dtype, device=bits.device)
-    rows = bsz * heads * length
-    one_byte = raw_dtype.itemsize == 1
-    launch(_unpack_signs_kernel, (triton.cdiv(rows, PROLOGUE_ROWS),),
-        bits, out.view(torch.int32) if one_byte else out, rows, bits.shape[-1], D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS,
-        ONE=one, MINUS_ONE=minus_one, BYTES=one_byte, num_warps=PROLOGUE_WARPS)
-    return out.view(dtype)
+    ``(B, H, L, 1, W)`` bits (``sign_unpack``; ``backward_operands`` unpacks q's and k's in one launch)."""
+    return _flat(unpack_sign_pair(bits, None, dim, dtype)[0])
+
+
+def _flat(signs: torch.Tensor) -> torch.Tensor:
+    """``(B, H, L, DP)`` -> ``(B*H, L, DP)`` (a view), the TMA descriptors' 3-d form."""
+    return signs.reshape(-1, *signs.shape[2:])
 
 
 def _launch(kernel, grid, args, kwargs) -> None:
@@ -179,7 +150,7 @@ def backward_operands(grad_out, v, bias, lse, qbits, kbits, a, row_state, spec, 
     need_ds = any(flag for key, flag in wants.items() if key != "NEED_DV") or (ste and needs[0])  # dq: dS too
     delta = _row_dots(out, grad_out, lse) if need_ds else lse  # (B, H, N) float32
     sign_dtype = torch.bfloat16 if ste else torch.float8_e4m3fn
-    q_signs, k_signs = sign_tiles(qbits, head_dim, sign_dtype), sign_tiles(kbits, head_dim, sign_dtype)
+    q_signs, k_signs = (_flat(t) for t in unpack_sign_pair(qbits, kbits, head_dim, sign_dtype))
     go = grad_out if grad_out.dtype == v.dtype else grad_out.to(v.dtype)
     rows = None
     if cfg.staged_rows:

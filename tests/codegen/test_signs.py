@@ -54,6 +54,28 @@ def test_byte_word_unpacks_at_word_edges(dim):
         assert torch.equal(tiles[..., :dim], want) and not tiles[..., dim:].any(), dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("lengths", [(70, 70), (9, 130), (130, 9)], ids=["self", "short_q", "short_k"])
+def test_sign_pair_in_one_launch(dtype, lengths):
+    """q's and k's signs (cross-attention lengths too) in one launch equal one launch each, bit for bit."""
+    from bitlower.codegen.sign_unpack import unpack_sign_pair
+
+    gen = torch.Generator().manual_seed(3)
+    qbits, kbits = (reference.pack_signs(torch.randn(2, 3, n, 1, 72, generator=gen)) for n in lengths)
+    with checked_memory() as launched:
+        pair = unpack_sign_pair(qbits, kbits, 72, dtype)
+    assert launched == ["_unpack_pair_kernel"]
+    for got, bits in zip(pair, (qbits, kbits)):
+        alone = unpack_sign_pair(bits, None, 72, dtype)
+        assert alone[1] is None and got.dtype == dtype and got.shape == (*bits.shape[:3], 128)
+        raw = (lambda t: t.view(torch.uint8 if t.element_size() == 1 else torch.int16))  # noqa: E731
+        assert torch.equal(raw(got), raw(alone[0]))
+        want = torch.where(reference.unpack_signs(bits, 72)[..., 0, :] > 0, 1.0, -1.0)
+        assert torch.equal(got[..., :72].to(torch.float32), want) and not got[..., 72:].to(torch.float32).any()
+    with pytest.raises(ValueError, match="sign dtype"):
+        unpack_sign_pair(qbits, kbits, 72, torch.float16)
+
+
 def test_word_loads_write_bits_without_save_bits():
     x = torch.randn(1, 2, 9, 40)
     spec = CallSpec(scale=1.0, save_bits=False, grad_mode="hamming")
