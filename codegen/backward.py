@@ -2,7 +2,8 @@
 
 Kernel here (the two attention kernels are in ``backward_kernels``; the saved packed bits become int8 signs in
 ``sign_unpack``, q's and k's in one launch): ``_sign_chain_kernel`` adds the ``mean_abs`` chain term and stores
-dq / dk in v's dtype and the output layout, program = (row block, batch*head), no communication between programs.
+dq / dk in v's dtype and the output layout, both in one launch, program = (row block, batch*head, side), no
+communication between programs.
 """
 from __future__ import annotations
 
@@ -94,11 +95,11 @@ def unpack_signs(bits: torch.Tensor, dim: int, dim_p: int = 0) -> torch.Tensor:
 
 
 @triton.jit
-def _sign_chain_kernel(grad_ptr, raw_ptr, signs_ptr, total_ptr, length, H, s_gb, s_gh, s_gn, inv_count,
-                       D: tl.constexpr, DP: tl.constexpr, BLOCK_L: tl.constexpr, HAS_RAW: tl.constexpr,
-                       MEAN_ABS: tl.constexpr):
+def _sign_chain_side(grad_ptr, raw_ptr, signs_ptr, total_ptr, length, H, s_gb, s_gh, s_gn, inv_count,
+                     D: tl.constexpr, DP: tl.constexpr, BLOCK_L: tl.constexpr, HAS_RAW: tl.constexpr,
+                     MEAN_ABS: tl.constexpr):
     """grad = raw (``HAS_RAW``, float32 ``(B*H, L, D)``) + total[bh] * sgn / (L * D) (``MEAN_ABS``), stored in
-    grad's dtype at strides ``(s_gb, s_gh, s_gn)``; program = (row block, batch*head)."""
+    grad's dtype at strides ``(s_gb, s_gh, s_gn)``: this program's row block of batch*head ``program_id(1)``."""
     bh = tl.program_id(1).to(tl.int64)
     rows = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.arange(0, DP)
@@ -113,23 +114,47 @@ def _sign_chain_kernel(grad_ptr, raw_ptr, signs_ptr, total_ptr, length, H, s_gb,
     tl.store(base + rows.to(tl.int64)[:, None] * s_gn + d[None, :], term.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-def _with_chain(raw, d_own, signs, length: int, dim: int, spec, need: bool, like: torch.Tensor):
-    """dq (or dk) in ``like``'s dtype and ``output_layout``'s storage: the kernels' float32 sum ``raw`` (or None)
-    plus the mean_abs chain ``sum_i da_i * sgn(q) / (L * D)``; None when not needed."""
-    if not need or not spec.qk_grad:
-        return None
-    bsz, heads = signs.shape[:2]
-    grad = new_output(bsz, heads, length, dim, like=like)
+@triton.jit
+def _sign_chain_kernel(grad_ptr, raw_ptr, signs_ptr, total_ptr, length, s_gb, s_gh, s_gn, inv_count, grad2_ptr,
+                       raw2_ptr, signs2_ptr, total2_ptr, length2, s2_gb, s2_gh, s2_gn, inv2_count, H,
+                       D: tl.constexpr, DP: tl.constexpr, BLOCK_L: tl.constexpr, HAS_RAW: tl.constexpr,
+                       HAS_RAW2: tl.constexpr, MEAN_ABS: tl.constexpr, SIDES: tl.constexpr):
+    """Program ``(row block, batch*head, side)``: side 0 the first gradient, side 1 (``SIDES`` 2) the second
+    (``_sign_chain_side``)."""
+    if SIDES == 2 and tl.program_id(2) == 1:
+        _sign_chain_side(grad2_ptr, raw2_ptr, signs2_ptr, total2_ptr, length2, H, s2_gb, s2_gh, s2_gn, inv2_count,
+                         D, DP, BLOCK_L, HAS_RAW2, MEAN_ABS)
+    else:
+        _sign_chain_side(grad_ptr, raw_ptr, signs_ptr, total_ptr, length, H, s_gb, s_gh, s_gn, inv_count, D, DP,
+                         BLOCK_L, HAS_RAW, MEAN_ABS)
+
+
+def _with_chains(sides, dim: int, spec, like: torch.Tensor):
+    """``(dq, dk)`` in ``like``'s dtype and ``output_layout``'s storage, the wanted ones in one launch: per side
+    ``(raw, d_own, signs, need)``, the kernels' float32 sum ``raw`` (or None) plus the mean_abs chain
+    ``sum_i da_i * sgn(q) / (L * D)``; None where not needed."""
+    if not spec.qk_grad:
+        return None, None
     mean_abs = spec.weighting == "mean_abs"
-    if raw is None and not mean_abs:
-        return grad.zero_()
-    total = d_own.sum(dim=(2, 3)) if mean_abs else signs  # (B, H); unused without mean_abs
-    launch(_sign_chain_kernel, (triton.cdiv(length, PROLOGUE_ROWS), bsz * heads),
-        grad, signs if raw is None else raw, signs, total, length, heads, grad.stride(0), grad.stride(1),
-        grad.stride(2), 1.0 / (length * dim), D=dim, DP=signs.shape[-1], BLOCK_L=PROLOGUE_ROWS,
-        HAS_RAW=raw is not None, MEAN_ABS=mean_abs, num_warps=4,
-    )
-    return grad
+    grads, launched = [], []
+    for raw, d_own, signs, need in sides:
+        grad = new_output(*signs.shape[:3], dim, like=like) if need else None
+        grads.append(grad)
+        if grad is not None and raw is None and not mean_abs:
+            grad.zero_()
+        elif grad is not None:
+            total = d_own.sum(dim=(2, 3)) if mean_abs else signs  # (B, H); unused without mean_abs
+            length = grad.shape[2]
+            launched.append((raw is not None, (grad, signs if raw is None else raw, signs, total, length,
+                                               *grad.stride()[:3], 1.0 / (length * dim))))
+    if launched:
+        bsz, heads, _, dp = sides[0][2].shape
+        rows = max(args[4] for _, args in launched)
+        launch(_sign_chain_kernel, (triton.cdiv(rows, PROLOGUE_ROWS), bsz * heads, len(launched)),
+            *launched[0][1], *launched[-1][1], heads, D=dim, DP=dp, BLOCK_L=PROLOGUE_ROWS, HAS_RAW=launched[0][0],
+            HAS_RAW2=launched[-1][0], MEAN_ABS=mean_abs, SIDES=len(launched), num_warps=4,
+        )
+    return grads[0], grads[1]
 
 
 def _row_dots(out, grad_out, lse):
@@ -235,8 +260,8 @@ def backward(grad_out, v, bias, lse, qbits, kbits, qclip, kclip, a, b, row_state
             NEED_DV=plan.dv, NEED_DB=plan.db, NEED_DK=plan.dk, BIAS_GRAD=plan.scattered_dbias,
             NEED_DA_COLS=plan.da_by_keys, **common,
         )
-    dq = _with_chain(dq, da_cols if plan.da_by_keys else da, q_signs, n, head_dim, spec, needs[0], v)
-    dk = _with_chain(dk, db, k_signs, m, head_dim, spec, needs[1], v)
+    dq, dk = _with_chains([(dq, da_cols if plan.da_by_keys else da, q_signs, needs[0]), (dk, db, k_signs, needs[1])],
+                          head_dim, spec, v)
     dbias = _finish_bias_grad(bias, plan, gbias, rows_sum)
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, dbias
 

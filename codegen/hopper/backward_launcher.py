@@ -10,8 +10,8 @@ the calls ``backward_support.hopper_backward_unsupported`` accepts, with ``out``
 3. ``kernel_bwd._binary_attn_bwd_sm90_kernel`` over ``(cdiv(M, BLOCK_M), B*H)``: dV, db, the mean_abs chain's
    per-key totals, da (atomics), the head bias's per-key sums, the dense/table bias gradient (atomics), ste's
    raw dK sums; ste's raw dQ sums from ``kernel_bwd_q._binary_attn_bwd_q_sm90_kernel`` over ``(cdiv(N, 64), B*H)``.
-4. ste's ``raw * clip * (scale a)`` and the mean_abs chain ``sum_i da_i sgn(q) / (N D)`` in one pass per
-   gradient (``input_grads.input_grad``; dk likewise), and the bias gradient's final shape.
+4. ste's ``raw * clip * (scale a)`` and the mean_abs chain ``sum_i da_i sgn(q) / (N D)`` in one pass, dq and
+   dk in one launch (``input_grads.input_grads``), and the bias gradient's final shape.
 
 The Gluon kernel is launched directly (``kernel[grid](...)``), not through ``torch.library.wrap_triton``:
 under ``torch.compile`` it must run inside an opaque operator (``backward_op``, ``bitlower::hopper_bwd``).
@@ -33,7 +33,7 @@ from ..sign_unpack import unpack_sign_pair
 from ..tiles import BIAS_CODES, LOG2E
 from .backward_support import HopperBackwardConfig, shape_reason, hopper_backward_config
 from .config import sign_chunks, value_width
-from .input_grads import input_grad
+from .input_grads import GradSide, input_grads
 from .launcher import _descriptor
 from .support import tma_readable
 
@@ -222,14 +222,12 @@ def raw_shapes(grad_out, v, bias, spec, head_dim: int, needs) -> list:
 
 
 def finish_gradients(raw, a, b, qclip, kclip, qbits, kbits, bias, spec, head_dim, needs, like):
-    """Stage 3, traceable: ``(dq, dk, dv, da, db, dbias)`` from the raw outputs (``input_grads.input_grad``: dq and
+    """Stage 3, traceable: ``(dq, dk, dv, da, db, dbias)`` from the raw outputs (``input_grads.input_grads``: dq and
     dk in ``like``'s (v's) dtype and the output layout; the bias gradient's final shape), None where not needed or
     the mode gives none."""
     dv, db, da_cols, da, ds_keys, dk_raw, dq_raw, gbias = raw
-    bsz, heads, n = qbits.shape[:3]
-    m = kbits.shape[2]
-    dq = input_grad(dq_raw, a, qclip, da_cols, qbits, head_dim, spec, needs[0], (bsz, heads, n, head_dim), like)
-    dk = input_grad(dk_raw, b, kclip, db, kbits, head_dim, spec, needs[1], (bsz, heads, m, head_dim), like)
+    dq, dk = input_grads(GradSide(dq_raw, a, qclip, da_cols, qbits, needs[0]),
+                         GradSide(dk_raw, b, kclip, db, kbits, needs[1]), head_dim, spec, like)
     return dq, dk, dv, da if needs[3] else None, db if needs[4] else None, _finish_bias_grad(bias, spec, gbias,
                                                                                               ds_keys)
 
